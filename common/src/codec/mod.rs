@@ -1,0 +1,181 @@
+//! The hidden-state wire codec, shared by edge and cloud.
+//!
+//! A tensor travels as a shape (batch excluded), an encoding and little-endian
+//! element bytes in row-major order:
+//!
+//! | encoding | bytes/elem | error bound                                   |
+//! |----------|-----------:|-----------------------------------------------|
+//! | f32      | 4          | exact                                         |
+//! | f16      | 2          | relative 2^-11 (IEEE half, round to nearest)  |
+//! | bf16     | 2          | relative 2^-8                                 |
+//! | int8     | 1          | scale/2 per element, per channel              |
+//!
+//! int8 is affine per channel: for a `[C, ...]` tensor each channel `c` stores
+//! `q = round((x - min_c) / scale_c)` in `0..=255` with `scale_c =
+//! (max_c - min_c) / 255`, and decodes to `min_c + q * scale_c` (`zero_points`
+//! carries `min_c`). Per channel rather than per tensor because conv feature
+//! maps differ in range by channel (after ReLU some are nearly dead, some are
+//! large); one scale per tensor would spend most of the 256 levels on the
+//! largest channel. A 1-D tensor is one channel. The overhead is 8 bytes a
+//! channel.
+//!
+//! Decoding checks everything a peer could get wrong: unknown encoding, empty
+//! or zero-sized shape, byte length not matching shape × element size, missing
+//! or non-finite quantization parameters, NaN/Inf values, and a size cap.
+
+use bytes::Bytes;
+use half::{bf16, f16};
+use offramp_proto::{Encoding, Tensor};
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodecError {
+    #[error("tensor encoding {0} is not supported (expected f32, f16, bf16 or int8)")]
+    UnknownEncoding(i32),
+    #[error("tensor payload is empty")]
+    Empty,
+    #[error("tensor shape {0:?} is invalid: it must have at least one dimension and no zero dimension")]
+    BadShape(Vec<u32>),
+    #[error("tensor payload is {got} bytes, the limit is {limit}")]
+    TooLarge { got: usize, limit: usize },
+    #[error("tensor payload has {got} bytes, shape {shape:?} in {encoding} needs {expected}")]
+    ByteLength { shape: Vec<u32>, encoding: &'static str, expected: usize, got: usize },
+    #[error("int8 tensor needs {expected} scales and zero points (one per channel), got {scales} and {zero_points}")]
+    QuantParams { expected: usize, scales: usize, zero_points: usize },
+    #[error("tensor holds a non-finite value (NaN or infinity) at element {index}")]
+    NonFinite { index: usize },
+}
+
+/// Bytes per element of an encoding.
+pub fn element_size(encoding: Encoding) -> usize {
+    match encoding {
+        Encoding::F32 | Encoding::Unspecified => 4,
+        Encoding::F16 | Encoding::Bf16 => 2,
+        Encoding::Int8 => 1,
+    }
+}
+
+/// Short name of an encoding (`f32`, `f16`, `bf16`, `int8`).
+pub fn encoding_name(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::F32 => "f32",
+        Encoding::F16 => "f16",
+        Encoding::Bf16 => "bf16",
+        Encoding::Int8 => "int8",
+        Encoding::Unspecified => "unspecified",
+    }
+}
+
+/// Parses `f32`, `f16`, `bf16` or `int8`.
+pub fn parse_encoding(s: &str) -> Result<Encoding, String> {
+    match s {
+        "f32" => Ok(Encoding::F32),
+        "f16" => Ok(Encoding::F16),
+        "bf16" => Ok(Encoding::Bf16),
+        "int8" => Ok(Encoding::Int8),
+        other => Err(format!("unknown encoding {other:?} (expected f32, f16, bf16 or int8)")),
+    }
+}
+
+/// Every encoding this build speaks.
+pub const ENCODINGS: [Encoding; 4] = [Encoding::F32, Encoding::F16, Encoding::Bf16, Encoding::Int8];
+
+/// Encodes `values` of shape `shape` (batch excluded).
+pub fn encode(values: &[f32], shape: &[usize], encoding: Encoding) -> Tensor {
+    debug_assert_eq!(values.len(), shape.iter().product::<usize>());
+    let shape_u32: Vec<u32> = shape.iter().map(|&d| d as u32).collect();
+    let mut out = Tensor { shape: shape_u32, encoding: encoding as i32, ..Default::default() };
+    out.data = match encoding {
+        Encoding::F32 | Encoding::Unspecified => {
+            out.encoding = Encoding::F32 as i32;
+            let mut buf = Vec::with_capacity(values.len() * 4);
+            for v in values {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            Bytes::from(buf)
+        }
+        Encoding::F16 => Bytes::from(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect::<Vec<_>>()),
+        Encoding::Bf16 => Bytes::from(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect::<Vec<_>>()),
+        Encoding::Int8 => {
+            let channels = if shape.len() > 1 { shape[0] } else { 1 };
+            let per = values.len() / channels.max(1);
+            let mut buf = Vec::with_capacity(values.len());
+            for chunk in values.chunks(per.max(1)) {
+                let (lo, hi) = chunk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                let scale = if hi > lo { (hi - lo) / 255.0 } else { 0.0 };
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                buf.extend(chunk.iter().map(|&v| ((v - lo) * inv).round().clamp(0.0, 255.0) as u8));
+                out.scales.push(scale);
+                out.zero_points.push(lo);
+            }
+            Bytes::from(buf)
+        }
+    };
+    out
+}
+
+/// Decodes a payload, checking it completely. `max_bytes` caps the payload size.
+pub fn decode(t: &Tensor, max_bytes: usize) -> Result<(Vec<usize>, Vec<f32>), CodecError> {
+    let encoding = Encoding::try_from(t.encoding)
+        .ok()
+        .filter(|e| *e != Encoding::Unspecified)
+        .ok_or(CodecError::UnknownEncoding(t.encoding))?;
+    if t.data.is_empty() {
+        return Err(CodecError::Empty);
+    }
+    if t.data.len() > max_bytes {
+        return Err(CodecError::TooLarge { got: t.data.len(), limit: max_bytes });
+    }
+    if t.shape.is_empty() || t.shape.contains(&0) {
+        return Err(CodecError::BadShape(t.shape.clone()));
+    }
+    let count = t
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+        .ok_or_else(|| CodecError::BadShape(t.shape.clone()))?;
+    let expected = count.checked_mul(element_size(encoding)).ok_or_else(|| CodecError::BadShape(t.shape.clone()))?;
+    if t.data.len() != expected {
+        return Err(CodecError::ByteLength {
+            shape: t.shape.clone(),
+            encoding: encoding_name(encoding),
+            expected,
+            got: t.data.len(),
+        });
+    }
+    let data = &t.data[..];
+    let values: Vec<f32> = match encoding {
+        Encoding::F32 | Encoding::Unspecified => {
+            data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        Encoding::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Encoding::Bf16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Encoding::Int8 => {
+            let channels = if t.shape.len() > 1 { t.shape[0] as usize } else { 1 };
+            if t.scales.len() != channels || t.zero_points.len() != channels {
+                return Err(CodecError::QuantParams {
+                    expected: channels,
+                    scales: t.scales.len(),
+                    zero_points: t.zero_points.len(),
+                });
+            }
+            if let Some(i) = t.scales.iter().chain(&t.zero_points).position(|v| !v.is_finite()) {
+                return Err(CodecError::NonFinite { index: i % channels });
+            }
+            let per = count / channels;
+            let mut out = Vec::with_capacity(count);
+            for (c, chunk) in data.chunks(per).enumerate() {
+                let (scale, zero) = (t.scales[c], t.zero_points[c]);
+                out.extend(chunk.iter().map(|&q| zero + q as f32 * scale));
+            }
+            out
+        }
+    };
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(CodecError::NonFinite { index });
+    }
+    Ok((t.shape.iter().map(|&d| d as usize).collect(), values))
+}
+
+#[cfg(test)]
+mod tests;

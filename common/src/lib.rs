@@ -1,0 +1,21 @@
+//! Offramp's shared core.
+//!
+//! The same code runs a block whether it sits on the device or in the cloud:
+//!
+//! - [`model`]: the bundle format (manifest + safetensors), validation,
+//!   fingerprints, splitting, and the candle [`model::Executor`] that runs any
+//!   range of blocks with their exits and early-exits per sample.
+//! - [`policy`]: exit policies (max-probability, entropy, margin, patience).
+//! - [`codec`]: the hidden-state wire codec (f32, f16, bf16, int8).
+//! - [`data`]: datasets (MNIST IDX).
+//! - [`telemetry`]: tracing set-up shared by the binaries.
+
+pub mod codec;
+pub mod data;
+pub mod model;
+pub mod policy;
+pub mod stats;
+pub mod telemetry;
+
+pub use model::{Bundle, Executor, ModelError};
+pub use policy::Policy;

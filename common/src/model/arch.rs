@@ -1,0 +1,169 @@
+//! Built-in architectures and seeded weight initialisation.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+
+use super::manifest::{
+    block_tensor, exit_tensor, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest, FORMAT_VERSION, WEIGHTS_FILE,
+};
+
+/// Architectures `offramp train --arch` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// B-LeNet (BranchyNet): a LeNet-style backbone on 28x28 digits with a
+    /// cheap side branch after the first conv block and the final exit.
+    BLenet,
+    /// A tiny 3-exit network for tests and smoke runs.
+    Tiny,
+}
+
+fn conv(i: usize, o: usize, k: usize, pad: usize, pool: Option<usize>) -> LayerSpec {
+    LayerSpec::Conv2d { in_channels: i, out_channels: o, kernel: k, stride: 1, padding: pad, relu: true, pool }
+}
+
+fn linear(i: usize, o: usize, relu: bool) -> LayerSpec {
+    LayerSpec::Linear { in_features: i, out_features: o, relu }
+}
+
+fn block(name: &str, layer: LayerSpec) -> BlockSpec {
+    BlockSpec { name: name.into(), layer }
+}
+
+fn mnist_input() -> InputSpec {
+    InputSpec {
+        shape: vec![1, 28, 28],
+        dtype: "f32".into(),
+        preprocess: "grayscale pixels as u8 / 255, no normalisation".into(),
+    }
+}
+
+fn digits() -> Vec<String> {
+    (0..10).map(|d| d.to_string()).collect()
+}
+
+impl Arch {
+    pub fn manifest(self, model_id: &str) -> Manifest {
+        match self {
+            Arch::BLenet => Manifest {
+                format_version: FORMAT_VERSION,
+                model_id: model_id.into(),
+                description: "B-LeNet (BranchyNet, Teerapittayanon et al. 2016): LeNet-style backbone with one \
+                              side branch after the first conv block"
+                    .into(),
+                input: mnist_input(),
+                labels: digits(),
+                weights: WEIGHTS_FILE.into(),
+                blocks: vec![
+                    block("conv1", conv(1, 8, 5, 2, Some(2))),   // 8x14x14
+                    block("conv2", conv(8, 32, 5, 2, Some(2))),  // 32x7x7
+                    block("conv3", conv(32, 64, 3, 1, Some(2))), // 64x3x3
+                    block("flatten", LayerSpec::Flatten),        // 576
+                    block("fc1", linear(576, 128, true)),        // 128
+                ],
+                exits: vec![
+                    ExitSpec {
+                        name: "branch1".into(),
+                        after_block: 0,
+                        layers: vec![conv(8, 16, 3, 1, Some(2)), LayerSpec::Flatten, linear(16 * 7 * 7, 10, false)],
+                    },
+                    ExitSpec { name: "final".into(), after_block: 4, layers: vec![linear(128, 10, false)] },
+                ],
+                holds: None,
+            },
+            Arch::Tiny => Manifest {
+                format_version: FORMAT_VERSION,
+                model_id: model_id.into(),
+                description: "tiny 3-exit test network".into(),
+                input: mnist_input(),
+                labels: digits(),
+                weights: WEIGHTS_FILE.into(),
+                blocks: vec![
+                    block("conv1", conv(1, 4, 3, 1, Some(2))), // 4x14x14
+                    block("conv2", conv(4, 8, 3, 1, Some(2))), // 8x7x7
+                    block("flatten", LayerSpec::Flatten),      // 392
+                    block("fc1", linear(392, 32, true)),
+                ],
+                exits: vec![
+                    ExitSpec {
+                        name: "early".into(),
+                        after_block: 0,
+                        layers: vec![LayerSpec::Flatten, linear(4 * 14 * 14, 10, false)],
+                    },
+                    ExitSpec { name: "middle".into(), after_block: 2, layers: vec![linear(392, 10, false)] },
+                    ExitSpec { name: "final".into(), after_block: 3, layers: vec![linear(32, 10, false)] },
+                ],
+                holds: None,
+            },
+        }
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64) so that initialisation and data
+/// order depend only on the seed, not on a crate's version.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform integer in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// Seeded He-uniform weights (PyTorch's default bound 1/sqrt(fan_in) for
+/// biases) for every parameter of `manifest`.
+pub fn init_weights(manifest: &Manifest, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut out = HashMap::new();
+    let mut add = |name: String, shape: Vec<usize>, fan_in: usize, rng: &mut SplitMix64| -> candle_core::Result<()> {
+        let is_bias = shape.len() == 1;
+        let bound = if is_bias { 1.0 / (fan_in as f32).sqrt() } else { (6.0 / fan_in as f32).sqrt() };
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect();
+        out.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    let fan_in = |spec: &LayerSpec| match *spec {
+        LayerSpec::Conv2d { in_channels, kernel, .. } => in_channels * kernel * kernel,
+        LayerSpec::Linear { in_features, .. } => in_features,
+        LayerSpec::Flatten => 1,
+    };
+    for (b, block) in manifest.blocks.iter().enumerate() {
+        for (suffix, shape) in block.layer.parameters() {
+            add(block_tensor(b, suffix), shape, fan_in(&block.layer), &mut rng)?;
+        }
+    }
+    for (e, exit) in manifest.exits.iter().enumerate() {
+        for (l, layer) in exit.layers.iter().enumerate() {
+            for (suffix, shape) in layer.parameters() {
+                add(exit_tensor(e, l, suffix), shape, fan_in(layer), &mut rng)?;
+            }
+        }
+    }
+    Ok(out)
+}

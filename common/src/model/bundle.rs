@@ -1,0 +1,502 @@
+//! Loading, validating, fingerprinting, splitting and saving model bundles.
+//!
+//! A bundle is a directory holding `manifest.json`, one `.safetensors` file and
+//! optionally the model's own `policy.toml`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::error::ModelError;
+use super::layer::Layer;
+use super::manifest::{
+    block_tensor, exit_tensor, BlockRange, LayerSpec, Manifest, FORMAT_VERSION, MANIFEST_FILE, POLICY_FILE,
+};
+
+/// Which side of a split point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SplitSide {
+    /// Blocks `[0, K)` and their exits.
+    Edge,
+    /// Blocks `[K, N)` and their exits.
+    Cloud,
+}
+
+/// A validated model (or one side of a split model) with its weights loaded.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    manifest: Manifest,
+    /// Directory it was loaded from, if any.
+    dir: Option<PathBuf>,
+    /// Parameter tensors by name (only those of held blocks and exits).
+    tensors: BTreeMap<String, Tensor>,
+    /// `shapes[k]` is the shape (batch excluded) entering block `k`;
+    /// `shapes[N]` is the output of the last block.
+    shapes: Vec<Vec<usize>>,
+    blocks: Vec<Option<Layer>>,
+    exits: Vec<Option<Vec<Layer>>>,
+    /// For each block, the index of the exit attached after it.
+    exit_after: Vec<Option<usize>>,
+    block_digests: Vec<Option<[u8; 32]>>,
+    exit_digests: Vec<Option<[u8; 32]>>,
+    held: Range<usize>,
+}
+
+impl Bundle {
+    /// Loads and validates the bundle in `dir`.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let dir = dir.as_ref();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| ModelError::io(&manifest_path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Manifest { path: manifest_path.clone(), message: e.to_string() })?;
+        let weights_path = dir.join(&manifest.weights);
+        if !weights_path.is_file() {
+            return Err(ModelError::io(
+                &weights_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+            ));
+        }
+        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
+        let mut bundle = Self::from_parts_at(manifest, tensors, &weights_path)?;
+        bundle.dir = Some(dir.to_path_buf());
+        Ok(bundle)
+    }
+
+    /// Builds a bundle from a manifest and tensors held in memory (training,
+    /// tests). Validates exactly as [`Bundle::load`] does.
+    pub fn from_parts(manifest: Manifest, tensors: HashMap<String, Tensor>) -> Result<Self, ModelError> {
+        Self::from_parts_at(manifest, tensors, Path::new("<memory>"))
+    }
+
+    fn from_parts_at(
+        manifest: Manifest,
+        mut tensors: HashMap<String, Tensor>,
+        weights_path: &Path,
+    ) -> Result<Self, ModelError> {
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(ModelError::FormatVersion { got: manifest.format_version, supported: FORMAT_VERSION });
+        }
+        let bad = |message: String| ModelError::Manifest { path: PathBuf::from(MANIFEST_FILE), message };
+        if manifest.input.dtype != "f32" {
+            return Err(ModelError::UnsupportedDtype { what: "the input".into(), dtype: manifest.input.dtype.clone() });
+        }
+        if manifest.input.shape.is_empty() || manifest.input.shape.contains(&0) {
+            return Err(bad(format!(
+                "input shape {:?} must be non-empty with positive dimensions",
+                manifest.input.shape
+            )));
+        }
+        if manifest.labels.len() < 2 {
+            return Err(bad(format!("a classifier needs at least 2 labels, got {}", manifest.labels.len())));
+        }
+        let n = manifest.blocks.len();
+        if n == 0 {
+            return Err(bad("the model has no blocks".into()));
+        }
+        let held = match manifest.holds {
+            None => 0..n,
+            Some(BlockRange { start, end }) if start <= end && end <= n => start..end,
+            Some(BlockRange { start, end }) => {
+                return Err(bad(format!("holds {start}..{end} is not a range inside 0..{n}")));
+            }
+        };
+
+        // Shapes through the backbone.
+        let mut shapes = vec![manifest.input.shape.clone()];
+        for (i, block) in manifest.blocks.iter().enumerate() {
+            let next = block.layer.output_shape(&shapes[i]).map_err(|message| ModelError::BlockShape {
+                block: i,
+                name: block.name.clone(),
+                message,
+            })?;
+            shapes.push(next);
+        }
+
+        // Exits: in block order, attached to existing blocks, ending in logits.
+        let mut exit_after = vec![None; n];
+        let mut previous: Option<usize> = None;
+        for (e, exit) in manifest.exits.iter().enumerate() {
+            if exit.after_block >= n {
+                return Err(ModelError::ExitAfterMissingBlock {
+                    exit: e,
+                    name: exit.name.clone(),
+                    after_block: exit.after_block,
+                    num_blocks: n,
+                });
+            }
+            if previous.is_some_and(|p| p >= exit.after_block) {
+                return Err(ModelError::ExitOrder { exit: e, name: exit.name.clone(), after_block: exit.after_block });
+            }
+            previous = Some(exit.after_block);
+            exit_after[exit.after_block] = Some(e);
+            let mut shape = shapes[exit.after_block + 1].clone();
+            for layer in &exit.layers {
+                shape = layer.output_shape(&shape).map_err(|message| ModelError::ExitShape {
+                    exit: e,
+                    name: exit.name.clone(),
+                    message,
+                })?;
+            }
+            if shape != [manifest.labels.len()] {
+                return Err(ModelError::ExitShape {
+                    exit: e,
+                    name: exit.name.clone(),
+                    message: format!("produces shape {shape:?}, not {} class logits", manifest.labels.len()),
+                });
+            }
+        }
+        if exit_after[n - 1].is_none() {
+            return Err(ModelError::NoFinalExit { last_block: n - 1 });
+        }
+
+        // Tensors: every parameter of a held layer present, f32, right shape;
+        // nothing else.
+        let mut taken = BTreeMap::new();
+        let mut take = |name: String, shape: Vec<usize>| -> Result<Tensor, ModelError> {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| ModelError::MissingTensor { tensor: name.clone(), path: weights_path.to_path_buf() })?;
+            if t.dtype() != DType::F32 {
+                return Err(ModelError::UnsupportedDtype {
+                    what: format!("tensor {name:?}"),
+                    dtype: format!("{:?}", t.dtype()).to_lowercase(),
+                });
+            }
+            if t.dims() != shape.as_slice() {
+                return Err(ModelError::ShapeMismatch { tensor: name, expected: shape, got: t.dims().to_vec() });
+            }
+            taken.insert(name, t.clone());
+            Ok(t)
+        };
+        let mut blocks = Vec::with_capacity(n);
+        for (i, block) in manifest.blocks.iter().enumerate() {
+            if !held.contains(&i) {
+                blocks.push(None);
+                continue;
+            }
+            let mut params = HashMap::new();
+            for (suffix, shape) in block.layer.parameters() {
+                params.insert(suffix, take(block_tensor(i, suffix), shape)?);
+            }
+            blocks.push(Some(Layer::new(&block.layer, |s| params[s].clone())?));
+        }
+        let mut exits = Vec::with_capacity(manifest.exits.len());
+        for (e, exit) in manifest.exits.iter().enumerate() {
+            if !held.contains(&exit.after_block) {
+                exits.push(None);
+                continue;
+            }
+            let mut layers = Vec::with_capacity(exit.layers.len());
+            for (l, layer) in exit.layers.iter().enumerate() {
+                let mut params = HashMap::new();
+                for (suffix, shape) in layer.parameters() {
+                    params.insert(suffix, take(exit_tensor(e, l, suffix), shape)?);
+                }
+                layers.push(Layer::new(layer, |s| params[s].clone())?);
+            }
+            exits.push(Some(layers));
+        }
+        if let Some(name) = tensors.keys().min() {
+            return Err(ModelError::UnexpectedTensor { tensor: name.clone(), path: weights_path.to_path_buf() });
+        }
+
+        let mut bundle = Bundle {
+            manifest,
+            dir: None,
+            tensors: taken,
+            shapes,
+            blocks,
+            exits,
+            exit_after,
+            block_digests: vec![],
+            exit_digests: vec![],
+            held,
+        };
+        bundle.compute_digests()?;
+        Ok(bundle)
+    }
+
+    fn compute_digests(&mut self) -> Result<(), ModelError> {
+        let digest_layers =
+            |tag: String, specs: &[&LayerSpec], names: Vec<String>, tensors: &BTreeMap<String, Tensor>| {
+                let mut h = Sha256::new();
+                h.update(tag.as_bytes());
+                for spec in specs {
+                    h.update(serde_json::to_vec(spec).expect("layer specs serialize"));
+                }
+                for name in names {
+                    let t = &tensors[&name];
+                    h.update(name.as_bytes());
+                    for d in t.dims() {
+                        h.update((*d as u64).to_le_bytes());
+                    }
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    for v in values {
+                        h.update(v.to_le_bytes());
+                    }
+                }
+                Ok::<[u8; 32], candle_core::Error>(h.finalize().into())
+            };
+        let mut block_digests = Vec::new();
+        for (i, block) in self.manifest.blocks.iter().enumerate() {
+            if !self.held.contains(&i) {
+                block_digests.push(None);
+                continue;
+            }
+            let names = block.layer.parameters().into_iter().map(|(s, _)| block_tensor(i, s)).collect();
+            block_digests.push(Some(digest_layers(format!("block {i}"), &[&block.layer], names, &self.tensors)?));
+        }
+        let mut exit_digests = Vec::new();
+        for (e, exit) in self.manifest.exits.iter().enumerate() {
+            if !self.held.contains(&exit.after_block) {
+                exit_digests.push(None);
+                continue;
+            }
+            let specs: Vec<&LayerSpec> = exit.layers.iter().collect();
+            let names = exit
+                .layers
+                .iter()
+                .enumerate()
+                .flat_map(|(l, layer)| layer.parameters().into_iter().map(move |(s, _)| exit_tensor(e, l, s)))
+                .collect();
+            let tag = format!("exit {e} after {}", exit.after_block);
+            exit_digests.push(Some(digest_layers(tag, &specs, names, &self.tensors)?));
+        }
+        self.block_digests = block_digests;
+        self.exit_digests = exit_digests;
+        Ok(())
+    }
+
+    /// Switches every conv layer to the im2col form whose backward pass is fast
+    /// (training). Results equal the default path within float rounding.
+    pub fn use_unfold_conv(&mut self, on: bool) {
+        let layers = self.blocks.iter_mut().flatten().chain(self.exits.iter_mut().flatten().flatten());
+        for layer in layers {
+            if let Layer::Conv2d { unfold, .. } = layer {
+                *unfold = on;
+            }
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.manifest.model_id
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The bundle's own policy file, when it ships one.
+    pub fn policy_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(POLICY_FILE)).filter(|p| p.is_file())
+    }
+
+    /// Number of blocks of the whole model (N).
+    pub fn num_blocks(&self) -> usize {
+        self.manifest.blocks.len()
+    }
+
+    pub fn num_exits(&self) -> usize {
+        self.manifest.exits.len()
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.manifest.labels.len()
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.manifest.labels
+    }
+
+    /// Blocks whose weights this bundle holds.
+    pub fn held(&self) -> Range<usize> {
+        self.held.clone()
+    }
+
+    /// Shape entering block `k` (`k == N`: the backbone's output), batch excluded.
+    pub fn shape_at(&self, k: usize) -> Result<&[usize], ModelError> {
+        self.shapes
+            .get(k)
+            .map(Vec::as_slice)
+            .ok_or(ModelError::SplitOutOfRange { split: k, num_blocks: self.num_blocks() })
+    }
+
+    /// Checks `0 <= k <= N`.
+    pub fn check_split(&self, k: usize) -> Result<(), ModelError> {
+        if k > self.num_blocks() {
+            return Err(ModelError::SplitOutOfRange { split: k, num_blocks: self.num_blocks() });
+        }
+        Ok(())
+    }
+
+    /// Checks that blocks `range` (and their exits) are held.
+    pub fn check_held(&self, range: &Range<usize>) -> Result<(), ModelError> {
+        if range.end > self.num_blocks() {
+            return Err(ModelError::SplitOutOfRange { split: range.end, num_blocks: self.num_blocks() });
+        }
+        if range.start < range.end && (range.start < self.held.start || range.end > self.held.end) {
+            return Err(ModelError::BlocksNotHeld {
+                start: range.start,
+                end: range.end,
+                held_start: self.held.start,
+                held_end: self.held.end,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this bundle can serve the given side of split `k`.
+    pub fn serves(&self, side: SplitSide, k: usize) -> bool {
+        k <= self.num_blocks()
+            && match side {
+                SplitSide::Edge => self.held.start == 0 && self.held.end >= k,
+                SplitSide::Cloud => self.held.start <= k && self.held.end == self.num_blocks(),
+            }
+    }
+
+    /// Split points whose `side` this bundle can serve.
+    pub fn splits(&self, side: SplitSide) -> Vec<usize> {
+        (0..=self.num_blocks()).filter(|&k| self.serves(side, k)).collect()
+    }
+
+    /// Fingerprint of one side of split `k`: a SHA-256 over the input spec (edge)
+    /// or labels (cloud), the layer specs and the weights of that side's blocks
+    /// and exits. `None` if this bundle does not hold that side.
+    pub fn fingerprint(&self, side: SplitSide, k: usize) -> Option<String> {
+        if !self.serves(side, k) {
+            return None;
+        }
+        let n = self.num_blocks();
+        let mut h = Sha256::new();
+        h.update(self.manifest.model_id.as_bytes());
+        h.update((n as u64).to_le_bytes());
+        h.update((k as u64).to_le_bytes());
+        let blocks = match side {
+            SplitSide::Edge => {
+                h.update(b"edge");
+                h.update(serde_json::to_vec(&self.manifest.input).expect("input spec serializes"));
+                0..k
+            }
+            SplitSide::Cloud => {
+                h.update(b"cloud");
+                h.update(serde_json::to_vec(&self.manifest.labels).expect("labels serialize"));
+                k..n
+            }
+        };
+        for b in blocks.clone() {
+            h.update(self.block_digests[b].expect("held block has a digest"));
+        }
+        for (e, exit) in self.manifest.exits.iter().enumerate() {
+            if blocks.contains(&exit.after_block) {
+                h.update(self.exit_digests[e].expect("held exit has a digest"));
+            }
+        }
+        let digest = h.finalize();
+        Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Index of the exit attached after block `b`, if any.
+    pub fn exit_after(&self, b: usize) -> Option<usize> {
+        self.exit_after.get(b).copied().flatten()
+    }
+
+    /// Index of the final exit (after the last block).
+    pub fn final_exit(&self) -> usize {
+        self.num_exits() - 1
+    }
+
+    /// Exits attached after blocks in `range`.
+    pub fn exits_in(&self, range: Range<usize>) -> Vec<usize> {
+        range.filter_map(|b| self.exit_after(b)).collect()
+    }
+
+    pub(crate) fn block(&self, b: usize) -> &Layer {
+        self.blocks[b].as_ref().expect("caller checked the block is held")
+    }
+
+    pub(crate) fn exit_head(&self, e: usize) -> &[Layer] {
+        self.exits[e].as_deref().expect("caller checked the exit is held")
+    }
+
+    /// Multiply-adds of block `b` for one sample.
+    pub fn block_macs(&self, b: usize) -> u64 {
+        self.manifest.blocks[b].layer.macs(&self.shapes[b])
+    }
+
+    /// Multiply-adds of exit head `e` for one sample.
+    pub fn exit_macs(&self, e: usize) -> u64 {
+        let exit = &self.manifest.exits[e];
+        let mut shape = self.shapes[exit.after_block + 1].clone();
+        let mut total = 0;
+        for layer in &exit.layers {
+            total += layer.macs(&shape);
+            shape = layer.output_shape(&shape).expect("validated at load");
+        }
+        total
+    }
+
+    /// Multiply-adds for one sample that leaves at exit `e`, having evaluated
+    /// every exit before it.
+    pub fn macs_to_exit(&self, e: usize) -> u64 {
+        let last_block = self.manifest.exits[e].after_block;
+        let blocks: u64 = (0..=last_block).map(|b| self.block_macs(b)).sum();
+        let exits: u64 = (0..=e).map(|x| self.exit_macs(x)).sum();
+        blocks + exits
+    }
+
+    /// Multiply-adds of the plain network: every block plus the final exit.
+    pub fn full_macs(&self) -> u64 {
+        (0..self.num_blocks()).map(|b| self.block_macs(b)).sum::<u64>() + self.exit_macs(self.final_exit())
+    }
+
+    /// Parameter tensors held, by name.
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Writes the bundle (manifest + weights, and `policy` if given) to `dir`.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let json = serde_json::to_string_pretty(&self.manifest).expect("manifest serializes");
+        std::fs::write(&manifest_path, json + "\n").map_err(|e| ModelError::io(&manifest_path, e))?;
+        let weights_path = dir.join(&self.manifest.weights);
+        let tensors: HashMap<String, Tensor> =
+            self.tensors.iter().map(|(k, v)| Ok((k.clone(), v.contiguous()?))).collect::<candle_core::Result<_>>()?;
+        candle_core::safetensors::save(&tensors, &weights_path)?;
+        Ok(())
+    }
+
+    /// Splits at `k` into an edge bundle holding blocks `[0, k)` (and their exits)
+    /// and a cloud bundle holding `[k, N)`. Fingerprints are unchanged.
+    pub fn split(&self, k: usize) -> Result<(Bundle, Bundle), ModelError> {
+        self.check_split(k)?;
+        self.check_held(&(0..self.num_blocks()))?;
+        Ok((self.restrict(0..k)?, self.restrict(k..self.num_blocks())?))
+    }
+
+    fn restrict(&self, range: Range<usize>) -> Result<Bundle, ModelError> {
+        let mut manifest = self.manifest.clone();
+        manifest.holds = Some(BlockRange { start: range.start, end: range.end });
+        let keep = |name: &str| {
+            let mut parts = name.split('.');
+            let (kind, index) = (parts.next(), parts.next().and_then(|i| i.parse::<usize>().ok()));
+            match (kind, index) {
+                (Some("blocks"), Some(b)) => range.contains(&b),
+                (Some("exits"), Some(e)) => range.contains(&self.manifest.exits[e].after_block),
+                _ => false,
+            }
+        };
+        let tensors = self.tensors.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        Bundle::from_parts(manifest, tensors)
+    }
+}

@@ -1,0 +1,118 @@
+//! The forward pass of one layer, on a batch, with candle.
+
+use candle_core::{Result, Tensor};
+
+use super::manifest::LayerSpec;
+
+/// A layer with its weights, ready to run. The same code serves inference and
+/// training (weights may be `Var`s, and the ops are differentiable).
+#[derive(Debug, Clone)]
+pub enum Layer {
+    Conv2d {
+        weight: Tensor,
+        /// Bias shaped `[1, C, 1, 1]` for broadcasting.
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+        pool: Option<usize>,
+        /// Compute as explicit im2col (narrow + stack) and a batched matmul:
+        /// candle's conv2d backward is an order of magnitude slower than its
+        /// forward on CPU, so training uses this differentiable form.
+        unfold: bool,
+    },
+    Linear {
+        weight: Tensor,
+        bias: Tensor,
+        relu: bool,
+    },
+    Flatten,
+}
+
+impl Layer {
+    /// Builds a layer from its spec; `param` fetches a parameter tensor by
+    /// suffix (`weight`, `bias`), already checked for shape.
+    pub fn new(spec: &LayerSpec, mut param: impl FnMut(&str) -> Tensor) -> Result<Self> {
+        Ok(match *spec {
+            LayerSpec::Conv2d { out_channels, stride, padding, relu, pool, .. } => Layer::Conv2d {
+                weight: param("weight"),
+                bias: param("bias").reshape((1, out_channels, 1, 1))?,
+                stride,
+                padding,
+                relu,
+                pool,
+                unfold: false,
+            },
+            LayerSpec::Linear { relu, .. } => Layer::Linear { weight: param("weight"), bias: param("bias"), relu },
+            LayerSpec::Flatten => Layer::Flatten,
+        })
+    }
+
+    /// Runs the layer on a batch (`[B, ...]`).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Layer::Conv2d { weight, bias, stride, padding, relu, pool, unfold } => {
+                let y = if *unfold {
+                    unfold_conv2d(x, weight, *padding, *stride)?
+                } else {
+                    x.conv2d(weight, *padding, *stride, 1, 1)?
+                };
+                let mut y = y.broadcast_add(bias)?;
+                if *relu {
+                    y = y.relu()?;
+                }
+                if let Some(p) = pool {
+                    y = y.max_pool2d(*p)?;
+                }
+                Ok(y)
+            }
+            Layer::Linear { weight, bias, relu } => {
+                let y = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
+                if *relu {
+                    y.relu()
+                } else {
+                    Ok(y)
+                }
+            }
+            Layer::Flatten => x.flatten_from(1),
+        }
+    }
+}
+
+/// Runs a list of layers in order.
+pub fn forward_all(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
+    let mut y = x.clone();
+    for layer in layers {
+        y = layer.forward(&y)?;
+    }
+    Ok(y)
+}
+
+/// Convolution as im2col (one strided view per kernel offset, stacked) and a
+/// batched matmul, built from differentiable candle ops only.
+pub fn unfold_conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (o, _, k, _) = w.dims4()?;
+    let xp = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
+    let (oh, ow) = ((h + 2 * padding - k) / stride + 1, (wd + 2 * padding - k) / stride + 1);
+    let mut cols = Vec::with_capacity(k * k);
+    for i in 0..k {
+        for j in 0..k {
+            let mut v = xp.narrow(2, i, (oh - 1) * stride + 1)?.narrow(3, j, (ow - 1) * stride + 1)?;
+            if stride > 1 {
+                let rows: Vec<u32> = (0..oh).map(|r| (r * stride) as u32).collect();
+                let cols: Vec<u32> = (0..ow).map(|c| (c * stride) as u32).collect();
+                v = v
+                    .index_select(&Tensor::new(rows, x.device())?, 2)?
+                    .index_select(&Tensor::new(cols, x.device())?, 3)?;
+            }
+            cols.push(v);
+        }
+    }
+    let cols = Tensor::stack(&cols, 2)?.reshape((b, c * k * k, oh * ow))?;
+    w.reshape((o, c * k * k))?.broadcast_matmul(&cols)?.reshape((b, o, oh, ow))
+}

@@ -1,0 +1,15 @@
+//! Multi-exit models: the bundle format, its validation and fingerprints, and
+//! the executor shared by edge and cloud.
+
+pub mod arch;
+mod bundle;
+mod error;
+mod executor;
+mod layer;
+pub mod manifest;
+
+pub use bundle::{Bundle, SplitSide};
+pub use error::ModelError;
+pub use executor::{Executor, ExitResult, Observation, RunOutput};
+pub use layer::Layer;
+pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest};

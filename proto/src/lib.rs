@@ -1,0 +1,20 @@
+//! The Offramp wire protocol.
+//!
+//! The messages and services are defined in `proto/offramp.proto` and compiled
+//! at build time with `protox` (no `protoc` needed). Everything else in the
+//! workspace imports these re-exported types.
+
+/// Generated code for package `offramp.v1`.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("offramp.v1");
+}
+
+pub use v1::*;
+
+/// Version of the wire protocol this build speaks. Bumped on any incompatible
+/// change; the edge refuses a cloud with a different version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default gRPC port of the cloud service.
+pub const DEFAULT_CLOUD_PORT: u16 = 50051;
