@@ -8,10 +8,12 @@
 //! - [`policy`]: exit policies (max-probability, entropy, margin, patience).
 //! - [`codec`]: the hidden-state wire codec (f32, f16, bf16, int8).
 //! - [`data`]: datasets (MNIST IDX).
+//! - [`eval`]: per-exit probabilities for a dataset and policy simulation.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
 
 pub mod codec;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod policy;
 pub mod stats;

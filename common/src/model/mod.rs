@@ -13,3 +13,6 @@ pub use error::ModelError;
 pub use executor::{Executor, ExitResult, Observation, RunOutput};
 pub use layer::Layer;
 pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest};
+
+#[cfg(test)]
+mod tests;
