@@ -1,1 +1,231 @@
+//! The Offramp cloud service: runs blocks `[K, N)` of a multi-exit network and
+//! their exits for hidden states sent by edges, over gRPC.
+//!
+//! `main` parses [`Config`], sets up tracing and calls [`serve`]; tests call the
+//! same [`serve`] in-process on `127.0.0.1:0`.
 
+pub mod batcher;
+pub mod error;
+pub mod models;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use offramp_common::units;
+use offramp_proto::split_inference_server::SplitInferenceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::batcher::{BatchConfig, Batcher};
+use crate::models::Registry;
+use crate::service::{CloudService, CloudState};
+
+/// Cloud configuration (flags, each also readable from the environment).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Model bundle directory: the whole model, or the cloud side of a split
+    /// (`offramp split`). Repeat for several models.
+    #[arg(long = "model", env = "OFFRAMP_MODEL", required = true, value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+    /// gRPC listen address. Loopback by default; port 0 picks a free port.
+    #[arg(long, env = "OFFRAMP_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Default policy for the cloud-side exits when a request carries none
+    /// (default: the bundle's policy.toml, else final exit only).
+    #[arg(long, env = "OFFRAMP_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Largest accepted hidden-state payload.
+    #[arg(long, env = "OFFRAMP_MAX_PAYLOAD", default_value = "4MiB", value_parser = units::parse_bytes)]
+    pub max_payload: usize,
+    /// Compute threads.
+    #[arg(long, env = "OFFRAMP_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Largest batch across edges (1 turns batching off).
+    #[arg(long, env = "OFFRAMP_MAX_BATCH", default_value_t = 32)]
+    pub max_batch: usize,
+    /// How long a request may wait for others to fill its batch.
+    #[arg(long, env = "OFFRAMP_BATCH_WAIT", default_value = "500us", value_parser = units::parse_duration)]
+    pub batch_wait: Duration,
+    /// Bound on queued work; beyond it requests get ResourceExhausted at once.
+    #[arg(long, env = "OFFRAMP_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+    /// On SIGTERM/SIGINT, how long in-flight work may take to finish.
+    #[arg(long, env = "OFFRAMP_DRAIN_TIMEOUT", default_value = "10s", value_parser = units::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// A config for one model with defaults (tests, demo).
+    pub fn for_model(model: impl Into<PathBuf>) -> Self {
+        Self {
+            models: vec![model.into()],
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            policy: None,
+            max_payload: 4 << 20,
+            workers: 1,
+            max_batch: 32,
+            batch_wait: Duration::from_micros(500),
+            max_queue: 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains. `ready` is called with the
+/// bound address once the models are loaded and health says SERVING; until
+/// then health answers NOT_SERVING and inference `Unavailable`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let service = CloudService::default();
+    let loaded = service.loaded.clone();
+
+    // Shutdown: health NOT_SERVING and new work refused at once, then the
+    // server stops accepting and in-flight requests get `drain_timeout`.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let drain_started = {
+        let (health, loaded) = (health.clone(), loaded.clone());
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, refusing new work, draining");
+            if let Some(state) = loaded.get() {
+                state.draining.store(true, Ordering::Relaxed);
+            }
+            health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    tokio::spawn(drain_started);
+
+    let max_message = config.max_payload + 64 * 1024;
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(health_service)
+        .add_service(SplitInferenceServer::new(service).max_decoding_message_size(max_message))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        });
+    let server = tokio::spawn(server);
+
+    let state = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> Result<Arc<CloudState>> {
+            let registry = Registry::load(&config.models, config.policy.as_deref())?;
+            let batcher = Batcher::start(BatchConfig {
+                max_batch: config.max_batch,
+                batch_wait: config.batch_wait,
+                max_queue: config.max_queue,
+                workers: config.workers,
+            });
+            Ok(Arc::new(CloudState { registry, batcher, max_payload_bytes: config.max_payload, draining: false.into() }))
+        })
+        .await
+        .context("model loader panicked")??
+    };
+    let _ = loaded.set(state);
+    if !*stop_rx.borrow() {
+        health.set_serving::<SplitInferenceServer<CloudService>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        tracing::info!(%addr, "serving");
+        ready(addr);
+    }
+
+    let _ = stop_rx.wait_for(|s| *s).await;
+    match tokio::time::timeout(config.drain_timeout, server).await {
+        Ok(joined) => joined.context("server task panicked")?.context("grpc server failed")?,
+        Err(_) => tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; dropping in-flight requests"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// A cloud running in-process (tests, demo, experiments).
+pub struct CloudHandle {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl CloudHandle {
+    /// Binds `config.listen`, loads the models and returns once SERVING.
+    pub async fn start(config: Config) -> Result<Self> {
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(
+            config,
+            listener,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |addr| {
+                let _ = ready_tx.send(addr);
+            },
+        ));
+        match ready_rx.await {
+            Ok(addr) => Ok(Self { addr, stop: Some(stop), task }),
+            Err(_) => Err(task.await.context("cloud task panicked")?.err().unwrap_or_else(|| anyhow::anyhow!("cloud stopped before ready"))),
+        }
+    }
+
+    /// `http://addr` for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown, waiting for the drain.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("cloud task panicked")?
+    }
+}
+
+impl Drop for CloudHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

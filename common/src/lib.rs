@@ -18,6 +18,7 @@ pub mod model;
 pub mod policy;
 pub mod stats;
 pub mod telemetry;
+pub mod units;
 
 pub use model::{Bundle, Executor, ModelError};
 pub use policy::Policy;

@@ -1,1 +1,13 @@
+//! The Offramp edge runtime: runs blocks `[0, K)` of a multi-exit network on
+//! the device, answers at the first confident exit, offloads the hidden state
+//! to a cloud otherwise, and always answers (offline fallback).
 
+pub mod breaker;
+pub mod offload;
+pub mod report;
+pub mod run;
+pub mod runtime;
+pub mod serve;
+pub mod transport;
+
+pub use runtime::{Answer, Edge, EdgeConfig, FallbackMode, Tier};

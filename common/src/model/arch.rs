@@ -70,6 +70,7 @@ impl Arch {
                     ExitSpec { name: "final".into(), after_block: 4, layers: vec![linear(128, 10, false)] },
                 ],
                 holds: None,
+                peer_fingerprints: Default::default(),
             },
             Arch::Tiny => Manifest {
                 format_version: FORMAT_VERSION,
@@ -94,6 +95,7 @@ impl Arch {
                     ExitSpec { name: "final".into(), after_block: 3, layers: vec![linear(32, 10, false)] },
                 ],
                 holds: None,
+                peer_fingerprints: Default::default(),
             },
         }
     }

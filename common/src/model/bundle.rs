@@ -403,6 +403,18 @@ impl Bundle {
         Some(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// The fingerprint this bundle expects of `side` at split `k`: computed when
+    /// it holds that side, else as recorded when the bundle was split.
+    pub fn expected_fingerprint(&self, side: SplitSide, k: usize) -> Option<String> {
+        self.fingerprint(side, k).or_else(|| {
+            let mine = match side {
+                SplitSide::Edge => SplitSide::Cloud,
+                SplitSide::Cloud => SplitSide::Edge,
+            };
+            self.serves(mine, k).then(|| self.manifest.peer_fingerprints.get(&k).cloned()).flatten()
+        })
+    }
+
     /// Index of the exit attached after block `b`, if any.
     pub fn exit_after(&self, b: usize) -> Option<usize> {
         self.exit_after.get(b).copied().flatten()
@@ -481,12 +493,16 @@ impl Bundle {
     pub fn split(&self, k: usize) -> Result<(Bundle, Bundle), ModelError> {
         self.check_split(k)?;
         self.check_held(&(0..self.num_blocks()))?;
-        Ok((self.restrict(0..k)?, self.restrict(k..self.num_blocks())?))
+        let n = self.num_blocks();
+        let cloud_prints = (0..=k).filter_map(|j| Some((j, self.fingerprint(SplitSide::Cloud, j)?))).collect();
+        let edge_prints = (k..=n).filter_map(|j| Some((j, self.fingerprint(SplitSide::Edge, j)?))).collect();
+        Ok((self.restrict(0..k, cloud_prints)?, self.restrict(k..n, edge_prints)?))
     }
 
-    fn restrict(&self, range: Range<usize>) -> Result<Bundle, ModelError> {
+    fn restrict(&self, range: Range<usize>, peers: BTreeMap<usize, String>) -> Result<Bundle, ModelError> {
         let mut manifest = self.manifest.clone();
         manifest.holds = Some(BlockRange { start: range.start, end: range.end });
+        manifest.peer_fingerprints = peers;
         let keep = |name: &str| {
             let mut parts = name.split('.');
             let (kind, index) = (parts.next(), parts.next().and_then(|i| i.parse::<usize>().ok()));

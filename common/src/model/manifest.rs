@@ -5,6 +5,8 @@
 //! the shape of the format unchanged. Exit heads are lists of the same layer
 //! kinds, attached after a block, and end in class logits.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Current manifest format version.
@@ -39,6 +41,11 @@ pub struct Manifest {
     /// side). Absent: the whole model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<BlockRange>,
+    /// For a split bundle: the fingerprints of the other side, recorded when it
+    /// was split, so an edge can check a cloud (and vice versa) without holding
+    /// its weights. Keyed by split point.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peer_fingerprints: BTreeMap<usize, String>,
 }
 
 fn default_weights() -> String {

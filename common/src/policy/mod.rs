@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Observation;
 
+mod wire;
+
 /// One exit's rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]

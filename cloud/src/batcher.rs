@@ -1,0 +1,190 @@
+//! The compute queue: requests from every edge for the same model, split point
+//! and policy are batched on dedicated compute threads (never on tokio
+//! workers). A cloneable handle over a channel; a semaphore bounds queued work
+//! (a failed acquire is an overload error at once, not a wait); entries whose
+//! caller went away are dropped before compute.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use offramp_common::model::ExitResult;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::CloudError;
+use crate::models::ValidRequest;
+
+/// Batching and admission settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Largest batch; 1 turns batching off.
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for company.
+    pub batch_wait: Duration,
+    /// Bound on queued plus running requests; beyond it, `ResourceExhausted`.
+    pub max_queue: usize,
+    /// Compute threads.
+    pub workers: usize,
+}
+
+/// What compute returns for one request.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    pub result: ExitResult,
+    pub queue_us: u64,
+    pub compute_us: u64,
+    pub batch_size: usize,
+}
+
+struct Job {
+    req: ValidRequest,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Computed, CloudError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Job {
+    fn compatible(&self, other: &Job) -> bool {
+        Arc::ptr_eq(&self.req.model, &other.req.model)
+            && self.req.split == other.req.split
+            && (Arc::ptr_eq(&self.req.policy, &other.req.policy) || self.req.policy == other.req.policy)
+    }
+}
+
+/// Counters the batcher keeps (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub computed: std::sync::atomic::AtomicU64,
+    pub dropped_gone: std::sync::atomic::AtomicU64,
+}
+
+/// Handle to the compute threads. Cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
+    config: BatchConfig,
+    pub stats: Arc<BatchStats>,
+}
+
+impl Batcher {
+    pub fn start(config: BatchConfig) -> Self {
+        let config = BatchConfig {
+            max_batch: config.max_batch.max(1),
+            workers: config.workers.max(1),
+            max_queue: config.max_queue.max(1),
+            ..config
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(BatchStats::default());
+        for i in 0..config.workers {
+            let (rx, stats) = (rx.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name(format!("offramp-compute-{i}"))
+                .spawn(move || worker(rx, config, stats))
+                .expect("spawn compute thread");
+        }
+        Self { tx, permits: Arc::new(Semaphore::new(config.max_queue)), config, stats }
+    }
+
+    /// Requests queued or running now.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_queue - self.permits.available_permits()
+    }
+
+    /// Queues a validated request and waits for its answer. Fails at once with
+    /// `Overloaded` when the queue is full.
+    pub async fn submit(&self, req: ValidRequest) -> Result<Computed, CloudError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| CloudError::Overloaded(self.in_flight()))?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { req, enqueued: Instant::now(), reply, _permit: permit })
+            .map_err(|_| CloudError::Unavailable("shutting down"))?;
+        rx.await.map_err(|_| CloudError::Unavailable("shutting down"))?
+    }
+}
+
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig, stats: Arc<BatchStats>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut carry: Option<Job> = None;
+    loop {
+        let mut batch = Vec::with_capacity(config.max_batch);
+        {
+            let Ok(rx) = rx.lock() else { return };
+            let first = match carry.take() {
+                Some(j) => j,
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            batch.push(first);
+            let deadline = Instant::now() + config.batch_wait;
+            while batch.len() < config.max_batch {
+                let next = match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => rx.recv_timeout(left),
+                    _ => rx.try_recv().map_err(|e| match e {
+                        mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    }),
+                };
+                match next {
+                    Ok(j) if batch[0].compatible(&j) => batch.push(j),
+                    Ok(j) => {
+                        carry = Some(j);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let before = batch.len();
+        batch.retain(|j| !j.reply.is_closed());
+        stats.dropped_gone.fetch_add((before - batch.len()) as u64, Relaxed);
+        if batch.is_empty() {
+            continue;
+        }
+        stats.batches.fetch_add(1, Relaxed);
+        stats.computed.fetch_add(batch.len() as u64, Relaxed);
+        compute(batch);
+    }
+}
+
+fn compute(batch: Vec<Job>) {
+    let started = Instant::now();
+    let size = batch.len();
+    let first = &batch[0].req;
+    let (model, split, policy) = (first.model.clone(), first.split, first.policy.clone());
+    let n = model.bundle.num_blocks();
+    let mut rows = Vec::with_capacity(size * first.input.len());
+    let mut histories = Vec::with_capacity(size);
+    for j in &batch {
+        rows.extend_from_slice(&j.req.input);
+        histories.push(j.req.history.clone());
+    }
+    let result = model
+        .exec
+        .batch_at(split, &rows, size)
+        .and_then(|x| model.exec.run(&x, split..n, &policy, histories));
+    let compute_us = started.elapsed().as_micros() as u64;
+    match result {
+        Ok(out) => {
+            for (j, answer) in batch.into_iter().zip(out.exited) {
+                let queue_us = started.duration_since(j.enqueued).as_micros() as u64;
+                let reply = match answer {
+                    Some(result) => Ok(Computed { result, queue_us, compute_us, batch_size: size }),
+                    None => Err(CloudError::Internal("no exit answered (the final exit always answers)".into())),
+                };
+                let _ = j.reply.send(reply);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = size, "batch compute failed");
+            for j in batch {
+                let _ = j.reply.send(Err(CloudError::Internal(e.to_string())));
+            }
+        }
+    }
+}

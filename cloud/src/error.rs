@@ -1,0 +1,51 @@
+//! Cloud-side errors and their one mapping to gRPC status codes.
+
+use offramp_common::codec::CodecError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("unknown model {0:?} (this cloud serves {1})")]
+    UnknownModel(String, String),
+    #[error("{0}")]
+    FingerprintMismatch(String),
+    #[error("split index {split} out of range: model {model} has {num_blocks} blocks, so the cloud serves K in 0..{num_blocks}")]
+    SplitOutOfRange { model: String, split: usize, num_blocks: usize },
+    #[error("this cloud holds blocks {start}..{end} of model {model}; split {split} needs blocks {split}..{end}")]
+    SplitNotHeld { model: String, split: usize, start: usize, end: usize },
+    #[error("request has no hidden-state tensor")]
+    MissingTensor,
+    #[error("hidden state: {0}")]
+    Codec(#[from] CodecError),
+    #[error("hidden state has shape {got:?}, block {split} of model {model} expects {expected:?}")]
+    Shape { model: String, split: usize, expected: Vec<usize>, got: Vec<usize> },
+    #[error("exit history: {0}")]
+    History(String),
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("queue full ({0} requests waiting): try another endpoint or later")]
+    Overloaded(usize),
+    #[error("the cloud is {0}")]
+    Unavailable(&'static str),
+    #[error("compute failed: {0}")]
+    Internal(String),
+}
+
+impl From<CloudError> for Status {
+    fn from(e: CloudError) -> Self {
+        let code = match &e {
+            CloudError::UnknownModel(..) => Code::NotFound,
+            CloudError::FingerprintMismatch(_) | CloudError::SplitNotHeld { .. } => Code::FailedPrecondition,
+            CloudError::SplitOutOfRange { .. }
+            | CloudError::MissingTensor
+            | CloudError::Codec(_)
+            | CloudError::Shape { .. }
+            | CloudError::History(_)
+            | CloudError::Policy(_) => Code::InvalidArgument,
+            CloudError::Overloaded(_) => Code::ResourceExhausted,
+            CloudError::Unavailable(_) => Code::Unavailable,
+            CloudError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,174 @@
+//! The models a cloud serves: bundles, fingerprints per split, default policies,
+//! and request validation against them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use offramp_common::model::{Observation, SplitSide};
+use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_proto as pb;
+
+use crate::error::CloudError;
+
+/// One model held by the cloud (the whole model, or its cloud side).
+#[derive(Debug)]
+pub struct ModelSlot {
+    pub id: String,
+    pub bundle: Arc<Bundle>,
+    pub exec: Executor,
+    /// Policy for cloud-side exits when a request sends none.
+    pub policy: Arc<Policy>,
+    /// Cloud fingerprint per servable split.
+    pub fingerprints: BTreeMap<usize, String>,
+}
+
+/// A request that passed validation, ready for compute.
+#[derive(Debug)]
+pub struct ValidRequest {
+    pub model: Arc<ModelSlot>,
+    pub split: usize,
+    pub input: Vec<f32>,
+    pub history: Vec<Observation>,
+    pub policy: Arc<Policy>,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    models: BTreeMap<String, Arc<ModelSlot>>,
+}
+
+impl Registry {
+    /// Loads every bundle directory; `policy` overrides the bundles' own.
+    pub fn load(dirs: &[PathBuf], policy: Option<&Path>) -> Result<Self> {
+        let mut models = BTreeMap::new();
+        for dir in dirs {
+            let bundle = Bundle::load(dir).with_context(|| format!("loading model bundle {}", dir.display()))?;
+            let policy_path = policy.map(Path::to_path_buf).or_else(|| bundle.policy_path());
+            let policy = match &policy_path {
+                Some(p) => Policy::load(p, bundle.num_exits())?,
+                None => Policy::never(bundle.num_exits()),
+            };
+            let fingerprints = bundle
+                .splits(SplitSide::Cloud)
+                .into_iter()
+                .filter(|&k| k < bundle.num_blocks())
+                .filter_map(|k| Some((k, bundle.fingerprint(SplitSide::Cloud, k)?)))
+                .collect();
+            let id = bundle.model_id().to_string();
+            tracing::info!(
+                model = %id, dir = %dir.display(), held = ?bundle.held(),
+                policy = %policy_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into()),
+                "loaded model"
+            );
+            let bundle = Arc::new(bundle);
+            let slot = ModelSlot { id: id.clone(), exec: Executor::new(bundle.clone()), bundle, policy: Arc::new(policy), fingerprints };
+            if models.insert(id.clone(), Arc::new(slot)).is_some() {
+                anyhow::bail!("model {id:?} given twice");
+            }
+        }
+        if models.is_empty() {
+            anyhow::bail!("no model given: pass --model DIR");
+        }
+        Ok(Self { models })
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ModelSlot>> {
+        self.models.values()
+    }
+
+    fn names(&self) -> String {
+        self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// Looks a model up; an empty id means "the only model".
+    pub fn get(&self, id: &str) -> Result<&Arc<ModelSlot>, CloudError> {
+        if id.is_empty() && self.models.len() == 1 {
+            return Ok(self.models.values().next().expect("one model"));
+        }
+        self.models.get(id).ok_or_else(|| CloudError::UnknownModel(id.to_string(), self.names()))
+    }
+
+    /// The handshake answer.
+    pub fn info(&self, max_payload_bytes: usize) -> Vec<pb::ModelInfo> {
+        self.models
+            .values()
+            .map(|m| pb::ModelInfo {
+                protocol_version: pb::PROTOCOL_VERSION,
+                model_id: m.id.clone(),
+                splits: m
+                    .fingerprints
+                    .iter()
+                    .map(|(&k, fp)| pb::SplitFingerprint {
+                        split: k as u32,
+                        cloud_fingerprint: fp.clone(),
+                        edge_fingerprint: m.bundle.expected_fingerprint(SplitSide::Edge, k).unwrap_or_default(),
+                        input_shape: m.bundle.shape_at(k).map(|s| s.iter().map(|&d| d as u32).collect()).unwrap_or_default(),
+                    })
+                    .collect(),
+                encodings: codec::ENCODINGS.iter().map(|&e| e as i32).collect(),
+                num_blocks: m.bundle.num_blocks() as u32,
+                labels: m.bundle.labels().to_vec(),
+                max_payload_bytes: max_payload_bytes as u64,
+            })
+            .collect()
+    }
+
+    /// Checks everything about a request before it may take a queue slot.
+    pub fn validate(&self, req: &pb::InferRequest, max_payload_bytes: usize) -> Result<ValidRequest, CloudError> {
+        let model = self.get(&req.model_id)?;
+        let b = &model.bundle;
+        let (split, n) = (req.split as usize, b.num_blocks());
+        if split >= n {
+            return Err(CloudError::SplitOutOfRange { model: model.id.clone(), split, num_blocks: n });
+        }
+        let Some(expected) = model.fingerprints.get(&split) else {
+            return Err(CloudError::SplitNotHeld { model: model.id.clone(), split, start: b.held().start, end: b.held().end });
+        };
+        if &req.model_fingerprint != expected {
+            return Err(CloudError::FingerprintMismatch(format!(
+                "model fingerprint mismatch at split {split}: the request expects cloud side {}, this cloud holds model {} \
+                 with cloud side {} (edge and cloud were built from different weights)",
+                short(&req.model_fingerprint),
+                model.id,
+                short(expected)
+            )));
+        }
+        let tensor = req.hidden.as_ref().ok_or(CloudError::MissingTensor)?;
+        let (shape, input) = codec::decode(tensor, max_payload_bytes)?;
+        let want = b.shape_at(split).map_err(|e| CloudError::Internal(e.to_string()))?;
+        if shape != want {
+            return Err(CloudError::Shape { model: model.id.clone(), split, expected: want.to_vec(), got: shape });
+        }
+        let first_cloud_exit = b.exits_in(split..n).first().copied().unwrap_or(b.num_exits());
+        let mut history = Vec::with_capacity(req.history.as_ref().map_or(0, |h| h.exits.len()));
+        for o in req.history.iter().flat_map(|h| &h.exits) {
+            let (exit, prediction) = (o.exit as usize, o.prediction as usize);
+            if exit >= first_cloud_exit || prediction >= b.num_classes() || !o.confidence.is_finite() {
+                return Err(CloudError::History(format!(
+                    "entry (exit {exit}, prediction {prediction}, confidence {}) is impossible before split {split} \
+                     (edge exits are 0..{first_cloud_exit}, classes 0..{})",
+                    o.confidence,
+                    b.num_classes()
+                )));
+            }
+            history.push(Observation { exit, prediction, confidence: o.confidence });
+        }
+        let policy = if req.policy.is_empty() {
+            model.policy.clone()
+        } else {
+            Arc::new(Policy::with_wire(&model.policy, &req.policy).map_err(|e| CloudError::Policy(e.to_string()))?)
+        };
+        Ok(ValidRequest { model: model.clone(), split, input, history, policy })
+    }
+}
+
+/// First 12 hex digits of a fingerprint, for messages.
+pub fn short(fp: &str) -> String {
+    if fp.is_empty() {
+        "<none>".into()
+    } else {
+        fp.chars().take(12).collect()
+    }
+}

@@ -1,0 +1,141 @@
+//! The `SplitInference` gRPC service.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use offramp_proto as pb;
+use offramp_proto::split_inference_server::SplitInference;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::batcher::Batcher;
+use crate::error::CloudError;
+use crate::models::Registry;
+
+/// Shared state of a running cloud.
+pub struct CloudState {
+    pub registry: Registry,
+    pub batcher: Batcher,
+    pub max_payload_bytes: usize,
+    /// Set on shutdown: new work is refused with `Unavailable`.
+    pub draining: AtomicBool,
+}
+
+impl CloudState {
+    /// Validates, queues and computes one request.
+    pub async fn infer(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(CloudError::Unavailable("shutting down"));
+        }
+        let valid = self.registry.validate(req, self.max_payload_bytes)?;
+        let done = self.batcher.submit(valid).await?;
+        Ok(pb::InferResponse {
+            request_id: req.request_id,
+            prediction: done.result.prediction as u32,
+            exit: done.result.exit as u32,
+            confidence: done.result.confidence,
+            probabilities: if req.want_probabilities { done.result.probabilities } else { vec![] },
+            queue_us: done.queue_us,
+            compute_us: done.compute_us,
+            batch_size: done.batch_size as u32,
+        })
+    }
+}
+
+/// The gRPC service. Answers `Unavailable` until the models are loaded.
+#[derive(Clone, Default)]
+pub struct CloudService {
+    pub loaded: Arc<std::sync::OnceLock<Arc<CloudState>>>,
+}
+
+impl CloudService {
+    fn state(&self) -> Result<&Arc<CloudState>, Status> {
+        self.loaded.get().ok_or_else(|| CloudError::Unavailable("loading its models").into())
+    }
+}
+
+fn span(req: &pb::InferRequest) -> tracing::Span {
+    tracing::info_span!("infer", request_id = req.request_id, edge = %req.edge_id, split = req.split)
+}
+
+#[tonic::async_trait]
+impl SplitInference for CloudService {
+    async fn get_model_info(&self, request: Request<pb::ModelInfoRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+        let _ = request;
+        let state = self.state()?;
+        let infos = state.registry.info(state.max_payload_bytes);
+        // One model per handshake answer: the first (clouds usually serve one).
+        let info = infos.into_iter().next().ok_or_else(|| Status::unavailable("no model loaded"))?;
+        Ok(Response::new(info))
+    }
+
+    async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
+        let req = request.into_inner();
+        let span = span(&req);
+        async {
+            match self.state()?.infer(&req).await {
+                Ok(r) => Ok(Response::new(r)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "request refused");
+                    Err(e.into())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    type InferStreamStream = ReceiverStream<Result<pb::InferStreamResponse, Status>>;
+
+    async fn infer_stream(
+        &self,
+        request: Request<Streaming<pb::InferRequest>>,
+    ) -> Result<Response<Self::InferStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let state = self.state()?.clone();
+        tokio::spawn(async move {
+            let mut pending = futures::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    msg = incoming.next() => match msg {
+                        Some(Ok(req)) => {
+                            let state = state.clone();
+                            let span = span(&req);
+                            pending.push(async move {
+                                let id = req.request_id;
+                                let result = match state.infer(&req).await {
+                                    Ok(r) => pb::infer_stream_response::Result::Response(r),
+                                    Err(e) => {
+                                        let s: Status = e.into();
+                                        pb::infer_stream_response::Result::Error(pb::Error { code: s.code() as i32, message: s.message().to_string() })
+                                    }
+                                };
+                                pb::InferStreamResponse { request_id: id, result: Some(result) }
+                            }.instrument(span));
+                        }
+                        Some(Err(status)) => {
+                            tracing::debug!(%status, "stream broken by the client");
+                            break;
+                        }
+                        None => break,
+                    },
+                    Some(resp) = pending.next(), if !pending.is_empty() => {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            while let Some(resp) = pending.next().await {
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,35 @@
+//! `offramp export-sample`: write a small MNIST sample (IDX, gzip) for demos.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use offramp_common::data::{write_idx, Dataset, Subset};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleArgs {
+    #[arg(long, default_value = "../shared/data/mnist")]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "val")]
+    pub subset: Subset,
+    #[arg(long, default_value_t = 5000)]
+    pub val_size: usize,
+    /// Digits to take from the start of the subset (at most 1000: MNIST's
+    /// licence allows shipping a small attributed sample).
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: &SampleArgs) -> Result<()> {
+    if args.n == 0 || args.n > 1000 {
+        bail!("--n must be in 1..=1000");
+    }
+    let mut data = Dataset::mnist(&args.data, args.subset, args.val_size)?;
+    data.truncate(args.n);
+    let pixels: Vec<u8> = data.images.iter().map(|&p| (p * 255.0).round() as u8).collect();
+    let [_, rows, cols] = data.shape;
+    write_idx(&args.out, "sample", rows, cols, &pixels, &data.labels).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {} digits ({:?} split, from index {}) to {}", data.len(), args.subset, data.offset, args.out.display());
+    Ok(())
+}

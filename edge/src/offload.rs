@@ -1,0 +1,315 @@
+//! Offloading to the cloud: endpoints with a handshake, a breaker each, and
+//! failover between them within a request's deadline.
+//!
+//! Errors that mean "your request is bad" (`InvalidArgument`,
+//! `FailedPrecondition`, `NotFound`, `Unauthenticated`, ...) are never retried
+//! elsewhere; errors that mean "I am unavailable / overloaded" move on to the
+//! next endpoint.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use offramp_proto as pb;
+use tokio::sync::OnceCell;
+use tonic::Code;
+
+use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
+use crate::transport::Transport;
+
+/// Why the cloud did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The deadline passed.
+    Timeout,
+    /// The endpoint could not be reached or failed.
+    Unavailable,
+    /// Every endpoint's breaker is open.
+    CircuitOpen,
+    /// The cloud refused the request as bad (not retried).
+    Rejected,
+    /// The cloud's queue is full.
+    Overloaded,
+    /// No cloud endpoint is configured.
+    NoCloud,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Unavailable => "unavailable",
+            Reason::CircuitOpen => "circuit-open",
+            Reason::Rejected => "rejected",
+            Reason::Overloaded => "overloaded",
+            Reason::NoCloud => "no-cloud",
+        }
+    }
+}
+
+/// A failed offload: the reason and the last status seen.
+#[derive(Debug, Clone)]
+pub struct OffloadError {
+    pub reason: Reason,
+    pub message: String,
+    pub retries: u32,
+}
+
+/// A successful offload.
+#[derive(Debug, Clone)]
+pub struct Offloaded {
+    pub response: pb::InferResponse,
+    pub endpoint: usize,
+    pub retries: u32,
+    pub bytes_down: u64,
+}
+
+/// What an endpoint must hold for this edge.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    pub model_id: String,
+    pub split: usize,
+    /// Cloud-side fingerprint this edge expects at `split`.
+    pub cloud_fingerprint: String,
+    /// This edge's own fingerprint of blocks `[0, split)`.
+    pub edge_fingerprint: String,
+}
+
+pub struct Endpoint {
+    pub url: String,
+    transport: Transport,
+    breaker: Mutex<Breaker>,
+    /// Handshake result, once it succeeded or failed for good.
+    verified: OnceCell<Result<(), String>>,
+}
+
+impl Endpoint {
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.lock().expect("breaker lock").state()
+    }
+}
+
+/// Counters for reports.
+#[derive(Debug, Default)]
+pub struct OffloadStats {
+    pub retries: AtomicU64,
+    pub breaker_transitions: AtomicU64,
+}
+
+pub struct Offloader {
+    endpoints: Vec<Endpoint>,
+    expect: Expectation,
+    next: AtomicUsize,
+    pub stats: OffloadStats,
+}
+
+/// Checks a handshake answer against what this edge holds.
+pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), String> {
+    if info.protocol_version != pb::PROTOCOL_VERSION {
+        return Err(format!(
+            "cloud {url} speaks protocol version {}, this edge speaks {}",
+            info.protocol_version,
+            pb::PROTOCOL_VERSION
+        ));
+    }
+    let short = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.chars().take(12).collect() };
+    let Some(split) = info.splits.iter().find(|s| s.split as usize == expect.split) else {
+        let held: Vec<u32> = info.splits.iter().map(|s| s.split).collect();
+        return Err(format!(
+            "cloud {url} holds model {:?} and serves splits {held:?}, not split {} that this edge uses",
+            info.model_id, expect.split
+        ));
+    };
+    if info.model_id != expect.model_id || split.cloud_fingerprint != expect.cloud_fingerprint {
+        return Err(format!(
+            "cloud {url} holds model {:?} with cloud-side fingerprint {} at split {}, but this edge holds model {:?} \
+             expecting cloud-side fingerprint {} (edge side {}): edge and cloud were built from different weights",
+            info.model_id,
+            short(&split.cloud_fingerprint),
+            expect.split,
+            expect.model_id,
+            short(&expect.cloud_fingerprint),
+            short(&expect.edge_fingerprint),
+        ));
+    }
+    if !split.edge_fingerprint.is_empty() && split.edge_fingerprint != expect.edge_fingerprint {
+        return Err(format!(
+            "cloud {url} expects edge-side fingerprint {} at split {}, this edge holds {}: the edge's weights differ",
+            short(&split.edge_fingerprint),
+            expect.split,
+            short(&expect.edge_fingerprint)
+        ));
+    }
+    Ok(())
+}
+
+fn retryable(code: Code) -> Option<Reason> {
+    match code {
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Aborted | Code::Cancelled => {
+            Some(Reason::Unavailable)
+        }
+        Code::DeadlineExceeded => Some(Reason::Timeout),
+        Code::ResourceExhausted => Some(Reason::Overloaded),
+        _ => None,
+    }
+}
+
+impl Offloader {
+    pub fn new(endpoints: Vec<(String, Transport)>, expect: Expectation, breaker: BreakerConfig) -> Self {
+        Self {
+            endpoints: endpoints
+                .into_iter()
+                .map(|(url, transport)| Endpoint {
+                    url,
+                    transport,
+                    breaker: Mutex::new(Breaker::new(breaker)),
+                    verified: OnceCell::new(),
+                })
+                .collect(),
+            expect,
+            next: AtomicUsize::new(0),
+            stats: OffloadStats::default(),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Handshakes with every endpoint now. A reachable endpoint holding the
+    /// wrong model is an error; an unreachable one is checked on first use.
+    pub async fn handshake_all(&self, timeout: Duration) -> Result<usize, String> {
+        let mut ok = 0;
+        for ep in &self.endpoints {
+            match ep.transport.model_info(timeout).await {
+                Ok(info) => {
+                    let verdict = check_handshake(&ep.url, &info, &self.expect);
+                    let _ = ep.verified.set(verdict.clone());
+                    verdict?;
+                    ok += 1;
+                }
+                Err(status) => {
+                    tracing::warn!(endpoint = %ep.url, %status, "cloud unreachable at start; will fall back until it answers");
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    async fn verify(&self, ep: &Endpoint, timeout: Duration) -> Result<(), OffloadError> {
+        if let Some(v) = ep.verified.get() {
+            return v.clone().map_err(|message| OffloadError { reason: Reason::Rejected, message, retries: 0 });
+        }
+        match ep.transport.model_info(timeout).await {
+            Ok(info) => {
+                let verdict = check_handshake(&ep.url, &info, &self.expect);
+                if let Err(e) = &verdict {
+                    tracing::error!(endpoint = %ep.url, error = %e, "cloud holds another model; not using it");
+                }
+                let _ = ep.verified.set(verdict.clone());
+                verdict.map_err(|message| OffloadError { reason: Reason::Rejected, message, retries: 0 })
+            }
+            Err(status) => Err(OffloadError {
+                reason: retryable(status.code()).unwrap_or(Reason::Unavailable),
+                message: format!("handshake with {}: {}", ep.url, status.message()),
+                retries: 0,
+            }),
+        }
+    }
+
+    fn record(&self, ep: &Endpoint, outcome: Option<Instant>) {
+        let mut b = ep.breaker.lock().expect("breaker lock");
+        let before = b.transitions.len();
+        match outcome {
+            None => b.success(),
+            Some(now) => b.failure(now),
+        }
+        self.stats.breaker_transitions.fetch_add((b.transitions.len() - before) as u64, Ordering::Relaxed);
+    }
+
+    fn admit(&self, ep: &Endpoint) -> Admit {
+        let mut b = ep.breaker.lock().expect("breaker lock");
+        let before = b.transitions.len();
+        let a = b.admit(Instant::now());
+        self.stats.breaker_transitions.fetch_add((b.transitions.len() - before) as u64, Ordering::Relaxed);
+        a
+    }
+
+    /// Sends `req` to the first endpoint that answers before `deadline`,
+    /// starting round-robin and skipping endpoints whose breaker is open.
+    pub async fn offload(&self, req: pb::InferRequest, deadline: Instant) -> Result<Offloaded, OffloadError> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return Err(OffloadError { reason: Reason::NoCloud, message: "no cloud endpoint configured".into(), retries: 0 });
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut last: Option<OffloadError> = None;
+        let mut attempts = 0u32;
+        for i in 0..n {
+            let (index, ep) = ((start + i) % n, &self.endpoints[(start + i) % n]);
+            if matches!(ep.verified.get(), Some(Err(_))) {
+                continue;
+            }
+            if self.admit(ep) == Admit::No {
+                last.get_or_insert(OffloadError {
+                    reason: Reason::CircuitOpen,
+                    message: format!("circuit open for {}", ep.url),
+                    retries: 0,
+                });
+                continue;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                last = Some(OffloadError { reason: Reason::Timeout, message: "deadline passed".into(), retries: 0 });
+                break;
+            };
+            if attempts > 0 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            attempts += 1;
+            if let Err(e) = self.verify(ep, left).await {
+                if e.reason != Reason::Rejected {
+                    self.record(ep, Some(Instant::now()));
+                }
+                last = Some(e);
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
+            match ep.transport.infer(req.clone(), left).await {
+                Ok(response) => {
+                    self.record(ep, None);
+                    let bytes_down = prost::Message::encoded_len(&response) as u64;
+                    return Ok(Offloaded { response, endpoint: index, retries: attempts - 1, bytes_down });
+                }
+                Err(status) => {
+                    let reason = retryable(status.code());
+                    match reason {
+                        // The server answered: it is alive. Don't count it against the breaker.
+                        None | Some(Reason::Overloaded) => self.record(ep, None),
+                        Some(_) => self.record(ep, Some(Instant::now())),
+                    }
+                    let e = OffloadError {
+                        reason: reason.unwrap_or(Reason::Rejected),
+                        message: format!("{}: {:?}: {}", ep.url, status.code(), status.message()),
+                        retries: attempts - 1,
+                    };
+                    tracing::debug!(endpoint = %ep.url, code = ?status.code(), "offload failed");
+                    if reason.is_none() {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        let mut e = last.unwrap_or(OffloadError {
+            reason: Reason::Unavailable,
+            message: "no usable cloud endpoint (all hold another model)".into(),
+            retries: 0,
+        });
+        e.retries = attempts.saturating_sub(1);
+        Err(e)
+    }
+}
+
+/// Shared handle.
+pub type SharedOffloader = Arc<Offloader>;

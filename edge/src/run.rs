@@ -1,0 +1,95 @@
+//! `offramp-edge run`: classify a dataset through the split and report.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use offramp_common::data::{Dataset, Subset};
+
+use crate::report::Summary;
+use crate::runtime::{Answer, Edge, EdgeConfig};
+
+/// Classify a dataset through the split.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub edge: EdgeConfig,
+    /// MNIST-style data directory (IDX files).
+    #[arg(long, env = "OFFRAMP_DATA")]
+    pub data: PathBuf,
+    /// Which part of the data to run.
+    #[arg(long, value_enum, default_value = "val")]
+    pub subset: Subset,
+    /// Digits held out as the validation split (end of the training files).
+    #[arg(long, default_value_t = 5000)]
+    pub val_size: usize,
+    /// Run the first N inputs only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Inputs in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// One JSON object per input, then {"summary": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs every input; calls `on_answer` as answers complete (in completion order).
+pub async fn run_dataset(edge: Arc<Edge>, data: &Dataset, concurrency: usize, mut on_answer: impl FnMut(&Answer)) -> Vec<Answer> {
+    let mut answers = Vec::with_capacity(data.len());
+    let mut stream = futures::stream::iter(0..data.len())
+        .map(|i| {
+            let edge = edge.clone();
+            let input = data.image(i).to_vec();
+            let (id, label) = ((data.offset + i) as u64, data.labels[i] as u32);
+            async move {
+                let mut a = edge.classify(Some(id), input).await;
+                a.label = Some(label);
+                a
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(a) = stream.next().await {
+        on_answer(&a);
+        answers.push(a);
+    }
+    answers
+}
+
+/// Summary with the edge's counters.
+pub fn summarize(edge: &Edge, answers: &[Answer]) -> Summary {
+    let (retries, transitions) = edge
+        .offloader()
+        .map(|o| (o.stats.retries.load(Ordering::Relaxed), o.stats.breaker_transitions.load(Ordering::Relaxed)))
+        .unwrap_or((0, 0));
+    Summary::of(answers, edge.bundle().num_exits(), retries, transitions)
+}
+
+pub async fn run(args: RunArgs) -> Result<Summary> {
+    let mut data = Dataset::mnist(&args.data, args.subset, args.val_size)
+        .with_context(|| format!("reading {:?} from {}", args.subset, args.data.display()))?;
+    if let Some(limit) = args.limit {
+        data.truncate(limit);
+    }
+    let edge = Arc::new(Edge::start(args.edge.clone()).await?);
+    let stdout = std::io::stdout();
+    let json = args.json;
+    let answers = run_dataset(edge.clone(), &data, args.concurrency, |a| {
+        if json {
+            let mut out = stdout.lock();
+            let _ = serde_json::to_writer(&mut out, a);
+            let _ = out.write_all(b"\n");
+        }
+    })
+    .await;
+    let summary = summarize(&edge, &answers);
+    if json {
+        println!("{}", serde_json::json!({ "summary": summary }));
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(summary)
+}

@@ -1,0 +1,431 @@
+//! The edge runtime: run blocks `[0, K)` locally, answer at the first confident
+//! exit, otherwise offload the hidden state and, if the cloud does not answer,
+//! fall back.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use offramp_common::model::{ExitResult, Observation, SplitSide};
+use offramp_common::{codec, units, Bundle, Executor, Policy};
+use offramp_proto as pb;
+use serde::Serialize;
+
+use crate::breaker::BreakerConfig;
+use crate::offload::{Expectation, Offloader, Reason};
+use crate::transport::{ConnectConfig, Transport};
+
+/// What to do when the cloud does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FallbackMode {
+    /// Answer with the deepest local exit's prediction, whatever its confidence.
+    BestLocal,
+    /// Finish the network on the device (needs a bundle holding every block).
+    LocalFull,
+    /// Return an error.
+    Fail,
+}
+
+/// Edge configuration shared by `run` and `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeConfig {
+    /// Model bundle: the whole model or the edge side of a split (`offramp split`).
+    #[arg(long, env = "OFFRAMP_MODEL")]
+    pub model: PathBuf,
+    /// Split point K: blocks [0, K) run here, [K, N) in the cloud. 0 sends the
+    /// raw input (all-cloud); N never offloads (all-edge). Default: the edge
+    /// side held by a split bundle, or N for a whole model.
+    #[arg(long, env = "OFFRAMP_SPLIT")]
+    pub split: Option<usize>,
+    /// Cloud endpoint URL (http://host:port). Repeat (or comma-separate) for
+    /// failover between replicas.
+    #[arg(long = "cloud", env = "OFFRAMP_CLOUD", value_delimiter = ',')]
+    pub clouds: Vec<String>,
+    /// Exit policy TOML (default: the bundle's policy.toml, else final exit only).
+    #[arg(long, env = "OFFRAMP_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Hidden-state encoding on the wire: f32, f16, bf16 or int8.
+    #[arg(long, env = "OFFRAMP_ENCODING", default_value = "f32", value_parser = codec::parse_encoding)]
+    pub encoding: pb::Encoding,
+    /// Deadline for each offload (the edge answers by then, one way or another).
+    #[arg(long, env = "OFFRAMP_DEADLINE", default_value = "500ms", value_parser = units::parse_duration)]
+    pub deadline: Duration,
+    /// What to answer when the cloud does not.
+    #[arg(long, env = "OFFRAMP_FALLBACK", value_enum, default_value = "best-local")]
+    pub fallback: FallbackMode,
+    /// TCP connect timeout to a cloud endpoint.
+    #[arg(long, env = "OFFRAMP_CONNECT_TIMEOUT", default_value = "300ms", value_parser = units::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Consecutive failures that open an endpoint's circuit breaker.
+    #[arg(long, env = "OFFRAMP_BREAKER_FAILURES", default_value_t = 3)]
+    pub breaker_failures: u32,
+    /// First open period of the breaker (doubles per failed probe).
+    #[arg(long, env = "OFFRAMP_BREAKER_BACKOFF", default_value = "100ms", value_parser = units::parse_duration)]
+    pub breaker_backoff: Duration,
+    /// Longest open period of the breaker.
+    #[arg(long, env = "OFFRAMP_BREAKER_MAX_BACKOFF", default_value = "1s", value_parser = units::parse_duration)]
+    pub breaker_max_backoff: Duration,
+    /// Ask the cloud for per-class probabilities.
+    #[arg(long)]
+    pub probabilities: bool,
+    /// Id of this edge, sent with each request.
+    #[arg(long, env = "OFFRAMP_EDGE_ID", default_value = "edge")]
+    pub edge_id: String,
+}
+
+impl EdgeConfig {
+    /// Defaults for one model and cloud (tests, demo).
+    pub fn new(model: impl Into<PathBuf>, split: usize, clouds: Vec<String>) -> Self {
+        Self {
+            model: model.into(),
+            split: Some(split),
+            clouds,
+            policy: None,
+            encoding: pb::Encoding::F32,
+            deadline: Duration::from_millis(500),
+            fallback: FallbackMode::BestLocal,
+            connect_timeout: Duration::from_millis(300),
+            breaker_failures: 3,
+            breaker_backoff: Duration::from_millis(100),
+            breaker_max_backoff: Duration::from_secs(1),
+            probabilities: false,
+            edge_id: "edge".into(),
+        }
+    }
+}
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    Edge,
+    Cloud,
+    Fallback,
+    Error,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Edge => "edge",
+            Tier::Cloud => "cloud",
+            Tier::Fallback => "fallback",
+            Tier::Error => "error",
+        }
+    }
+}
+
+/// The answer for one input.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<u32>,
+    /// `None` only for `tier = error`.
+    pub prediction: Option<u32>,
+    pub exit: Option<u32>,
+    pub tier: Tier,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub confidence: f32,
+    pub latency_us: u64,
+    /// Time spent in local compute.
+    pub edge_us: u64,
+    pub cloud_queue_us: u64,
+    pub cloud_compute_us: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probabilities: Vec<f32>,
+}
+
+/// The edge: a bundle, a split point, a policy and a way to the cloud.
+pub struct Edge {
+    pub config: EdgeConfig,
+    exec: Executor,
+    policy: Arc<Policy>,
+    split: usize,
+    offloader: Option<Offloader>,
+    /// Rules of the cloud-side exits, sent with every request.
+    cloud_policy: Vec<pb::ExitRuleSpec>,
+    cloud_fingerprint: String,
+    next_id: AtomicU64,
+}
+
+impl Edge {
+    /// Loads the bundle and policy, checks the configuration, and handshakes
+    /// with every reachable cloud endpoint.
+    pub async fn start(config: EdgeConfig) -> Result<Self> {
+        let model = config.model.clone();
+        let bundle = tokio::task::spawn_blocking(move || Bundle::load(&model))
+            .await?
+            .with_context(|| format!("loading model bundle {}", config.model.display()))?;
+        let n = bundle.num_blocks();
+        let split = config.split.unwrap_or(bundle.held().end);
+        bundle.check_split(split)?;
+        if !bundle.serves(SplitSide::Edge, split) {
+            bail!(
+                "this bundle holds blocks {}..{} of model {}; split {split} needs blocks 0..{split} on the edge",
+                bundle.held().start,
+                bundle.held().end,
+                bundle.model_id()
+            );
+        }
+        if config.fallback == FallbackMode::LocalFull && bundle.held() != (0..n) {
+            bail!(
+                "--fallback local-full needs a bundle holding every block (0..{n}); {} holds {}..{}",
+                config.model.display(),
+                bundle.held().start,
+                bundle.held().end
+            );
+        }
+        let policy_path = config.policy.clone().or_else(|| bundle.policy_path());
+        let policy = match &policy_path {
+            Some(p) => Policy::load(p, bundle.num_exits())?,
+            None => Policy::never(bundle.num_exits()),
+        };
+        let edge_fingerprint = bundle.fingerprint(SplitSide::Edge, split).unwrap_or_default();
+        let cloud_fingerprint = bundle.expected_fingerprint(SplitSide::Cloud, split).unwrap_or_default();
+        let cloud_exits = bundle.exits_in(split..n);
+        let cloud_policy = policy.to_wire(&cloud_exits);
+        let offloader = if split < n {
+            if config.clouds.is_empty() {
+                tracing::warn!(split, "no --cloud given: every offload will fall back");
+            }
+            if cloud_fingerprint.is_empty() {
+                bail!("this bundle does not record the cloud-side fingerprint for split {split}; re-split it with `offramp split`");
+            }
+            let connect = ConnectConfig { connect_timeout: config.connect_timeout, ..Default::default() };
+            let mut endpoints = Vec::new();
+            for url in &config.clouds {
+                endpoints.push((url.clone(), Transport::grpc(url, &connect).map_err(anyhow::Error::msg)?));
+            }
+            let breaker = BreakerConfig {
+                failure_threshold: config.breaker_failures.max(1),
+                base_backoff: config.breaker_backoff,
+                max_backoff: config.breaker_max_backoff.max(config.breaker_backoff),
+                probe_timeout: (config.deadline * 2).max(Duration::from_millis(100)),
+            };
+            let expect = Expectation {
+                model_id: bundle.model_id().to_string(),
+                split,
+                cloud_fingerprint: cloud_fingerprint.clone(),
+                edge_fingerprint: edge_fingerprint.clone(),
+            };
+            let offloader = Offloader::new(endpoints, expect, breaker);
+            let reachable = offloader
+                .handshake_all(config.connect_timeout.max(Duration::from_millis(500)))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(reachable, endpoints = config.clouds.len(), "cloud handshake");
+            Some(offloader)
+        } else {
+            None
+        };
+        tracing::info!(
+            model = %bundle.model_id(), split, blocks = n,
+            policy = %policy_path.map(|p| p.display().to_string()).unwrap_or_else(|| "final exit only".into()),
+            edge_fingerprint = %edge_fingerprint.chars().take(12).collect::<String>(),
+            "edge ready"
+        );
+        Ok(Self {
+            exec: Executor::new(Arc::new(bundle)),
+            policy: Arc::new(policy),
+            split,
+            offloader,
+            cloud_policy,
+            cloud_fingerprint,
+            next_id: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        self.exec.bundle()
+    }
+
+    pub fn split(&self) -> usize {
+        self.split
+    }
+
+    pub fn offloader(&self) -> Option<&Offloader> {
+        self.offloader.as_ref()
+    }
+
+    /// Classifies one input (shape of the model's input, flat) with the
+    /// configured deadline.
+    pub async fn classify(&self, id: Option<u64>, input: Vec<f32>) -> Answer {
+        self.classify_with_deadline(id, input, self.config.deadline).await
+    }
+
+    /// Classifies one input; the answer comes by `deadline` after the local
+    /// blocks are done, one way or another.
+    pub async fn classify_with_deadline(&self, id: Option<u64>, input: Vec<f32>, deadline: Duration) -> Answer {
+        let started = Instant::now();
+        let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut answer = Answer {
+            id,
+            label: None,
+            prediction: None,
+            exit: None,
+            tier: Tier::Error,
+            reason: None,
+            error: None,
+            confidence: 0.0,
+            latency_us: 0,
+            edge_us: 0,
+            cloud_queue_us: 0,
+            cloud_compute_us: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            retries: 0,
+            endpoint: None,
+            probabilities: vec![],
+        };
+        let finish = |mut a: Answer| {
+            a.latency_us = started.elapsed().as_micros() as u64;
+            a
+        };
+
+        // Local blocks, off the async workers.
+        let (exec, policy, split) = (self.exec.clone(), self.policy.clone(), self.split);
+        let local = tokio::task::spawn_blocking(move || -> Result<Local> {
+            let x = exec.batch_at(0, &input, 1)?;
+            let out = exec.run(&x, 0..split, &policy, vec![vec![]])?;
+            let history = out.histories.into_iter().next().unwrap_or_default();
+            match out.exited.into_iter().next().flatten() {
+                Some(r) => Ok(Local::Exited(r)),
+                None => {
+                    let hidden = out.hidden.expect("a sample that did not exit has a hidden state");
+                    let values = hidden.flatten_all()?.to_vec1::<f32>()?;
+                    Ok(Local::Continue { values, history })
+                }
+            }
+        })
+        .await;
+        answer.edge_us = started.elapsed().as_micros() as u64;
+        let (values, history) = match local {
+            Ok(Ok(Local::Exited(r))) => {
+                set_result(&mut answer, &r, Tier::Edge);
+                return finish(answer);
+            }
+            Ok(Ok(Local::Continue { values, history })) => (values, history),
+            Ok(Err(e)) => {
+                answer.error = Some(format!("local compute failed: {e:#}"));
+                return finish(answer);
+            }
+            Err(e) => {
+                answer.error = Some(format!("local compute panicked: {e}"));
+                return finish(answer);
+            }
+        };
+
+        // Offload.
+        let shape = self.bundle().shape_at(self.split).expect("split checked at start").to_vec();
+        let req = pb::InferRequest {
+            request_id: id,
+            model_id: self.bundle().model_id().to_string(),
+            model_fingerprint: self.cloud_fingerprint.clone(),
+            split: self.split as u32,
+            hidden: Some(codec::encode(&values, &shape, self.config.encoding)),
+            history: Some(pb::ExitHistory {
+                exits: history
+                    .iter()
+                    .map(|o| pb::ExitObservation {
+                        exit: o.exit as u32,
+                        prediction: o.prediction as u32,
+                        confidence: o.confidence,
+                    })
+                    .collect(),
+            }),
+            want_probabilities: self.config.probabilities,
+            edge_id: self.config.edge_id.clone(),
+            policy: self.cloud_policy.clone(),
+        };
+        answer.bytes_up = prost::Message::encoded_len(&req) as u64;
+        let offloader = self.offloader.as_ref().expect("split < N has an offloader");
+        match offloader.offload(req, Instant::now() + deadline).await {
+            Ok(done) => {
+                let r = done.response;
+                answer.tier = Tier::Cloud;
+                answer.prediction = Some(r.prediction);
+                answer.exit = Some(r.exit);
+                answer.confidence = r.confidence;
+                answer.probabilities = r.probabilities;
+                answer.cloud_queue_us = r.queue_us;
+                answer.cloud_compute_us = r.compute_us;
+                answer.bytes_down = done.bytes_down;
+                answer.retries = done.retries;
+                answer.endpoint = Some(offloader.endpoints()[done.endpoint].url.clone());
+            }
+            Err(e) => {
+                answer.retries = e.retries;
+                answer.reason = Some(e.reason);
+                answer.error = Some(e.message);
+                self.fallback(&mut answer, values, &history).await;
+            }
+        }
+        finish(answer)
+    }
+
+    async fn fallback(&self, answer: &mut Answer, hidden: Vec<f32>, history: &[Observation]) {
+        match self.config.fallback {
+            FallbackMode::Fail => answer.tier = Tier::Error,
+            FallbackMode::BestLocal => match history.last() {
+                Some(o) => {
+                    answer.tier = Tier::Fallback;
+                    answer.prediction = Some(o.prediction as u32);
+                    answer.exit = Some(o.exit as u32);
+                    answer.confidence = o.confidence;
+                }
+                None => {
+                    answer.tier = Tier::Error;
+                    let e = answer.error.take().unwrap_or_default();
+                    answer.error = Some(format!("{e}; no local exit to fall back to at split {}", self.split));
+                }
+            },
+            FallbackMode::LocalFull => {
+                let (exec, policy, split, history) =
+                    (self.exec.clone(), self.policy.clone(), self.split, history.to_vec());
+                let n = self.bundle().num_blocks();
+                let t = Instant::now();
+                let r = tokio::task::spawn_blocking(move || -> Result<Option<ExitResult>> {
+                    let x = exec.batch_at(split, &hidden, 1)?;
+                    Ok(exec.run(&x, split..n, &policy, vec![history])?.exited.into_iter().next().flatten())
+                })
+                .await;
+                answer.edge_us += t.elapsed().as_micros() as u64;
+                match r {
+                    Ok(Ok(Some(r))) => {
+                        let reason = answer.reason;
+                        set_result(answer, &r, Tier::Fallback);
+                        answer.reason = reason;
+                    }
+                    Ok(Ok(None)) => answer.error = Some("local-full: no exit answered".into()),
+                    Ok(Err(e)) => answer.error = Some(format!("local-full compute failed: {e:#}")),
+                    Err(e) => answer.error = Some(format!("local-full compute panicked: {e}")),
+                }
+            }
+        }
+    }
+}
+
+enum Local {
+    Exited(ExitResult),
+    Continue { values: Vec<f32>, history: Vec<Observation> },
+}
+
+fn set_result(a: &mut Answer, r: &ExitResult, tier: Tier) {
+    a.tier = tier;
+    a.prediction = Some(r.prediction as u32);
+    a.exit = Some(r.exit as u32);
+    a.confidence = r.confidence;
+}
