@@ -1,1 +1,7 @@
+//! Integration tests: real gRPC servers on 127.0.0.1:0 and real processes.
+//! One test binary for the whole workspace (each extra binary costs a link).
 
+mod support;
+
+mod fallback;
+mod split_path;

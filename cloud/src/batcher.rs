@@ -164,10 +164,7 @@ fn compute(batch: Vec<Job>) {
         rows.extend_from_slice(&j.req.input);
         histories.push(j.req.history.clone());
     }
-    let result = model
-        .exec
-        .batch_at(split, &rows, size)
-        .and_then(|x| model.exec.run(&x, split..n, &policy, histories));
+    let result = model.exec.batch_at(split, &rows, size).and_then(|x| model.exec.run(&x, split..n, &policy, histories));
     let compute_us = started.elapsed().as_micros() as u64;
     match result {
         Ok(out) => {

@@ -31,9 +31,10 @@ pub enum CloudError {
     Internal(String),
 }
 
-impl From<CloudError> for Status {
-    fn from(e: CloudError) -> Self {
-        let code = match &e {
+impl CloudError {
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
             CloudError::UnknownModel(..) => Code::NotFound,
             CloudError::FingerprintMismatch(_) | CloudError::SplitNotHeld { .. } => Code::FailedPrecondition,
             CloudError::SplitOutOfRange { .. }
@@ -45,7 +46,12 @@ impl From<CloudError> for Status {
             CloudError::Overloaded(_) => Code::ResourceExhausted,
             CloudError::Unavailable(_) => Code::Unavailable,
             CloudError::Internal(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<CloudError> for Status {
+    fn from(e: CloudError) -> Self {
+        Status::new(e.code(), e.to_string())
     }
 }

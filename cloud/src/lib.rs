@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod error;
 pub mod models;
 pub mod service;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,12 +50,23 @@ pub struct Config {
     /// Largest batch across edges (1 turns batching off).
     #[arg(long, env = "OFFRAMP_MAX_BATCH", default_value_t = 32)]
     pub max_batch: usize,
-    /// How long a request may wait for others to fill its batch.
-    #[arg(long, env = "OFFRAMP_BATCH_WAIT", default_value = "500us", value_parser = units::parse_duration)]
+    /// How long a request may wait for others to fill its batch. The default 0
+    /// adds no latency: a batch is whatever queued up while the previous one
+    /// computed (so batches grow with load by themselves).
+    #[arg(long, env = "OFFRAMP_BATCH_WAIT", default_value = "0s", value_parser = units::parse_duration)]
     pub batch_wait: Duration,
     /// Bound on queued work; beyond it requests get ResourceExhausted at once.
     #[arg(long, env = "OFFRAMP_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
+    /// Serve Prometheus metrics on this address (off by default).
+    #[arg(long, env = "OFFRAMP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bearer tokens accepted, one `edge-id token` per line. Without it every
+    /// caller is admitted (keep the default loopback bind then).
+    #[arg(long, env = "OFFRAMP_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: offramp_common::security::ServerTlsArgs,
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish.
     #[arg(long, env = "OFFRAMP_DRAIN_TIMEOUT", default_value = "10s", value_parser = units::parse_duration)]
     pub drain_timeout: Duration,
@@ -70,9 +82,12 @@ impl Config {
             max_payload: 4 << 20,
             workers: 1,
             max_batch: 32,
-            batch_wait: Duration::from_micros(500),
+            batch_wait: Duration::ZERO,
             max_queue: 1024,
             drain_timeout: Duration::from_secs(10),
+            metrics_listen: None,
+            auth_token_file: None,
+            tls: Default::default(),
         }
     }
 }
@@ -87,6 +102,33 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
+    if let Some(m) = config.metrics_listen {
+        match telemetry::install_metrics(m) {
+            Ok(()) => tracing::info!(addr = %m, "metrics listening"),
+            Err(e) => tracing::warn!(error = %e, "metrics exporter not installed (one per process)"),
+        }
+    }
+    let tokens = match &config.auth_token_file {
+        Some(p) => Some(offramp_common::security::TokenTable::load(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let auth = telemetry::Auth::new(tokens);
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&config.tls.tls_cert, &config.tls.tls_key) {
+        use offramp_common::security::read_file;
+        let identity = tonic::transport::Identity::from_pem(
+            read_file(cert, "TLS certificate").map_err(anyhow::Error::msg)?,
+            read_file(key, "TLS key").map_err(anyhow::Error::msg)?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &config.tls.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(
+                read_file(ca, "client CA").map_err(anyhow::Error::msg)?,
+            ));
+        }
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+        tracing::info!("TLS on");
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -112,12 +154,16 @@ pub async fn serve(
     tokio::spawn(drain_started);
 
     let max_message = config.max_payload + 64 * 1024;
-    let server = tonic::transport::Server::builder()
+    let split_service = tonic::service::interceptor::InterceptedService::new(
+        SplitInferenceServer::new(service).max_decoding_message_size(max_message),
+        move |req| auth.check(req),
+    );
+    let server = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(health_service)
-        .add_service(SplitInferenceServer::new(service).max_decoding_message_size(max_message))
+        .add_service(split_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
             let mut rx = stop_rx.clone();
             async move {
@@ -136,7 +182,12 @@ pub async fn serve(
                 max_queue: config.max_queue,
                 workers: config.workers,
             });
-            Ok(Arc::new(CloudState { registry, batcher, max_payload_bytes: config.max_payload, draining: false.into() }))
+            Ok(Arc::new(CloudState {
+                registry,
+                batcher,
+                max_payload_bytes: config.max_payload,
+                draining: false.into(),
+            }))
         })
         .await
         .context("model loader panicked")??
@@ -204,7 +255,11 @@ impl CloudHandle {
         ));
         match ready_rx.await {
             Ok(addr) => Ok(Self { addr, stop: Some(stop), task }),
-            Err(_) => Err(task.await.context("cloud task panicked")?.err().unwrap_or_else(|| anyhow::anyhow!("cloud stopped before ready"))),
+            Err(_) => Err(task
+                .await
+                .context("cloud task panicked")?
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("cloud stopped before ready"))),
         }
     }
 

@@ -63,7 +63,13 @@ impl Registry {
                 "loaded model"
             );
             let bundle = Arc::new(bundle);
-            let slot = ModelSlot { id: id.clone(), exec: Executor::new(bundle.clone()), bundle, policy: Arc::new(policy), fingerprints };
+            let slot = ModelSlot {
+                id: id.clone(),
+                exec: Executor::new(bundle.clone()),
+                bundle,
+                policy: Arc::new(policy),
+                fingerprints,
+            };
             if models.insert(id.clone(), Arc::new(slot)).is_some() {
                 anyhow::bail!("model {id:?} given twice");
             }
@@ -104,7 +110,11 @@ impl Registry {
                         split: k as u32,
                         cloud_fingerprint: fp.clone(),
                         edge_fingerprint: m.bundle.expected_fingerprint(SplitSide::Edge, k).unwrap_or_default(),
-                        input_shape: m.bundle.shape_at(k).map(|s| s.iter().map(|&d| d as u32).collect()).unwrap_or_default(),
+                        input_shape: m
+                            .bundle
+                            .shape_at(k)
+                            .map(|s| s.iter().map(|&d| d as u32).collect())
+                            .unwrap_or_default(),
                     })
                     .collect(),
                 encodings: codec::ENCODINGS.iter().map(|&e| e as i32).collect(),
@@ -124,7 +134,12 @@ impl Registry {
             return Err(CloudError::SplitOutOfRange { model: model.id.clone(), split, num_blocks: n });
         }
         let Some(expected) = model.fingerprints.get(&split) else {
-            return Err(CloudError::SplitNotHeld { model: model.id.clone(), split, start: b.held().start, end: b.held().end });
+            return Err(CloudError::SplitNotHeld {
+                model: model.id.clone(),
+                split,
+                start: b.held().start,
+                end: b.held().end,
+            });
         };
         if &req.model_fingerprint != expected {
             return Err(CloudError::FingerprintMismatch(format!(

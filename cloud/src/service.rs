@@ -30,8 +30,29 @@ impl CloudState {
         if self.draining.load(Ordering::Relaxed) {
             return Err(CloudError::Unavailable("shutting down"));
         }
+        let started = std::time::Instant::now();
+        let result = self.compute(req).await;
+        let (outcome, exit) = match &result {
+            Ok(r) => ("ok".to_string(), r.exit.to_string()),
+            Err(e) => (format!("{:?}", e.code()), "none".to_string()),
+        };
+        metrics::counter!("offramp_cloud_requests_total", "outcome" => outcome, "exit" => exit).increment(1);
+        metrics::histogram!("offramp_cloud_request_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("offramp_cloud_queue_depth").set(self.batcher.in_flight() as f64);
+        if let Some(t) = &req.hidden {
+            metrics::counter!("offramp_cloud_bytes_received_total").increment(t.data.len() as u64);
+        }
+        if let Ok(r) = &result {
+            metrics::counter!("offramp_cloud_bytes_sent_total").increment(prost::Message::encoded_len(r) as u64);
+        }
+        result
+    }
+
+    async fn compute(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
         let valid = self.registry.validate(req, self.max_payload_bytes)?;
         let done = self.batcher.submit(valid).await?;
+        metrics::histogram!("offramp_cloud_queue_seconds").record(done.queue_us as f64 / 1e6);
+        metrics::histogram!("offramp_cloud_compute_seconds").record(done.compute_us as f64 / 1e6);
         Ok(pb::InferResponse {
             request_id: req.request_id,
             prediction: done.result.prediction as u32,

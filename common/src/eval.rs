@@ -69,11 +69,7 @@ impl ExitProbabilities {
 /// Runs the whole model once without early exit over `data` in batches of
 /// `batch_size` and keeps every exit's probabilities (softmax, as
 /// [`Executor::run`] computes them).
-pub fn exit_probabilities(
-    exec: &Executor,
-    data: &Dataset,
-    batch_size: usize,
-) -> Result<ExitProbabilities, ModelError> {
+pub fn exit_probabilities(exec: &Executor, data: &Dataset, batch_size: usize) -> Result<ExitProbabilities, ModelError> {
     let bundle = exec.bundle();
     let (n, per) = (data.len(), data.image_len());
     let mut probs = vec![Vec::with_capacity(n * bundle.num_classes()); bundle.num_exits()];

@@ -16,6 +16,7 @@ pub mod data;
 pub mod eval;
 pub mod model;
 pub mod policy;
+pub mod security;
 pub mod stats;
 pub mod telemetry;
 pub mod units;

@@ -56,8 +56,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if args.split > n {
         bail!("--split {} out of range: the model has {n} blocks", args.split);
     }
-    let sample_subset = if data_dir.join("sample-images-idx3-ubyte.gz").exists() { Subset::Sample } else { Subset::Val };
-    let mut data = Dataset::mnist(&data_dir, sample_subset, 5000).with_context(|| format!("reading {}", data_dir.display()))?;
+    let sample_subset =
+        if data_dir.join("sample-images-idx3-ubyte.gz").exists() { Subset::Sample } else { Subset::Val };
+    let mut data =
+        Dataset::mnist(&data_dir, sample_subset, 5000).with_context(|| format!("reading {}", data_dir.display()))?;
     if let Some(l) = args.limit {
         data.truncate(l);
     }
@@ -73,13 +75,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         std::fs::copy(&p, cloud_dir.join("policy.toml"))?;
     }
 
-    eprintln!("offramp demo: model {} ({} blocks, {} exits), split K = {}", bundle.model_id(), n, bundle.num_exits(), args.split);
+    eprintln!(
+        "offramp demo: model {} ({} blocks, {} exits), split K = {}",
+        bundle.model_id(),
+        n,
+        bundle.num_exits(),
+        args.split
+    );
     let cloud = CloudHandle::start(offramp_cloud::Config::for_model(&cloud_dir)).await?;
     eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", cloud.addr, args.split);
     let mut cfg = EdgeConfig::new(&edge_dir, args.split, vec![cloud.url()]);
     cfg.encoding = args.encoding;
     let edge = Arc::new(Edge::start(cfg).await?);
-    eprintln!("  edge   blocks 0..{}, policy {}", args.split, bundle.policy_path().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into()));
+    eprintln!(
+        "  edge   blocks 0..{}, policy {}",
+        args.split,
+        bundle.policy_path().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into())
+    );
     eprintln!("  running {} digits, {} in flight ...\n", data.len(), args.concurrency);
 
     let answers = run_dataset(edge.clone(), &data, args.concurrency, |_| {}).await;

@@ -2,4 +2,13 @@
 //! models, split bundles, run the demo, emulate links, run experiments and
 //! generate load.
 
+pub mod bench;
+pub mod calibrate;
+pub mod demo;
+pub mod eval;
+pub mod link;
+pub mod load;
+pub mod plot;
+pub mod sample;
+pub mod split;
 pub mod train;

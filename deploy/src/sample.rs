@@ -29,7 +29,14 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     data.truncate(args.n);
     let pixels: Vec<u8> = data.images.iter().map(|&p| (p * 255.0).round() as u8).collect();
     let [_, rows, cols] = data.shape;
-    write_idx(&args.out, "sample", rows, cols, &pixels, &data.labels).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {} digits ({:?} split, from index {}) to {}", data.len(), args.subset, data.offset, args.out.display());
+    write_idx(&args.out, "sample", rows, cols, &pixels, &data.labels)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote {} digits ({:?} split, from index {}) to {}",
+        data.len(),
+        args.subset,
+        data.offset,
+        args.out.display()
+    );
     Ok(())
 }

@@ -28,7 +28,8 @@ pub fn run(args: &SplitArgs) -> Result<()> {
     cloud.save(&args.cloud_out).with_context(|| format!("writing {}", args.cloud_out.display()))?;
     if let Some(policy) = bundle.policy_path() {
         for dir in [&args.edge_out, &args.cloud_out] {
-            std::fs::copy(&policy, dir.join("policy.toml")).with_context(|| format!("copying the policy into {}", dir.display()))?;
+            std::fs::copy(&policy, dir.join("policy.toml"))
+                .with_context(|| format!("copying the policy into {}", dir.display()))?;
         }
     }
     let size = |dir: &PathBuf| std::fs::metadata(dir.join(&bundle.manifest().weights)).map(|m| m.len()).unwrap_or(0);

@@ -51,6 +51,10 @@ pub struct TrainArgs {
     /// Train on the first N training digits only.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Random translation of training digits by up to this many pixels in
+    /// each direction (data augmentation; 0 turns it off).
+    #[arg(long, default_value_t = 2)]
+    pub augment_shift: usize,
     /// No progress bar (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
@@ -136,7 +140,11 @@ pub fn run(args: &TrainArgs) -> Result<TrainReport> {
             }
             let lr_now = cosine_lr(args.lr, step, total_steps);
             opt.set_learning_rate(lr_now);
-            let (x, y) = batch(&train, chunk)?;
+            let (x, y) = if args.augment_shift > 0 {
+                shifted_batch(&train, chunk, args.augment_shift, &mut rng)?
+            } else {
+                batch(&train, chunk)?
+            };
             let outs = exec.forward_exits(&x, 0..n_blocks)?;
             let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu)?;
             for ((_, logits), w) in outs.iter().zip(&weights) {
@@ -213,6 +221,37 @@ pub fn batch(data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
     let labels: Vec<u32> = idx.iter().map(|&i| data.labels[i] as u32).collect();
     let y = Tensor::from_vec(labels, idx.len(), &Device::Cpu)?;
     Ok((x, y))
+}
+
+/// A batch whose images are each translated by a random offset in
+/// `[-max, max]` pixels along both axes (zero fill).
+fn shifted_batch(data: &Dataset, idx: &[usize], max: usize, rng: &mut SplitMix64) -> Result<(Tensor, Tensor)> {
+    let [c, h, w] = data.shape;
+    let mut pixels = vec![0f32; idx.len() * c * h * w];
+    let span = 2 * max + 1;
+    for (n, &i) in idx.iter().enumerate() {
+        let (dy, dx) = (rng.below(span) as isize - max as isize, rng.below(span) as isize - max as isize);
+        let src = data.image(i);
+        let dst = &mut pixels[n * c * h * w..(n + 1) * c * h * w];
+        for ch in 0..c {
+            for y in 0..h as isize {
+                let sy = y - dy;
+                if sy < 0 || sy >= h as isize {
+                    continue;
+                }
+                for x in 0..w as isize {
+                    let sx = x - dx;
+                    if sx >= 0 && sx < w as isize {
+                        dst[ch * h * w + (y as usize) * w + x as usize] =
+                            src[ch * h * w + (sy as usize) * w + sx as usize];
+                    }
+                }
+            }
+        }
+    }
+    let x = Tensor::from_vec(pixels, (idx.len(), c, h, w), &Device::Cpu)?;
+    let labels: Vec<u32> = idx.iter().map(|&i| data.labels[i] as u32).collect();
+    Ok((x, Tensor::from_vec(labels, idx.len(), &Device::Cpu)?))
 }
 
 /// Accuracy of every exit (every sample forced through it) on the first

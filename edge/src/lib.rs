@@ -3,6 +3,7 @@
 //! to a cloud otherwise, and always answers (offline fallback).
 
 pub mod breaker;
+pub mod metrics;
 pub mod offload;
 pub mod report;
 pub mod run;

@@ -35,8 +35,9 @@ async fn main() -> Result<()> {
         }
         Command::Serve(args) => {
             tracing::info!(config = ?args, "starting offramp-edge serve");
-            let listener =
-                tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
             let edge = Arc::new(Edge::start(args.edge).await?);
             println!("classify listening on {}", listener.local_addr()?);
             serve::serve(edge, listener, async {

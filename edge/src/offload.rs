@@ -155,6 +155,11 @@ fn retryable(code: Code) -> Option<Reason> {
     }
 }
 
+/// Whether `deadline` has passed (within a millisecond of timer slack).
+fn past(deadline: Instant) -> bool {
+    Instant::now() + Duration::from_millis(1) >= deadline
+}
+
 impl Offloader {
     pub fn new(endpoints: Vec<(String, Transport)>, expect: Expectation, breaker: BreakerConfig) -> Self {
         Self {
@@ -226,6 +231,9 @@ impl Offloader {
             Some(now) => b.failure(now),
         }
         self.stats.breaker_transitions.fetch_add((b.transitions.len() - before) as u64, Ordering::Relaxed);
+        if b.transitions.len() > before {
+            crate::metrics::breaker_state(&ep.url, b.state());
+        }
     }
 
     fn admit(&self, ep: &Endpoint) -> Admit {
@@ -233,6 +241,9 @@ impl Offloader {
         let before = b.transitions.len();
         let a = b.admit(Instant::now());
         self.stats.breaker_transitions.fetch_add((b.transitions.len() - before) as u64, Ordering::Relaxed);
+        if b.transitions.len() > before {
+            crate::metrics::breaker_state(&ep.url, b.state());
+        }
         a
     }
 
@@ -241,7 +252,11 @@ impl Offloader {
     pub async fn offload(&self, req: pb::InferRequest, deadline: Instant) -> Result<Offloaded, OffloadError> {
         let n = self.endpoints.len();
         if n == 0 {
-            return Err(OffloadError { reason: Reason::NoCloud, message: "no cloud endpoint configured".into(), retries: 0 });
+            return Err(OffloadError {
+                reason: Reason::NoCloud,
+                message: "no cloud endpoint configured".into(),
+                retries: 0,
+            });
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut last: Option<OffloadError> = None;
@@ -267,7 +282,10 @@ impl Offloader {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             attempts += 1;
-            if let Err(e) = self.verify(ep, left).await {
+            if let Err(mut e) = self.verify(ep, left).await {
+                if e.reason != Reason::Rejected && past(deadline) {
+                    e.reason = Reason::Timeout;
+                }
                 if e.reason != Reason::Rejected {
                     self.record(ep, Some(Instant::now()));
                 }
@@ -282,7 +300,9 @@ impl Offloader {
                     return Ok(Offloaded { response, endpoint: index, retries: attempts - 1, bytes_down });
                 }
                 Err(status) => {
-                    let reason = retryable(status.code());
+                    // tonic reports its own request timeout as `Cancelled`: what
+                    // matters is that the deadline passed.
+                    let reason = if past(deadline) { Some(Reason::Timeout) } else { retryable(status.code()) };
                     match reason {
                         // The server answered: it is alive. Don't count it against the breaker.
                         None | Some(Reason::Overloaded) => self.record(ep, None),

@@ -33,7 +33,8 @@ pub struct Summary {
 impl Summary {
     pub fn of(answers: &[Answer], num_exits: usize, retries: u64, breaker_transitions: u64) -> Self {
         let mut exit_counts = vec![0; num_exits];
-        let mut tiers: BTreeMap<String, usize> = ["edge", "cloud", "fallback", "error"].iter().map(|t| (t.to_string(), 0)).collect();
+        let mut tiers: BTreeMap<String, usize> =
+            ["edge", "cloud", "fallback", "error"].iter().map(|t| (t.to_string(), 0)).collect();
         let mut by_tier: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut fallbacks = BTreeMap::new();
         let (mut labelled, mut correct, mut offloads) = (0usize, 0usize, 0usize);
@@ -82,16 +83,48 @@ impl Summary {
         let pct = |c: usize| if self.n == 0 { 0.0 } else { 100.0 * c as f64 / self.n as f64 };
         let _ = writeln!(s, "inputs        {}", self.n);
         let _ = writeln!(s, "accuracy      {:.2}%", self.accuracy * 100.0);
-        let _ = writeln!(s, "answered by   {}", self.tier_counts.iter().filter(|(_, &c)| c > 0).map(|(t, &c)| format!("{t} {c} ({:.1}%)", pct(c))).collect::<Vec<_>>().join(", "));
-        let _ = writeln!(s, "exits         {}", self.exit_counts.iter().enumerate().map(|(e, &c)| format!("#{e}: {c} ({:.1}%)", pct(c))).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            s,
+            "answered by   {}",
+            self.tier_counts
+                .iter()
+                .filter(|(_, &c)| c > 0)
+                .map(|(t, &c)| format!("{t} {c} ({:.1}%)", pct(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "exits         {}",
+            self.exit_counts
+                .iter()
+                .enumerate()
+                .map(|(e, &c)| format!("#{e}: {c} ({:.1}%)", pct(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let _ = writeln!(s, "latency (µs)  tier        n      p50      p90      p99     mean");
-        for (tier, l) in std::iter::once(("all".to_string(), &self.latency_us)).chain(self.latency_us_by_tier.iter().map(|(t, l)| (t.clone(), l))) {
-            let _ = writeln!(s, "              {tier:<8} {:>4} {:>8.0} {:>8.0} {:>8.0} {:>8.0}", l.n, l.p50, l.p90, l.p99, l.mean);
+        for (tier, l) in std::iter::once(("all".to_string(), &self.latency_us))
+            .chain(self.latency_us_by_tier.iter().map(|(t, l)| (t.clone(), l)))
+        {
+            let _ = writeln!(
+                s,
+                "              {tier:<8} {:>4} {:>8.0} {:>8.0} {:>8.0} {:>8.0}",
+                l.n, l.p50, l.p90, l.p99, l.mean
+            );
         }
         let _ = writeln!(s, "edge compute  p50 {:.0} µs, p99 {:.0} µs", self.edge_us.p50, self.edge_us.p99);
-        let _ = writeln!(s, "bytes         up {} ({:.0} per offload), down {}", self.bytes_up, self.bytes_up_per_offload, self.bytes_down);
+        let _ = writeln!(
+            s,
+            "bytes         up {} ({:.0} per offload), down {}",
+            self.bytes_up, self.bytes_up_per_offload, self.bytes_down
+        );
         if !self.fallbacks.is_empty() || self.retries > 0 || self.breaker_transitions > 0 {
-            let _ = writeln!(s, "fallbacks     {}", self.fallbacks.iter().map(|(r, c)| format!("{r} {c}")).collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                s,
+                "fallbacks     {}",
+                self.fallbacks.iter().map(|(r, c)| format!("{r} {c}")).collect::<Vec<_>>().join(", ")
+            );
             let _ = writeln!(s, "retries {}, breaker state changes {}", self.retries, self.breaker_transitions);
         }
         s

@@ -38,7 +38,12 @@ pub struct RunArgs {
 }
 
 /// Runs every input; calls `on_answer` as answers complete (in completion order).
-pub async fn run_dataset(edge: Arc<Edge>, data: &Dataset, concurrency: usize, mut on_answer: impl FnMut(&Answer)) -> Vec<Answer> {
+pub async fn run_dataset(
+    edge: Arc<Edge>,
+    data: &Dataset,
+    concurrency: usize,
+    mut on_answer: impl FnMut(&Answer),
+) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(data.len());
     let mut stream = futures::stream::iter(0..data.len())
         .map(|i| {

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::breaker::BreakerConfig;
 use crate::offload::{Expectation, Offloader, Reason};
-use crate::transport::{ConnectConfig, Transport};
+use crate::transport::{ConnectConfig, Credentials, Transport};
 
 /// What to do when the cloud does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -71,6 +71,14 @@ pub struct EdgeConfig {
     /// Ask the cloud for per-class probabilities.
     #[arg(long)]
     pub probabilities: bool,
+    /// File holding this edge's bearer token for the cloud.
+    #[arg(long, env = "OFFRAMP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: offramp_common::security::ClientTlsArgs,
+    /// Serve Prometheus metrics on this address (off by default).
+    #[arg(long, env = "OFFRAMP_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Id of this edge, sent with each request.
     #[arg(long, env = "OFFRAMP_EDGE_ID", default_value = "edge")]
     pub edge_id: String,
@@ -93,6 +101,9 @@ impl EdgeConfig {
             breaker_max_backoff: Duration::from_secs(1),
             probabilities: false,
             edge_id: "edge".into(),
+            token_file: None,
+            tls: Default::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -164,6 +175,9 @@ impl Edge {
     /// Loads the bundle and policy, checks the configuration, and handshakes
     /// with every reachable cloud endpoint.
     pub async fn start(config: EdgeConfig) -> Result<Self> {
+        if let Some(addr) = config.metrics_listen {
+            crate::metrics::install(addr)?;
+        }
         let model = config.model.clone();
         let bundle = tokio::task::spawn_blocking(move || Bundle::load(&model))
             .await?
@@ -204,9 +218,17 @@ impl Edge {
                 bail!("this bundle does not record the cloud-side fingerprint for split {split}; re-split it with `offramp split`");
             }
             let connect = ConnectConfig { connect_timeout: config.connect_timeout, ..Default::default() };
+            let token = match &config.token_file {
+                Some(p) => Some(offramp_common::security::read_token(p).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let creds = Credentials {
+                tls: crate::transport::client_tls(&config.tls).map_err(anyhow::Error::msg)?,
+                token: crate::transport::BearerToken::new(token.as_ref()).map_err(anyhow::Error::msg)?,
+            };
             let mut endpoints = Vec::new();
             for url in &config.clouds {
-                endpoints.push((url.clone(), Transport::grpc(url, &connect).map_err(anyhow::Error::msg)?));
+                endpoints.push((url.clone(), Transport::grpc(url, &connect, &creds).map_err(anyhow::Error::msg)?));
             }
             let breaker = BreakerConfig {
                 failure_threshold: config.breaker_failures.max(1),
@@ -292,6 +314,7 @@ impl Edge {
         };
         let finish = |mut a: Answer| {
             a.latency_us = started.elapsed().as_micros() as u64;
+            crate::metrics::record_answer(&a);
             a
         };
 

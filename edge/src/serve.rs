@@ -39,8 +39,11 @@ impl Classify for ClassifyService {
         if &shape != want {
             return Err(Status::invalid_argument(format!("input has shape {shape:?}, the model expects {want:?}")));
         }
-        let deadline =
-            if req.deadline_ms == 0 { self.edge.config.deadline } else { Duration::from_millis(req.deadline_ms as u64) };
+        let deadline = if req.deadline_ms == 0 {
+            self.edge.config.deadline
+        } else {
+            Duration::from_millis(req.deadline_ms as u64)
+        };
         let a = self.edge.classify_with_deadline(None, values, deadline).await;
         if a.tier == Tier::Error {
             let msg = a.error.unwrap_or_else(|| "no answer".into());

@@ -3,10 +3,62 @@
 
 use std::time::Duration;
 
+use offramp_common::security::{read_file, ClientTlsArgs, Secret};
 use offramp_proto as pb;
 use offramp_proto::split_inference_client::SplitInferenceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
+
+/// Adds `authorization: Bearer <token>` when a token is configured.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&Secret>) -> Result<Self, String> {
+        token
+            .map(|t| {
+                let mut v: MetadataValue<_> = format!("Bearer {}", t.expose())
+                    .parse()
+                    .map_err(|_| "token is not valid header text".to_string())?;
+                v.set_sensitive(true);
+                Ok(v)
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A gRPC client with the edge's credentials.
+pub type GrpcClient = SplitInferenceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Builds the client TLS config from files.
+pub fn client_tls(args: &ClientTlsArgs) -> Result<Option<ClientTlsConfig>, String> {
+    let Some(ca) = &args.ca else {
+        if args.tls_client_cert.is_some() {
+            return Err("--tls-client-cert needs --ca (the server's CA)".into());
+        }
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_file(ca, "CA certificate")?));
+    if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+        tls = tls.identity(Identity::from_pem(read_file(cert, "client certificate")?, read_file(key, "client key")?));
+    }
+    if let Some(d) = &args.tls_domain {
+        tls = tls.domain_name(d.clone());
+    }
+    Ok(Some(tls))
+}
 
 /// Connection settings shared by transports.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +66,13 @@ pub struct ConnectConfig {
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+}
+
+/// Credentials for a connection.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub tls: Option<ClientTlsConfig>,
+    pub token: BearerToken,
 }
 
 impl Default for ConnectConfig {
@@ -29,21 +88,28 @@ impl Default for ConnectConfig {
 /// A client for one endpoint.
 #[derive(Debug, Clone)]
 pub enum Transport {
-    Grpc(SplitInferenceClient<Channel>),
+    Grpc(GrpcClient),
 }
 
 impl Transport {
     /// A lazily connecting gRPC client: nothing is dialled until the first
     /// call, and a broken connection is re-dialled on the next call.
-    pub fn grpc(url: &str, c: &ConnectConfig) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(url.to_string())
+    pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, String> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("bad cloud URL {url:?}: {e}"))?
             .connect_timeout(c.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(c.keepalive_interval)
             .keep_alive_timeout(c.keepalive_timeout)
             .keep_alive_while_idle(true);
-        Ok(Transport::Grpc(SplitInferenceClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20)))
+        if let Some(tls) = &creds.tls {
+            if !url.starts_with("https://") {
+                return Err(format!("TLS is configured (--ca) but {url:?} is not an https:// URL"));
+            }
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS for {url}: {e}"))?;
+        }
+        let client = SplitInferenceClient::with_interceptor(endpoint.connect_lazy(), creds.token.clone());
+        Ok(Transport::Grpc(client.max_decoding_message_size(64 << 20)))
     }
 
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {

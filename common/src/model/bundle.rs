@@ -438,6 +438,16 @@ impl Bundle {
         self.exits[e].as_deref().expect("caller checked the exit is held")
     }
 
+    /// Block `b`'s layer, if held (benchmarks, custom loops).
+    pub fn layer(&self, b: usize) -> Option<&Layer> {
+        self.blocks.get(b)?.as_ref()
+    }
+
+    /// Exit `e`'s head, if held.
+    pub fn exit_layers(&self, e: usize) -> Option<&[Layer]> {
+        self.exits.get(e)?.as_deref()
+    }
+
     /// Multiply-adds of block `b` for one sample.
     pub fn block_macs(&self, b: usize) -> u64 {
         self.manifest.blocks[b].layer.macs(&self.shapes[b])

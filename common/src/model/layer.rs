@@ -106,7 +106,8 @@ pub fn unfold_conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> R
             if stride > 1 {
                 let rows: Vec<u32> = (0..oh).map(|r| (r * stride) as u32).collect();
                 let cols: Vec<u32> = (0..ow).map(|c| (c * stride) as u32).collect();
-                v = v.contiguous()?
+                v = v
+                    .contiguous()?
                     .index_select(&Tensor::new(rows, x.device())?, 2)?
                     .contiguous()?
                     .index_select(&Tensor::new(cols, x.device())?, 3)?;

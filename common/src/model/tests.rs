@@ -154,9 +154,15 @@ fn assert_split_invariance(full: &Bundle, edge: &Executor, cloud: &Executor, k: 
     let mut answers = first.exited.clone();
     if let Some(hidden) = &first.hidden {
         // Hidden states at k equal a plain forward through the blocks.
-        let rows = x.index_select(&Tensor::new(first.remaining.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap(), 0).unwrap();
+        let rows = x
+            .index_select(
+                &Tensor::new(first.remaining.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap(),
+                0,
+            )
+            .unwrap();
         let plain = Executor::new(Arc::new(full.clone())).forward_blocks(&rows, 0..k).unwrap();
-        let d = (hidden - plain).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d =
+            (hidden - plain).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(d <= 1e-6, "K={k}: hidden state differs by {d}");
         let histories = first.remaining.iter().map(|&i| first.histories[i].clone()).collect();
         let second = cloud.run(hidden, k..n, policy, histories).unwrap();
@@ -233,7 +239,10 @@ fn split_bundles_hold_only_their_side_and_round_trip() {
     let reloaded = Bundle::load(dir.join("full")).unwrap();
     assert_eq!(edge.held(), 0..2);
     assert_eq!(cloud.held(), 2..4);
-    assert!(edge.tensors().keys().all(|k| k.starts_with("blocks.0") || k.starts_with("blocks.1") || k.starts_with("exits.0")));
+    assert!(edge
+        .tensors()
+        .keys()
+        .all(|k| k.starts_with("blocks.0") || k.starts_with("blocks.1") || k.starts_with("exits.0")));
     assert!(cloud.tensors().keys().all(|k| !k.starts_with("blocks.0") && !k.starts_with("exits.0")));
     assert_eq!(edge.splits(SplitSide::Edge), vec![0, 1, 2]);
     assert_eq!(cloud.splits(SplitSide::Cloud), vec![2, 3, 4]);
@@ -275,7 +284,8 @@ fn fingerprints_see_every_weight() {
 
 #[test]
 fn macs_follow_the_manifest() {
-    let b = Bundle::from_parts(Arch::BLenet.manifest("b"), init_weights(&Arch::BLenet.manifest("b"), 1).unwrap()).unwrap();
+    let b =
+        Bundle::from_parts(Arch::BLenet.manifest("b"), init_weights(&Arch::BLenet.manifest("b"), 1).unwrap()).unwrap();
     assert_eq!(b.block_macs(0), 28 * 28 * 8 * 25);
     assert_eq!(b.block_macs(3), 0);
     assert_eq!(b.block_macs(4), 576 * 128);

@@ -1,0 +1,45 @@
+//! Prometheus metrics of the edge (names prefixed `offramp_edge_`).
+
+use std::net::SocketAddr;
+
+use crate::runtime::Answer;
+
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    let buckets = [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("seconds".into()), &buckets)?
+        .install()?;
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("offramp_edge_requests_total", "Answers by tier (edge, cloud, fallback, error) and exit");
+    describe_histogram!("offramp_edge_latency_seconds", Unit::Seconds, "End-to-end latency per input, by tier");
+    describe_histogram!("offramp_edge_compute_seconds", Unit::Seconds, "Local compute per input");
+    describe_counter!("offramp_edge_bytes_up_total", Unit::Bytes, "Bytes offloaded to the cloud");
+    describe_counter!("offramp_edge_bytes_down_total", Unit::Bytes, "Bytes received from the cloud");
+    describe_counter!("offramp_edge_fallbacks_total", "Fallback answers by reason");
+    describe_gauge!("offramp_edge_breaker_state", "Breaker state per endpoint: 0 closed, 1 half-open, 2 open");
+    tracing::info!(%addr, "metrics listening");
+    Ok(())
+}
+
+pub fn record_answer(a: &Answer) {
+    let tier = a.tier.as_str();
+    let exit = a.exit.map(|e| e.to_string()).unwrap_or_else(|| "none".into());
+    metrics::counter!("offramp_edge_requests_total", "tier" => tier, "exit" => exit).increment(1);
+    metrics::histogram!("offramp_edge_latency_seconds", "tier" => tier).record(a.latency_us as f64 / 1e6);
+    metrics::histogram!("offramp_edge_compute_seconds").record(a.edge_us as f64 / 1e6);
+    metrics::counter!("offramp_edge_bytes_up_total").increment(a.bytes_up);
+    metrics::counter!("offramp_edge_bytes_down_total").increment(a.bytes_down);
+    if let Some(r) = a.reason {
+        metrics::counter!("offramp_edge_fallbacks_total", "reason" => r.as_str()).increment(1);
+    }
+}
+
+pub fn breaker_state(endpoint: &str, state: crate::breaker::BreakerState) {
+    let v = match state {
+        crate::breaker::BreakerState::Closed => 0.0,
+        crate::breaker::BreakerState::HalfOpen => 1.0,
+        crate::breaker::BreakerState::Open => 2.0,
+    };
+    metrics::gauge!("offramp_edge_breaker_state", "endpoint" => endpoint.to_string()).set(v);
+}

@@ -1,0 +1,232 @@
+//! The split path end to end (issue: edge exits locally, the cloud finishes
+//! over gRPC).
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use candle_core::{Device, Tensor};
+use offramp_cloud::CloudHandle;
+use offramp_common::model::SplitSide;
+use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_edge::run::run_dataset;
+use offramp_edge::{Edge, EdgeConfig, Tier};
+use offramp_proto as pb;
+use offramp_proto::split_inference_client::SplitInferenceClient;
+use tonic::Code;
+
+use crate::support::*;
+
+fn monolithic(full: &Bundle, data: &offramp_common::data::Dataset) -> Vec<(u32, u32)> {
+    let policy = Policy::load(&full.policy_path().unwrap(), full.num_exits()).unwrap();
+    let exec = Executor::new(Arc::new(full.clone()));
+    let x = Tensor::from_slice(&data.images, (data.len(), 1, 28, 28), &Device::Cpu).unwrap();
+    let out = exec.run(&x, 0..full.num_blocks(), &policy, vec![vec![]; data.len()]).unwrap();
+    out.exited.into_iter().map(|r| r.map(|r| (r.prediction as u32, r.exit as u32)).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_inference_equals_monolithic_at_every_split_point() {
+    let full = Bundle::load(default_model()).unwrap();
+    let data = sample(300);
+    let expected = monolithic(&full, &data);
+    let n = full.num_blocks();
+    let dir = tmp("every-split");
+    for k in 0..=n {
+        let (edge_dir, cloud_dir) = split_default(k, &dir.join(k.to_string()));
+        let cloud = if k < n {
+            Some(CloudHandle::start(offramp_cloud::Config::for_model(&cloud_dir)).await.unwrap())
+        } else {
+            None
+        };
+        let clouds = cloud.iter().map(|c| c.url()).collect();
+        let edge = Arc::new(Edge::start(EdgeConfig::new(&edge_dir, k, clouds)).await.unwrap());
+        let mut answers = run_dataset(edge, &data, 4, |_| {}).await;
+        answers.sort_by_key(|a| a.id);
+        assert_eq!(answers.len(), data.len());
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!((a.prediction.unwrap(), a.exit.unwrap()), expected[i], "K={k} input {i}: {a:?}");
+            let exit_block = full.manifest().exits[a.exit.unwrap() as usize].after_block;
+            let tier = if exit_block < k { Tier::Edge } else { Tier::Cloud };
+            assert_eq!(a.tier, tier, "K={k} input {i}");
+            assert_eq!(a.bytes_up > 0, tier == Tier::Cloud);
+        }
+        if let Some(c) = cloud {
+            c.stop().await.unwrap();
+        }
+    }
+}
+
+fn good_request(full: &Bundle, k: usize) -> pb::InferRequest {
+    let data = sample(1);
+    let exec = Executor::new(Arc::new(full.clone()));
+    let x = exec.batch_at(0, data.image(0), 1).unwrap();
+    let hidden = exec.forward_blocks(&x, 0..k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    pb::InferRequest {
+        request_id: 7,
+        model_id: full.model_id().into(),
+        model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
+        split: k as u32,
+        hidden: Some(codec::encode(&hidden, full.shape_at(k).unwrap(), pb::Encoding::F32)),
+        history: None,
+        want_probabilities: true,
+        edge_id: "test".into(),
+        policy: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
+    let full = Bundle::load(default_model()).unwrap();
+    let mut cfg = offramp_cloud::Config::for_model(default_model());
+    cfg.max_payload = 16 * 1024;
+    let cloud = CloudHandle::start(cfg).await.unwrap();
+    let mut client = SplitInferenceClient::connect(cloud.url()).await.unwrap();
+
+    let good = good_request(&full, 1);
+    let ok = client.infer(good.clone()).await.unwrap().into_inner();
+    assert_eq!(ok.request_id, 7);
+    assert_eq!(ok.probabilities.len(), 10);
+
+    let mut cases: Vec<(&str, pb::InferRequest, Code, &str)> = Vec::new();
+    let mut r = good.clone();
+    r.model_id = "resnet-152".into();
+    cases.push(("unknown model", r, Code::NotFound, "unknown model"));
+    let mut r = good.clone();
+    r.model_fingerprint = "0123456789abcdef".into();
+    cases.push(("fingerprint", r, Code::FailedPrecondition, "fingerprint mismatch"));
+    let mut r = good.clone();
+    r.split = 99;
+    cases.push(("split", r, Code::InvalidArgument, "split index 99 out of range"));
+    let mut r = good_request(&full, 2);
+    r.model_fingerprint = good.model_fingerprint.clone();
+    cases.push(("fingerprint of another split", r, Code::FailedPrecondition, "fingerprint mismatch"));
+    let mut r = good.clone();
+    r.hidden.as_mut().unwrap().shape = vec![16, 7, 14];
+    cases.push(("shape", r, Code::InvalidArgument, "expects [8, 14, 14]"));
+    let mut r = good.clone();
+    let t = r.hidden.as_mut().unwrap();
+    t.data = t.data.slice(0..t.data.len() - 4);
+    cases.push(("byte length", r, Code::InvalidArgument, "needs 6272"));
+    let mut r = good.clone();
+    let t = r.hidden.as_mut().unwrap();
+    let mut bytes = t.data.to_vec();
+    bytes[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    t.data = Bytes::from(bytes);
+    cases.push(("nan", r, Code::InvalidArgument, "non-finite"));
+    let mut r = good.clone();
+    r.hidden.as_mut().unwrap().data = Bytes::new();
+    cases.push(("empty", r, Code::InvalidArgument, "empty"));
+    let mut r = good.clone();
+    r.hidden = None;
+    cases.push(("missing tensor", r, Code::InvalidArgument, "no hidden-state tensor"));
+    let mut r = good.clone();
+    let big: Vec<f32> = vec![0.5; 8 * 28 * 28];
+    r.hidden = Some(codec::encode(&big, &[8, 28, 28], pb::Encoding::F32));
+    cases.push(("oversized", r, Code::InvalidArgument, "the limit is 16384"));
+    let mut r = good.clone();
+    r.hidden.as_mut().unwrap().encoding = 99;
+    cases.push(("encoding", r, Code::InvalidArgument, "encoding 99"));
+    let mut r = good.clone();
+    r.history = Some(pb::ExitHistory { exits: vec![pb::ExitObservation { exit: 1, prediction: 3, confidence: 0.9 }] });
+    cases.push(("history", r, Code::InvalidArgument, "impossible before split 1"));
+    let mut r = good.clone();
+    r.policy = vec![pb::ExitRuleSpec { exit: 1, rule: "dice".into(), threshold: 0.5, patience: 0 }];
+    cases.push(("policy", r, Code::InvalidArgument, "dice"));
+
+    for (name, req, code, text) in cases {
+        let status = client.infer(req).await.expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {status:?}");
+        assert!(status.message().contains(text), "{name}: {:?} lacks {text:?}", status.message());
+        // A good request after each bad one still works.
+        let again = client.infer(good.clone()).await.unwrap().into_inner();
+        assert_eq!((again.prediction, again.exit), (ok.prediction, ok.exit), "after {name}");
+    }
+
+    // The stream: a bad request fails only its own response.
+    let mut bad = good.clone();
+    bad.request_id = 8;
+    bad.split = 42;
+    let mut good2 = good.clone();
+    good2.request_id = 9;
+    let responses =
+        client.infer_stream(futures::stream::iter(vec![good.clone(), bad, good2])).await.unwrap().into_inner();
+    let responses: Vec<pb::InferStreamResponse> =
+        futures::StreamExt::collect::<Vec<_>>(responses).await.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(responses.len(), 3);
+    for r in responses {
+        match (r.request_id, r.result.unwrap()) {
+            (7 | 9, pb::infer_stream_response::Result::Response(resp)) => assert_eq!(resp.prediction, ok.prediction),
+            (8, pb::infer_stream_response::Result::Error(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32);
+                assert!(e.message.contains("split index 42"));
+            }
+            other => panic!("unexpected stream answer {other:?}"),
+        }
+    }
+
+    // Health says SERVING once loaded.
+    let channel = tonic::transport::Endpoint::from_shared(cloud.url()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "offramp.v1.SplitInference".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_refuses_a_cloud_holding_other_weights() {
+    let cloud = CloudHandle::start(offramp_cloud::Config::for_model(default_model())).await.unwrap();
+    // Same architecture and model id, other weights.
+    let full = Bundle::load(default_model()).unwrap();
+    let mut tensors: std::collections::HashMap<String, Tensor> =
+        full.tensors().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let w = &tensors["blocks.2.bias"];
+    tensors.insert("blocks.2.bias".into(), (w + 0.01).unwrap());
+    let other = Bundle::from_parts(full.manifest().clone(), tensors).unwrap();
+    let dir = tmp("other-weights");
+    other.save(dir.join("m")).unwrap();
+    let err =
+        Edge::start(EdgeConfig::new(dir.join("m"), 1, vec![cloud.url()])).await.err().expect("handshake must fail");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("different weights") && msg.contains("b-lenet-mnist"), "{msg}");
+    cloud.stop().await.unwrap();
+}
+
+#[test]
+fn edge_and_cloud_processes_over_grpc() {
+    let dir = tmp("processes");
+    let (edge_dir, cloud_dir) = split_default(1, &dir);
+    let cloud = CloudProcess::start(&cloud_dir, "127.0.0.1:0", &[]);
+    let out = Command::new(edge_binary())
+        .args(["run", "--model", edge_dir.to_str().unwrap(), "--split", "1", "--cloud", &cloud.url()])
+        .args(["--data", repo().join("models/mnist-sample").to_str().unwrap(), "--subset", "sample"])
+        .args(["--limit", "120", "--concurrency", "3", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (summary, answers) = lines.split_last().unwrap();
+    let ids: HashSet<u64> = answers.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert_eq!((answers.len(), ids.len()), (120, 120), "every input answered exactly once");
+    for a in answers {
+        for key in ["id", "label", "prediction", "exit", "tier", "confidence", "latency_us", "bytes_up", "bytes_down"] {
+            assert!(a.get(key).is_some(), "answer lacks {key}: {a}");
+        }
+    }
+    let s = &summary["summary"];
+    assert_eq!(s["n"], 120);
+    assert!(s["accuracy"].as_f64().unwrap() > 0.95, "{s}");
+    let tiers = &s["tier_counts"];
+    assert_eq!(tiers["edge"].as_u64().unwrap() + tiers["cloud"].as_u64().unwrap(), 120);
+    assert!(tiers["cloud"].as_u64().unwrap() > 0 && tiers["edge"].as_u64().unwrap() > 0, "{s}");
+    for key in ["p50", "p90", "p99"] {
+        assert!(s["latency_us"][key].as_f64().unwrap() > 0.0);
+    }
+}
