@@ -4,4 +4,5 @@
 mod support;
 
 mod fallback;
+mod quic;
 mod split_path;

@@ -17,6 +17,8 @@ pub enum CloudError {
     MissingTensor,
     #[error("hidden state: {0}")]
     Codec(#[from] CodecError),
+    #[error("hidden state is encoded as {got}; this cloud accepts {accepted:?} (see its handshake)")]
+    EncodingNotAccepted { got: &'static str, accepted: Vec<&'static str> },
     #[error("hidden state has shape {got:?}, block {split} of model {model} expects {expected:?}")]
     Shape { model: String, split: usize, expected: Vec<usize>, got: Vec<usize> },
     #[error("exit history: {0}")]
@@ -40,6 +42,7 @@ impl CloudError {
             CloudError::SplitOutOfRange { .. }
             | CloudError::MissingTensor
             | CloudError::Codec(_)
+            | CloudError::EncodingNotAccepted { .. }
             | CloudError::Shape { .. }
             | CloudError::History(_)
             | CloudError::Policy(_) => Code::InvalidArgument,

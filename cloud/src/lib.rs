@@ -1,5 +1,6 @@
 //! The Offramp cloud service: runs blocks `[K, N)` of a multi-exit network and
-//! their exits for hidden states sent by edges, over gRPC.
+//! their exits for hidden states sent by edges, over gRPC and optionally QUIC
+//! ([`quic`]).
 //!
 //! `main` parses [`Config`], sets up tracing and calls [`serve`]; tests call the
 //! same [`serve`] in-process on `127.0.0.1:0`.
@@ -7,6 +8,7 @@
 pub mod batcher;
 pub mod error;
 pub mod models;
+pub mod quic;
 pub mod service;
 pub mod telemetry;
 
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use offramp_common::units;
+use offramp_common::{codec, units};
+use offramp_proto as pb;
 use offramp_proto::split_inference_server::SplitInferenceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -67,6 +70,12 @@ pub struct Config {
     pub auth_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: offramp_common::security::ServerTlsArgs,
+    #[command(flatten)]
+    pub quic: quic::QuicArgs,
+    /// Hidden-state encodings accepted (listed in the handshake; edges check
+    /// theirs against it).
+    #[arg(long, env = "OFFRAMP_ENCODINGS", value_delimiter = ',', default_value = "f32,f16,bf16,int8", value_parser = codec::parse_encoding)]
+    pub encodings: Vec<pb::Encoding>,
     /// On SIGTERM/SIGINT, how long in-flight work may take to finish.
     #[arg(long, env = "OFFRAMP_DRAIN_TIMEOUT", default_value = "10s", value_parser = units::parse_duration)]
     pub drain_timeout: Duration,
@@ -88,19 +97,32 @@ impl Config {
             metrics_listen: None,
             auth_token_file: None,
             tls: Default::default(),
+            quic: Default::default(),
+            encodings: codec::ENCODINGS.to_vec(),
         }
     }
 }
 
+/// Where a ready cloud listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub grpc: SocketAddr,
+    /// The QUIC (UDP) address, when `--quic-listen` is on.
+    pub quic: Option<SocketAddr>,
+}
+
 /// Serves until `shutdown` resolves, then drains. `ready` is called with the
-/// bound address once the models are loaded and health says SERVING; until
+/// bound addresses once the models are loaded and health says SERVING; until
 /// then health answers NOT_SERVING and inference `Unavailable`.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(SocketAddr) + Send + 'static,
+    ready: impl FnOnce(Listening) + Send + 'static,
 ) -> Result<()> {
+    if config.encodings.is_empty() {
+        anyhow::bail!("--encodings must name at least one encoding");
+    }
     let addr = listener.local_addr()?;
     if let Some(m) = config.metrics_listen {
         match telemetry::install_metrics(m) {
@@ -138,6 +160,18 @@ pub async fn serve(
     // Shutdown: health NOT_SERVING and new work refused at once, then the
     // server stops accepting and in-flight requests get `drain_timeout`.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let max_message = config.max_payload + 64 * 1024;
+    let quic = match config.quic.quic_listen {
+        Some(listen) => {
+            let identity = quic::identity(&config.quic, &config.tls, listen)?;
+            let endpoint = quic::bind(listen, quic::server_config(identity, config.tls.tls_client_ca.as_deref())?)?;
+            let quic_addr = endpoint.local_addr()?;
+            let ctx = Arc::new(quic::StreamContext::new(loaded.clone(), auth.clone(), max_message));
+            let task = tokio::spawn(quic::run(endpoint, ctx, stop_rx.clone(), config.drain_timeout));
+            Some((quic_addr, task))
+        }
+        None => None,
+    };
     let drain_started = {
         let (health, loaded) = (health.clone(), loaded.clone());
         async move {
@@ -153,7 +187,6 @@ pub async fn serve(
     };
     tokio::spawn(drain_started);
 
-    let max_message = config.max_payload + 64 * 1024;
     let split_service = tonic::service::interceptor::InterceptedService::new(
         SplitInferenceServer::new(service).max_decoding_message_size(max_message),
         move |req| auth.check(req),
@@ -186,6 +219,7 @@ pub async fn serve(
                 registry,
                 batcher,
                 max_payload_bytes: config.max_payload,
+                encodings: config.encodings.clone(),
                 draining: false.into(),
             }))
         })
@@ -196,14 +230,19 @@ pub async fn serve(
     if !*stop_rx.borrow() {
         health.set_serving::<SplitInferenceServer<CloudService>>().await;
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        tracing::info!(%addr, "serving");
-        ready(addr);
+        let quic_addr = quic.as_ref().map(|q| q.0);
+        tracing::info!(%addr, quic = ?quic_addr, "serving");
+        ready(Listening { grpc: addr, quic: quic_addr });
     }
 
     let _ = stop_rx.wait_for(|s| *s).await;
     match tokio::time::timeout(config.drain_timeout, server).await {
         Ok(joined) => joined.context("server task panicked")?.context("grpc server failed")?,
         Err(_) => tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; dropping in-flight requests"),
+    }
+    if let Some((_, task)) = quic {
+        // Bounded by the drain timeout itself.
+        task.await.context("QUIC server task panicked")?;
     }
     Ok(())
 }
@@ -233,6 +272,8 @@ pub async fn shutdown_signal() {
 /// A cloud running in-process (tests, demo, experiments).
 pub struct CloudHandle {
     pub addr: SocketAddr,
+    /// The QUIC address, when `config.quic.quic_listen` was set.
+    pub quic_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -249,12 +290,12 @@ impl CloudHandle {
             async move {
                 let _ = stop_rx.await;
             },
-            move |addr| {
-                let _ = ready_tx.send(addr);
+            move |l| {
+                let _ = ready_tx.send(l);
             },
         ));
         match ready_rx.await {
-            Ok(addr) => Ok(Self { addr, stop: Some(stop), task }),
+            Ok(l) => Ok(Self { addr: l.grpc, quic_addr: l.quic, stop: Some(stop), task }),
             Err(_) => Err(task
                 .await
                 .context("cloud task panicked")?
@@ -266,6 +307,11 @@ impl CloudHandle {
     /// `http://addr` for clients.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `quic://addr` for QUIC clients, when QUIC is on.
+    pub fn quic_url(&self) -> Option<String> {
+        self.quic_addr.map(|a| format!("quic://{a}"))
     }
 
     /// Graceful shutdown, waiting for the drain.

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use offramp_common::codec;
 use offramp_proto as pb;
 use offramp_proto::split_inference_server::SplitInference;
 use tokio::sync::mpsc;
@@ -20,11 +21,26 @@ pub struct CloudState {
     pub registry: Registry,
     pub batcher: Batcher,
     pub max_payload_bytes: usize,
+    /// Hidden-state encodings this cloud accepts (listed in the handshake).
+    pub encodings: Vec<pb::Encoding>,
     /// Set on shutdown: new work is refused with `Unavailable`.
     pub draining: AtomicBool,
 }
 
 impl CloudState {
+    /// The handshake answer: one model per answer, the first (clouds usually
+    /// serve one).
+    pub fn model_info(&self) -> Result<pb::ModelInfo, CloudError> {
+        let mut info = self
+            .registry
+            .info(self.max_payload_bytes)
+            .into_iter()
+            .next()
+            .ok_or(CloudError::Unavailable("holding no model"))?;
+        info.encodings = self.encodings.iter().map(|&e| e as i32).collect();
+        Ok(info)
+    }
+
     /// Validates, queues and computes one request.
     pub async fn infer(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
         if self.draining.load(Ordering::Relaxed) {
@@ -49,6 +65,16 @@ impl CloudState {
     }
 
     async fn compute(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
+        if let Some(t) = &req.hidden {
+            if let Ok(e) = pb::Encoding::try_from(t.encoding) {
+                if e != pb::Encoding::Unspecified && !self.encodings.contains(&e) {
+                    return Err(CloudError::EncodingNotAccepted {
+                        got: codec::encoding_name(e),
+                        accepted: self.encodings.iter().map(|&e| codec::encoding_name(e)).collect(),
+                    });
+                }
+            }
+        }
         let valid = self.registry.validate(req, self.max_payload_bytes)?;
         let done = self.batcher.submit(valid).await?;
         metrics::histogram!("offramp_cloud_queue_seconds").record(done.queue_us as f64 / 1e6);
@@ -86,11 +112,7 @@ fn span(req: &pb::InferRequest) -> tracing::Span {
 impl SplitInference for CloudService {
     async fn get_model_info(&self, request: Request<pb::ModelInfoRequest>) -> Result<Response<pb::ModelInfo>, Status> {
         let _ = request;
-        let state = self.state()?;
-        let infos = state.registry.info(state.max_payload_bytes);
-        // One model per handshake answer: the first (clouds usually serve one).
-        let info = infos.into_iter().next().ok_or_else(|| Status::unavailable("no model loaded"))?;
-        Ok(Response::new(info))
+        Ok(Response::new(self.state()?.model_info()?))
     }
 
     async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {

@@ -51,7 +51,9 @@ impl Auth {
     }
 
     pub fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(tokens) = &self.tokens else { return Ok(req) };
+        if self.tokens.is_none() {
+            return Ok(req);
+        }
         let header = req
             .metadata()
             .get("authorization")
@@ -59,8 +61,18 @@ impl Auth {
             .to_str()
             .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
         let token = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("expected a bearer token"))?;
-        let edge = tokens.check(token.trim()).ok_or_else(|| Status::unauthenticated("invalid token"))?.to_string();
-        req.extensions_mut().insert(EdgeIdentity(edge));
+        if let Some(edge) = self.check_token(Some(token))? {
+            req.extensions_mut().insert(edge);
+        }
         Ok(req)
+    }
+
+    /// Checks a bare token (QUIC carries it in an auth frame). `Ok(None)`:
+    /// authentication is off.
+    pub fn check_token(&self, token: Option<&str>) -> Result<Option<EdgeIdentity>, Status> {
+        let Some(tokens) = &self.tokens else { return Ok(None) };
+        let token = token.ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+        let edge = tokens.check(token.trim()).ok_or_else(|| Status::unauthenticated("invalid token"))?;
+        Ok(Some(EdgeIdentity(edge.to_string())))
     }
 }

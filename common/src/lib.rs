@@ -7,6 +7,7 @@
 //!   range of blocks with their exits and early-exits per sample.
 //! - [`policy`]: exit policies (max-probability, entropy, margin, patience).
 //! - [`codec`]: the hidden-state wire codec (f32, f16, bf16, int8).
+//! - [`wire`]: framing of the protocol messages on QUIC streams.
 //! - [`data`]: datasets (MNIST IDX).
 //! - [`eval`]: per-exit probabilities for a dataset and policy simulation.
 //! - [`telemetry`]: tracing set-up shared by the binaries.
@@ -20,6 +21,7 @@ pub mod security;
 pub mod stats;
 pub mod telemetry;
 pub mod units;
+pub mod wire;
 
 pub use model::{Bundle, Executor, ModelError};
 pub use policy::Policy;

@@ -1,13 +1,17 @@
 //! `offramp bench`: measured speed, printed as medians and percentiles.
 //!
 //! - `blocks`: per-block forward time at batch 1 and 32, and the executor's
-//!   overhead over bare candle calls for the same blocks and exits;
+//!   overhead over bare layer calls for the same blocks and exits; then plain
+//!   candle against the project's fused kernels (`OFFRAMP_KERNELS`) per
+//!   block, per exit head, for each side of split K and the full network
+//!   (`deploy/bench/onnx_compare.py` times ONNX Runtime on the same pieces);
 //! - `offload`: the offload path on loopback (edge → gRPC → cloud → edge) and
 //!   its transport overhead = end-to-end latency − edge compute − cloud compute.
 //!
 //! Build with `--release`. Numbers from one run on a shared machine are noisy;
 //! compare ratios measured in the same run.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use offramp_common::data::{Dataset, Subset};
-use offramp_common::model::layer_forward_all;
+use offramp_common::model::{layer_forward_all, Kernels};
 use offramp_common::policy::Rule;
 use offramp_common::stats::Summary;
 use offramp_common::{Bundle, Executor, Policy};
@@ -43,8 +47,14 @@ pub struct BlocksArgs {
     /// Timed iterations per measurement.
     #[arg(long, default_value_t = 300)]
     pub iters: usize,
+    /// Split point of the edge / cloud rows in the kernel comparison.
+    #[arg(long, default_value_t = 1)]
+    pub split: usize,
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to this file (for `deploy/bench/onnx_compare.py --rust-json`).
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +94,7 @@ pub fn blocks(args: &BlocksArgs) -> Result<serde_json::Value> {
     let n = bundle.num_blocks();
     let exec = Executor::new(Arc::new(bundle.clone()));
     let mut report = serde_json::Map::new();
+    println!("kernels: {} (OFFRAMP_KERNELS), rayon threads: {}", Kernels::from_env(), rayon_threads());
     for batch in [1usize, 32] {
         println!("batch {batch}:");
         let input = Tensor::rand(0f32, 1f32, (batch, 1, 28, 28), &Device::Cpu)?;
@@ -127,15 +138,127 @@ pub fn blocks(args: &BlocksArgs) -> Result<serde_json::Value> {
             Ok(())
         })?;
         let overhead = executor.p50 / bare.p50 - 1.0;
-        println!("  {}", line("bare candle, all blocks", &bare));
+        println!("  {}", line("bare layer calls, all", &bare));
         println!("  {}", line("executor, all blocks", &executor));
-        println!("  executor overhead over bare candle: {:+.1}% (p50)", overhead * 100.0);
+        println!("  executor overhead over bare layer calls: {:+.1}% (p50)", overhead * 100.0);
         report.insert(
             format!("batch_{batch}"),
             serde_json::json!({"per_block": per_block, "bare": bare, "executor": executor, "overhead": overhead}),
         );
     }
-    Ok(serde_json::Value::Object(report))
+    report.insert("compare".into(), compare(&bundle, args)?);
+    let report = serde_json::Value::Object(report);
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Plain candle against the fused kernels on the same weights and inputs:
+/// each block and exit head on real activations, the edge side of split K
+/// (blocks `[0, K)` and their exits), the cloud side (`[K, N)` and theirs)
+/// and the full network (every block and exit head): logits only, no
+/// softmax, the same pieces `deploy/bench/onnx_compare.py` times. Batch 1:
+/// p50 latency; batch 32: p50 and throughput (32 / p50).
+fn compare(bundle: &Bundle, args: &BlocksArgs) -> Result<serde_json::Value> {
+    let n = bundle.num_blocks();
+    let k = args.split;
+    anyhow::ensure!(k <= n, "--split {k} is past the last block ({n})");
+    let mut plain = bundle.clone();
+    plain.use_kernels(Kernels::Candle)?;
+    let mut fast = bundle.clone();
+    fast.use_kernels(Kernels::Fast)?;
+    // Blocks `range` and, with `exits`, the exit heads after them.
+    fn piece(b: &Bundle, range: Range<usize>, exits: bool, x: &Tensor) -> Result<()> {
+        let mut x = x.clone();
+        for i in range {
+            x = b.layer(i).context("block not held")?.forward(&x)?;
+            if let Some(e) = b.exit_after(i).filter(|_| exits) {
+                layer_forward_all(b.exit_layers(e).context("exit not held")?, &x)?;
+            }
+        }
+        Ok(())
+    }
+    // What to run: blocks (with their exit heads or not), or one exit head.
+    enum Part {
+        Blocks(Range<usize>, bool),
+        Exit(usize),
+    }
+    // (name, part, the block whose input it takes)
+    let mut parts = Vec::new();
+    for b in 0..n {
+        parts.push((format!("block {b} ({})", bundle.manifest().blocks[b].name), Part::Blocks(b..b + 1, false), b));
+        if let Some(e) = bundle.exit_after(b) {
+            parts.push((format!("exit {e} ({})", bundle.manifest().exits[e].name), Part::Exit(e), b + 1));
+        }
+    }
+    parts.push((format!("edge K={k}"), Part::Blocks(0..k, true), 0));
+    parts.push((format!("cloud K={k}"), Part::Blocks(k..n, true), k));
+    parts.push(("full".into(), Part::Blocks(0..n, true), 0));
+
+    println!("plain candle vs fast kernels, same weights and inputs (p50; speed-up = candle / fast):");
+    println!(
+        "  {:<20} {:>10} {:>10} {:>8}   {:>12} {:>12} {:>8}",
+        "", "b1 candle", "b1 fast", "", "b32 candle/s", "b32 fast/s", ""
+    );
+    let mut rows = Vec::new();
+    for (name, part, at) in &parts {
+        let mut row = serde_json::Map::new();
+        row.insert("name".into(), name.clone().into());
+        let mut cells = Vec::new();
+        for batch in [1usize, 32] {
+            let input = Tensor::rand(0f32, 1f32, (batch, 1, 28, 28), &Device::Cpu)?;
+            let x = if *at == 0 { input } else { plain_prefix(&plain, *at, &input)? };
+            let iters = if batch == 1 { args.iters } else { (args.iters / 10).max(20) };
+            let mut time = |b: &Bundle| {
+                time_us(iters, || match part {
+                    Part::Blocks(r, exits) => piece(b, r.clone(), *exits, &x),
+                    Part::Exit(e) => {
+                        layer_forward_all(b.exit_layers(*e).context("exit not held")?, &x)?;
+                        Ok(())
+                    }
+                })
+            };
+            let (c, f) = (time(&plain)?, time(&fast)?);
+            let mut cell = serde_json::Map::new();
+            cell.insert("candle_us".into(), c.p50.into());
+            cell.insert("offramp_us".into(), f.p50.into());
+            if batch > 1 {
+                cell.insert("candle_samples_per_s".into(), (batch as f64 / c.p50 * 1e6).into());
+                cell.insert("offramp_samples_per_s".into(), (batch as f64 / f.p50 * 1e6).into());
+            }
+            row.insert(format!("batch_{batch}"), cell.into());
+            cells.push((c.p50, f.p50, batch as f64));
+        }
+        let [(c1, f1, _), (c32, f32_, b32)] = cells[..] else { unreachable!("two batch sizes") };
+        println!(
+            "  {name:<20} {c1:>8.1}µs {f1:>8.1}µs {:>7.1}x   {:>12.0} {:>12.0} {:>7.1}x",
+            c1 / f1,
+            b32 / c32 * 1e6,
+            b32 / f32_ * 1e6,
+            c32 / f32_
+        );
+        rows.push(serde_json::Value::Object(row));
+    }
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// The activation entering block `k` for `input`, computed with plain candle.
+fn plain_prefix(b: &Bundle, k: usize, input: &Tensor) -> Result<Tensor> {
+    let mut x = input.clone();
+    for i in 0..k {
+        x = b.layer(i).context("block not held")?.forward(&x)?;
+    }
+    Ok(x)
 }
 
 pub async fn offload(args: &OffloadArgs) -> Result<serde_json::Value> {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod demo;
 pub mod eval;
+pub mod experiment;
 pub mod link;
 pub mod load;
 pub mod plot;

@@ -25,6 +25,9 @@ enum Command {
     /// Benchmarks: per-block forward time and executor overhead (`blocks`),
     /// transport overhead of the offload path on loopback (`offload`).
     Bench(offramp::bench::BenchArgs),
+    /// Run a grid of split points x policies x links x transports x encodings,
+    /// each cell a real cloud, link and edge; write CSV, records and plots.
+    Experiment(offramp::experiment::ExperimentArgs),
     /// Load a cloud with simulated edges (open-loop Poisson arrivals).
     Load(offramp::load::LoadArgs),
     /// Write a small MNIST sample (at most 1,000 digits) for demos.
@@ -62,6 +65,16 @@ fn main() -> Result<()> {
             }
         }
         Command::ExportSample(args) => sample::run(&args)?,
+        Command::Experiment(args) => {
+            let results = runtime()?.block_on(offramp::experiment::run(&args))?;
+            println!("{} cells written to {}", results.len(), args.out.display());
+            for r in &results {
+                println!(
+                    "{:<48} acc {:>6.2}%  edge {:>5.1}%  p50 {:>8.2} ms  p99 {:>8.2} ms  up {:>6.0} B  measured/bound {:.2}",
+                    r.cell, r.accuracy * 100.0, r.share_edge * 100.0, r.p50_ms, r.p99_ms, r.bytes_up_per_req, r.measured_over_bound
+                );
+            }
+        }
         Command::Load(args) => {
             let report = runtime()?.block_on(offramp::load::run(&args))?;
             if args.json {

@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod metrics;
 pub mod offload;
+pub mod quic;
 pub mod report;
 pub mod run;
 pub mod runtime;

@@ -74,6 +74,8 @@ pub struct Expectation {
     pub cloud_fingerprint: String,
     /// This edge's own fingerprint of blocks `[0, split)`.
     pub edge_fingerprint: String,
+    /// The hidden-state encoding this edge sends (the cloud must list it).
+    pub encoding: pb::Encoding,
 }
 
 pub struct Endpoint {
@@ -139,6 +141,17 @@ pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) ->
             short(&split.edge_fingerprint),
             expect.split,
             short(&expect.edge_fingerprint)
+        ));
+    }
+    if !info.encodings.contains(&(expect.encoding as i32)) {
+        let names: Vec<&str> = info
+            .encodings
+            .iter()
+            .map(|&e| pb::Encoding::try_from(e).map_or("unknown", offramp_common::codec::encoding_name))
+            .collect();
+        return Err(format!(
+            "cloud {url} accepts hidden-state encodings {names:?}, this edge sends {}: pick one of them with --encoding",
+            offramp_common::codec::encoding_name(expect.encoding)
         ));
     }
     Ok(())

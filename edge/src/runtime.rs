@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::breaker::BreakerConfig;
 use crate::offload::{Expectation, Offloader, Reason};
-use crate::transport::{ConnectConfig, Credentials, Transport};
+use crate::transport::{ConnectConfig, Credentials, Transport, TransportKind};
 
 /// What to do when the cloud does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -40,10 +40,13 @@ pub struct EdgeConfig {
     /// side held by a split bundle, or N for a whole model.
     #[arg(long, env = "OFFRAMP_SPLIT")]
     pub split: Option<usize>,
-    /// Cloud endpoint URL (http://host:port). Repeat (or comma-separate) for
-    /// failover between replicas.
+    /// Cloud endpoint URL (http://host:port, or quic://host:port with
+    /// --transport quic). Repeat (or comma-separate) for failover between replicas.
     #[arg(long = "cloud", env = "OFFRAMP_CLOUD", value_delimiter = ',')]
     pub clouds: Vec<String>,
+    /// Transport to the cloud: grpc, or quic (TLS 1.3 always: needs --ca).
+    #[arg(long, env = "OFFRAMP_TRANSPORT", value_enum, default_value = "grpc")]
+    pub transport: TransportKind,
     /// Exit policy TOML (default: the bundle's policy.toml, else final exit only).
     #[arg(long, env = "OFFRAMP_POLICY")]
     pub policy: Option<PathBuf>,
@@ -91,6 +94,7 @@ impl EdgeConfig {
             model: model.into(),
             split: Some(split),
             clouds,
+            transport: TransportKind::Grpc,
             policy: None,
             encoding: pb::Encoding::F32,
             deadline: Duration::from_millis(500),
@@ -228,7 +232,11 @@ impl Edge {
             };
             let mut endpoints = Vec::new();
             for url in &config.clouds {
-                endpoints.push((url.clone(), Transport::grpc(url, &connect, &creds).map_err(anyhow::Error::msg)?));
+                let transport = match config.transport {
+                    TransportKind::Grpc => Transport::grpc(url, &connect, &creds),
+                    TransportKind::Quic => Transport::quic(url, &connect, &config.tls, token.as_ref()),
+                };
+                endpoints.push((url.clone(), transport.map_err(anyhow::Error::msg)?));
             }
             let breaker = BreakerConfig {
                 failure_threshold: config.breaker_failures.max(1),
@@ -241,6 +249,7 @@ impl Edge {
                 split,
                 cloud_fingerprint: cloud_fingerprint.clone(),
                 edge_fingerprint: edge_fingerprint.clone(),
+                encoding: config.encoding,
             };
             let offloader = Offloader::new(endpoints, expect, breaker);
             let reachable = offloader

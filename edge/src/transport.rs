@@ -1,6 +1,8 @@
-//! How an edge reaches a cloud endpoint. gRPC (tonic) today; every transport
-//! carries the same protobuf messages and reports failures as gRPC statuses.
+//! How an edge reaches a cloud endpoint: gRPC (tonic) or QUIC
+//! ([`crate::quic`]). Every transport carries the same protobuf messages and
+//! reports failures as gRPC statuses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use offramp_common::security::{read_file, ClientTlsArgs, Secret};
@@ -85,16 +87,31 @@ impl Default for ConnectConfig {
     }
 }
 
+/// Which transport an edge uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// gRPC over HTTP/2 (http:// or https:// URLs).
+    #[default]
+    Grpc,
+    /// QUIC streams with TLS 1.3 (quic://host:port URLs; needs --ca).
+    Quic,
+}
+
 /// A client for one endpoint.
 #[derive(Debug, Clone)]
 pub enum Transport {
     Grpc(GrpcClient),
+    Quic(Arc<crate::quic::QuicClient>),
 }
 
 impl Transport {
     /// A lazily connecting gRPC client: nothing is dialled until the first
     /// call, and a broken connection is re-dialled on the next call.
     pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, String> {
+        if url.starts_with("quic://") {
+            return Err(format!("{url:?} is a QUIC URL: use --transport quic"));
+        }
         let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("bad cloud URL {url:?}: {e}"))?
             .connect_timeout(c.connect_timeout)
@@ -112,8 +129,14 @@ impl Transport {
         Ok(Transport::Grpc(client.max_decoding_message_size(64 << 20)))
     }
 
+    /// A lazily connecting QUIC client (`quic://host:port`); TLS needs `--ca`.
+    pub fn quic(url: &str, c: &ConnectConfig, tls: &ClientTlsArgs, token: Option<&Secret>) -> Result<Self, String> {
+        Ok(Transport::Quic(Arc::new(crate::quic::QuicClient::new(url, c, tls, token.cloned())?)))
+    }
+
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {
         match self {
+            Transport::Quic(client) => client.model_info(timeout).await,
             Transport::Grpc(client) => {
                 let mut req = tonic::Request::new(pb::ModelInfoRequest {});
                 req.set_timeout(timeout);
@@ -129,6 +152,7 @@ impl Transport {
     /// as `DeadlineExceeded`.
     pub async fn infer(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
         match self {
+            Transport::Quic(client) => client.infer(&req, timeout).await,
             Transport::Grpc(client) => {
                 let mut r = tonic::Request::new(req);
                 r.set_timeout(timeout);

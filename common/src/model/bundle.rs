@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::error::ModelError;
+use super::kernels::Kernels;
 use super::layer::Layer;
 use super::manifest::{
     block_tensor, exit_tensor, BlockRange, LayerSpec, Manifest, FORMAT_VERSION, MANIFEST_FILE, POLICY_FILE,
@@ -280,6 +281,16 @@ impl Bundle {
                 *unfold = on;
             }
         }
+    }
+
+    /// Chooses the kernels every held layer runs with (the default comes
+    /// from `OFFRAMP_KERNELS`: the fast fused kernels unless it says `candle`).
+    pub fn use_kernels(&mut self, kernels: Kernels) -> Result<(), ModelError> {
+        let layers = self.blocks.iter_mut().flatten().chain(self.exits.iter_mut().flatten().flatten());
+        for layer in layers {
+            layer.set_kernels(kernels)?;
+        }
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {

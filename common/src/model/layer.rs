@@ -1,11 +1,19 @@
 //! The forward pass of one layer, on a batch, with candle.
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor};
 
+use super::kernels::{Conv2dKernel, Kernels, LinearKernel};
 use super::manifest::LayerSpec;
 
 /// A layer with its weights, ready to run. The same code serves inference and
 /// training (weights may be `Var`s, and the ops are differentiable).
+///
+/// Inference runs the fused CPU kernels of [`super::kernels`] (`fast`), built
+/// when the layer is; plain candle ops run when [`Kernels::Candle`] is chosen
+/// (`OFFRAMP_KERNELS=candle`, [`Layer::set_kernels`]) and whenever the weights
+/// or the input track gradients, since the fused ops have no backward pass.
 #[derive(Debug, Clone)]
 pub enum Layer {
     Conv2d {
@@ -20,20 +28,25 @@ pub enum Layer {
         /// candle's conv2d backward is an order of magnitude slower than its
         /// forward on CPU, so training uses this differentiable form.
         unfold: bool,
+        /// The fused inference kernel, when the fast kernels are in use.
+        fast: Option<Arc<Conv2dKernel>>,
     },
     Linear {
         weight: Tensor,
         bias: Tensor,
         relu: bool,
+        /// The fused inference kernel, when the fast kernels are in use.
+        fast: Option<Arc<LinearKernel>>,
     },
     Flatten,
 }
 
 impl Layer {
     /// Builds a layer from its spec; `param` fetches a parameter tensor by
-    /// suffix (`weight`, `bias`), already checked for shape.
+    /// suffix (`weight`, `bias`), already checked for shape. Uses the kernels
+    /// chosen by `OFFRAMP_KERNELS` (fast by default).
     pub fn new(spec: &LayerSpec, mut param: impl FnMut(&str) -> Tensor) -> Result<Self> {
-        Ok(match *spec {
+        let mut layer = match *spec {
             LayerSpec::Conv2d { out_channels, stride, padding, relu, pool, .. } => Layer::Conv2d {
                 weight: param("weight"),
                 bias: param("bias").reshape((1, out_channels, 1, 1))?,
@@ -42,16 +55,64 @@ impl Layer {
                 relu,
                 pool,
                 unfold: false,
+                fast: None,
             },
-            LayerSpec::Linear { relu, .. } => Layer::Linear { weight: param("weight"), bias: param("bias"), relu },
+            LayerSpec::Linear { relu, .. } => {
+                Layer::Linear { weight: param("weight"), bias: param("bias"), relu, fast: None }
+            }
             LayerSpec::Flatten => Layer::Flatten,
-        })
+        };
+        layer.set_kernels(Kernels::from_env())?;
+        Ok(layer)
+    }
+
+    /// Chooses the kernels this layer runs with. The fast kernels pack the
+    /// weights as they are now; weights that track gradients (training)
+    /// always run candle's differentiable ops, and get no packed copy.
+    pub fn set_kernels(&mut self, kernels: Kernels) -> Result<()> {
+        let fast = kernels == Kernels::Fast;
+        match self {
+            Layer::Conv2d { weight, bias, stride, padding, relu, pool, fast: slot, .. } => {
+                *slot = if fast && !weight.track_op() && !bias.track_op() {
+                    Some(Arc::new(Conv2dKernel::new(weight, bias, *stride, *padding, *relu, *pool)?))
+                } else {
+                    None
+                };
+            }
+            Layer::Linear { weight, bias, relu, fast: slot } => {
+                *slot = if fast && !weight.track_op() && !bias.track_op() {
+                    Some(Arc::new(LinearKernel::new(weight, bias, *relu)?))
+                } else {
+                    None
+                };
+            }
+            Layer::Flatten => {}
+        }
+        Ok(())
+    }
+
+    /// The kernels this layer runs with on inputs that track no gradients.
+    pub fn kernels(&self) -> Kernels {
+        match self {
+            Layer::Conv2d { fast: Some(_), unfold: false, .. } | Layer::Linear { fast: Some(_), .. } => Kernels::Fast,
+            Layer::Conv2d { .. } | Layer::Linear { .. } => Kernels::Candle,
+            Layer::Flatten => Kernels::Fast,
+        }
     }
 
     /// Runs the layer on a batch (`[B, ...]`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Layer::Conv2d { weight, bias, stride, padding, relu, pool, unfold } => {
+            Layer::Conv2d { fast: Some(k), unfold: false, .. } if x.rank() == 4 && !x.track_op() => k.forward(x),
+            Layer::Linear { fast: Some(k), .. } if x.rank() == 2 && !x.track_op() => k.forward(x),
+            _ => self.forward_candle(x),
+        }
+    }
+
+    /// Runs the layer with plain candle ops (differentiable).
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Layer::Conv2d { weight, bias, stride, padding, relu, pool, unfold, .. } => {
                 let y = if *unfold {
                     unfold_conv2d(x, weight, *padding, *stride)?
                 } else {
@@ -66,7 +127,7 @@ impl Layer {
                 }
                 Ok(y)
             }
-            Layer::Linear { weight, bias, relu } => {
+            Layer::Linear { weight, bias, relu, .. } => {
                 let y = x.matmul(&weight.t()?)?.broadcast_add(bias)?;
                 if *relu {
                     y.relu()

@@ -5,12 +5,14 @@ pub mod arch;
 mod bundle;
 mod error;
 mod executor;
+mod kernels;
 mod layer;
 pub mod manifest;
 
 pub use bundle::{Bundle, SplitSide};
 pub use error::ModelError;
 pub use executor::{Executor, ExitResult, Observation, RunOutput};
+pub use kernels::Kernels;
 pub use layer::{forward_all as layer_forward_all, Layer};
 pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest};
 

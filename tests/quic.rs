@@ -1,0 +1,497 @@
+//! The QUIC transport (issue: QUIC transport and hidden-state compression):
+//! real QUIC connections on loopback with a self-signed certificate made here
+//! with rcgen, the same answers as gRPC, every encoding through a real cloud,
+//! bad frames refused on their own stream only, and fallback and the breaker
+//! when the QUIC cloud is absent or killed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use offramp_cloud::CloudHandle;
+use offramp_common::model::SplitSide;
+use offramp_common::security::{ClientTlsArgs, Secret};
+use offramp_common::wire::{self, Kind};
+use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_edge::offload::Reason;
+use offramp_edge::quic::{error_status, QuicClient};
+use offramp_edge::run::{run_dataset, summarize};
+use offramp_edge::transport::{ConnectConfig, TransportKind};
+use offramp_edge::{Answer, Edge, EdgeConfig, Tier};
+use offramp_proto as pb;
+use tonic::Code;
+
+use crate::support::*;
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with rcgen:
+/// (certificate PEM file, key PEM file).
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// An in-process cloud with gRPC (TLS) and QUIC on loopback, same certificate.
+async fn start_cloud(model: &Path, cert: &(PathBuf, PathBuf), tweak: impl FnOnce(&mut offramp_cloud::Config)) -> CloudHandle {
+    let mut cfg = offramp_cloud::Config::for_model(model);
+    cfg.tls.tls_cert = Some(cert.0.clone());
+    cfg.tls.tls_key = Some(cert.1.clone());
+    cfg.quic.quic_listen = Some("127.0.0.1:0".parse().unwrap());
+    tweak(&mut cfg);
+    CloudHandle::start(cfg).await.unwrap()
+}
+
+fn tls(ca: &Path) -> ClientTlsArgs {
+    ClientTlsArgs { ca: Some(ca.to_path_buf()), ..Default::default() }
+}
+
+fn quic_edge(edge_dir: &Path, url: String, ca: &Path) -> EdgeConfig {
+    let mut c = EdgeConfig::new(edge_dir, 1, vec![url]);
+    c.transport = TransportKind::Quic;
+    c.tls = tls(ca);
+    c.deadline = Duration::from_secs(5);
+    c
+}
+
+fn grpc_tls_edge(edge_dir: &Path, cloud: &CloudHandle, ca: &Path) -> EdgeConfig {
+    let mut c = EdgeConfig::new(edge_dir, 1, vec![format!("https://{}", cloud.addr)]);
+    c.tls = tls(ca);
+    c.tls.tls_domain = Some("localhost".into());
+    c.deadline = Duration::from_secs(5);
+    c
+}
+
+async fn answers(cfg: EdgeConfig, data: &offramp_common::data::Dataset) -> (Arc<Edge>, Vec<Answer>) {
+    let edge = Arc::new(Edge::start(cfg).await.unwrap());
+    let mut a = run_dataset(edge.clone(), data, 4, |_| {}).await;
+    a.sort_by_key(|a| a.id);
+    (edge, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_inference_over_quic_equals_grpc_with_tokens() {
+    let dir = tmp("quic-equals-grpc");
+    let cert = make_cert(&dir);
+    let (edge_dir, cloud_dir) = split_default(1, &dir);
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "edge-1 0123456789abcdef0123\n").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    let cloud = start_cloud(&cloud_dir, &cert, |c| c.auth_token_file = Some(tokens.clone())).await;
+    let data = sample(300);
+
+    let mut g = grpc_tls_edge(&edge_dir, &cloud, &cert.0);
+    g.token_file = Some(token.clone());
+    let (_, over_grpc) = answers(g, &data).await;
+    let mut q = quic_edge(&edge_dir, cloud.quic_url().unwrap(), &cert.0);
+    q.token_file = Some(token.clone());
+    let (edge, over_quic) = answers(q, &data).await;
+
+    assert_eq!(over_quic.len(), data.len());
+    for (g, q) in over_grpc.iter().zip(&over_quic) {
+        assert_eq!(
+            (g.id, g.prediction, g.exit, g.tier, g.bytes_up),
+            (q.id, q.prediction, q.exit, q.tier, q.bytes_up),
+            "input {}: {q:?}",
+            g.id
+        );
+        assert!(q.tier != Tier::Fallback && q.tier != Tier::Error, "{q:?}");
+        if q.tier == Tier::Cloud {
+            assert_eq!(q.endpoint.as_deref(), cloud.quic_url().as_deref());
+        }
+    }
+    let cloud_answers = over_quic.iter().filter(|a| a.tier == Tier::Cloud).count();
+    assert!(cloud_answers > 0, "some digits went to the cloud over QUIC");
+    let s = summarize(&edge, &over_quic);
+    assert!(s.accuracy > 0.9, "{}", s.accuracy);
+
+    // The token is checked with the same table: none or a wrong one is refused.
+    let url = cloud.quic_url().unwrap();
+    for token in [None, Some(Secret::new("not-the-token-at-all"))] {
+        let c = QuicClient::new(&url, &ConnectConfig::default(), &tls(&cert.0), token).unwrap();
+        let e = c.model_info(Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+
+    // The certificate is verified: a client trusting another CA cannot connect.
+    let other = make_cert(&tmp("quic-other-ca"));
+    let c = QuicClient::new(&url, &ConnectConfig::default(), &tls(&other.0), None).unwrap();
+    let e = c.model_info(Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("handshake"), "{e:?}");
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_encoding_round_trips_through_a_real_cloud_over_quic() {
+    let dir = tmp("quic-encodings");
+    let cert = make_cert(&dir);
+    let (edge_dir, cloud_dir) = split_default(1, &dir);
+    let cloud = start_cloud(&cloud_dir, &cert, |_| {}).await;
+    let data = sample(300);
+    let url = cloud.quic_url().unwrap();
+    let (_, reference) = answers(grpc_tls_edge(&edge_dir, &cloud, &cert.0), &data).await;
+    let mut bytes = Vec::new();
+    for encoding in codec::ENCODINGS {
+        let mut cfg = quic_edge(&edge_dir, url.clone(), &cert.0);
+        cfg.encoding = encoding;
+        let (_, got) = answers(cfg, &data).await;
+        let name = codec::encoding_name(encoding);
+        let agree = reference.iter().zip(&got).filter(|(r, g)| r.prediction == g.prediction).count();
+        if encoding == pb::Encoding::F32 {
+            assert_eq!(agree, data.len(), "f32 is exact");
+            for (r, g) in reference.iter().zip(&got) {
+                assert_eq!((r.prediction, r.exit, r.tier), (g.prediction, g.exit, g.tier), "{name} input {}", r.id);
+            }
+        } else {
+            assert!(agree * 100 >= data.len() * 99, "{name}: predictions agree on {agree} of {}", data.len());
+        }
+        assert!(got.iter().all(|a| a.tier == Tier::Edge || a.tier == Tier::Cloud), "{name}: no fallback");
+        let up: Vec<u64> = got.iter().filter(|a| a.tier == Tier::Cloud).map(|a| a.bytes_up).collect();
+        assert!(!up.is_empty());
+        bytes.push((name, up.iter().sum::<u64>() as f64 / up.len() as f64));
+    }
+    eprintln!("bytes per offloaded request: {bytes:?}");
+    let b = |n: &str| bytes.iter().find(|(name, _)| *name == n).unwrap().1;
+    assert!(b("f16") < 0.6 * b("f32") && b("bf16") < 0.6 * b("f32"), "{bytes:?}");
+    assert!(b("int8") < 0.4 * b("f32"), "{bytes:?}");
+    cloud.stop().await.unwrap();
+
+    // Negotiation: a cloud accepting f32 and int8 only refuses an f16 edge at
+    // handshake, and an f16 payload sent anyway.
+    let cloud = start_cloud(&cloud_dir, &cert, |c| c.encodings = vec![pb::Encoding::F32, pb::Encoding::Int8]).await;
+    let mut cfg = quic_edge(&edge_dir, cloud.quic_url().unwrap(), &cert.0);
+    cfg.encoding = pb::Encoding::F16;
+    let err = Edge::start(cfg).await.err().expect("f16 is not accepted");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("accepts hidden-state encodings [\"f32\", \"int8\"]") && msg.contains("--encoding"), "{msg}");
+    let full = Bundle::load(default_model()).unwrap();
+    let mut req = good_request(&full, 1);
+    req.hidden = Some(f16_of(&req));
+    let c = QuicClient::new(&cloud.quic_url().unwrap(), &ConnectConfig::default(), &tls(&cert.0), None).unwrap();
+    let e = c.infer(&req, Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("this cloud accepts"), "{e:?}");
+    cloud.stop().await.unwrap();
+}
+
+fn f16_of(req: &pb::InferRequest) -> pb::Tensor {
+    let t = req.hidden.as_ref().unwrap();
+    let (shape, values) = codec::decode(t, usize::MAX).unwrap();
+    codec::encode(&values, &shape, pb::Encoding::F16)
+}
+
+fn good_request(full: &Bundle, k: usize) -> pb::InferRequest {
+    let data = sample(1);
+    let exec = Executor::new(Arc::new(full.clone()));
+    let x = exec.batch_at(0, data.image(0), 1).unwrap();
+    let hidden = exec.forward_blocks(&x, 0..k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    pb::InferRequest {
+        request_id: 7,
+        model_id: full.model_id().into(),
+        model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
+        split: k as u32,
+        hidden: Some(codec::encode(&hidden, full.shape_at(k).unwrap(), pb::Encoding::F32)),
+        history: None,
+        want_probabilities: true,
+        edge_id: "test".into(),
+        policy: vec![],
+    }
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(kind);
+    b.put_u32(payload.len() as u32);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_keeps_serving() {
+    let dir = tmp("quic-bad");
+    let cert = make_cert(&dir);
+    let full = Bundle::load(default_model()).unwrap();
+    let cloud = start_cloud(&default_model(), &cert, |c| c.max_payload = 16 * 1024).await;
+    let client = QuicClient::new(&cloud.quic_url().unwrap(), &ConnectConfig::default(), &tls(&cert.0), None).unwrap();
+    let t = Duration::from_secs(5);
+    let good = good_request(&full, 1);
+    let ok = client.infer(&good, t).await.unwrap();
+    assert_eq!((ok.request_id, ok.probabilities.len()), (7, full.num_classes()));
+    let conn = client.connection_id().await.expect("connected");
+
+    // Malformed hidden states: the same statuses as over gRPC.
+    let mut payloads: Vec<(&str, pb::InferRequest, Code, &str)> = Vec::new();
+    let mut r = good.clone();
+    let h = r.hidden.as_mut().unwrap();
+    h.data = h.data.slice(0..h.data.len() - 4);
+    payloads.push(("byte length", r, Code::InvalidArgument, "needs"));
+    let mut r = good.clone();
+    let h = r.hidden.as_mut().unwrap();
+    let mut b = h.data.to_vec();
+    b[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    h.data = Bytes::from(b);
+    payloads.push(("nan", r, Code::InvalidArgument, "non-finite"));
+    let mut r = good.clone();
+    r.hidden.as_mut().unwrap().encoding = 99;
+    payloads.push(("encoding", r, Code::InvalidArgument, "encoding 99"));
+    let mut r = good.clone();
+    let (shape, values) = codec::decode(good.hidden.as_ref().unwrap(), usize::MAX).unwrap();
+    let mut q = codec::encode(&values, &shape, pb::Encoding::Int8);
+    q.scales.pop();
+    r.hidden = Some(q);
+    payloads.push(("int8 without its scales", r, Code::InvalidArgument, "scales"));
+    let mut r = good.clone();
+    r.hidden.as_mut().unwrap().shape.push(2);
+    payloads.push(("shape", r, Code::InvalidArgument, "shape"));
+    let mut r = good.clone();
+    r.hidden = Some(codec::encode(&vec![0.5; 8 * 28 * 28], &[8, 28, 28], pb::Encoding::F32));
+    payloads.push(("oversized", r, Code::InvalidArgument, "the limit is 16384"));
+    let mut r = good.clone();
+    r.model_fingerprint = "0123456789abcdef".into();
+    payloads.push(("fingerprint", r, Code::FailedPrecondition, "fingerprint mismatch"));
+    for (name, req, code, text) in payloads {
+        let e = client.infer(&req, t).await.expect_err(name);
+        assert_eq!(e.code(), code, "{name}: {e:?}");
+        assert!(e.message().contains(text), "{name}: {:?} lacks {text:?}", e.message());
+        let again = client.infer(&good, t).await.unwrap();
+        assert_eq!((again.prediction, again.exit), (ok.prediction, ok.exit), "after {name}");
+    }
+
+    // Garbage on the wire: an error frame on that stream, nothing else.
+    let req_bytes = prost::Message::encode_to_vec(&good);
+    let garbage: Vec<(&str, Bytes, &str)> = vec![
+        ("unknown kind", frame(0x7f, b"hello"), "unknown frame kind 0x7f"),
+        ("short header", Bytes::from_static(&[0x02, 0x00]), "stream ended inside a frame"),
+        ("short payload", frame(0x02, &req_bytes).slice(0..100), "stream ended inside a frame"),
+        ("protobuf garbage", frame(0x02, &[0xff; 64]), "does not decode"),
+        ("huge length", Bytes::from_static(&[0x02, 0xff, 0xff, 0xff, 0xff]), "exceeds the limit"),
+        ("a response kind", frame(0x82, &[]), "may not send"),
+        ("nothing at all", Bytes::new(), "ended before a request frame"),
+        ("two auth frames", [frame(0x03, b"a"), frame(0x03, b"b")].concat().into(), "more than one auth"),
+        ("binary token", frame(0x03, &[0xc3, 0x28]), "UTF-8"),
+    ];
+    for (name, bytes, text) in garbage {
+        let f = client.send_raw(bytes).await.unwrap_or_else(|e| panic!("{name}: no error frame: {e:?}"));
+        assert_eq!(f.kind, Kind::Error, "{name}");
+        let e = error_status(&f, "test");
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(text), "{name}: {:?} lacks {text:?}", e.message());
+        let again = client.infer(&good, t).await.unwrap();
+        assert_eq!(again.prediction, ok.prediction, "after {name}");
+    }
+    // A frame far over the limit whose body keeps coming: refused, the rest unread.
+    let mut big = BytesMut::new();
+    wire::put_raw(&mut big, Kind::InferRequest, &vec![0u8; 1 << 20]);
+    let f = client.send_raw(big.freeze()).await.unwrap();
+    assert!(error_status(&f, "test").message().contains("exceeds the limit"));
+    assert_eq!(client.connection_id().await, Some(conn), "every refusal kept the connection");
+    let again = client.infer(&good, t).await.unwrap();
+    assert_eq!(again.prediction, ok.prediction);
+
+    // Concurrent requests share the connection.
+    let client = Arc::new(client);
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (c, mut r) = (client.clone(), good.clone());
+            r.request_id = 100 + i;
+            tokio::spawn(async move { c.infer(&r, Duration::from_secs(10)).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let r = task.await.unwrap().unwrap();
+        assert_eq!((r.request_id, r.prediction), (100 + i as u64, ok.prediction));
+    }
+    assert_eq!(client.connection_id().await, Some(conn));
+
+    // Graceful stop: the connection closes, the client says Unavailable.
+    cloud.stop().await.unwrap();
+    let e = client.infer(&good, t).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
+
+/// `n` inputs cycling through the bundled sample.
+fn inputs(n: usize) -> offramp_common::data::Dataset {
+    let s = sample(1000);
+    let mut d = offramp_common::data::Dataset {
+        images: Vec::with_capacity(n * 784),
+        labels: Vec::with_capacity(n),
+        shape: s.shape,
+        offset: 0,
+    };
+    for i in 0..n {
+        d.images.extend_from_slice(s.image(i % s.len()));
+        d.labels.push(s.labels[i % s.len()]);
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_quic_cloud_falls_back_and_the_breaker_opens() {
+    // A UDP socket that swallows everything: no QUIC handshake ever completes.
+    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tmp("quic-absent");
+    let cert = make_cert(&dir);
+    let (edge_dir, _) = split_default(1, &dir);
+    let mut cfg = quic_edge(&edge_dir, format!("quic://{}", hole.local_addr().unwrap()), &cert.0);
+    cfg.deadline = Duration::from_millis(150);
+    cfg.connect_timeout = Duration::from_millis(100);
+    cfg.breaker_backoff = Duration::from_secs(30);
+    cfg.breaker_max_backoff = Duration::from_secs(30);
+    let edge = Arc::new(Edge::start(cfg).await.unwrap());
+    let answers = run_dataset(edge.clone(), &inputs(400), 1, |_| {}).await;
+    let offloaded: Vec<_> = answers.iter().filter(|a| a.reason.is_some()).collect();
+    assert!(offloaded.len() >= 5, "need several offloads, got {}", offloaded.len());
+    assert!(answers.iter().all(|a| a.tier != Tier::Error && a.tier != Tier::Cloud));
+    let failed = offloaded.iter().filter(|a| matches!(a.reason, Some(Reason::Unavailable | Reason::Timeout))).count();
+    let open = offloaded.iter().filter(|a| a.reason == Some(Reason::CircuitOpen)).count();
+    let reasons: Vec<_> = offloaded.iter().map(|a| (a.reason, a.latency_us, a.error.clone())).take(6).collect();
+    assert!((1..=4).contains(&failed), "connects fail until the breaker opens: {failed}: {reasons:?}");
+    assert_eq!(open, offloaded.len() - failed, "then every offload falls back at once");
+    for a in offloaded.iter().filter(|a| a.reason == Some(Reason::CircuitOpen)) {
+        assert!(a.latency_us < 100_000, "circuit-open fallback is immediate: {} µs", a.latency_us);
+        assert_eq!(a.tier, Tier::Fallback);
+    }
+    for a in offloaded.iter().filter(|a| a.reason != Some(Reason::CircuitOpen)) {
+        assert!(a.latency_us.saturating_sub(a.edge_us) < 400_000, "the deadline holds: {} µs", a.latency_us);
+    }
+    assert!(summarize(&edge, &answers).breaker_transitions >= 1);
+}
+
+/// A cloud process serving QUIC; killed on drop.
+struct QuicCloud {
+    child: Child,
+    quic: String,
+}
+
+impl QuicCloud {
+    fn start(model: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_offramp-cloud-under-test"))
+            .args(["--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start offramp-cloud");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("quic listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let quic = rx.recv_timeout(Duration::from_secs(30)).expect("cloud printed its QUIC address");
+        Self { child, quic }
+    }
+
+    fn url(&self) -> String {
+        format!("quic://{}", self.quic)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for QuicCloud {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_after_restart() {
+    let dir = tmp("quic-kill");
+    let cert = make_cert(&dir);
+    let (edge_dir, cloud_dir) = split_default(1, &dir);
+    let tls_args = ["--tls-cert", cert.0.to_str().unwrap(), "--tls-key", cert.1.to_str().unwrap()];
+    let mut cloud = QuicCloud::start(&cloud_dir, &[&["--quic-listen", "127.0.0.1:0"], &tls_args[..]].concat());
+    let quic_addr = cloud.quic.clone();
+    let mut cfg = quic_edge(&edge_dir, cloud.url(), &cert.0);
+    cfg.deadline = Duration::from_millis(200);
+    let edge = Arc::new(Edge::start(cfg).await.unwrap());
+    // An input the branch is unsure about, so it always needs the cloud.
+    let data = sample(1000);
+    let full = Bundle::load(default_model()).unwrap();
+    let policy = Policy::load(&full.policy_path().unwrap(), full.num_exits()).unwrap();
+    let exec = Executor::new(Arc::new(full));
+    let hard = (0..data.len())
+        .find(|&i| {
+            let x = exec.batch_at(0, data.image(i), 1).unwrap();
+            exec.run(&x, 0..1, &policy, vec![vec![]]).unwrap().exited[0].is_none()
+        })
+        .expect("some digit needs the cloud");
+    let input = data.image(hard).to_vec();
+    assert_eq!(edge.classify(None, input.clone()).await.tier, Tier::Cloud);
+
+    cloud.kill(); // SIGKILL: no CONNECTION_CLOSE, the edge must notice by itself
+    let mut reasons = Vec::new();
+    for _ in 0..10 {
+        let a = edge.classify(None, input.clone()).await;
+        assert_eq!(a.tier, Tier::Fallback, "{a:?}");
+        assert!(a.latency_us.saturating_sub(a.edge_us) < 450_000, "the deadline holds: {a:?}");
+        reasons.push(a.reason.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reasons.iter().take(3).all(|r| matches!(r, Reason::Timeout | Reason::Unavailable)), "{reasons:?}");
+    assert!(reasons.contains(&Reason::CircuitOpen), "the breaker opened: {reasons:?}");
+    let quic_listen = quic_addr.clone();
+    let _cloud = QuicCloud::start(&cloud_dir, &[&["--quic-listen", quic_listen.as_str()], &tls_args[..]].concat());
+    let back = Instant::now();
+    loop {
+        let a = edge.classify(None, input.clone()).await;
+        if a.tier == Tier::Cloud {
+            break;
+        }
+        // The dead connection idles out (3 s), then the breaker's next probe reconnects.
+        assert!(back.elapsed() < Duration::from_secs(6), "offloading resumed within 6 s of the restart: {a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("QUIC offloading resumed {:?} after the cloud was back", back.elapsed());
+    assert!(summarize(&edge, &[]).breaker_transitions >= 2, "opened and closed again");
+}
+
+#[test]
+fn edge_and_cloud_processes_over_quic_with_a_self_signed_certificate() {
+    let dir = tmp("quic-processes");
+    let (edge_dir, cloud_dir) = split_default(1, &dir);
+    let ca = dir.join("cloud-cert.pem");
+    let cloud = QuicCloud::start(
+        &cloud_dir,
+        &["--quic-listen", "127.0.0.1:0", "--self-signed", "--cert-out", ca.to_str().unwrap()],
+    );
+    let run = |extra: &[&str]| {
+        Command::new(edge_binary())
+            .args(["run", "--model", edge_dir.to_str().unwrap(), "--split", "1", "--cloud", &cloud.url()])
+            .args(["--transport", "quic", "--encoding", "int8"])
+            .args(["--data", repo().join("models/mnist-sample").to_str().unwrap(), "--subset", "sample"])
+            .args(["--limit", "100", "--concurrency", "3", "--json"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--ca", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let s = &summary["summary"];
+    assert_eq!(s["n"], 100);
+    assert!(s["tier_counts"]["cloud"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["tier_counts"].get("fallback").is_none_or(|f| f.as_u64() == Some(0)), "{s}");
+    // Without --ca there is no QUIC: a clear error, not an unverified connection.
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ca"), "{stderr}");
+}
