@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cloud_ops;
 mod fallback;
 mod quic;
 mod split_path;

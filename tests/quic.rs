@@ -37,7 +37,11 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// An in-process cloud with gRPC (TLS) and QUIC on loopback, same certificate.
-async fn start_cloud(model: &Path, cert: &(PathBuf, PathBuf), tweak: impl FnOnce(&mut offramp_cloud::Config)) -> CloudHandle {
+async fn start_cloud(
+    model: &Path,
+    cert: &(PathBuf, PathBuf),
+    tweak: impl FnOnce(&mut offramp_cloud::Config),
+) -> CloudHandle {
     let mut cfg = offramp_cloud::Config::for_model(model);
     cfg.tls.tls_cert = Some(cert.0.clone());
     cfg.tls.tls_key = Some(cert.1.clone());

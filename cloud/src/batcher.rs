@@ -155,6 +155,7 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig, stats: Arc<B
 fn compute(batch: Vec<Job>) {
     let started = Instant::now();
     let size = batch.len();
+    metrics::histogram!("offramp_cloud_batch_size").record(size as f64);
     let first = &batch[0].req;
     let (model, split, policy) = (first.model.clone(), first.split, first.policy.clone());
     let n = model.bundle.num_blocks();

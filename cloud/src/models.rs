@@ -118,6 +118,7 @@ impl Registry {
                     })
                     .collect(),
                 encodings: codec::ENCODINGS.iter().map(|&e| e as i32).collect(),
+                compressions: codec::COMPRESSIONS.iter().map(|&c| c as i32).collect(),
                 num_blocks: m.bundle.num_blocks() as u32,
                 labels: m.bundle.labels().to_vec(),
                 max_payload_bytes: max_payload_bytes as u64,

@@ -38,6 +38,8 @@ pub enum BenchWhat {
     Blocks(BlocksArgs),
     /// Transport overhead of the offload path on loopback.
     Offload(OffloadArgs),
+    /// gRPC against QUIC through the link emulator (delay, loss).
+    Transport(crate::bench_transport::TransportArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -219,7 +221,7 @@ fn compare(bundle: &Bundle, args: &BlocksArgs) -> Result<serde_json::Value> {
             let input = Tensor::rand(0f32, 1f32, (batch, 1, 28, 28), &Device::Cpu)?;
             let x = if *at == 0 { input } else { plain_prefix(&plain, *at, &input)? };
             let iters = if batch == 1 { args.iters } else { (args.iters / 10).max(20) };
-            let mut time = |b: &Bundle| {
+            let time = |b: &Bundle| {
                 time_us(iters, || match part {
                     Part::Blocks(r, exits) => piece(b, r.clone(), *exits, &x),
                     Part::Exit(e) => {

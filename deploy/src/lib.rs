@@ -3,7 +3,9 @@
 //! generate load.
 
 pub mod bench;
+pub mod bench_transport;
 pub mod calibrate;
+pub mod codec_eval;
 pub mod demo;
 pub mod eval;
 pub mod experiment;

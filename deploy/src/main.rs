@@ -42,6 +42,9 @@ enum Command {
     /// Choose per-exit thresholds within an accuracy budget on a validation
     /// split and write them as a policy file.
     Calibrate(calibrate::CalibrateArgs),
+    /// Hidden-state encodings at split K: bytes per offloaded request,
+    /// accuracy change against f32 and codec speed.
+    CodecEval(offramp::codec_eval::CodecEvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -59,6 +62,9 @@ fn main() -> Result<()> {
             let json = match &args.what {
                 offramp::bench::BenchWhat::Blocks(a) => (offramp::bench::blocks(a)?, a.json),
                 offramp::bench::BenchWhat::Offload(a) => (runtime()?.block_on(offramp::bench::offload(a))?, a.json),
+                offramp::bench::BenchWhat::Transport(a) => {
+                    (runtime()?.block_on(offramp::bench_transport::run(a))?, a.json)
+                }
             };
             if json.1 {
                 println!("{}", serde_json::to_string_pretty(&json.0)?);
@@ -87,6 +93,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval::run(&args)?,
         Command::Link(args) => offramp::link::run(&args)?,
         Command::Calibrate(args) => calibrate::run(&args)?,
+        Command::CodecEval(args) => offramp::codec_eval::run(&args)?,
     }
     Ok(())
 }

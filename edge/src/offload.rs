@@ -76,6 +76,8 @@ pub struct Expectation {
     pub edge_fingerprint: String,
     /// The hidden-state encoding this edge sends (the cloud must list it).
     pub encoding: pb::Encoding,
+    /// Lossless compression on top (`None`: none).
+    pub compression: pb::Compression,
 }
 
 pub struct Endpoint {
@@ -154,6 +156,13 @@ pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) ->
             offramp_common::codec::encoding_name(expect.encoding)
         ));
     }
+    if expect.compression != pb::Compression::None && !info.compressions.contains(&(expect.compression as i32)) {
+        return Err(format!(
+            "cloud {url} does not accept {}-compressed hidden states (it lists {:?}): use --compression none",
+            offramp_common::codec::compression_name(expect.compression),
+            info.compressions
+        ));
+    }
     Ok(())
 }
 
@@ -206,6 +215,9 @@ impl Offloader {
                     let _ = ep.verified.set(verdict.clone());
                     verdict?;
                     ok += 1;
+                }
+                Err(status) if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+                    return Err(format!("cloud {} refused this edge's credentials: {}", ep.url, status.message()));
                 }
                 Err(status) => {
                     tracing::warn!(endpoint = %ep.url, %status, "cloud unreachable at start; will fall back until it answers");

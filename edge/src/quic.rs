@@ -103,7 +103,8 @@ pub fn client_config(tls: &ClientTlsArgs, c: &ConnectConfig) -> Result<quinn::Cl
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
             let key_pem = read_file(key, "client key")?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("client key {}: {e}", key.display()))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("client key {}: {e}", key.display()))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))?
         }
         _ => builder.with_no_client_auth(),
@@ -160,7 +161,8 @@ impl QuicClient {
         let addr = self.resolve().await?;
         let family_ok = |e: &quinn::Endpoint| e.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4());
         if !state.endpoint.as_ref().is_some_and(family_ok) {
-            let local: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+            let local: IpAddr =
+                if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
             let endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0))
                 .map_err(|e| Status::unavailable(format!("cannot open a UDP socket: {e}")))?;
             state.endpoint = Some(endpoint);
@@ -244,7 +246,8 @@ impl QuicClient {
     }
 
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {
-        self.call(Kind::ModelInfoRequest, &pb::ModelInfoRequest {}, Kind::ModelInfo, timeout, "handshake timed out").await
+        self.call(Kind::ModelInfoRequest, &pb::ModelInfoRequest {}, Kind::ModelInfo, timeout, "handshake timed out")
+            .await
     }
 
     pub async fn infer(&self, req: &pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {

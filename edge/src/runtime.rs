@@ -53,6 +53,11 @@ pub struct EdgeConfig {
     /// Hidden-state encoding on the wire: f32, f16, bf16 or int8.
     #[arg(long, env = "OFFRAMP_ENCODING", default_value = "f32", value_parser = codec::parse_encoding)]
     pub encoding: pb::Encoding,
+    /// Lossless compression of the encoded hidden state: none, or lz4 (used
+    /// per request only when it makes the payload smaller; the cloud must
+    /// list it in its handshake).
+    #[arg(long, env = "OFFRAMP_COMPRESSION", default_value = "none", value_parser = codec::parse_compression)]
+    pub compression: pb::Compression,
     /// Deadline for each offload (the edge answers by then, one way or another).
     #[arg(long, env = "OFFRAMP_DEADLINE", default_value = "500ms", value_parser = units::parse_duration)]
     pub deadline: Duration,
@@ -97,6 +102,7 @@ impl EdgeConfig {
             transport: TransportKind::Grpc,
             policy: None,
             encoding: pb::Encoding::F32,
+            compression: pb::Compression::None,
             deadline: Duration::from_millis(500),
             fallback: FallbackMode::BestLocal,
             connect_timeout: Duration::from_millis(300),
@@ -250,6 +256,7 @@ impl Edge {
                 cloud_fingerprint: cloud_fingerprint.clone(),
                 edge_fingerprint: edge_fingerprint.clone(),
                 encoding: config.encoding,
+                compression: config.compression,
             };
             let offloader = Offloader::new(endpoints, expect, breaker);
             let reachable = offloader
@@ -362,12 +369,14 @@ impl Edge {
 
         // Offload.
         let shape = self.bundle().shape_at(self.split).expect("split checked at start").to_vec();
+        let mut hidden = codec::encode(&values, &shape, self.config.encoding);
+        codec::compress(&mut hidden, self.config.compression);
         let req = pb::InferRequest {
             request_id: id,
             model_id: self.bundle().model_id().to_string(),
             model_fingerprint: self.cloud_fingerprint.clone(),
             split: self.split as u32,
-            hidden: Some(codec::encode(&values, &shape, self.config.encoding)),
+            hidden: Some(hidden),
             history: Some(pb::ExitHistory {
                 exits: history
                     .iter()

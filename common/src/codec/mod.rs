@@ -19,13 +19,21 @@
 //! largest channel. A 1-D tensor is one channel. The overhead is 8 bytes a
 //! channel.
 //!
-//! Decoding checks everything a peer could get wrong: unknown encoding, empty
-//! or zero-sized shape, byte length not matching shape × element size, missing
-//! or non-finite quantization parameters, NaN/Inf values, and a size cap.
+//! On top of the encoding, the element bytes may be compressed losslessly
+//! ([`compress`], LZ4 block format): post-ReLU feature maps hold many zeros,
+//! which f32 and int8 bytes keep as long runs. The edge compresses only when
+//! that makes the payload smaller, so a compressed payload never costs more
+//! than a plain one; `offramp codec-eval` measures what it saves.
+//!
+//! Decoding checks everything a peer could get wrong: unknown encoding or
+//! compression, empty or zero-sized shape, byte length not matching shape ×
+//! element size (after decompression, which never writes past that size),
+//! missing or non-finite quantization parameters, NaN/Inf values, and a size
+//! cap (on the compressed and the decompressed size).
 
 use bytes::Bytes;
 use half::{bf16, f16};
-use offramp_proto::{Encoding, Tensor};
+use offramp_proto::{Compression, Encoding, Tensor};
 
 /// Why a payload was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -44,6 +52,10 @@ pub enum CodecError {
     QuantParams { expected: usize, scales: usize, zero_points: usize },
     #[error("tensor holds a non-finite value (NaN or infinity) at element {index}")]
     NonFinite { index: usize },
+    #[error("tensor compression {0} is not supported (expected none or lz4)")]
+    UnknownCompression(i32),
+    #[error("tensor payload does not decompress as lz4 to {expected} bytes: {reason}")]
+    Decompress { expected: usize, reason: String },
 }
 
 /// Bytes per element of an encoding.
@@ -74,6 +86,39 @@ pub fn parse_encoding(s: &str) -> Result<Encoding, String> {
         "bf16" => Ok(Encoding::Bf16),
         "int8" => Ok(Encoding::Int8),
         other => Err(format!("unknown encoding {other:?} (expected f32, f16, bf16 or int8)")),
+    }
+}
+
+/// Short name of a compression (`none`, `lz4`).
+pub fn compression_name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "none",
+        Compression::Lz4 => "lz4",
+    }
+}
+
+/// Parses `none` or `lz4`.
+pub fn parse_compression(s: &str) -> Result<Compression, String> {
+    match s {
+        "none" => Ok(Compression::None),
+        "lz4" => Ok(Compression::Lz4),
+        other => Err(format!("unknown compression {other:?} (expected none or lz4)")),
+    }
+}
+
+/// Compressions this build decodes besides none.
+pub const COMPRESSIONS: [Compression; 1] = [Compression::Lz4];
+
+/// Compresses an encoded tensor's bytes with `compression` when that makes
+/// them smaller; otherwise (or for `None`) leaves the tensor as it is.
+pub fn compress(t: &mut Tensor, compression: Compression) {
+    if compression == Compression::None || t.compression != Compression::None as i32 {
+        return;
+    }
+    let packed = lz4_flex::block::compress(&t.data);
+    if packed.len() < t.data.len() {
+        t.data = Bytes::from(packed);
+        t.compression = compression as i32;
     }
 }
 
@@ -120,6 +165,8 @@ pub fn decode(t: &Tensor, max_bytes: usize) -> Result<(Vec<usize>, Vec<f32>), Co
         .ok()
         .filter(|e| *e != Encoding::Unspecified)
         .ok_or(CodecError::UnknownEncoding(t.encoding))?;
+    let compression =
+        Compression::try_from(t.compression).map_err(|_| CodecError::UnknownCompression(t.compression))?;
     if t.data.is_empty() {
         return Err(CodecError::Empty);
     }
@@ -135,15 +182,30 @@ pub fn decode(t: &Tensor, max_bytes: usize) -> Result<(Vec<usize>, Vec<f32>), Co
         .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
         .ok_or_else(|| CodecError::BadShape(t.shape.clone()))?;
     let expected = count.checked_mul(element_size(encoding)).ok_or_else(|| CodecError::BadShape(t.shape.clone()))?;
-    if t.data.len() != expected {
-        return Err(CodecError::ByteLength {
-            shape: t.shape.clone(),
-            encoding: encoding_name(encoding),
-            expected,
-            got: t.data.len(),
-        });
-    }
-    let data = &t.data[..];
+    let byte_length =
+        |got| CodecError::ByteLength { shape: t.shape.clone(), encoding: encoding_name(encoding), expected, got };
+    let unpacked;
+    let data: &[u8] = match compression {
+        Compression::None => {
+            if t.data.len() != expected {
+                return Err(byte_length(t.data.len()));
+            }
+            &t.data
+        }
+        Compression::Lz4 => {
+            if expected > max_bytes {
+                return Err(CodecError::TooLarge { got: expected, limit: max_bytes });
+            }
+            let mut buf = vec![0u8; expected];
+            let n = lz4_flex::block::decompress_into(&t.data, &mut buf)
+                .map_err(|e| CodecError::Decompress { expected, reason: e.to_string() })?;
+            if n != expected {
+                return Err(byte_length(n));
+            }
+            unpacked = buf;
+            &unpacked
+        }
+    };
     let values: Vec<f32> = match encoding {
         Encoding::F32 | Encoding::Unspecified => {
             data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()

@@ -83,3 +83,55 @@ fn rejects_bad_payloads() {
     t.zero_points[1] = f32::NAN;
     assert!(matches!(decode(&t, 1 << 20), Err(CodecError::NonFinite { .. })));
 }
+
+#[test]
+fn lz4_round_trips_and_only_when_it_pays() {
+    // Post-ReLU-like: mostly zeros.
+    let v: Vec<f32> = (0..4 * 14 * 14).map(|i| if i % 5 == 0 { i as f32 / 10.0 } else { 0.0 }).collect();
+    for enc in ENCODINGS {
+        let plain = encode(&v, &[4, 14, 14], enc);
+        let mut t = plain.clone();
+        compress(&mut t, Compression::Lz4);
+        assert_eq!(t.compression, Compression::Lz4 as i32, "{enc:?}");
+        // Zeros are 4 of every 5 values: runs of zero bytes, and for int8 a
+        // fifth of the bytes left (distinct values) plus the run codes.
+        let most = if enc == Encoding::Int8 { plain.data.len() * 3 / 4 } else { plain.data.len() / 2 };
+        assert!(t.data.len() < most, "{enc:?}: {} of {}", t.data.len(), plain.data.len());
+        assert_eq!(decode(&t, 1 << 20).unwrap(), decode(&plain, 1 << 20).unwrap(), "{enc:?}");
+    }
+    // Incompressible bytes stay as they are.
+    let noise: Vec<f32> = (0..256u32).map(|i| (i.wrapping_mul(2_654_435_761) as f32).sqrt()).collect();
+    let mut t = encode(&noise, &[256], Encoding::F32);
+    compress(&mut t, Compression::Lz4);
+    assert_eq!(t.compression, Compression::None as i32);
+    assert_eq!(decode(&t, 1 << 20).unwrap().1, noise);
+    let mut none = encode(&v, &[4, 14, 14], Encoding::F32);
+    compress(&mut none, Compression::None);
+    assert_eq!(none.data.len(), 4 * 4 * 14 * 14);
+    assert_eq!(parse_compression("lz4"), Ok(Compression::Lz4));
+    assert!(parse_compression("zip").is_err());
+}
+
+#[test]
+fn bad_compressed_payloads_are_refused() {
+    let v = vec![0.0f32; 1024];
+    let mut t = encode(&v, &[1024], Encoding::F32);
+    compress(&mut t, Compression::Lz4);
+    assert!(t.data.len() < 100);
+    // The decompressed size counts against the cap too (no decompression bombs).
+    assert_eq!(decode(&t, 1000), Err(CodecError::TooLarge { got: 4096, limit: 1000 }));
+    // Claims a bigger shape than the bytes decompress to.
+    let mut big = t.clone();
+    big.shape = vec![2048];
+    assert!(matches!(decode(&big, 1 << 20), Err(CodecError::ByteLength { expected: 8192, .. })));
+    // A smaller shape: decompression would overrun and stops.
+    let mut small = t.clone();
+    small.shape = vec![512];
+    assert!(matches!(decode(&small, 1 << 20), Err(CodecError::Decompress { expected: 2048, .. })));
+    let mut garbage = t.clone();
+    garbage.data = Bytes::from_static(&[0xff, 0xff, 0xff, 0x00, 0x01]);
+    assert!(matches!(decode(&garbage, 1 << 20), Err(CodecError::Decompress { .. })));
+    let mut unknown = t.clone();
+    unknown.compression = 7;
+    assert_eq!(decode(&unknown, 1 << 20), Err(CodecError::UnknownCompression(7)));
+}

@@ -105,8 +105,10 @@ impl fmt::Display for Kernels {
 /// the cost of waking rayon's workers).
 pub const PARALLEL_MIN_MACS: usize = 1 << 20;
 
-/// Largest register tile height (pixels or batch rows).
-const MR_MAX: usize = 8;
+/// Tallest register tiles (pixels or batch rows): 12 rows of one vector, 8
+/// of two (fewer where the register file is smaller).
+const MR_CAP_1: usize = 12;
+const MR_CAP_2: usize = 8;
 
 /// Instruction set a kernel runs with; the tokens prove the CPU has it.
 #[derive(Clone, Copy)]
@@ -239,6 +241,8 @@ struct Scratch {
     koff: Vec<usize>,
     /// Tile results: `[pixel][opad]` (conv) or `[row][opad]` (linear).
     c: Vec<f32>,
+    /// Pooled conv outputs, `[pooled pixel][opad]`.
+    p: Vec<f32>,
 }
 
 thread_local! {
@@ -443,7 +447,7 @@ impl CustomOp1 for LinearKernel {
         match chunk_rows(b, b * i * n) {
             Some(rows) => {
                 // Whole register tiles per task.
-                let rows = rows.next_multiple_of(MR_MAX);
+                let rows = rows.next_multiple_of(MR_CAP_2);
                 out.par_chunks_mut(rows * n).zip(x.par_chunks(rows * i)).for_each(|(out, x)| self.run_chunk(x, out))
             }
             None => self.run_chunk(x, &mut out),
@@ -482,7 +486,8 @@ fn segments(len: usize, mr_max: usize) -> impl Iterator<Item = (usize, usize)> {
 /// Tallest tile whose accumulators, `NV` weight vectors and a broadcast fit
 /// the register file.
 fn mr_max<S: Simd>(nv: usize) -> usize {
-    ((S::REGISTER_COUNT - nv - 2) / nv).min(MR_MAX)
+    let cap = if nv == 1 { MR_CAP_1 } else { MR_CAP_2 };
+    ((S::REGISTER_COUNT - nv - 2) / nv).min(cap)
 }
 
 /// Operands of the micro-kernel: `A(i, k) = a[koff[k] + a0 + i·ams]` is
@@ -561,12 +566,87 @@ fn tile<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// [`tile`] with a run-time height `mr` (1..=8).
+/// [`tile`] for a single row (`MR` = 1: a batch-1 linear layer). One row has
+/// only `NV` accumulators, too few to hide the FMA latency, so four sets
+/// take every fourth `k` and are summed at the end.
+#[inline(always)]
+fn tile_row<S: Simd, const NV: usize>(simd: S, g: &Gemm<'_>, a0: usize, b0: usize, c: &mut [f32], c0: usize) {
+    let lanes = S::F32_LANES;
+    let width = NV * lanes;
+    let zero = simd.splat_f32s(0.0);
+    let mut acc = [[zero; NV]; 4];
+    let b = &g.b[..g.koff.len() * g.brs];
+    let quads = g.koff.len() / 4;
+    for (bq, kq) in b.chunks_exact(4 * g.brs).zip(g.koff.chunks_exact(4)) {
+        for u in 0..4 {
+            let brow = &bq[u * g.brs + b0..u * g.brs + b0 + width];
+            let ai = simd.splat_f32s(g.a[kq[u] + a0]);
+            for j in 0..NV {
+                acc[u][j] = simd.mul_add_e_f32s(ai, load::<S>(&brow[j * lanes..]), acc[u][j]);
+            }
+        }
+    }
+    let tail = b[quads * 4 * g.brs..].chunks_exact(g.brs).zip(&g.koff[quads * 4..]);
+    for (brow, &off) in tail {
+        let brow = &brow[b0..b0 + width];
+        let ai = simd.splat_f32s(g.a[off + a0]);
+        for j in 0..NV {
+            acc[0][j] = simd.mul_add_e_f32s(ai, load::<S>(&brow[j * lanes..]), acc[0][j]);
+        }
+    }
+    let dst = &mut c[c0..c0 + width];
+    for j in 0..NV {
+        let v = simd.add_f32s(simd.add_f32s(acc[0][j], acc[1][j]), simd.add_f32s(acc[2][j], acc[3][j]));
+        store::<S>(&mut dst[j * lanes..], v);
+    }
+}
+
+/// [`tile`] one vector wide, with a run-time height `mr` (1..=12).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile_dyn<S: Simd, const NV: usize>(
+fn tile_1<S: Simd>(simd: S, mr: usize, g: &Gemm<'_>, a0: usize, b0: usize, c: &mut [f32], c0: usize, crs: usize) {
+    match mr {
+        1 => tile_row::<S, 1>(simd, g, a0, b0, c, c0),
+        2 => tile::<S, 2, 1>(simd, g, a0, b0, c, c0, crs),
+        3 => tile::<S, 3, 1>(simd, g, a0, b0, c, c0, crs),
+        4 => tile::<S, 4, 1>(simd, g, a0, b0, c, c0, crs),
+        5 => tile::<S, 5, 1>(simd, g, a0, b0, c, c0, crs),
+        6 => tile::<S, 6, 1>(simd, g, a0, b0, c, c0, crs),
+        7 => tile::<S, 7, 1>(simd, g, a0, b0, c, c0, crs),
+        8 => tile::<S, 8, 1>(simd, g, a0, b0, c, c0, crs),
+        9 => tile::<S, 9, 1>(simd, g, a0, b0, c, c0, crs),
+        10 => tile::<S, 10, 1>(simd, g, a0, b0, c, c0, crs),
+        11 => tile::<S, 11, 1>(simd, g, a0, b0, c, c0, crs),
+        12 => tile::<S, 12, 1>(simd, g, a0, b0, c, c0, crs),
+        _ => unreachable!("tile height {mr} outside 1..={MR_CAP_1}"),
+    }
+}
+
+/// [`tile`] two vectors wide, with a run-time height `mr` (1..=8).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_2<S: Simd>(simd: S, mr: usize, g: &Gemm<'_>, a0: usize, b0: usize, c: &mut [f32], c0: usize, crs: usize) {
+    match mr {
+        1 => tile_row::<S, 2>(simd, g, a0, b0, c, c0),
+        2 => tile::<S, 2, 2>(simd, g, a0, b0, c, c0, crs),
+        3 => tile::<S, 3, 2>(simd, g, a0, b0, c, c0, crs),
+        4 => tile::<S, 4, 2>(simd, g, a0, b0, c, c0, crs),
+        5 => tile::<S, 5, 2>(simd, g, a0, b0, c, c0, crs),
+        6 => tile::<S, 6, 2>(simd, g, a0, b0, c, c0, crs),
+        7 => tile::<S, 7, 2>(simd, g, a0, b0, c, c0, crs),
+        8 => tile::<S, 8, 2>(simd, g, a0, b0, c, c0, crs),
+        _ => unreachable!("tile height {mr} outside 1..={MR_CAP_2}"),
+    }
+}
+
+/// One column block of the product, `nv` vectors wide from column `b0`, over
+/// rows `[m0, m0 + len)` (A offset `a0`, C offset `c0`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_any<S: Simd>(
     simd: S,
-    mr: usize,
+    nv: usize,
+    len: usize,
     g: &Gemm<'_>,
     a0: usize,
     b0: usize,
@@ -574,16 +654,10 @@ fn tile_dyn<S: Simd, const NV: usize>(
     c0: usize,
     crs: usize,
 ) {
-    match mr {
-        1 => tile::<S, 1, NV>(simd, g, a0, b0, c, c0, crs),
-        2 => tile::<S, 2, NV>(simd, g, a0, b0, c, c0, crs),
-        3 => tile::<S, 3, NV>(simd, g, a0, b0, c, c0, crs),
-        4 => tile::<S, 4, NV>(simd, g, a0, b0, c, c0, crs),
-        5 => tile::<S, 5, NV>(simd, g, a0, b0, c, c0, crs),
-        6 => tile::<S, 6, NV>(simd, g, a0, b0, c, c0, crs),
-        7 => tile::<S, 7, NV>(simd, g, a0, b0, c, c0, crs),
-        8 => tile::<S, 8, NV>(simd, g, a0, b0, c, c0, crs),
-        _ => unreachable!("tile height {mr} outside 1..=8"),
+    if nv == 2 {
+        tile_2(simd, len, g, a0, b0, c, c0, crs);
+    } else {
+        tile_1(simd, len, g, a0, b0, c, c0, crs);
     }
 }
 
@@ -649,46 +723,68 @@ fn conv_sample<S: Simd>(simd: S, op: &Conv2dKernel, g: &ConvGeom, x: &[f32], out
     c.resize(g.oh * g.ow * opad, 0.0);
     for (v0, nv) in column_blocks(opad / lanes) {
         let b0 = v0 * lanes;
-        let mr = if nv == 2 { mr_max::<S>(2) } else { mr_max::<S>(1) };
         for y in 0..g.oh {
-            for (x0, len) in segments(g.ow, mr) {
+            for (x0, len) in segments(g.ow, mr_max::<S>(nv)) {
                 let a0 = y * s * g.wp + x0 * s;
                 let c0 = (y * g.ow + x0) * opad + b0;
-                if nv == 2 {
-                    tile_dyn::<S, 2>(simd, len, &gemm, a0, b0, c, c0, opad);
-                } else {
-                    tile_dyn::<S, 1>(simd, len, &gemm, a0, b0, c, c0, opad);
-                }
+                tile_any(simd, nv, len, &gemm, a0, b0, c, c0, opad);
             }
         }
     }
 
-    // Max-pool, then bias and ReLU (both commute with max), into NCHW.
-    let zero = simd.splat_f32s(0.0);
+    // Max-pool, then bias and ReLU (both commute with max), vectorised over
+    // channels into P[pooled pixel][opad] ...
     let plane = g.ph * g.pw;
-    let mut lane_buf = [0f32; 16];
+    let pooled = &mut sc.p;
+    pooled.resize(plane * opad, 0.0);
+    match g.pool {
+        1 => pool_bias_relu::<S, 1>(simd, g, 1, opad, c, bias, op.relu, pooled),
+        2 => pool_bias_relu::<S, 2>(simd, g, 2, opad, c, bias, op.relu, pooled),
+        p => pool_bias_relu::<S, 0>(simd, g, p, opad, c, bias, op.relu, pooled),
+    }
+    // ... then transposed into NCHW.
+    for (o, dst) in out.chunks_exact_mut(plane).take(c_out).enumerate() {
+        for (d, src) in dst.iter_mut().zip(pooled.chunks_exact(opad)) {
+            *d = src[o];
+        }
+    }
+}
+
+/// `pooled[pixel][o] = relu(max over the pool window of c[·][o] + bias[o])`;
+/// the window is `P` × `P` (`P` = 0: `pool` × `pool`, known at run time only).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pool_bias_relu<S: Simd, const P: usize>(
+    simd: S,
+    g: &ConvGeom,
+    pool: usize,
+    opad: usize,
+    c: &[f32],
+    bias: &[f32],
+    relu: bool,
+    pooled: &mut [f32],
+) {
+    let p = if P > 0 { P } else { pool };
+    let lanes = S::F32_LANES;
+    let zero = simd.splat_f32s(0.0);
     for py in 0..g.ph {
         for px in 0..g.pw {
-            for v in 0..opad / lanes {
-                let o0 = v * lanes;
-                let at = |dy: usize, dx: usize| ((py * g.pool + dy) * g.ow + px * g.pool + dx) * opad + o0;
-                let mut m = load::<S>(&c[at(0, 0)..]);
-                for dy in 0..g.pool {
-                    for dx in 0..g.pool {
+            let dst = &mut pooled[(py * g.pw + px) * opad..][..opad];
+            let top_left = (py * p * g.ow + px * p) * opad;
+            for o0 in (0..opad).step_by(lanes) {
+                let mut m = load::<S>(&c[top_left + o0..]);
+                for dy in 0..p {
+                    for dx in 0..p {
                         if dy + dx > 0 {
-                            m = simd.max_f32s(m, load::<S>(&c[at(dy, dx)..]));
+                            m = simd.max_f32s(m, load::<S>(&c[top_left + (dy * g.ow + dx) * opad + o0..]));
                         }
                     }
                 }
                 let mut y = simd.add_f32s(m, load::<S>(&bias[o0..]));
-                if op.relu {
+                if relu {
                     y = simd.max_f32s(y, zero);
                 }
-                store::<S>(&mut lane_buf, y);
-                let valid = lanes.min(c_out - o0);
-                for (l, &val) in lane_buf[..valid].iter().enumerate() {
-                    out[(o0 + l) * plane + py * g.pw + px] = val;
-                }
+                store::<S>(&mut dst[o0..], y);
             }
         }
     }
@@ -716,16 +812,8 @@ impl WithSimd for LinearJob<'_> {
         c.resize(rows * opad, 0.0);
         for (v0, nv) in column_blocks(opad / lanes) {
             let b0 = v0 * lanes;
-            let mr = if nv == 2 { mr_max::<S>(2) } else { mr_max::<S>(1) };
-            let mut r0 = 0;
-            while r0 < rows {
-                let len = mr.min(rows - r0);
-                if nv == 2 {
-                    tile_dyn::<S, 2>(simd, len, &gemm, r0 * i, b0, c, r0 * opad + b0, opad);
-                } else {
-                    tile_dyn::<S, 1>(simd, len, &gemm, r0 * i, b0, c, r0 * opad + b0, opad);
-                }
-                r0 += len;
+            for (r0, len) in segments(rows, mr_max::<S>(nv)) {
+                tile_any(simd, nv, len, &gemm, r0 * i, b0, c, r0 * opad + b0, opad);
             }
         }
         for (row, dst) in c.chunks_exact(opad).zip(out.chunks_exact_mut(n)) {

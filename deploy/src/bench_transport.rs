@@ -1,0 +1,313 @@
+//! `offramp bench transport`: gRPC against QUIC through the link emulator.
+//!
+//! Starts an in-process cloud serving gRPC and QUIC (a self-signed
+//! certificate made at start), puts an emulated link in front of each (TCP
+//! mode for gRPC, UDP mode for QUIC; the same delay, rate and loss, both
+//! directions), and sends the same offload requests (real hidden states of
+//! the sample digits at split K) one at a time over each transport,
+//! alternating, for every loss rate. Reported per transport and loss: offload
+//! latency percentiles (request sent → answer decoded; the cloud's compute is
+//! included, well under a millisecond here), failures, and the bytes that
+//! crossed the link per request in each direction (protocol and TLS overhead
+//! included, keep-alives in between too). Then the protobuf request size per
+//! encoding, with and without LZ4.
+//!
+//! What "loss" means differs by mode (see [`crate::link`]): in UDP mode each
+//! datagram is dropped with that probability and QUIC recovers it itself; in
+//! TCP mode no byte is dropped (that would corrupt the stream): each
+//! 1500-byte packet is instead delivered one RTT late with that probability,
+//! and everything behind it waits (an idealised fast retransmit with
+//! head-of-line blocking, no congestion-window cut, no RTO).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use offramp_common::data::{Dataset, Subset};
+use offramp_common::model::SplitSide;
+use offramp_common::security::ClientTlsArgs;
+use offramp_common::stats::Summary;
+use offramp_common::{codec, units, Bundle, Executor};
+use offramp_edge::transport::{ConnectConfig, Credentials, Transport};
+use offramp_proto as pb;
+use prost::Message;
+use serde::Serialize;
+
+use crate::demo::locate;
+use crate::link::{spawn_tcp_link, spawn_udp_link, DirectionConfig, LinkConfig, LinkStats};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransportArgs {
+    #[arg(long, default_value = "models/b-lenet-mnist")]
+    pub model: PathBuf,
+    /// Digits whose hidden states are sent (MNIST IDX directory).
+    #[arg(long, default_value = "models/mnist-sample")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub split: usize,
+    /// Sequential requests per transport and loss rate (one in flight).
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Loss rates to measure (per packet, each direction).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.01,0.05")]
+    pub loss: Vec<f64>,
+    /// One-way delay of the link (the RTT is twice this).
+    #[arg(long, default_value = "25ms", value_parser = units::parse_duration)]
+    pub delay: Duration,
+    /// Link rate in Mbit/s each way (default: unlimited).
+    #[arg(long)]
+    pub rate_mbps: Option<f64>,
+    /// Encoding of the timed requests.
+    #[arg(long, default_value = "f32", value_parser = codec::parse_encoding)]
+    pub encoding: pb::Encoding,
+    /// Compression of the timed requests.
+    #[arg(long, default_value = "none", value_parser = codec::parse_compression)]
+    pub compression: pb::Compression,
+    /// Deadline of each request (a miss counts as a failure).
+    #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
+    pub deadline: Duration,
+    /// Seed of the links' loss draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TransportRow {
+    pub transport: &'static str,
+    pub loss: f64,
+    /// Offload latency in milliseconds.
+    pub latency_ms: Summary,
+    pub failures: usize,
+    /// Bytes into the link per request, edge → cloud and back.
+    pub wire_up_bytes: f64,
+    pub wire_down_bytes: f64,
+    /// Packets the link dropped (UDP) or delayed by an RTT (TCP), both directions.
+    pub lost_or_delayed_packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EncodingBytes {
+    pub encoding: &'static str,
+    pub compression: &'static str,
+    /// Mean protobuf `InferRequest` size.
+    pub request_bytes: f64,
+    pub ratio_to_f32: f64,
+}
+
+fn requests(
+    args: &TransportArgs,
+    bundle: &Bundle,
+    data: &Dataset,
+    enc: pb::Encoding,
+    comp: pb::Compression,
+) -> Result<Vec<pb::InferRequest>> {
+    let k = args.split;
+    let exec = Executor::new(Arc::new(bundle.clone()));
+    let shape = bundle.shape_at(k)?.to_vec();
+    let fingerprint = bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default();
+    (0..data.len())
+        .map(|i| {
+            let x = exec.batch_at(0, data.image(i), 1)?;
+            let hidden = exec.forward_blocks(&x, 0..k)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut t = codec::encode(&hidden, &shape, enc);
+            codec::compress(&mut t, comp);
+            Ok(pb::InferRequest {
+                request_id: i as u64,
+                model_id: bundle.model_id().to_string(),
+                model_fingerprint: fingerprint.clone(),
+                split: k as u32,
+                hidden: Some(t),
+                history: None,
+                want_probabilities: false,
+                edge_id: "bench".into(),
+                policy: vec![],
+            })
+        })
+        .collect()
+}
+
+fn lost(s: &LinkStats) -> u64 {
+    s.up.dropped_loss + s.down.dropped_loss + s.up.retransmitted + s.down.retransmitted
+}
+
+pub async fn run(args: &TransportArgs) -> Result<serde_json::Value> {
+    let model = locate(&args.model);
+    let bundle = Bundle::load(&model).with_context(|| format!("loading {}", model.display()))?;
+    if args.split >= bundle.num_blocks() {
+        bail!(
+            "--split {} must be below the model's {} blocks (something must be offloaded)",
+            args.split,
+            bundle.num_blocks()
+        );
+    }
+    let mut data = Dataset::mnist(&locate(&args.data), Subset::Sample, 0)?;
+    data.truncate(args.requests.max(1));
+    let timed = requests(args, &bundle, &data, args.encoding, args.compression)?;
+
+    let mut by_encoding = Vec::new();
+    for enc in codec::ENCODINGS {
+        for comp in [pb::Compression::None, pb::Compression::Lz4] {
+            let r = requests(args, &bundle, &data, enc, comp)?;
+            let mean = r.iter().map(|r| r.encoded_len() as f64).sum::<f64>() / r.len() as f64;
+            by_encoding.push((enc, comp, mean));
+        }
+    }
+    let f32_bytes = by_encoding[0].2;
+    let by_encoding: Vec<EncodingBytes> = by_encoding
+        .into_iter()
+        .map(|(e, c, b)| EncodingBytes {
+            encoding: codec::encoding_name(e),
+            compression: codec::compression_name(c),
+            request_bytes: b,
+            ratio_to_f32: b / f32_bytes,
+        })
+        .collect();
+
+    let dir = std::env::temp_dir().join(format!("offramp-bench-transport-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cert = dir.join("cloud-cert.pem");
+    let mut cfg = offramp_cloud::Config::for_model(&model);
+    cfg.quic.quic_listen = Some("127.0.0.1:0".parse()?);
+    cfg.quic.self_signed = true;
+    cfg.quic.cert_out = Some(cert.clone());
+    let cloud = offramp_cloud::CloudHandle::start(cfg).await?;
+    let quic_addr = cloud.quic_addr.context("the cloud runs QUIC")?;
+    let connect = ConnectConfig { connect_timeout: Duration::from_secs(5), ..Default::default() };
+    let tls = ClientTlsArgs { ca: Some(cert.clone()), ..Default::default() };
+
+    let mut rows = Vec::new();
+    for &loss in &args.loss {
+        let mut dir_cfg = DirectionConfig::default().with_delay(args.delay).with_loss(loss);
+        if let Some(r) = args.rate_mbps {
+            dir_cfg = dir_cfg.with_rate_bps(r * 1e6);
+        }
+        let link = LinkConfig::symmetric(dir_cfg).with_seed(args.seed);
+        let tcp = spawn_tcp_link("127.0.0.1:0".parse()?, cloud.addr, link.clone()).await?;
+        let udp = spawn_udp_link("127.0.0.1:0".parse()?, quic_addr, link).await?;
+        let transports = [
+            (
+                "grpc",
+                Transport::grpc(&format!("http://{}", tcp.local_addr()), &connect, &Credentials::default())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            (
+                "quic",
+                Transport::quic(&format!("quic://{}", udp.local_addr()), &connect, &tls, None)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+        ];
+        // Connect and warm up (not timed).
+        for (name, t) in &transports {
+            t.model_info(Duration::from_secs(10)).await.map_err(|s| anyhow::anyhow!("{name} handshake: {s}"))?;
+            for r in timed.iter().take(5) {
+                t.infer(r.clone(), args.deadline).await.map_err(|s| anyhow::anyhow!("{name} warm-up: {s}"))?;
+            }
+        }
+        let before = [tcp.stats(), udp.stats()];
+        let mut lat = [Vec::new(), Vec::new()];
+        let mut failures = [0usize; 2];
+        for r in &timed {
+            for (i, (_, t)) in transports.iter().enumerate() {
+                let started = Instant::now();
+                match t.infer(r.clone(), args.deadline).await {
+                    Ok(_) => lat[i].push(started.elapsed().as_secs_f64() * 1e3),
+                    Err(_) => failures[i] += 1,
+                }
+            }
+        }
+        let after = [tcp.stats(), udp.stats()];
+        for i in 0..2 {
+            let n = timed.len() as f64;
+            let (b, a) = (&before[i], &after[i]);
+            rows.push(TransportRow {
+                transport: transports[i].0,
+                loss,
+                latency_ms: Summary::of(&lat[i]),
+                failures: failures[i],
+                wire_up_bytes: (a.up.bytes_in - b.up.bytes_in) as f64 / n,
+                wire_down_bytes: (a.down.bytes_in - b.down.bytes_in) as f64 / n,
+                lost_or_delayed_packets: lost(a) - lost(b),
+            });
+        }
+        drop(transports);
+        tcp.shutdown().await;
+        udp.shutdown().await;
+    }
+    cloud.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if !args.json {
+        print!("{}", render(args, &bundle, &rows, &by_encoding));
+    }
+    Ok(serde_json::json!({
+        "model": bundle.model_id(),
+        "split": args.split,
+        "hidden_shape": bundle.shape_at(args.split)?,
+        "requests": timed.len(),
+        "delay_ms_each_way": args.delay.as_secs_f64() * 1e3,
+        "rate_mbps": args.rate_mbps,
+        "encoding": codec::encoding_name(args.encoding),
+        "compression": codec::compression_name(args.compression),
+        "rows": rows,
+        "request_bytes_by_encoding": by_encoding,
+    }))
+}
+
+fn render(args: &TransportArgs, bundle: &Bundle, rows: &[TransportRow], by_encoding: &[EncodingBytes]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "gRPC (TCP link) vs QUIC (UDP link): model {}, K = {}, {} sequential {} requests per row, {:?} each way \
+         (RTT {:?}), rate {}",
+        bundle.model_id(),
+        args.split,
+        rows.first().map_or(0, |r| r.latency_ms.n + r.failures),
+        codec::encoding_name(args.encoding),
+        args.delay,
+        args.delay * 2,
+        args.rate_mbps.map_or("unlimited".to_string(), |r| format!("{r} Mbit/s"))
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>8}",
+        "", "loss", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "fail", "B up/req", "B down/req", "lost pk"
+    );
+    for r in rows {
+        let l = &r.latency_ms;
+        let _ = writeln!(
+            s,
+            "{:<6} {:>5.1}% {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>10.0} {:>10.0} {:>8}",
+            r.transport,
+            r.loss * 100.0,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max,
+            l.mean,
+            r.failures,
+            r.wire_up_bytes,
+            r.wire_down_bytes,
+            r.lost_or_delayed_packets
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nloss: QUIC (UDP link) loses that share of datagrams each way and recovers them itself; the TCP link \
+         drops nothing but delivers that share of 1500-byte packets one RTT late (idealised fast retransmit, \
+         head-of-line blocking). lost pk: datagrams dropped (UDP) or packets delayed (TCP). B up/down: bytes \
+         into the link per request, framing, TLS and keep-alives included."
+    );
+    let _ = writeln!(s, "\nprotobuf InferRequest bytes per offloaded request, K = {}:", args.split);
+    for e in by_encoding {
+        let _ = writeln!(
+            s,
+            "  {:<5} {:<5} {:>8.1} B  {:.3}× f32",
+            e.encoding, e.compression, e.request_bytes, e.ratio_to_f32
+        );
+    }
+    s
+}
