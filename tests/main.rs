@@ -4,6 +4,7 @@
 mod support;
 
 mod cloud_ops;
+mod experiment;
 mod fallback;
 mod quic;
 mod split_path;

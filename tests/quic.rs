@@ -142,28 +142,41 @@ async fn every_encoding_round_trips_through_a_real_cloud_over_quic() {
     let (_, reference) = answers(grpc_tls_edge(&edge_dir, &cloud, &cert.0), &data).await;
     let mut bytes = Vec::new();
     for encoding in codec::ENCODINGS {
-        let mut cfg = quic_edge(&edge_dir, url.clone(), &cert.0);
-        cfg.encoding = encoding;
-        let (_, got) = answers(cfg, &data).await;
-        let name = codec::encoding_name(encoding);
-        let agree = reference.iter().zip(&got).filter(|(r, g)| r.prediction == g.prediction).count();
-        if encoding == pb::Encoding::F32 {
-            assert_eq!(agree, data.len(), "f32 is exact");
-            for (r, g) in reference.iter().zip(&got) {
-                assert_eq!((r.prediction, r.exit, r.tier), (g.prediction, g.exit, g.tier), "{name} input {}", r.id);
+        let mut plain: Vec<Answer> = Vec::new();
+        for compression in [pb::Compression::None, pb::Compression::Lz4] {
+            let mut cfg = quic_edge(&edge_dir, url.clone(), &cert.0);
+            cfg.encoding = encoding;
+            cfg.compression = compression;
+            let (_, got) = answers(cfg, &data).await;
+            let name = format!("{}+{}", codec::encoding_name(encoding), codec::compression_name(compression));
+            let agree = reference.iter().zip(&got).filter(|(r, g)| r.prediction == g.prediction).count();
+            if encoding == pb::Encoding::F32 {
+                assert_eq!(agree, data.len(), "f32 is exact");
+                for (r, g) in reference.iter().zip(&got) {
+                    assert_eq!((r.prediction, r.exit, r.tier), (g.prediction, g.exit, g.tier), "{name} input {}", r.id);
+                }
+            } else {
+                assert!(agree * 100 >= data.len() * 99, "{name}: predictions agree on {agree} of {}", data.len());
             }
-        } else {
-            assert!(agree * 100 >= data.len() * 99, "{name}: predictions agree on {agree} of {}", data.len());
+            assert!(got.iter().all(|a| a.tier == Tier::Edge || a.tier == Tier::Cloud), "{name}: no fallback");
+            if compression == pb::Compression::Lz4 {
+                // Lossless: exactly the uncompressed encoding's answers, never more bytes.
+                for (p, g) in plain.iter().zip(&got) {
+                    assert_eq!((p.prediction, p.exit, p.confidence), (g.prediction, g.exit, g.confidence), "{name}");
+                    assert!(g.bytes_up <= p.bytes_up, "{name}: {} > {}", g.bytes_up, p.bytes_up);
+                }
+            }
+            let up: Vec<u64> = got.iter().filter(|a| a.tier == Tier::Cloud).map(|a| a.bytes_up).collect();
+            assert!(!up.is_empty());
+            bytes.push((name, up.iter().sum::<u64>() as f64 / up.len() as f64));
+            plain = got;
         }
-        assert!(got.iter().all(|a| a.tier == Tier::Edge || a.tier == Tier::Cloud), "{name}: no fallback");
-        let up: Vec<u64> = got.iter().filter(|a| a.tier == Tier::Cloud).map(|a| a.bytes_up).collect();
-        assert!(!up.is_empty());
-        bytes.push((name, up.iter().sum::<u64>() as f64 / up.len() as f64));
     }
     eprintln!("bytes per offloaded request: {bytes:?}");
-    let b = |n: &str| bytes.iter().find(|(name, _)| *name == n).unwrap().1;
-    assert!(b("f16") < 0.6 * b("f32") && b("bf16") < 0.6 * b("f32"), "{bytes:?}");
-    assert!(b("int8") < 0.4 * b("f32"), "{bytes:?}");
+    let b = |n: &str| bytes.iter().find(|(name, _)| name == n).unwrap().1;
+    let f32 = b("f32+none");
+    assert!(b("f16+none") < 0.6 * f32 && b("bf16+none") < 0.6 * f32, "{bytes:?}");
+    assert!(b("int8+none") < 0.4 * f32, "{bytes:?}");
     cloud.stop().await.unwrap();
 
     // Negotiation: a cloud accepting f32 and int8 only refuses an f16 edge at

@@ -45,6 +45,10 @@ pub struct TrainArgs {
     /// validation split (never trained on).
     #[arg(long, default_value_t = 5000)]
     pub val_size: usize,
+    /// Start from the weights of this bundle (same architecture) instead of a
+    /// seeded initialisation: continue or fine-tune a model.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Stop after this many optimizer steps (smoke runs and tests).
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -100,7 +104,16 @@ pub fn run(args: &TrainArgs) -> Result<TrainReport> {
         bail!("--exit-weights has {} values, the {:?} model has {num_exits} exits", weights.len(), args.arch);
     }
 
-    let init = init_weights(&manifest, args.seed)?;
+    let init = match &args.init {
+        None => init_weights(&manifest, args.seed)?,
+        Some(dir) => {
+            let from = Bundle::load(dir).with_context(|| format!("loading --init {}", dir.display()))?;
+            if from.manifest().blocks != manifest.blocks || from.manifest().exits != manifest.exits {
+                bail!("--init {} is not a {:?} model", dir.display(), args.arch);
+            }
+            from.tensors().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+    };
     let mut names: Vec<&String> = init.keys().collect();
     names.sort();
     let mut vars = Vec::new();
