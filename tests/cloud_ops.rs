@@ -99,6 +99,7 @@ async fn bearer_tokens_admit_known_edges_only() {
     std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
     let mut ecfg = EdgeConfig::new(default_model(), 1, vec![cloud.url()]);
     ecfg.token_file = Some(token_file);
+    ecfg.policy = Some(test_policy(&dir));
     let edge = Edge::start(ecfg).await.unwrap();
     let data = sample(50);
     let mut tiers = Vec::new();

@@ -44,7 +44,12 @@ rate = "20mbit"
         assert_eq!(r.n, 30);
         assert_eq!(r.fallbacks, 0);
         assert!((r.share_edge + r.share_cloud - 1.0).abs() < 1e-9);
-        assert!(r.measured_over_bound >= 0.9, "{}: measured below the physical bound: {}", r.cell, r.measured_over_bound);
+        assert!(
+            r.measured_over_bound >= 0.9,
+            "{}: measured below the physical bound: {}",
+            r.cell,
+            r.measured_over_bound
+        );
     }
     assert_eq!(results[0].share_cloud, 1.0, "K = 0 is all cloud");
     assert_eq!(results[2].share_edge, 1.0, "K = N is all edge");

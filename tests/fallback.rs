@@ -122,7 +122,7 @@ async fn offloading_resumes_after_the_cloud_restarts_on_the_same_address() {
     // An input the branch is unsure about, so it always needs the cloud.
     let data = sample(1000);
     let full = Bundle::load(default_model()).unwrap();
-    let policy = Policy::load(&full.policy_path().unwrap(), full.num_exits()).unwrap();
+    let policy = Policy::parse(TEST_POLICY, full.num_exits(), "test policy").unwrap();
     let exec = Executor::new(Arc::new(full));
     let hard = (0..data.len())
         .find(|&i| {
@@ -183,12 +183,15 @@ async fn local_full_gives_the_clouds_predictions() {
     let data = sample(200);
     // With the cloud: reference answers.
     let cloud = CloudProcess::start(&cloud_dir, "127.0.0.1:0", &[]);
-    let edge = Arc::new(Edge::start(config(&default_model(), vec![cloud.url()], 1000)).await.unwrap());
+    let mut cfg = config(&default_model(), vec![cloud.url()], 1000);
+    cfg.policy = Some(test_policy(&dir.join("policy")));
+    let edge = Arc::new(Edge::start(cfg).await.unwrap());
     let mut with_cloud = run_dataset(edge, &data, 2, |_| {}).await;
     drop(cloud);
     // The cloud is gone: finish on the device.
     let mut cfg = config(&default_model(), vec![format!("http://{}", "127.0.0.1:9")], 200);
     cfg.fallback = FallbackMode::LocalFull;
+    cfg.policy = Some(test_policy(&dir.join("policy")));
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     let mut offline = run_dataset(edge, &data, 2, |_| {}).await;
     with_cloud.sort_by_key(|a| a.id);

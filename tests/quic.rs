@@ -160,9 +160,11 @@ async fn every_encoding_round_trips_through_a_real_cloud_over_quic() {
             }
             assert!(got.iter().all(|a| a.tier == Tier::Edge || a.tier == Tier::Cloud), "{name}: no fallback");
             if compression == pb::Compression::Lz4 {
-                // Lossless: exactly the uncompressed encoding's answers, never more bytes.
+                // Lossless: the uncompressed encoding's answers (confidences up to
+                // float noise from other batch compositions), never more bytes.
                 for (p, g) in plain.iter().zip(&got) {
-                    assert_eq!((p.prediction, p.exit, p.confidence), (g.prediction, g.exit, g.confidence), "{name}");
+                    assert_eq!((p.prediction, p.exit), (g.prediction, g.exit), "{name}");
+                    assert!((p.confidence - g.confidence).abs() < 1e-4, "{name}: {p:?} vs {g:?}");
                     assert!(g.bytes_up <= p.bytes_up, "{name}: {} > {}", g.bytes_up, p.bytes_up);
                 }
             }

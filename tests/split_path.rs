@@ -19,7 +19,7 @@ use tonic::Code;
 use crate::support::*;
 
 fn monolithic(full: &Bundle, data: &offramp_common::data::Dataset) -> Vec<(u32, u32)> {
-    let policy = Policy::load(&full.policy_path().unwrap(), full.num_exits()).unwrap();
+    let policy = Policy::parse(TEST_POLICY, full.num_exits(), "test policy").unwrap();
     let exec = Executor::new(Arc::new(full.clone()));
     let x = Tensor::from_slice(&data.images, (data.len(), 1, 28, 28), &Device::Cpu).unwrap();
     let out = exec.run(&x, 0..full.num_blocks(), &policy, vec![vec![]; data.len()]).unwrap();

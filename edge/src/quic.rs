@@ -115,10 +115,24 @@ pub fn client_config(tls: &ClientTlsArgs, c: &ConnectConfig) -> Result<quinn::Cl
     let mut transport = quinn::TransportConfig::default();
     let idle = c.keepalive_interval + c.keepalive_timeout;
     transport
+        .ack_frequency_config(Some(prompt_acks()))
+        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
         .keep_alive_interval(Some((c.keepalive_interval / 4).max(Duration::from_millis(100))))
         .max_idle_timeout(Some(idle.try_into().map_err(|_| format!("idle timeout {idle:?} out of range"))?));
     client.transport_config(Arc::new(transport));
     Ok(client)
+}
+
+/// Asks the peer to acknowledge every ack-eliciting packet at once (QUIC
+/// ACK-frequency extension). Requests and answers are a few packets each, one
+/// exchange at a time: with the default delayed ACKs (every other packet, or
+/// after up to 25 ms) the RTT estimate carries the ACK delay and a lost tail
+/// packet waits a longer probe timeout. Prompt ACKs cost a few small packets
+/// per request and shorten recovery from tail loss.
+pub fn prompt_acks() -> quinn::AckFrequencyConfig {
+    let mut c = quinn::AckFrequencyConfig::default();
+    c.ack_eliciting_threshold(0u32.into()).max_ack_delay(Some(Duration::from_millis(1)));
+    c
 }
 
 impl QuicClient {

@@ -1,38 +1,44 @@
 //! Fast CPU kernels for inference: conv2d + bias + ReLU + max-pool fused into
 //! one candle custom op, and linear + bias + ReLU as another.
 //!
-//! Why (profile of candle 0.11 on B-LeNet, batch 1, one thread): its CPU
-//! conv2d builds an im2col tile element by element with scalar index
-//! arithmetic (over half the time), repacks the weights on every call,
-//! converts the input to NHWC, and allocates and zero-fills fresh buffers per
-//! call; bias, ReLU and pooling are three more full passes, each allocating an
-//! output. With more than one thread, every matmul (convolutions included)
-//! wakes gemm's rayon workers even for a 576 × 128 matrix-vector product:
-//! ~30 µs of dispatch for ~4 µs of work.
+//! Why (profile of candle 0.11 on B-LeNet, one thread): its CPU conv2d builds
+//! each im2col tile element by element with scalar index arithmetic (over half
+//! the time), repacks the weights and converts the input to NHWC on every
+//! call, and allocates and zero-fills fresh buffers per tile; bias, ReLU and
+//! pooling are three more passes, each allocating an output. With more than
+//! one thread, every matmul wakes gemm's rayon workers, even for a 576 × 128
+//! matrix-vector product: ~30 µs of dispatch for ~4 µs of work.
 //!
 //! How:
-//! - Weights are packed once, when the layer is built: `Wᵀ[k][o]`, `k` the
-//!   (channel, row, column) of a kernel tap, `o` padded to whole SIMD vectors.
+//! - Weights are packed once, when the layer is built: `Wᵀ[k][o]`, `k` a
+//!   kernel tap (channel, row, column), `o` padded to whole SIMD vectors.
 //! - A convolution is an implicit-im2col GEMM, `C[pixel][o] = Σₖ X(pixel, k) ·
 //!   Wᵀ[k][o]`: `X(pixel, k)` is read straight from a zero-padded copy of the
-//!   input through a table of per-tap offsets, so no im2col matrix is built.
-//!   A register tile is `MR` consecutive pixels of one output row × `NV` SIMD
-//!   vectors of output channels; `MR` ≤ 8 is chosen so the tiles split each
-//!   row exactly (a 14-wide row is two tiles of 7), so no work is wasted on
-//!   padding columns. One pass over the tile results then max-pools, adds the
-//!   bias, applies ReLU and writes the NCHW output.
-//! - A linear layer is the same micro-kernel with batch rows as pixels.
-//! - SIMD through `pulp`'s runtime dispatch: AVX-512, AVX2+FMA, NEON, or a
-//!   scalar fallback; each layer takes the widest vectors that pad its output
-//!   channels least (8 channels run on AVX2 even where AVX-512 exists). All
-//!   safe code.
-//! - Scratch buffers (padded input, offsets, tile results) are thread-local and
-//!   reused: the only allocation per call is the output tensor.
-//! - Threads: batch 1 runs on the caller's thread. A single sample's layer is
-//!   too small (≤ 1.3 M multiply-adds here) to repay waking a worker, and on a
-//!   2-core edge device the other core is busy with I/O. A batch > 1 whose
-//!   layer costs ≥ [`PARALLEL_MIN_MACS`] is split over rayon's pool (samples
-//!   for a convolution, rows for a linear layer); `RAYON_NUM_THREADS` caps it.
+//!   input through a table of per-tap offsets; no im2col matrix is built. A
+//!   register tile is `MR` consecutive pixels of one output row (broadcast) ×
+//!   one or two SIMD vectors of output channels; `MR` (≤ 12 for one vector,
+//!   ≤ 8 for two) is chosen so the tiles split each row exactly (a 14-wide row
+//!   is two tiles of 7): no work on padding columns. Rows and columns that a
+//!   flooring max-pool drops are not computed. One pass then max-pools, adds
+//!   the bias and applies ReLU (both commute with max) over channel vectors,
+//!   and a transpose writes the NCHW output.
+//! - A linear layer is the same micro-kernel with batch rows in place of
+//!   pixels; a single row (batch 1) splits `k` over four accumulator sets to
+//!   hide the FMA latency.
+//! - SIMD through `pulp`'s run-time dispatch: AVX-512, AVX2+FMA, NEON, or a
+//!   scalar fallback. Each layer takes the widest vectors that pad its output
+//!   channels least (8 channels run on AVX2 where AVX-512 exists). All safe
+//!   code: `pulp` proves the CPU features and hides the `unsafe`.
+//! - Scratch buffers are thread-local and reused (the zero-padded input and
+//!   tap offsets are kept per input geometry, so only the interior is copied):
+//!   the only allocation per call is the output tensor.
+//! - Threads: batch 1 runs on the caller's thread. A sample's layer is too
+//!   small (≤ 1.3 M multiply-adds in B-LeNet, ≈ 25 µs) to repay waking a
+//!   worker, and on a 2-core edge device the other core has the network and
+//!   the runtime to serve. A batch > 1 whose layer costs ≥
+//!   [`PARALLEL_MIN_MACS`] is split over rayon's global pool (samples for a
+//!   convolution, rows for a linear layer): the cloud's batches. Set
+//!   `RAYON_NUM_THREADS` to cap it.
 //!
 //! Inference only: these ops have no backward pass. [`super::Layer`] keeps
 //! candle's differentiable ops for weights or inputs that track gradients.
@@ -112,7 +118,7 @@ const MR_CAP_2: usize = 8;
 
 /// Instruction set a kernel runs with; the tokens prove the CPU has it.
 #[derive(Clone, Copy)]
-pub(crate) enum Isa {
+enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512(pulp::x86::V4),
     #[cfg(target_arch = "x86_64")]
@@ -131,7 +137,7 @@ impl fmt::Debug for Isa {
 impl Isa {
     /// Every instruction set this CPU offers, widest first (the scalar
     /// fallback last).
-    pub(crate) fn available() -> Vec<Isa> {
+    fn available() -> Vec<Isa> {
         let mut v = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -161,7 +167,7 @@ impl Isa {
         pick.unwrap_or(Isa::Scalar)
     }
 
-    pub(crate) fn lanes(self) -> usize {
+    fn lanes(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512(_) => 16,
@@ -173,7 +179,7 @@ impl Isa {
         }
     }
 
-    pub(crate) fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512(_) => "avx512",
@@ -235,14 +241,47 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 /// Thread-local scratch, grown on first use and reused.
 #[derive(Default)]
 struct Scratch {
-    /// Zero-padded input of one sample.
-    xp: Vec<f32>,
-    /// Per-tap offsets into `xp`.
-    koff: Vec<usize>,
+    /// Per input geometry: the zero-padded input of one sample and the tap offsets.
+    padded: Vec<Padded>,
     /// Tile results: `[pixel][opad]` (conv) or `[row][opad]` (linear).
     c: Vec<f32>,
     /// Pooled conv outputs, `[pooled pixel][opad]`.
     p: Vec<f32>,
+}
+
+/// A zero-padded input buffer for one geometry: its borders stay zero, so a
+/// call only copies the interior.
+struct Padded {
+    /// `(channels, height, width, kernel, padding)`.
+    key: (usize, usize, usize, usize, usize),
+    xp: Vec<f32>,
+    /// Offset in `xp` of each tap (channel, kernel row, kernel column), in
+    /// packing order.
+    koff: Vec<usize>,
+}
+
+impl Padded {
+    /// The buffer for this geometry in `list`, made on first use.
+    fn find<'a>(list: &'a mut Vec<Padded>, g: &ConvGeom, k: usize, p: usize) -> &'a mut Padded {
+        let key = (g.c, g.h, g.w, k, p);
+        let i = match list.iter().position(|e| e.key == key) {
+            Some(i) => i,
+            None => {
+                let mut koff = Vec::with_capacity(g.c * k * k);
+                for ci in 0..g.c {
+                    for kh in 0..k {
+                        for kw in 0..k {
+                            koff.push(ci * g.hp * g.wp + kh * g.wp + kw);
+                        }
+                    }
+                }
+                let xp = if p > 0 { vec![0f32; g.c * g.hp * g.wp] } else { Vec::new() };
+                list.push(Padded { key, xp, koff });
+                list.len() - 1
+            }
+        };
+        &mut list[i]
+    }
 }
 
 thread_local! {
@@ -285,12 +324,13 @@ struct ConvGeom {
     w: usize,
     hp: usize,
     wp: usize,
-    oh: usize,
-    ow: usize,
     /// Pool size (1: none) and pooled output size.
     pool: usize,
     ph: usize,
     pw: usize,
+    /// Conv outputs the pool reads: `ph · pool` × `pw · pool`.
+    uh: usize,
+    uw: usize,
 }
 
 impl Conv2dKernel {
@@ -307,7 +347,7 @@ impl Conv2dKernel {
         Self::with_isa(Isa::for_outputs(o), weight, bias, stride, padding, relu, pool)
     }
 
-    pub(crate) fn with_isa(
+    fn with_isa(
         isa: Isa,
         weight: &Tensor,
         bias: &Tensor,
@@ -347,7 +387,7 @@ impl Conv2dKernel {
         if ph == 0 || pw == 0 {
             candle_core::bail!("conv2d kernel: max-pool {pool} leaves nothing of a {oh}x{ow} map");
         }
-        Ok(ConvGeom { c, h, w, hp, wp, oh, ow, pool, ph, pw })
+        Ok(ConvGeom { c, h, w, hp, wp, pool, ph, pw, uh: ph * pool, uw: pw * pool })
     }
 
     /// Runs samples `x` (`n × C·H·W`) into `out` (`n × O·PH·PW`) on this thread.
@@ -370,7 +410,7 @@ impl CustomOp1 for Conv2dKernel {
         let g = self.geometry(c, h, w)?;
         let (in_len, out_len) = (c * h * w, self.c_out * g.ph * g.pw);
         let mut out = vec![0f32; b * out_len];
-        let macs = b * g.oh * g.ow * self.c_out * c * self.kernel * self.kernel;
+        let macs = b * g.uh * g.uw * self.c_out * c * self.kernel * self.kernel;
         match chunk_rows(b, macs) {
             Some(rows) => out
                 .par_chunks_mut(rows * out_len)
@@ -409,7 +449,7 @@ impl LinearKernel {
         Self::with_isa(Isa::for_outputs(o), weight, bias, relu)
     }
 
-    pub(crate) fn with_isa(isa: Isa, weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Self> {
+    fn with_isa(isa: Isa, weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Self> {
         let (o, i) = weight.dims2()?;
         let bias = to_vec(bias)?;
         if bias.len() != o {
@@ -467,8 +507,11 @@ fn f32_input<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
 
 /// Rows (samples) per parallel task, or `None` to stay on this thread.
 fn chunk_rows(batch: usize, macs: usize) -> Option<usize> {
+    if batch < 2 || macs < PARALLEL_MIN_MACS {
+        return None;
+    }
     let threads = rayon::current_num_threads();
-    if batch < 2 || threads < 2 || macs < PARALLEL_MIN_MACS {
+    if threads < 2 {
         return None;
     }
     // A few tasks per thread, so a thread slowed by other work is not the tail.
@@ -692,41 +735,32 @@ fn conv_sample<S: Simd>(simd: S, op: &Conv2dKernel, g: &ConvGeom, x: &[f32], out
     let (k, s, p) = (op.kernel, op.stride, op.padding);
     let Packed { opad, ref wt, ref bias, n: c_out, .. } = op.packed;
     let lanes = S::F32_LANES;
+    let Scratch { padded, c, p: pooled } = sc;
 
     // Zero-padded input (the input itself when there is no padding).
+    let plan = Padded::find(padded, g, k, p);
     let a: &[f32] = if p == 0 {
         x
     } else {
-        sc.xp.clear();
-        sc.xp.resize(g.c * g.hp * g.wp, 0.0);
         for (ci, plane) in x.chunks_exact(g.h * g.w).enumerate() {
             for (r, row) in plane.chunks_exact(g.w).enumerate() {
                 let at = ci * g.hp * g.wp + (r + p) * g.wp + p;
-                sc.xp[at..at + g.w].copy_from_slice(row);
+                copy::<S>(simd, &mut plan.xp[at..at + g.w], row);
             }
         }
-        &sc.xp
+        &plan.xp
     };
-    // Offset of each tap (channel, kernel row, kernel column), in packing order.
-    sc.koff.clear();
-    for ci in 0..g.c {
-        for kh in 0..k {
-            for kw in 0..k {
-                sc.koff.push(ci * g.hp * g.wp + kh * g.wp + kw);
-            }
-        }
-    }
-    let gemm = Gemm { a, koff: &sc.koff, ams: s, b: wt, brs: opad };
+    let gemm = Gemm { a, koff: &plan.koff, ams: s, b: wt, brs: opad };
 
-    // Conv outputs (no bias yet): C[pixel][o].
-    let c = &mut sc.c;
-    c.resize(g.oh * g.ow * opad, 0.0);
+    // Conv outputs (no bias yet), C[pixel][o], for the pixels the pool reads
+    // (a flooring pool drops the last rows and columns).
+    c.resize(g.uh * g.uw * opad, 0.0);
     for (v0, nv) in column_blocks(opad / lanes) {
         let b0 = v0 * lanes;
-        for y in 0..g.oh {
-            for (x0, len) in segments(g.ow, mr_max::<S>(nv)) {
+        for y in 0..g.uh {
+            for (x0, len) in segments(g.uw, mr_max::<S>(nv)) {
                 let a0 = y * s * g.wp + x0 * s;
-                let c0 = (y * g.ow + x0) * opad + b0;
+                let c0 = (y * g.uw + x0) * opad + b0;
                 tile_any(simd, nv, len, &gemm, a0, b0, c, c0, opad);
             }
         }
@@ -735,18 +769,32 @@ fn conv_sample<S: Simd>(simd: S, op: &Conv2dKernel, g: &ConvGeom, x: &[f32], out
     // Max-pool, then bias and ReLU (both commute with max), vectorised over
     // channels into P[pooled pixel][opad] ...
     let plane = g.ph * g.pw;
-    let pooled = &mut sc.p;
     pooled.resize(plane * opad, 0.0);
     match g.pool {
         1 => pool_bias_relu::<S, 1>(simd, g, 1, opad, c, bias, op.relu, pooled),
         2 => pool_bias_relu::<S, 2>(simd, g, 2, opad, c, bias, op.relu, pooled),
-        p => pool_bias_relu::<S, 0>(simd, g, p, opad, c, bias, op.relu, pooled),
+        q => pool_bias_relu::<S, 0>(simd, g, q, opad, c, bias, op.relu, pooled),
     }
     // ... then transposed into NCHW.
     for (o, dst) in out.chunks_exact_mut(plane).take(c_out).enumerate() {
         for (d, src) in dst.iter_mut().zip(pooled.chunks_exact(opad)) {
             *d = src[o];
         }
+    }
+}
+
+/// `dst = src` (equal lengths), whole vectors then a masked tail: rows here
+/// are a few dozen floats, too short to repay a call to `memcpy`.
+#[inline(always)]
+fn copy<S: Simd>(simd: S, dst: &mut [f32], src: &[f32]) {
+    let lanes = S::F32_LANES;
+    let (dv, dt) = dst.split_at_mut(dst.len() / lanes * lanes);
+    let (sv, st) = src.split_at(dv.len());
+    for (d, s) in dv.chunks_exact_mut(lanes).zip(sv.chunks_exact(lanes)) {
+        store::<S>(d, load::<S>(s));
+    }
+    if !dt.is_empty() {
+        simd.partial_store_f32s(dt, simd.partial_load_f32s(st));
     }
 }
 
@@ -770,13 +818,13 @@ fn pool_bias_relu<S: Simd, const P: usize>(
     for py in 0..g.ph {
         for px in 0..g.pw {
             let dst = &mut pooled[(py * g.pw + px) * opad..][..opad];
-            let top_left = (py * p * g.ow + px * p) * opad;
+            let top_left = (py * p * g.uw + px * p) * opad;
             for o0 in (0..opad).step_by(lanes) {
                 let mut m = load::<S>(&c[top_left + o0..]);
                 for dy in 0..p {
                     for dx in 0..p {
                         if dy + dx > 0 {
-                            m = simd.max_f32s(m, load::<S>(&c[top_left + (dy * g.ow + dx) * opad + o0..]));
+                            m = simd.max_f32s(m, load::<S>(&c[top_left + (dy * g.uw + dx) * opad + o0..]));
                         }
                     }
                 }
@@ -884,6 +932,7 @@ mod tests {
     #[test]
     fn fast_conv_matches_candle_on_odd_shapes() {
         let mut rng = SplitMix64::new(11);
+        let mut worst = 0f32;
         // (c_in, c_out, kernel, stride, padding, pool, relu, h, w)
         let cases = [
             (1, 8, 5, 1, 2, Some(2), true, 28, 28),
@@ -896,6 +945,9 @@ mod tests {
             (1, 1, 1, 1, 0, None, true, 5, 3),
             (5, 33, 4, 3, 2, Some(2), true, 15, 9),
             (6, 24, 5, 1, 2, Some(2), false, 9, 9),
+            (3, 4, 3, 1, 0, None, true, 6, 3),
+            (2, 3, 3, 2, 1, None, false, 4, 1),
+            (4, 20, 3, 1, 1, Some(2), true, 3, 40),
         ];
         for isa in Isa::available() {
             for &(c, o, k, s, p, pool, relu, h, w) in &cases {
@@ -911,14 +963,17 @@ mod tests {
                     let got = fast.forward(&x).unwrap();
                     let d = diff(&got, &want);
                     assert!(d <= TOL, "{isa:?} conv {c}->{o} k{k} s{s} p{p} pool {pool:?} {h}x{w} batch {batch}: {d}");
+                    worst = worst.max(d);
                 }
             }
         }
+        eprintln!("conv: worst difference {worst:e}");
     }
 
     #[test]
     fn fast_linear_matches_candle_on_odd_shapes() {
         let mut rng = SplitMix64::new(12);
+        let mut worst = 0f32;
         for isa in Isa::available() {
             for &(i, o, relu) in &[(576, 128, true), (128, 10, false), (784, 10, false), (7, 3, true), (33, 17, false)]
             {
@@ -931,15 +986,18 @@ mod tests {
                     let x = rand(&[batch, i], &mut rng);
                     let d = diff(&fast.forward(&x).unwrap(), &layer.forward(&x).unwrap());
                     assert!(d <= TOL, "{isa:?} linear {i}->{o} batch {batch}: {d}");
+                    worst = worst.max(d);
                 }
             }
         }
+        eprintln!("linear: worst difference {worst:e}");
     }
 
     /// The default (fast) bundle against a candle-kernels copy, block by block
     /// and exit by exit on real activations, and end to end.
     #[test]
     fn fast_path_matches_candle_on_every_block_and_exit() {
+        let mut worst = 0f32;
         for arch in [Arch::BLenet, Arch::Tiny] {
             let m = arch.manifest("m");
             let fast = Bundle::from_parts(m.clone(), init_weights(&m, 5).unwrap()).unwrap();
@@ -962,12 +1020,14 @@ mod tests {
                     let got = fast.layer(b).unwrap().forward(&x).unwrap();
                     let d = diff(&got, &want);
                     assert!(d <= TOL, "{arch:?} block {b} batch {batch}: {d}");
+                    worst = worst.max(d);
                     x = want;
                     if let Some(e) = fast.exit_after(b) {
                         let want = super::super::layer_forward_all(plain.exit_layers(e).unwrap(), &x).unwrap();
                         let got = super::super::layer_forward_all(fast.exit_layers(e).unwrap(), &x).unwrap();
                         let d = diff(&got, &want);
                         assert!(d <= TOL, "{arch:?} exit {e} batch {batch}: {d}");
+                        worst = worst.max(d);
                     }
                 }
                 let want = Executor::new(Arc::new(plain.clone())).forward_exits(&input, 0..n).unwrap();
@@ -975,9 +1035,11 @@ mod tests {
                 for ((e, a), (_, b)) in got.iter().zip(&want) {
                     let d = diff(a, b);
                     assert!(d <= TOL, "{arch:?} end to end, exit {e}, batch {batch}: {d}");
+                    worst = worst.max(d);
                 }
             }
         }
+        eprintln!("blocks and exits: worst difference {worst:e}");
     }
 
     /// Weights that track gradients (training) run candle's differentiable ops.
