@@ -82,6 +82,11 @@ pub struct TrainReport {
 }
 
 pub fn run(args: &TrainArgs) -> Result<TrainReport> {
+    train(args).map(|(report, _)| report)
+}
+
+/// Trains and saves; returns the report and the trained bundle as held in memory.
+pub fn train(args: &TrainArgs) -> Result<(TrainReport, Bundle)> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.max(1).to_string());
     }
@@ -222,7 +227,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainReport> {
         seconds: started.elapsed().as_secs_f64(),
     };
     tracing::info!(out = %args.out.display(), steps = step, seconds = report.seconds, "saved bundle");
-    Ok(report)
+    Ok((report, bundle))
 }
 
 fn cosine_lr(peak: f64, step: usize, total: usize) -> f64 {
@@ -291,4 +296,56 @@ fn exit_accuracy(exec: &Executor, data: &Dataset, limit: usize) -> Result<Vec<f6
         }
     }
     Ok(correct.iter().map(|&c| c as f64 / n.max(1) as f64).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offramp_common::data::write_idx;
+
+    #[test]
+    fn a_few_steps_lower_the_loss_and_the_bundle_reloads_identically() {
+        // Training files made from the bundled sample: no dependency on ../shared.
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sample = Dataset::mnist(&repo.join("models/mnist-sample"), Subset::Sample, 0).unwrap();
+        let dir = std::env::temp_dir().join(format!("offramp-train-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pixels: Vec<u8> = sample.images.iter().map(|&p| (p * 255.0).round() as u8).collect();
+        write_idx(&dir.join("data"), "train", 28, 28, &pixels, &sample.labels).unwrap();
+        let args = TrainArgs {
+            arch: Arch::Tiny,
+            data: dir.join("data"),
+            out: dir.join("model"),
+            model_id: None,
+            epochs: 2,
+            seed: 3,
+            batch_size: 32,
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            exit_weights: vec![],
+            val_size: 200,
+            augment_shift: 1,
+            threads: 1,
+            init: None,
+            max_steps: Some(40),
+            limit: None,
+            quiet: true,
+        };
+        let (report, trained) = train(&args).unwrap();
+        assert_eq!(report.steps, 40);
+        assert!(report.last_loss < report.first_loss * 0.8, "loss falls: {report:?}");
+        let reloaded = Bundle::load(&args.out).unwrap();
+        let x = Executor::new(Arc::new(trained.clone())).batch_at(0, &sample.images[..16 * 784], 16).unwrap();
+        let a = Executor::new(Arc::new(trained)).forward_exits(&x, 0..4).unwrap();
+        let b = Executor::new(Arc::new(reloaded)).forward_exits(&x, 0..4).unwrap();
+        for ((ea, la), (eb, lb)) in a.iter().zip(&b) {
+            assert_eq!(ea, eb);
+            assert_eq!(la.to_vec2::<f32>().unwrap(), lb.to_vec2::<f32>().unwrap(), "identical outputs after reload");
+        }
+        // The same seed gives the same model.
+        let again = TrainArgs { out: dir.join("model2"), ..args };
+        let (report2, _) = train(&again).unwrap();
+        assert_eq!(report.last_loss, report2.last_loss, "training is deterministic for a seed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
