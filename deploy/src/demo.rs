@@ -30,6 +30,9 @@ pub struct DemoArgs {
     pub encoding: offramp_proto::Encoding,
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Exit policy (default: the bundle's calibrated policy.toml).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -70,9 +73,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let (edge_b, cloud_b) = bundle.split(args.split)?;
     edge_b.save(&edge_dir)?;
     cloud_b.save(&cloud_dir)?;
-    if let Some(p) = bundle.policy_path() {
-        std::fs::copy(&p, edge_dir.join("policy.toml"))?;
-        std::fs::copy(&p, cloud_dir.join("policy.toml"))?;
+    let policy = args.policy.clone().or_else(|| bundle.policy_path());
+    if let Some(p) = &policy {
+        offramp_common::Policy::load(p, bundle.num_exits())?;
+        std::fs::copy(p, edge_dir.join("policy.toml"))?;
+        std::fs::copy(p, cloud_dir.join("policy.toml"))?;
     }
 
     eprintln!(
@@ -90,7 +95,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     eprintln!(
         "  edge   blocks 0..{}, policy {}",
         args.split,
-        bundle.policy_path().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into())
+        policy.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into())
     );
     eprintln!("  running {} digits, {} in flight ...\n", data.len(), args.concurrency);
 
