@@ -122,14 +122,17 @@ pub fn blocks(args: &BlocksArgs) -> Result<serde_json::Value> {
                 per_block.push(serde_json::json!({"exit": e, "us": s}));
             }
         }
-        // Bare candle: the same blocks, exit heads and softmax, no bookkeeping.
+        // Bare layer calls: the same blocks and exit heads, the logits to the
+        // host and their softmax (the work any caller needs to decide), no
+        // bookkeeping.
         let bare = time_us(args.iters, || {
             let mut x = input.clone();
             for b in 0..n {
                 x = bundle.layer(b).context("block")?.forward(&x)?;
                 if let Some(e) = bundle.exit_after(b) {
                     let logits = layer_forward_all(bundle.exit_layers(e).context("exit")?, &x)?;
-                    candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+                    let mut p = logits.to_vec2::<f32>()?;
+                    p.iter_mut().for_each(|r| offramp_common::model::softmax_in_place(r));
                 }
             }
             Ok(())

@@ -110,7 +110,10 @@ impl Executor {
             x = bundle.block(b).forward(&x)?;
             let Some(e) = bundle.exit_after(b) else { continue };
             let logits = forward_all(bundle.exit_head(e), &x)?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+            // Softmax on the host: the logits come to the CPU anyway for the
+            // decisions, and one pass here is cheaper than another tensor op.
+            let mut probs = logits.to_vec2::<f32>()?;
+            probs.iter_mut().for_each(|row| softmax_in_place(row));
             let mut keep = Vec::with_capacity(remaining.len());
             for (row, p) in probs.into_iter().enumerate() {
                 let sample = remaining[row];
@@ -172,6 +175,18 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// Numerically stable softmax of one row, in place.
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Index and value of the largest element (first on ties).

@@ -1000,7 +1000,8 @@ mod tests {
         let mut worst = 0f32;
         for arch in [Arch::BLenet, Arch::Tiny] {
             let m = arch.manifest("m");
-            let fast = Bundle::from_parts(m.clone(), init_weights(&m, 5).unwrap()).unwrap();
+            let mut fast = Bundle::from_parts(m.clone(), init_weights(&m, 5).unwrap()).unwrap();
+            fast.use_kernels(Kernels::Fast).unwrap();
             let mut plain = fast.clone();
             plain.use_kernels(Kernels::Candle).unwrap();
             let n = fast.num_blocks();

@@ -102,9 +102,10 @@ impl Layer {
 
     /// Runs the layer on a batch (`[B, ...]`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let plain = x.track_op() || !x.device().is_cpu();
         match self {
-            Layer::Conv2d { fast: Some(k), unfold: false, .. } if x.rank() == 4 && !x.track_op() => k.forward(x),
-            Layer::Linear { fast: Some(k), .. } if x.rank() == 2 && !x.track_op() => k.forward(x),
+            Layer::Conv2d { fast: Some(k), unfold: false, .. } if x.rank() == 4 && !plain => k.forward(x),
+            Layer::Linear { fast: Some(k), .. } if x.rank() == 2 && !plain => k.forward(x),
             _ => self.forward_candle(x),
         }
     }
