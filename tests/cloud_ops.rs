@@ -195,3 +195,102 @@ async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
     };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
+
+/// Inputs `0..n` of the sample as hidden states at split `k`.
+fn requests(full: &Bundle, k: usize, n: usize) -> Vec<pb::InferRequest> {
+    let data = sample(n);
+    let exec = Executor::new(Arc::new(full.clone()));
+    let x = exec.batch_at(0, &data.images, n).unwrap();
+    let hidden = exec.forward_blocks(&x, 0..k).unwrap();
+    (0..n)
+        .map(|i| {
+            let h = hidden.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            pb::InferRequest {
+                request_id: i as u64,
+                model_id: full.model_id().into(),
+                model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
+                split: k as u32,
+                hidden: Some(codec::encode(&h, full.shape_at(k).unwrap(), pb::Encoding::F32)),
+                want_probabilities: true,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+async fn answers(cloud: &CloudHandle, reqs: &[pb::InferRequest]) -> Vec<pb::InferResponse> {
+    let t = grpc(&cloud.url(), None);
+    let calls: Vec<_> = reqs
+        .iter()
+        .map(|r| {
+            let (t, r) = (t.clone(), r.clone());
+            tokio::spawn(async move { t.infer(r, Duration::from_secs(10)).await.unwrap() })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(c.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_groups_concurrent_requests_and_answers_like_batch_one() {
+    let full = Bundle::load(default_model()).unwrap();
+    let reqs = requests(&full, 1, 48);
+    let mut cfg = offramp_cloud::Config::for_model(default_model());
+    cfg.max_batch = 16;
+    cfg.batch_wait = Duration::from_millis(20);
+    let batched = CloudHandle::start(cfg).await.unwrap();
+    let a = answers(&batched, &reqs).await;
+    let mut cfg = offramp_cloud::Config::for_model(default_model());
+    cfg.max_batch = 1;
+    let single = CloudHandle::start(cfg).await.unwrap();
+    let b = answers(&single, &reqs).await;
+    assert!(a.iter().any(|r| r.batch_size > 1), "concurrent requests were batched");
+    assert!(a.iter().all(|r| r.batch_size <= 16));
+    assert!(b.iter().all(|r| r.batch_size == 1));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.request_id, x.prediction, x.exit), (y.request_id, y.prediction, y.exit));
+        for (p, q) in x.probabilities.iter().zip(&y.probabilities) {
+            assert!((p - q).abs() < 1e-5, "request {}: {p} vs {q}", x.request_id);
+        }
+    }
+    batched.stop().await.unwrap();
+    single.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_classify_api_answers_applications() {
+    use offramp_proto::classify_client::ClassifyClient;
+    let dir = tmp("classify");
+    let (edge_dir, cloud_dir) = split_default(1, &dir);
+    let cloud = CloudHandle::start(offramp_cloud::Config::for_model(&cloud_dir)).await.unwrap();
+    let edge = Arc::new(Edge::start(EdgeConfig::new(&edge_dir, 1, vec![cloud.url()])).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(offramp_edge::serve::serve(edge, listener, std::future::pending()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = ClassifyClient::new(channel);
+    let data = sample(60);
+    let mut tiers = std::collections::BTreeSet::new();
+    let mut correct = 0;
+    for i in 0..data.len() {
+        let input = codec::encode(data.image(i), &[1, 28, 28], pb::Encoding::F32);
+        let r = client
+            .classify(pb::ClassifyRequest { input: Some(input), deadline_ms: 1000, want_probabilities: false })
+            .await
+            .unwrap()
+            .into_inner();
+        correct += usize::from(r.prediction == data.labels[i] as u32);
+        assert_eq!(r.label, r.prediction.to_string());
+        tiers.insert(r.tier);
+    }
+    assert!(correct >= 58, "{correct}/60");
+    assert!(tiers.contains("edge") && tiers.contains("cloud"), "{tiers:?}");
+    let bad = codec::encode(&[0.5; 100], &[1, 10, 10], pb::Encoding::F32);
+    let e = client.classify(pb::ClassifyRequest { input: Some(bad), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("expects [1, 28, 28]"), "{}", e.message());
+    cloud.stop().await.unwrap();
+}

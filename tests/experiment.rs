@@ -20,7 +20,7 @@ model = "{}"
 data = "{}"
 subset = "sample"
 splits = [1]
-inputs = [30]
+inputs = [50]
 [[policy]]
 name = "p90"
 rule = "max-prob"
@@ -41,7 +41,7 @@ rate = "20mbit"
     let splits: Vec<usize> = results.iter().map(|r| r.split).collect();
     assert_eq!(splits, vec![0, 1, n]);
     for r in &results {
-        assert_eq!(r.n, 30);
+        assert_eq!(r.n, 50);
         assert_eq!(r.fallbacks, 0);
         assert!((r.share_edge + r.share_cloud - 1.0).abs() < 1e-9);
         assert!(
@@ -58,7 +58,7 @@ rate = "20mbit"
     assert_eq!(csv.lines().count(), 4, "header + 3 cells");
     for r in &results {
         let records = std::fs::read_to_string(out.join("records").join(format!("{}.jsonl", r.cell))).unwrap();
-        assert_eq!(records.lines().count(), 30);
+        assert_eq!(records.lines().count(), 50);
     }
     for plot in ["latency_cdf.svg", "accuracy_vs_latency.svg", "shares.svg", "bytes.svg"] {
         check_well_formed(&std::fs::read_to_string(out.join(plot)).unwrap()).unwrap();

@@ -28,7 +28,7 @@ use crate::plot::{Plot, Series};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExperimentArgs {
-    /// Experiment definition (TOML; see deploy/experiments/example.toml).
+    /// Experiment definition (TOML; see deploy/experiments/fixed-links.toml).
     #[arg(long)]
     pub config: PathBuf,
     /// Output directory.
@@ -227,6 +227,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     data.truncate(max_inputs);
 
     std::fs::create_dir_all(args.out.join("records"))?;
+    write_provenance(&args.out, &args.config, &text, &bundle, &splits)?;
     let policy_dir = args.out.join("policies");
     std::fs::create_dir_all(&policy_dir)?;
     let mut policies = Vec::new();
@@ -450,6 +451,49 @@ fn cell_result(
     }
 }
 
+/// Records what produced the results: the commit, the model's fingerprints,
+/// the config as given.
+fn write_provenance(out: &Path, config_path: &Path, config: &str, bundle: &Bundle, splits: &[usize]) -> Result<()> {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    use offramp_common::model::SplitSide;
+    let fingerprints: BTreeMap<String, serde_json::Value> = splits
+        .iter()
+        .map(|&k| {
+            (
+                k.to_string(),
+                serde_json::json!({
+                    "edge": bundle.fingerprint(SplitSide::Edge, k),
+                    "cloud": bundle.fingerprint(SplitSide::Cloud, k),
+                }),
+            )
+        })
+        .collect();
+    let p = serde_json::json!({
+        "offramp_version": env!("CARGO_PKG_VERSION"),
+        "commit": commit,
+        "uncommitted_changes": dirty,
+        "model_id": bundle.model_id(),
+        "fingerprints": fingerprints,
+        "config_file": config_path.display().to_string(),
+        "config": config,
+    });
+    std::fs::write(out.join("provenance.json"), serde_json::to_string_pretty(&p)?)?;
+    Ok(())
+}
+
 /// Indices of the Pareto-optimal cells: no other cell is at least as accurate
 /// and at least as fast, and strictly better in one.
 pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {
@@ -506,7 +550,6 @@ fn plots(out: &Path, results: &[CellResult], latencies: &[(String, Vec<f64>)]) -
         index.push_str(&format!("{i},{}\n", r.cell));
     }
     std::fs::write(out.join("cell_index.csv"), index)?;
-    let _ = BTreeMap::<(), ()>::new();
     Ok(())
 }
 
