@@ -38,7 +38,8 @@ async fn cloud_killed_mid_run_every_input_answered_once() {
     let (edge_dir, cloud_dir) = split_default(1, &dir);
     let cloud = Arc::new(Mutex::new(CloudProcess::start(&cloud_dir, "127.0.0.1:0", &[])));
     let deadline = Duration::from_millis(300);
-    let edge = Arc::new(Edge::start(config(&edge_dir, vec![cloud.lock().unwrap().url()], 300)).await.unwrap());
+    let url = cloud.lock().unwrap().url();
+    let edge = Arc::new(Edge::start(config(&edge_dir, vec![url], 300)).await.unwrap());
     let data = inputs(2500);
     let done = AtomicUsize::new(0);
     let killed_at: Mutex<Option<Instant>> = Mutex::new(None);

@@ -85,7 +85,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
-    if args.edges == 0 || !(args.rate > 0.0) {
+    if args.edges == 0 || args.rate.is_nan() || args.rate <= 0.0 {
         bail!("--edges and --rate must be positive");
     }
     let bundle = Bundle::load(locate(&args.model)).context("loading the model used to make hidden states")?;

@@ -50,7 +50,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints its own report; keep the logs to warnings unless asked.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Demo(_) | Command::Experiment(_)) { "warn" } else { "info" };
     telemetry::init_with_default(cli.log.log_format, default_filter);
     match cli.command {
         Command::Train(args) => {

@@ -173,8 +173,9 @@ fn assert_split_invariance(full: &Bundle, edge: &Executor, cloud: &Executor, k: 
     } else {
         assert!(first.remaining.is_empty());
     }
-    for i in 0..batch {
-        let (a, b) = (mono.exited[i].as_ref().unwrap(), answers[i].as_ref().unwrap());
+    assert_eq!(answers.len(), batch);
+    for (i, (a, b)) in mono.exited.iter().zip(&answers).enumerate() {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
         assert_eq!((a.exit, a.prediction), (b.exit, b.prediction), "K={k} sample {i}");
         assert!((a.confidence - b.confidence).abs() < 1e-6);
     }
