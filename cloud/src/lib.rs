@@ -195,6 +195,11 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        // Bound what an overloaded server buffers per connection: HTTP/2 flow
+        // control stops senders instead of memory growing with the backlog.
+        .max_concurrent_streams(Some(256))
+        .initial_connection_window_size(Some(1 << 20))
+        .initial_stream_window_size(Some(256 << 10))
         .add_service(health_service)
         .add_service(split_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
