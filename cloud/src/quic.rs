@@ -39,8 +39,8 @@ pub struct QuicArgs {
     #[arg(long, env = "OFFRAMP_QUIC_LISTEN")]
     pub quic_listen: Option<SocketAddr>,
     /// Make a self-signed certificate for QUIC at start (SAN localhost,
-    /// 127.0.0.1 and the listen IP). For local runs and tests only: edges must
-    /// be given it with --ca (see --cert-out).
+    /// 127.0.0.1, ::1 and a non-loopback listen IP). For local runs and tests
+    /// only: edges must be given it with --ca (see --cert-out).
     #[arg(long, env = "OFFRAMP_SELF_SIGNED", conflicts_with = "tls_cert", requires = "quic_listen")]
     pub self_signed: bool,
     /// Write the self-signed certificate (PEM, no key) to this file.
@@ -112,15 +112,6 @@ pub fn identity(args: &QuicArgs, tls: &ServerTlsArgs, listen: SocketAddr) -> Res
     Ok(identity)
 }
 
-/// Asks edges to acknowledge every packet at once (see the edge's
-/// `offramp_edge::quic::prompt_acks`, same settings): a lost tail packet of an
-/// answer is then recovered after a probe timeout free of ACK delay.
-fn prompt_acks() -> quinn::AckFrequencyConfig {
-    let mut c = quinn::AckFrequencyConfig::default();
-    c.ack_eliciting_threshold(0u32.into()).max_ack_delay(Some(Duration::from_millis(1)));
-    c
-}
-
 /// The QUIC server configuration: TLS 1.3 only, ALPN `offramp/1`, no 0-RTT,
 /// client certificates required when `client_ca` is given.
 pub fn server_config(identity: Identity, client_ca: Option<&Path>) -> Result<quinn::ServerConfig> {
@@ -151,7 +142,8 @@ pub fn server_config(identity: Identity, client_ca: Option<&Path>) -> Result<qui
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
         .max_concurrent_uni_streams(0u32.into())
-        .ack_frequency_config(Some(prompt_acks()))
+        // BBR, as on the edge (`offramp_edge::quic::congestion` says why):
+        // CUBIC's window collapses under random loss and answers wait.
         .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout in range")));
     config.transport_config(Arc::new(transport));

@@ -59,6 +59,11 @@ pub struct CodecEvalArgs {
     /// Exit policy file (default: the bundle's policy.toml, else final exit only).
     #[arg(long, env = "OFFRAMP_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Offload every sample: no early exit before K (the cloud side keeps
+    /// the policy). With a calibrated policy few samples reach the cloud;
+    /// this measures the codec on every sample's hidden state.
+    #[arg(long)]
+    pub offload_all: bool,
     /// Encodings to evaluate (f32 is always evaluated as the reference).
     #[arg(long, value_delimiter = ',', default_value = "f32,f16,bf16,int8", value_parser = codec::parse_encoding)]
     pub encodings: Vec<pb::Encoding>,
@@ -119,6 +124,8 @@ pub struct CodecEvalReport {
     /// Samples answered by an edge exit (not offloaded).
     pub edge_answers: usize,
     pub offloaded: usize,
+    /// `--offload-all`: no early exit before K.
+    pub offload_all: bool,
     pub speed_reps: usize,
     pub encodings: Vec<EncodingReport>,
 }
@@ -154,6 +161,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         Some(p) => Policy::load(&p, bundle.num_exits()).with_context(|| format!("loading policy {}", p.display()))?,
         None => Policy::never(bundle.num_exits()),
     };
+    let edge_policy = if args.offload_all { Policy::never(bundle.num_exits()) } else { policy.clone() };
     let shape = bundle.shape_at(k)?.to_vec();
     let exec = Executor::new(Arc::new(bundle.clone()));
     let batch = args.batch_size.max(1);
@@ -166,7 +174,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         let b = batch.min(data.len() - start);
         let rows = &data.images[start * data.image_len()..(start + b) * data.image_len()];
         let x = exec.batch_at(0, rows, b)?;
-        let out = exec.run(&x, 0..k, &policy, vec![vec![]; b])?;
+        let out = exec.run(&x, 0..k, &edge_policy, vec![vec![]; b])?;
         for (i, r) in out.exited.iter().enumerate() {
             if let Some(r) = r {
                 edge_pred[start + i] = Some(r.prediction);
@@ -335,6 +343,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         hidden_shape: shape,
         edge_answers,
         offloaded: offloads.len(),
+        offload_all: args.offload_all,
         speed_reps: args.speed_reps.max(1),
         encodings: reports,
     })
@@ -358,11 +367,12 @@ pub fn render(r: &CodecEvalReport) -> String {
     );
     let _ = writeln!(
         s,
-        "edge exits answered {} ({:.1}%), offloaded {} ({:.1}%)",
+        "edge exits answered {} ({:.1}%), offloaded {} ({:.1}%){}",
         r.edge_answers,
         100.0 * r.edge_answers as f64 / r.samples as f64,
         r.offloaded,
-        100.0 * r.offloaded as f64 / r.samples as f64
+        100.0 * r.offloaded as f64 / r.samples as f64,
+        if r.offload_all { " (--offload-all: no early exit before K)" } else { "" }
     );
     let _ = writeln!(
         s,

@@ -64,7 +64,7 @@ pub struct EdgeConfig {
     /// What to answer when the cloud does not.
     #[arg(long, env = "OFFRAMP_FALLBACK", value_enum, default_value = "best-local")]
     pub fallback: FallbackMode,
-    /// TCP connect timeout to a cloud endpoint.
+    /// Connect timeout to a cloud endpoint (TCP connect, or the QUIC handshake).
     #[arg(long, env = "OFFRAMP_CONNECT_TIMEOUT", default_value = "300ms", value_parser = units::parse_duration)]
     pub connect_timeout: Duration,
     /// Consecutive failures that open an endpoint's circuit breaker.
