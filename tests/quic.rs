@@ -473,7 +473,7 @@ async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_a
             break;
         }
         // The dead connection idles out (3 s), then the breaker's next probe reconnects.
-        assert!(back.elapsed() < Duration::from_secs(6), "offloading resumed within 6 s of the restart: {a:?}");
+        assert!(back.elapsed() < Duration::from_secs(2), "offloading resumed within 2 s of the restart: {a:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("QUIC offloading resumed {:?} after the cloud was back", back.elapsed());
