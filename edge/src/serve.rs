@@ -63,6 +63,18 @@ impl Classify for ClassifyService {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off (see the cloud's `no_delay`).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// Serves the local API until `shutdown` resolves.
 pub async fn serve(
     edge: Arc<Edge>,
@@ -74,7 +86,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ClassifyServer::new(ClassifyService { edge }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
         .context("local API server failed")
 }
