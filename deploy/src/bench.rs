@@ -296,12 +296,30 @@ pub async fn offload(args: &OffloadArgs) -> Result<serde_json::Value> {
             overhead.push(a.latency_us.saturating_sub(a.edge_us + a.cloud_compute_us) as f64);
         }
     }
+    // Baseline: a bare gRPC round trip (the handshake RPC: no tensor, no
+    // compute thread) on a connection of its own.
+    let probe = offramp_edge::transport::Transport::grpc(
+        &cloud.url(),
+        &offramp_edge::transport::ConnectConfig::default(),
+        &offramp_edge::transport::Credentials::default(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut rtt = Vec::with_capacity(data.len());
+    for i in 0..data.len() + 100 {
+        let t = Instant::now();
+        probe.model_info(std::time::Duration::from_secs(5)).await?;
+        if i >= 100 {
+            rtt.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let rtt = Summary::of(&rtt);
     let (t, o, e, c) = (Summary::of(&total), Summary::of(&overhead), Summary::of(&edge_us), Summary::of(&cloud_us));
     println!("offload path on loopback, split K = {}, {} sequential requests:", args.split, data.len());
     println!("  {}", line("end to end", &t));
     println!("  {}", line("edge compute", &e));
     println!("  {}", line("cloud compute", &c));
     println!("  {}", line("transport overhead", &o));
+    println!("  {}", line("bare gRPC round trip", &rtt));
     drop(edge);
     cloud.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
