@@ -8,8 +8,8 @@
 //! its probabilities (and history), and the final exit always answers.
 
 use crate::data::Dataset;
-use crate::model::{Executor, ExitResult, ModelError, Observation};
-use crate::policy::{normalized_entropy, Policy, Rule};
+use crate::model::{argmax, Executor, ExitResult, ModelError, Observation};
+use crate::policy::{margin, max_prob, normalized_entropy, Policy, Rule};
 
 /// Every exit's class probabilities for every sample of a dataset.
 #[derive(Debug, Clone)]
@@ -125,18 +125,6 @@ pub fn simulate(policy: &Policy, probs: &ExitProbabilities) -> Vec<usize> {
         .collect()
 }
 
-/// Index and value of the largest element (first on ties), as the executor
-/// picks predictions.
-pub fn argmax(p: &[f32]) -> (usize, f32) {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, &v) in p.iter().enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best
-}
-
 /// The threshold rules a sweep or a calibration searches over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -173,19 +161,9 @@ impl ConfidenceRule {
     /// as [`Rule::fires`] computes it.
     pub fn score(self, p: &[f32]) -> f32 {
         match self {
-            ConfidenceRule::MaxProb => p.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            ConfidenceRule::MaxProb => max_prob(p),
             ConfidenceRule::Entropy => normalized_entropy(p),
-            ConfidenceRule::Margin => {
-                let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-                for &v in p {
-                    if v > a {
-                        (a, b) = (v, a);
-                    } else if v > b {
-                        b = v;
-                    }
-                }
-                a - b
-            }
+            ConfidenceRule::Margin => margin(p),
         }
     }
 

@@ -47,19 +47,9 @@ impl Rule {
     /// sample's exits (whose last entry is this exit's observation).
     pub fn fires(&self, p: &[f32], history: &[Observation]) -> bool {
         match *self {
-            Rule::MaxProb { threshold } => p.iter().copied().fold(f32::NEG_INFINITY, f32::max) >= threshold,
+            Rule::MaxProb { threshold } => max_prob(p) >= threshold,
             Rule::Entropy { threshold } => normalized_entropy(p) <= threshold,
-            Rule::Margin { threshold } => {
-                let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-                for &v in p {
-                    if v > a {
-                        (a, b) = (v, a);
-                    } else if v > b {
-                        b = v;
-                    }
-                }
-                a - b >= threshold
-            }
+            Rule::Margin { threshold } => margin(p) >= threshold,
             Rule::Patience { patience } => {
                 let Some(last) = history.last() else { return false };
                 history.len() > patience
@@ -81,6 +71,24 @@ impl Rule {
             _ => Ok(()),
         }
     }
+}
+
+/// Top-1 probability.
+pub fn max_prob(p: &[f32]) -> f32 {
+    p.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Top-1 minus top-2 probability.
+pub fn margin(p: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in p {
+        if v > a {
+            (a, b) = (v, a);
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b
 }
 
 /// Entropy of `p` divided by ln(len): 0 for a one-hot, 1 for uniform.
