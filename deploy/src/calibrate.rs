@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use offramp_common::data::{Dataset, Subset};
+use offramp_common::data::Dataset;
 use offramp_common::eval::{exit_probabilities, run_policy, ConfidenceRule};
 use offramp_common::policy::Rule;
 use offramp_common::{Executor, Policy};
 use serde::Serialize;
 
-use crate::eval::{load_data, load_model, subset_name, Cache, Outcome};
+use crate::eval::{load_model, subset_name, Cache, DataArgs, Outcome};
 
 /// Calibrate per-exit thresholds on a validation split and write a policy.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,19 +21,8 @@ pub struct CalibrateArgs {
     /// Model bundle directory (manifest.json + weights).
     #[arg(long, env = "OFFRAMP_MODEL")]
     pub model: PathBuf,
-    /// MNIST directory (IDX files, gz or raw).
-    #[arg(long, env = "OFFRAMP_DATA", default_value = "../shared/data/mnist")]
-    pub data: PathBuf,
-    /// Which part of the dataset to calibrate on (keep the test set for eval).
-    #[arg(long, env = "OFFRAMP_SUBSET", value_enum, default_value = "val")]
-    pub subset: Subset,
-    /// Training digits held out at the end of the training files as the
-    /// validation split (must match training).
-    #[arg(long, env = "OFFRAMP_VAL_SIZE", default_value_t = 5000)]
-    pub val_size: usize,
-    /// Calibrate on the first N samples only.
-    #[arg(long, env = "OFFRAMP_LIMIT")]
-    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Largest accuracy loss allowed, in percentage points below the final
     /// exit's accuracy (every sample forced through it) on this split.
     #[arg(long, env = "OFFRAMP_MAX_DROP", default_value_t = 0.1)]
@@ -294,17 +283,17 @@ pub fn calibrate(
 pub fn run(args: &CalibrateArgs) -> Result<()> {
     check_options(args.max_drop, args.batch_size)?;
     let bundle = load_model(&args.model)?;
-    let data = load_data(&args.data, args.subset, args.val_size, args.limit, &bundle)?;
+    let data = args.data.load(&bundle)?;
     let exec = Executor::new(Arc::new(bundle));
     tracing::info!(
         model = exec.bundle().model_id(),
-        subset = subset_name(args.subset),
+        subset = subset_name(args.data.subset),
         n = data.len(),
         rule = args.rule.name(),
         max_drop = args.max_drop,
         "calibrating"
     );
-    let mut report = calibrate(&exec, &data, subset_name(args.subset), args.rule, args.max_drop, args.batch_size)?;
+    let mut report = calibrate(&exec, &data, subset_name(args.data.subset), args.rule, args.max_drop, args.batch_size)?;
     if let Some(out) = &args.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

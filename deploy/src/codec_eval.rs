@@ -26,14 +26,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use offramp_common::data::Subset;
 use offramp_common::model::{Observation, SplitSide};
 use offramp_common::{codec, Executor, Policy};
 use offramp_proto as pb;
 use prost::Message;
 use serde::Serialize;
 
-use crate::eval::{load_data, load_model, subset_name};
+use crate::eval::{load_model, subset_name, DataArgs};
 
 /// Bytes, accuracy and speed of each hidden-state encoding at split K.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,18 +40,8 @@ pub struct CodecEvalArgs {
     /// Model bundle directory (the whole model).
     #[arg(long, env = "OFFRAMP_MODEL", default_value = "models/b-lenet-mnist")]
     pub model: PathBuf,
-    /// MNIST directory (IDX files, gz or raw).
-    #[arg(long, env = "OFFRAMP_DATA", default_value = "../shared/data/mnist")]
-    pub data: PathBuf,
-    /// Which part of the dataset to evaluate on.
-    #[arg(long, env = "OFFRAMP_SUBSET", value_enum, default_value = "val")]
-    pub subset: Subset,
-    /// Training digits held out as the validation split (must match training).
-    #[arg(long, env = "OFFRAMP_VAL_SIZE", default_value_t = 5000)]
-    pub val_size: usize,
-    /// Evaluate the first N samples only.
-    #[arg(long, env = "OFFRAMP_LIMIT")]
-    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Split point K: the edge runs blocks [0, K), the cloud [K, N).
     #[arg(long, env = "OFFRAMP_SPLIT")]
     pub split: usize,
@@ -156,7 +145,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
             bundle.model_id()
         );
     }
-    let data = load_data(&args.data, args.subset, args.val_size, args.limit, &bundle)?;
+    let data = args.data.load(&bundle)?;
     let policy = match args.policy.clone().or_else(|| bundle.policy_path()) {
         Some(p) => Policy::load(&p, bundle.num_exits()).with_context(|| format!("loading policy {}", p.display()))?,
         None => Policy::never(bundle.num_exits()),
@@ -336,7 +325,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
     Ok(CodecEvalReport {
         model: bundle.model_id().to_string(),
         model_dir: args.model.display().to_string(),
-        subset: subset_name(args.subset),
+        subset: subset_name(args.data.subset),
         samples: data.len(),
         split: k,
         num_blocks: n,

@@ -35,19 +35,8 @@ pub struct EvalArgs {
     /// Model bundle directory (manifest.json + weights).
     #[arg(long, env = "OFFRAMP_MODEL")]
     pub model: PathBuf,
-    /// MNIST directory (IDX files, gz or raw).
-    #[arg(long, env = "OFFRAMP_DATA", default_value = "../shared/data/mnist")]
-    pub data: PathBuf,
-    /// Which part of the dataset to evaluate on.
-    #[arg(long, env = "OFFRAMP_SUBSET", value_enum, default_value = "val")]
-    pub subset: Subset,
-    /// Training digits held out at the end of the training files as the
-    /// validation split (must match training).
-    #[arg(long, env = "OFFRAMP_VAL_SIZE", default_value_t = 5000)]
-    pub val_size: usize,
-    /// Evaluate the first N samples only.
-    #[arg(long, env = "OFFRAMP_LIMIT")]
-    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Exit policy file (default: the bundle's own policy.toml, if any).
     #[arg(long, env = "OFFRAMP_POLICY", conflicts_with = "no_policy")]
     pub policy: Option<PathBuf>,
@@ -101,37 +90,52 @@ pub fn subset_name(subset: Subset) -> String {
     subset.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_else(|| format!("{subset:?}"))
 }
 
-/// Reads `subset` of the dataset in `dir`, keeps the first `limit` samples and
-/// checks the images fit the model's input.
-pub fn load_data(
-    dir: &Path,
-    subset: Subset,
-    val_size: usize,
-    limit: Option<usize>,
-    bundle: &Bundle,
-) -> Result<Dataset> {
-    let mut data = Dataset::mnist(dir, subset, val_size)
-        .with_context(|| format!("reading the {} split from {}", subset_name(subset), dir.display()))?;
-    if let Some(limit) = limit {
-        if limit == 0 {
-            bail!("--limit must be positive");
+/// Which data a command reads: shared by `eval`, `calibrate` and `codec-eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// MNIST directory (IDX files, gz or raw).
+    #[arg(long, env = "OFFRAMP_DATA", default_value = "../shared/data/mnist")]
+    pub data: PathBuf,
+    /// Which part of the dataset to read.
+    #[arg(long, env = "OFFRAMP_SUBSET", value_enum, default_value = "val")]
+    pub subset: Subset,
+    /// Training digits held out at the end of the training files as the
+    /// validation split (must match training).
+    #[arg(long, env = "OFFRAMP_VAL_SIZE", default_value_t = 5000)]
+    pub val_size: usize,
+    /// Use the first N samples only.
+    #[arg(long, env = "OFFRAMP_LIMIT")]
+    pub limit: Option<usize>,
+}
+
+impl DataArgs {
+    /// Reads the subset, keeps the first `limit` samples and checks the
+    /// images fit the model's input.
+    pub fn load(&self, bundle: &Bundle) -> Result<Dataset> {
+        let (dir, subset) = (&self.data, self.subset);
+        let mut data = Dataset::mnist(dir, subset, self.val_size)
+            .with_context(|| format!("reading the {} split from {}", subset_name(subset), dir.display()))?;
+        if let Some(limit) = self.limit {
+            if limit == 0 {
+                bail!("--limit must be positive");
+            }
+            data.truncate(limit);
         }
-        data.truncate(limit);
+        if data.is_empty() {
+            bail!("the {} split of {} holds no samples", subset_name(subset), dir.display());
+        }
+        let expected = &bundle.manifest().input.shape;
+        if data.shape[..] != expected[..] {
+            bail!(
+                "images in {} have shape {:?}, model {} expects {:?}",
+                dir.display(),
+                data.shape,
+                bundle.model_id(),
+                expected
+            );
+        }
+        Ok(data)
     }
-    if data.is_empty() {
-        bail!("the {} split of {} holds no samples", subset_name(subset), dir.display());
-    }
-    let expected = &bundle.manifest().input.shape;
-    if data.shape[..] != expected[..] {
-        bail!(
-            "images in {} have shape {:?}, model {} expects {:?}",
-            dir.display(),
-            data.shape,
-            bundle.model_id(),
-            expected
-        );
-    }
-    Ok(data)
 }
 
 /// The policy to evaluate: `--policy FILE`, else the bundle's own
@@ -323,11 +327,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("--batch-size must be positive");
     }
     let bundle = load_model(&args.model)?;
-    let data = load_data(&args.data, args.subset, args.val_size, args.limit, &bundle)?;
+    let data = args.data.load(&bundle)?;
     let policy = load_policy(args.policy.as_deref(), args.no_policy, &bundle)?;
     let exec = Executor::new(Arc::new(bundle));
     tracing::info!(
-        model = exec.bundle().model_id(), subset = subset_name(args.subset), n = data.len(),
+        model = exec.bundle().model_id(), subset = subset_name(args.data.subset), n = data.len(),
         policy = ?policy.as_ref().map(|p| p.1.display().to_string()), sweep = args.sweep, "evaluating"
     );
     if args.sweep {
@@ -340,7 +344,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return Ok(());
     }
     let timing = args.timing_samples.unwrap_or(data.len()).min(data.len());
-    let report = evaluate(&exec, &data, subset_name(args.subset), policy.as_ref(), args.batch_size, timing)?;
+    let report = evaluate(&exec, &data, subset_name(args.data.subset), policy.as_ref(), args.batch_size, timing)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -555,7 +559,7 @@ pub fn sweep(
     let exit_names: Vec<String> = bundle.manifest().exits.iter().map(|e| e.name.clone()).collect();
     let report = SweepReport {
         model_id: bundle.model_id().to_string(),
-        subset: subset_name(args.subset),
+        subset: subset_name(args.data.subset),
         n: data.len(),
         rule: args.rule,
         exit_accuracy: probs.exit_accuracy(&data.labels),
@@ -755,10 +759,7 @@ pub(crate) mod tests {
         let dir = std::env::temp_dir().join(format!("offramp-sweep-{}", std::process::id()));
         let args = EvalArgs {
             model: "unused".into(),
-            data: "unused".into(),
-            subset: Subset::Val,
-            val_size: 0,
-            limit: None,
+            data: DataArgs { data: "unused".into(), subset: Subset::Val, val_size: 0, limit: None },
             policy: None,
             no_policy: false,
             json: false,
@@ -804,7 +805,10 @@ pub(crate) mod tests {
         let e = format!("{:#}", load_policy(Some(&dir.join("bad.toml")), false, &bundle).unwrap_err());
         assert!(e.contains("exit 7"), "{e}");
         assert!(load_policy(None, false, &bundle).unwrap().is_none());
-        let e = format!("{:#}", load_data(&dir, Subset::Test, 0, None, &bundle).unwrap_err());
+        let e = format!(
+            "{:#}",
+            DataArgs { data: dir.clone(), subset: Subset::Test, val_size: 0, limit: None }.load(&bundle).unwrap_err()
+        );
         assert!(e.contains("test split") && e.contains("t10k"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
