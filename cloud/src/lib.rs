@@ -24,7 +24,6 @@ use offramp_common::{codec, units};
 use offramp_proto as pb;
 use offramp_proto::split_inference_server::SplitInferenceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::batcher::{BatchConfig, Batcher};
 use crate::models::Registry;
@@ -202,7 +201,7 @@ pub async fn serve(
         .initial_stream_window_size(Some(256 << 10))
         .add_service(health_service)
         .add_service(split_service)
-        .serve_with_incoming_shutdown(no_delay(listener), {
+        .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), {
             let mut rx = stop_rx.clone();
             async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -250,20 +249,6 @@ pub async fn serve(
         task.await.context("QUIC server task panicked")?;
     }
     Ok(())
-}
-
-/// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay`
-/// applies only to listeners it binds itself; without this a response can sit
-/// ~40 ms waiting for a delayed ACK.
-pub fn no_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

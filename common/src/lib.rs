@@ -16,6 +16,7 @@ pub mod codec;
 pub mod data;
 pub mod eval;
 pub mod model;
+pub mod net;
 pub mod policy;
 pub mod security;
 pub mod stats;

@@ -10,7 +10,6 @@ use offramp_common::codec;
 use offramp_proto as pb;
 use offramp_proto::classify_server::{Classify, ClassifyServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::runtime::{Edge, EdgeConfig, Tier};
@@ -63,18 +62,6 @@ impl Classify for ClassifyService {
     }
 }
 
-/// Accepted connections with Nagle's algorithm off (see the cloud's `no_delay`).
-fn no_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
-
 /// Serves the local API until `shutdown` resolves.
 pub async fn serve(
     edge: Arc<Edge>,
@@ -86,7 +73,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ClassifyServer::new(ClassifyService { edge }))
-        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
+        .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), shutdown)
         .await
         .context("local API server failed")
 }
