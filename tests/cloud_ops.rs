@@ -7,29 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offramp_cloud::CloudHandle;
-use offramp_common::model::SplitSide;
-use offramp_common::{codec, Bundle, Executor};
+use offramp_common::{codec, Bundle};
 use offramp_edge::transport::{BearerToken, ConnectConfig, Credentials, Transport};
 use offramp_edge::{Edge, EdgeConfig, Tier};
 use offramp_proto as pb;
 use tonic::Code;
 
 use crate::support::*;
-
-fn request(full: &Bundle, k: usize, id: u64) -> pb::InferRequest {
-    let data = sample(1);
-    let exec = Executor::new(Arc::new(full.clone()));
-    let x = exec.batch_at(0, data.image(0), 1).unwrap();
-    let hidden = exec.forward_blocks(&x, 0..k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    pb::InferRequest {
-        request_id: id,
-        model_id: full.model_id().into(),
-        model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
-        split: k as u32,
-        hidden: Some(codec::encode(&hidden, full.shape_at(k).unwrap(), pb::Encoding::F32)),
-        ..Default::default()
-    }
-}
 
 fn grpc(url: &str, token: Option<&str>) -> Transport {
     let secret = token.map(offramp_common::security::Secret::new);
@@ -154,8 +138,11 @@ async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
     let dir = tmp("drain");
     let (edge_dir, cloud_dir) = split_default(1, &dir);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut cloud =
-        CloudProcess::start(&cloud_dir, "127.0.0.1:0", &["--metrics-listen", &metrics, "--drain-timeout", "5s"]);
+    let mut cloud = CloudProcess::start(
+        &cloud_dir,
+        "127.0.0.1:0",
+        &["--metrics-listen", &metrics, "--drain-timeout", "5s", "--batch-wait", "20ms"],
+    );
     let edge = Arc::new(Edge::start(EdgeConfig::new(&edge_dir, 1, vec![cloud.url()])).await.unwrap());
     let data = sample(300);
     let answers = offramp_edge::run::run_dataset(edge.clone(), &data, 2, |_| {}).await;
@@ -174,6 +161,9 @@ async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
             tokio::spawn(async move { t.infer(req, Duration::from_secs(10)).await })
         })
         .collect();
+    // Let them reach the cloud: admitted requests wait up to 20 ms for a batch,
+    // so they are in flight when the signal lands.
+    tokio::time::sleep(Duration::from_millis(10)).await;
     let pid = cloud.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut ok = 0;
@@ -194,28 +184,6 @@ async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
-}
-
-/// Inputs `0..n` of the sample as hidden states at split `k`.
-fn requests(full: &Bundle, k: usize, n: usize) -> Vec<pb::InferRequest> {
-    let data = sample(n);
-    let exec = Executor::new(Arc::new(full.clone()));
-    let x = exec.batch_at(0, &data.images, n).unwrap();
-    let hidden = exec.forward_blocks(&x, 0..k).unwrap();
-    (0..n)
-        .map(|i| {
-            let h = hidden.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            pb::InferRequest {
-                request_id: i as u64,
-                model_id: full.model_id().into(),
-                model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
-                split: k as u32,
-                hidden: Some(codec::encode(&h, full.shape_at(k).unwrap(), pb::Encoding::F32)),
-                want_probabilities: true,
-                ..Default::default()
-            }
-        })
-        .collect()
 }
 
 async fn answers(cloud: &CloudHandle, reqs: &[pb::InferRequest]) -> Vec<pb::InferResponse> {

@@ -4,15 +4,13 @@
 //! bad frames refused on their own stream only, and fallback and the breaker
 //! when the QUIC cloud is absent or killed.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use offramp_cloud::CloudHandle;
-use offramp_common::model::SplitSide;
 use offramp_common::security::{ClientTlsArgs, Secret};
 use offramp_common::wire::{self, Kind};
 use offramp_common::{codec, Bundle, Executor, Policy};
@@ -190,7 +188,7 @@ async fn every_encoding_round_trips_through_a_real_cloud_over_quic() {
     let msg = format!("{err:#}");
     assert!(msg.contains("accepts hidden-state encodings [\"f32\", \"int8\"]") && msg.contains("--encoding"), "{msg}");
     let full = Bundle::load(default_model()).unwrap();
-    let mut req = good_request(&full, 1);
+    let mut req = request(&full, 1, 7);
     req.hidden = Some(f16_of(&req));
     let c = QuicClient::new(&cloud.quic_url().unwrap(), &ConnectConfig::default(), &tls(&cert.0), None).unwrap();
     let e = c.infer(&req, Duration::from_secs(5)).await.unwrap_err();
@@ -203,24 +201,6 @@ fn f16_of(req: &pb::InferRequest) -> pb::Tensor {
     let t = req.hidden.as_ref().unwrap();
     let (shape, values) = codec::decode(t, usize::MAX).unwrap();
     codec::encode(&values, &shape, pb::Encoding::F16)
-}
-
-fn good_request(full: &Bundle, k: usize) -> pb::InferRequest {
-    let data = sample(1);
-    let exec = Executor::new(Arc::new(full.clone()));
-    let x = exec.batch_at(0, data.image(0), 1).unwrap();
-    let hidden = exec.forward_blocks(&x, 0..k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    pb::InferRequest {
-        request_id: 7,
-        model_id: full.model_id().into(),
-        model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
-        split: k as u32,
-        hidden: Some(codec::encode(&hidden, full.shape_at(k).unwrap(), pb::Encoding::F32)),
-        history: None,
-        want_probabilities: true,
-        edge_id: "test".into(),
-        policy: vec![],
-    }
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Bytes {
@@ -239,7 +219,7 @@ async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_kee
     let cloud = start_cloud(&default_model(), &cert, |c| c.max_payload = 16 * 1024).await;
     let client = QuicClient::new(&cloud.quic_url().unwrap(), &ConnectConfig::default(), &tls(&cert.0), None).unwrap();
     let t = Duration::from_secs(5);
-    let good = good_request(&full, 1);
+    let good = request(&full, 1, 7);
     let ok = client.infer(&good, t).await.unwrap();
     assert_eq!((ok.request_id, ok.probabilities.len()), (7, full.num_classes()));
     let conn = client.connection_id().await.expect("connected");
@@ -382,61 +362,16 @@ async fn absent_quic_cloud_falls_back_and_the_breaker_opens() {
     assert!(summarize(&edge, &answers).breaker_transitions >= 1);
 }
 
-/// A cloud process serving QUIC; killed on drop.
-struct QuicCloud {
-    child: Child,
-    quic: String,
-}
-
-impl QuicCloud {
-    fn start(model: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_offramp-cloud-under-test"))
-            .args(["--model", model.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start offramp-cloud");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("quic listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let quic = rx.recv_timeout(Duration::from_secs(30)).expect("cloud printed its QUIC address");
-        Self { child, quic }
-    }
-
-    fn url(&self) -> String {
-        format!("quic://{}", self.quic)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for QuicCloud {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_after_restart() {
     let dir = tmp("quic-kill");
     let cert = make_cert(&dir);
     let (edge_dir, cloud_dir) = split_default(1, &dir);
     let tls_args = ["--tls-cert", cert.0.to_str().unwrap(), "--tls-key", cert.1.to_str().unwrap()];
-    let mut cloud = QuicCloud::start(&cloud_dir, &[&["--quic-listen", "127.0.0.1:0"], &tls_args[..]].concat());
-    let quic_addr = cloud.quic.clone();
-    let mut cfg = quic_edge(&edge_dir, cloud.url(), &cert.0);
+    let mut cloud =
+        CloudProcess::start(&cloud_dir, "127.0.0.1:0", &[&["--quic-listen", "127.0.0.1:0"], &tls_args[..]].concat());
+    let quic_addr = cloud.quic.clone().unwrap();
+    let mut cfg = quic_edge(&edge_dir, cloud.quic_url(), &cert.0);
     cfg.deadline = Duration::from_millis(200);
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     // An input the branch is unsure about, so it always needs the cloud.
@@ -465,7 +400,11 @@ async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_a
     assert!(reasons.iter().take(3).all(|r| matches!(r, Reason::Timeout | Reason::Unavailable)), "{reasons:?}");
     assert!(reasons.contains(&Reason::CircuitOpen), "the breaker opened: {reasons:?}");
     let quic_listen = quic_addr.clone();
-    let _cloud = QuicCloud::start(&cloud_dir, &[&["--quic-listen", quic_listen.as_str()], &tls_args[..]].concat());
+    let _cloud = CloudProcess::start(
+        &cloud_dir,
+        "127.0.0.1:0",
+        &[&["--quic-listen", quic_listen.as_str()], &tls_args[..]].concat(),
+    );
     let back = Instant::now();
     loop {
         let a = edge.classify(None, input.clone()).await;
@@ -485,13 +424,14 @@ fn edge_and_cloud_processes_over_quic_with_a_self_signed_certificate() {
     let dir = tmp("quic-processes");
     let (edge_dir, cloud_dir) = split_default(1, &dir);
     let ca = dir.join("cloud-cert.pem");
-    let cloud = QuicCloud::start(
+    let cloud = CloudProcess::start(
         &cloud_dir,
+        "127.0.0.1:0",
         &["--quic-listen", "127.0.0.1:0", "--self-signed", "--cert-out", ca.to_str().unwrap()],
     );
     let run = |extra: &[&str]| {
         Command::new(edge_binary())
-            .args(["run", "--model", edge_dir.to_str().unwrap(), "--split", "1", "--cloud", &cloud.url()])
+            .args(["run", "--model", edge_dir.to_str().unwrap(), "--split", "1", "--cloud", &cloud.quic_url()])
             .args(["--transport", "quic", "--encoding", "int8"])
             .args(["--data", repo().join("models/mnist-sample").to_str().unwrap(), "--subset", "sample"])
             .args(["--limit", "100", "--concurrency", "3", "--json"])

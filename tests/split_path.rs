@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use candle_core::{Device, Tensor};
 use offramp_cloud::CloudHandle;
-use offramp_common::model::SplitSide;
 use offramp_common::{codec, Bundle, Executor, Policy};
 use offramp_edge::run::run_dataset;
 use offramp_edge::{Edge, EdgeConfig, Tier};
@@ -58,24 +57,6 @@ async fn split_inference_equals_monolithic_at_every_split_point() {
     }
 }
 
-fn good_request(full: &Bundle, k: usize) -> pb::InferRequest {
-    let data = sample(1);
-    let exec = Executor::new(Arc::new(full.clone()));
-    let x = exec.batch_at(0, data.image(0), 1).unwrap();
-    let hidden = exec.forward_blocks(&x, 0..k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    pb::InferRequest {
-        request_id: 7,
-        model_id: full.model_id().into(),
-        model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
-        split: k as u32,
-        hidden: Some(codec::encode(&hidden, full.shape_at(k).unwrap(), pb::Encoding::F32)),
-        history: None,
-        want_probabilities: true,
-        edge_id: "test".into(),
-        policy: vec![],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
     let full = Bundle::load(default_model()).unwrap();
@@ -84,7 +65,7 @@ async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
     let cloud = CloudHandle::start(cfg).await.unwrap();
     let mut client = SplitInferenceClient::connect(cloud.url()).await.unwrap();
 
-    let good = good_request(&full, 1);
+    let good = request(&full, 1, 7);
     let ok = client.infer(good.clone()).await.unwrap().into_inner();
     assert_eq!(ok.request_id, 7);
     assert_eq!(ok.probabilities.len(), 10);
@@ -99,7 +80,7 @@ async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
     let mut r = good.clone();
     r.split = 99;
     cases.push(("split", r, Code::InvalidArgument, "split index 99 out of range"));
-    let mut r = good_request(&full, 2);
+    let mut r = request(&full, 2, 7);
     r.model_fingerprint = good.model_fingerprint.clone();
     cases.push(("fingerprint of another split", r, Code::FailedPrecondition, "fingerprint mismatch"));
     let mut r = good.clone();

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use offramp_common::data::{Dataset, Subset};
-use offramp_common::Bundle;
+use offramp_common::model::SplitSide;
+use offramp_common::{codec, Bundle, Executor};
+use offramp_proto as pb;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -21,6 +25,37 @@ pub fn sample(n: usize) -> Dataset {
     let mut d = Dataset::mnist(&repo().join("models/mnist-sample"), Subset::Sample, 0).expect("bundled sample");
     d.truncate(n);
     d
+}
+
+/// Requests carrying the real hidden states at split `k` of the first `n`
+/// sample digits (ids `0..n`, f32, probabilities wanted).
+pub fn requests(full: &Bundle, k: usize, n: usize) -> Vec<pb::InferRequest> {
+    let data = sample(n);
+    let exec = Executor::new(Arc::new(full.clone()));
+    let x = exec.batch_at(0, &data.images, n).unwrap();
+    let hidden = exec.forward_blocks(&x, 0..k).unwrap();
+    (0..n)
+        .map(|i| {
+            let h = hidden.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            pb::InferRequest {
+                request_id: i as u64,
+                model_id: full.model_id().into(),
+                model_fingerprint: full.fingerprint(SplitSide::Cloud, k).unwrap(),
+                split: k as u32,
+                hidden: Some(codec::encode(&h, full.shape_at(k).unwrap(), pb::Encoding::F32)),
+                want_probabilities: true,
+                edge_id: "test".into(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// The request for the first sample digit at split `k`, with id `id`.
+pub fn request(full: &Bundle, k: usize, id: u64) -> pb::InferRequest {
+    let mut r = requests(full, k, 1).pop().unwrap();
+    r.request_id = id;
+    r
 }
 
 /// A fresh temporary directory.
@@ -61,10 +96,13 @@ pub fn split_default(k: usize, dir: &Path) -> (PathBuf, PathBuf) {
 pub struct CloudProcess {
     pub child: Child,
     pub addr: String,
+    /// The QUIC address, when started with `--quic-listen`.
+    pub quic: Option<String>,
 }
 
 impl CloudProcess {
-    /// Starts `offramp-cloud` and waits for its `grpc listening on` line.
+    /// Starts `offramp-cloud` and waits for its `grpc listening on` line (and
+    /// its `quic listening on` line when `extra` has `--quic-listen`).
     pub fn start(model: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_offramp-cloud-under-test"))
             .args(["--model", model.to_str().unwrap(), "--listen", listen])
@@ -79,13 +117,27 @@ impl CloudProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("grpc listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                for kind in ["grpc", "quic"] {
+                    if let Some(addr) = line.strip_prefix(&format!("{kind} listening on ")) {
+                        let _ = tx.send((kind, addr.trim().to_string()));
+                    }
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("cloud printed its address");
-        Self { child, addr }
+        let wanted = if extra.contains(&"--quic-listen") { 2 } else { 1 };
+        let (mut addr, mut quic) = (None, None);
+        for _ in 0..wanted {
+            match rx.recv_timeout(Duration::from_secs(30)).expect("cloud printed its addresses") {
+                ("grpc", a) => addr = Some(a),
+                (_, a) => quic = Some(a),
+            }
+        }
+        Self { child, addr: addr.expect("cloud printed its gRPC address"), quic }
+    }
+
+    /// `quic://addr`.
+    pub fn quic_url(&self) -> String {
+        format!("quic://{}", self.quic.as_ref().expect("started with --quic-listen"))
     }
 
     pub fn url(&self) -> String {
