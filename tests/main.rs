@@ -4,6 +4,7 @@
 mod support;
 
 mod cloud_ops;
+mod docker;
 mod experiment;
 mod fallback;
 mod quic;

@@ -15,3 +15,26 @@ pub fn no_delay(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
         Ok(conn)
     })
 }
+
+/// Resolves on SIGINT or SIGTERM (what `docker stop`, Kubernetes and systemd
+/// send), for the servers' graceful shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -40,10 +40,7 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let edge = Arc::new(Edge::start(args.edge).await?);
             println!("classify listening on {}", listener.local_addr()?);
-            serve::serve(edge, listener, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            serve::serve(edge, listener, offramp_common::net::shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -25,7 +25,9 @@ pub struct LinkArgs {
     /// Address to listen on (port 0: any free port; the real one is printed).
     #[arg(long, env = "OFFRAMP_LINK_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Upstream server (host:port; resolved once at start).
+    /// Upstream server (host:port). TCP: a host name is resolved again for
+    /// every connection (a restarted upstream may come back elsewhere); UDP:
+    /// resolved once at start.
     #[arg(long, env = "OFFRAMP_LINK_UPSTREAM", required = true)]
     pub upstream: Option<String>,
     /// UDP datagram proxy (for QUIC) instead of TCP.
@@ -170,36 +172,14 @@ async fn serve(args: &LinkArgs) -> Result<()> {
     let handle = if args.udp {
         spawn_udp_link(args.listen, upstream, cfg).await
     } else {
-        spawn_tcp_link(args.listen, upstream, cfg).await
+        spawn_tcp_link(args.listen, super::Upstream::parse(name), cfg).await
     }
     .with_context(|| format!("listening on {}", args.listen))?;
     let kind = if args.udp { "link-udp" } else { "link" };
-    println!("{kind} listening on {} -> {upstream}", handle.local_addr());
+    println!("{kind} listening on {} -> {name} ({upstream})", handle.local_addr());
     std::io::stdout().flush()?;
-    shutdown_signal().await;
+    offramp_common::net::shutdown_signal().await;
     tracing::info!(stats = ?handle.stats(), "link: shutting down");
     handle.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 pub use cli::{run, LinkArgs, LinkCommand};
 pub use shaper::{DirectionConfig, DirectionStatsSnapshot, RateModel};
-pub use tcp::spawn_tcp_link;
+pub use tcp::{spawn_tcp_link, Upstream};
 pub use trace::{Trace, TraceError, TraceFormat, MTU};
 pub use udp::spawn_udp_link;
 

@@ -62,21 +62,72 @@ struct Chunk {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Where a TCP link forwards its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// A fixed address.
+    Addr(SocketAddr),
+    /// `host:port`, resolved again for every new connection, so an upstream
+    /// that comes back at another address (a restarted container or pod
+    /// behind DNS) is found without restarting the link.
+    Name(Arc<str>),
+}
+
+impl Upstream {
+    /// `host:port` or `ip:port`.
+    pub fn parse(s: &str) -> Self {
+        s.parse().map(Upstream::Addr).unwrap_or_else(|_| Upstream::Name(s.into()))
+    }
+
+    /// The address a new connection should go to now.
+    pub async fn resolve(&self) -> io::Result<SocketAddr> {
+        match self {
+            Upstream::Addr(a) => Ok(*a),
+            Upstream::Name(name) => tokio::net::lookup_host(&**name)
+                .await?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} resolves to no address"))),
+        }
+    }
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(a: SocketAddr) -> Self {
+        Upstream::Addr(a)
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Addr(a) => a.fmt(f),
+            Upstream::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 /// Starts a TCP link: listens on `listen`, forwards every connection to
 /// `upstream`, shaping both directions as `cfg` says. The link stops when the
-/// handle is dropped or shut down.
-pub async fn spawn_tcp_link(listen: SocketAddr, upstream: SocketAddr, cfg: LinkConfig) -> io::Result<LinkHandle> {
+/// handle is dropped or shut down. A named upstream must resolve now (so a
+/// typo fails at start) and is resolved again for each connection.
+pub async fn spawn_tcp_link(
+    listen: SocketAddr,
+    upstream: impl Into<Upstream>,
+    cfg: LinkConfig,
+) -> io::Result<LinkHandle> {
+    let upstream = upstream.into();
+    let first = upstream.resolve().await?;
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     let retransmit = cfg.rtt();
-    let (handle, up, down) = LinkHandle::prepare(local, upstream, cfg);
+    let (handle, up, down) = LinkHandle::prepare(local, first, cfg);
     let task = tokio::spawn(accept_loop(listener, upstream, up, down, retransmit));
     Ok(handle.with_task(task))
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    upstream: SocketAddr,
+    upstream: Upstream,
     up: Arc<Direction>,
     down: Arc<Direction>,
     retransmit: Duration,
@@ -86,7 +137,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
-                    conns.spawn(connection(client, peer, upstream, up.clone(), down.clone(), retransmit));
+                    conns.spawn(connection(client, peer, upstream.clone(), up.clone(), down.clone(), retransmit));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "link: accept failed");
@@ -101,12 +152,16 @@ async fn accept_loop(
 async fn connection(
     client: TcpStream,
     peer: SocketAddr,
-    upstream: SocketAddr,
+    upstream: Upstream,
     up: Arc<Direction>,
     down: Arc<Direction>,
     retransmit: Duration,
 ) {
-    let server = match TcpStream::connect(upstream).await {
+    let connected = match upstream.resolve().await {
+        Ok(addr) => TcpStream::connect(addr).await,
+        Err(e) => Err(e),
+    };
+    let server = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, %upstream, error = %e, "link: cannot reach the upstream; closing the connection");

@@ -350,3 +350,27 @@ async fn udp_rate_limit_spaces_datagrams() {
     assert!(start.elapsed() >= Duration::from_millis(90), "{:?}", start.elapsed());
     assert_eq!(link.stats().up.dropped_queue, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_link_to_a_named_upstream_resolves_it_per_connection() {
+    assert_eq!(Upstream::parse("127.0.0.1:80"), Upstream::Addr("127.0.0.1:80".parse().unwrap()));
+    assert!(matches!(Upstream::parse("cloud:50051"), Upstream::Name(_)));
+    assert!(spawn_tcp_link(loopback(), Upstream::parse("no-such-host.invalid:1"), LinkConfig::default())
+        .await
+        .is_err());
+
+    // Two connections through a link to a named upstream both reach the sink
+    // (each resolves the name itself; a literal keeps the test off /etc/hosts).
+    let l = TcpListener::bind(loopback()).await.unwrap();
+    let name = Upstream::Name(l.local_addr().unwrap().to_string().into());
+    let link = spawn_tcp_link(loopback(), name, LinkConfig::default()).await.unwrap();
+    for round in 0u8..2 {
+        let mut c = TcpStream::connect(link.local_addr()).await.unwrap();
+        c.write_all(&[round; 4]).await.unwrap();
+        c.shutdown().await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, vec![round; 4]);
+    }
+}
