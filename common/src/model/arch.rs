@@ -16,6 +16,11 @@ pub enum Arch {
     BLenet,
     /// A tiny 3-exit network for tests and smoke runs.
     Tiny,
+    /// A wide multi-layer perceptron (784 -> 3 x 2048 -> 10, 10.5 M weights,
+    /// exits after the first and the last hidden layer). Its deep side is
+    /// weight-bandwidth bound at batch 1, the regime where the cloud's
+    /// batching pays; `deploy/bench/load_batching.sh` measures it beside B-LeNet.
+    WideMlp,
 }
 
 fn conv(i: usize, o: usize, k: usize, pad: usize, pool: Option<usize>) -> LayerSpec {
@@ -93,6 +98,28 @@ impl Arch {
                     },
                     ExitSpec { name: "middle".into(), after_block: 2, layers: vec![linear(392, 10, false)] },
                     ExitSpec { name: "final".into(), after_block: 3, layers: vec![linear(32, 10, false)] },
+                ],
+                holds: None,
+                peer_fingerprints: Default::default(),
+            },
+            Arch::WideMlp => Manifest {
+                format_version: FORMAT_VERSION,
+                model_id: model_id.into(),
+                description: "wide MLP: 784 -> 2048 -> 2048 -> 2048 with exits after the first and last hidden \
+                              layers"
+                    .into(),
+                input: mnist_input(),
+                labels: digits(),
+                weights: WEIGHTS_FILE.into(),
+                blocks: vec![
+                    block("flatten", LayerSpec::Flatten),   // 784
+                    block("fc1", linear(784, 2048, true)),  // 2048
+                    block("fc2", linear(2048, 2048, true)), // 2048
+                    block("fc3", linear(2048, 2048, true)), // 2048
+                ],
+                exits: vec![
+                    ExitSpec { name: "early".into(), after_block: 1, layers: vec![linear(2048, 10, false)] },
+                    ExitSpec { name: "final".into(), after_block: 3, layers: vec![linear(2048, 10, false)] },
                 ],
                 holds: None,
                 peer_fingerprints: Default::default(),

@@ -40,6 +40,14 @@
 //!   convolution, rows for a linear layer): the cloud's batches. Set
 //!   `RAYON_NUM_THREADS` to cap it.
 //!
+//! - Size: the micro-kernel streams the whole packed weight matrix per row
+//!   tile with no cache blocking over `k` or `o`. That is right for
+//!   B-LeNet-sized layers (the largest, 576 × 128, is 0.3 MB) but not for
+//!   wide ones: a 784 × 2048 layer took 1.0 ms at batch 1 against candle's
+//!   (gemm's, blocked) 0.11 ms. Linear layers with more than
+//!   [`LinearKernel::MAX_WEIGHTS`] weights therefore keep candle's matmul
+//!   under [`Kernels::Fast`] as well.
+//!
 //! Inference only: these ops have no backward pass. [`super::Layer`] keeps
 //! candle's differentiable ops for weights or inputs that track gradients.
 
@@ -443,6 +451,15 @@ impl fmt::Debug for LinearKernel {
 }
 
 impl LinearKernel {
+    /// The largest weight matrix (elements; 1 MiB of f32, about an L2 cache)
+    /// the fused kernel is used for; larger layers run candle's blocked gemm.
+    pub const MAX_WEIGHTS: usize = 1 << 18;
+
+    /// Whether the fused kernel suits an `out × in` layer.
+    pub fn suits(out_features: usize, in_features: usize) -> bool {
+        out_features * in_features <= Self::MAX_WEIGHTS
+    }
+
     /// `weight` `[out, in]`, `bias` `[out]`.
     pub fn new(weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Self> {
         let (o, _) = weight.dims2()?;
@@ -998,7 +1015,7 @@ mod tests {
     #[test]
     fn fast_path_matches_candle_on_every_block_and_exit() {
         let mut worst = 0f32;
-        for arch in [Arch::BLenet, Arch::Tiny] {
+        for arch in [Arch::BLenet, Arch::Tiny, Arch::WideMlp] {
             let m = arch.manifest("m");
             let mut fast = Bundle::from_parts(m.clone(), init_weights(&m, 5).unwrap()).unwrap();
             fast.use_kernels(Kernels::Fast).unwrap();
@@ -1006,7 +1023,12 @@ mod tests {
             plain.use_kernels(Kernels::Candle).unwrap();
             let n = fast.num_blocks();
             for b in 0..n {
-                if !matches!(m.blocks[b].layer, LayerSpec::Flatten) {
+                let wide = matches!(m.blocks[b].layer,
+                    LayerSpec::Linear { in_features, out_features, .. } if !LinearKernel::suits(out_features, in_features));
+                if wide {
+                    // Wide layers keep candle's blocked gemm even with fast kernels.
+                    assert_eq!(fast.layer(b).unwrap().kernels(), Kernels::Candle);
+                } else if !matches!(m.blocks[b].layer, LayerSpec::Flatten) {
                     assert_eq!(fast.layer(b).unwrap().kernels(), Kernels::Fast);
                     assert_eq!(plain.layer(b).unwrap().kernels(), Kernels::Candle);
                 }

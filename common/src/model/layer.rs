@@ -11,7 +11,8 @@ use super::manifest::LayerSpec;
 /// training (weights may be `Var`s, and the ops are differentiable).
 ///
 /// Inference runs the fused CPU kernels of [`super::kernels`] (`fast`), built
-/// when the layer is; plain candle ops run when [`Kernels::Candle`] is chosen
+/// when the layer is (linear layers only up to [`LinearKernel::MAX_WEIGHTS`]
+/// weights; wider ones run candle's gemm); plain candle ops run when [`Kernels::Candle`] is chosen
 /// (`OFFRAMP_KERNELS=candle`, [`Layer::set_kernels`]) and whenever the weights
 /// or the input track gradients, since the fused ops have no backward pass.
 #[derive(Debug, Clone)]
@@ -80,7 +81,8 @@ impl Layer {
                 };
             }
             Layer::Linear { weight, bias, relu, fast: slot } => {
-                *slot = if fast && !weight.track_op() && !bias.track_op() {
+                let (o, i) = weight.dims2()?;
+                *slot = if fast && LinearKernel::suits(o, i) && !weight.track_op() && !bias.track_op() {
                     Some(Arc::new(LinearKernel::new(weight, bias, *relu)?))
                 } else {
                     None

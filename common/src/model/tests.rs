@@ -184,7 +184,7 @@ fn assert_split_invariance(full: &Bundle, edge: &Executor, cloud: &Executor, k: 
 #[test]
 fn split_invariance_at_every_split_point() {
     let x = inputs(24, 3);
-    for arch in [Arch::Tiny, Arch::BLenet] {
+    for arch in [Arch::Tiny, Arch::BLenet, Arch::WideMlp] {
         let m = arch.manifest("m");
         let full = Bundle::from_parts(m.clone(), init_weights(&m, 11).unwrap()).unwrap();
         // Random weights give near-uniform outputs: pick thresholds that split the batch.
