@@ -77,9 +77,10 @@ if [ -z "$base" ]; then
     progs=("$sh" "$(command -v cp)" "$(command -v mkdir)")
     cp "$sh" "$root/bin/sh"
     cp "$(command -v cp)" "$(command -v mkdir)" "$root/bin/"
-    # Every shared object (and the loader) the binaries and the tools load.
+    # Every shared object (and the loader) the binaries and the tools load
+    # (nothing for a static binary).
     for f in "${progs[@]}" "$work/ctx/prebuilt/"*; do
-        ldd "$f" | awk '/=> \//{print $3} /^\t\//{print $1}'
+        { ldd "$f" 2>/dev/null || true; } | awk '/=> \//{print $3} /^\t\//{print $1}'
     done | sort -u | while read -r lib; do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"
@@ -88,7 +89,8 @@ if [ -z "$base" ]; then
     printf 'root:x:0:\nofframp:x:10001:\n' >"$root/etc/group"
     printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
     tar -C "$root" --numeric-owner --owner=0 --group=0 -c . |
-        docker import --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' - "$base" >/dev/null
+        docker import --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' --change 'LABEL org.offramp.stage=base' \
+            - "$base" >/dev/null
 fi
 
 for target in cloud edge tool; do
@@ -98,6 +100,8 @@ for target in cloud edge tool; do
         --build-arg RUST_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" --build-arg BINARIES=prebuilt \
         --target "$target" -t "$name:$tag" "$work/ctx" >/dev/null
 done
-# The builder stage's image is of no further use once the targets exist.
+# The builder stage's image is of no further use once the targets exist, nor
+# is an earlier base image that the new one replaced (both dangling now).
 docker image prune -f --filter label=org.offramp.stage=builder >/dev/null
+docker image prune -f --filter label=org.offramp.stage=base >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^offramp(-cloud|-edge)?:$tag " || true
