@@ -12,9 +12,10 @@ use super::manifest::LayerSpec;
 ///
 /// Inference runs the fused CPU kernels of [`super::kernels`] (`fast`), built
 /// when the layer is (linear layers only up to [`LinearKernel::MAX_WEIGHTS`]
-/// weights; wider ones run candle's gemm); plain candle ops run when [`Kernels::Candle`] is chosen
-/// (`OFFRAMP_KERNELS=candle`, [`Layer::set_kernels`]) and whenever the weights
-/// or the input track gradients, since the fused ops have no backward pass.
+/// weights; wider ones run candle's gemm). Plain candle ops run when
+/// [`Kernels::Candle`] is chosen (`OFFRAMP_KERNELS=candle`,
+/// [`Layer::set_kernels`]) and whenever the weights or the input track
+/// gradients, since the fused ops have no backward pass.
 #[derive(Debug, Clone)]
 pub enum Layer {
     Conv2d {
