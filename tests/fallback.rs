@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use offramp_common::data::Dataset;
-use offramp_common::{Bundle, Executor, Policy};
 use offramp_edge::offload::Reason;
 use offramp_edge::run::{run_dataset, summarize};
 use offramp_edge::{Edge, EdgeConfig, FallbackMode, Tier};
@@ -121,17 +120,7 @@ async fn offloading_resumes_after_the_cloud_restarts_on_the_same_address() {
     let addr = cloud.addr.clone();
     let edge = Arc::new(Edge::start(config(&edge_dir, vec![cloud.url()], 200)).await.unwrap());
     // An input the branch is unsure about, so it always needs the cloud.
-    let data = sample(1000);
-    let full = Bundle::load(default_model()).unwrap();
-    let policy = Policy::parse(TEST_POLICY, full.num_exits(), "test policy").unwrap();
-    let exec = Executor::new(Arc::new(full));
-    let hard = (0..data.len())
-        .find(|&i| {
-            let x = exec.batch_at(0, data.image(i), 1).unwrap();
-            exec.run(&x, 0..1, &policy, vec![vec![]]).unwrap().exited[0].is_none()
-        })
-        .expect("some digit needs the cloud");
-    let input = data.image(hard).to_vec();
+    let input = input_needing_cloud();
     assert_eq!(edge.classify(None, input.clone()).await.tier, Tier::Cloud);
     cloud.kill();
     for _ in 0..10 {
@@ -140,16 +129,8 @@ async fn offloading_resumes_after_the_cloud_restarts_on_the_same_address() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _cloud = CloudProcess::start(&cloud_dir, &addr, &[]);
-    let back = Instant::now();
-    loop {
-        let a = edge.classify(None, input.clone()).await;
-        if a.tier == Tier::Cloud {
-            break;
-        }
-        assert!(back.elapsed() < Duration::from_secs(2), "offloading resumed within 2 s of the restart");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!("offloading resumed {:?} after the cloud was back", back.elapsed());
+    let resumed = until_offloading_resumes(&edge, &input, Duration::from_secs(2)).await;
+    eprintln!("offloading resumed {resumed:?} after the cloud was back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

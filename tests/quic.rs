@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use offramp_cloud::CloudHandle;
 use offramp_common::security::{ClientTlsArgs, Secret};
 use offramp_common::wire::{self, Kind};
-use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_common::{codec, Bundle};
 use offramp_edge::offload::Reason;
 use offramp_edge::quic::{error_status, QuicClient};
 use offramp_edge::run::{run_dataset, summarize};
@@ -375,17 +375,7 @@ async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_a
     cfg.deadline = Duration::from_millis(200);
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     // An input the branch is unsure about, so it always needs the cloud.
-    let data = sample(1000);
-    let full = Bundle::load(default_model()).unwrap();
-    let policy = Policy::load(&full.policy_path().unwrap(), full.num_exits()).unwrap();
-    let exec = Executor::new(Arc::new(full));
-    let hard = (0..data.len())
-        .find(|&i| {
-            let x = exec.batch_at(0, data.image(i), 1).unwrap();
-            exec.run(&x, 0..1, &policy, vec![vec![]]).unwrap().exited[0].is_none()
-        })
-        .expect("some digit needs the cloud");
-    let input = data.image(hard).to_vec();
+    let input = input_needing_cloud();
     assert_eq!(edge.classify(None, input.clone()).await.tier, Tier::Cloud);
 
     cloud.kill(); // SIGKILL: no CONNECTION_CLOSE, the edge must notice by itself
@@ -405,17 +395,9 @@ async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_a
         "127.0.0.1:0",
         &[&["--quic-listen", quic_listen.as_str()], &tls_args[..]].concat(),
     );
-    let back = Instant::now();
-    loop {
-        let a = edge.classify(None, input.clone()).await;
-        if a.tier == Tier::Cloud {
-            break;
-        }
-        // The dead connection idles out (3 s), then the breaker's next probe reconnects.
-        assert!(back.elapsed() < Duration::from_secs(2), "offloading resumed within 2 s of the restart: {a:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!("QUIC offloading resumed {:?} after the cloud was back", back.elapsed());
+    // The dead connection idles out, then the breaker's next probe reconnects.
+    let resumed = until_offloading_resumes(&edge, &input, Duration::from_secs(2)).await;
+    eprintln!("QUIC offloading resumed {resumed:?} after the cloud was back");
     assert!(summarize(&edge, &[]).breaker_transitions >= 2, "opened and closed again");
 }
 

@@ -3,13 +3,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use offramp_common::data::{Dataset, Subset};
 use offramp_common::model::SplitSide;
-use offramp_common::{codec, Bundle, Executor};
+use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_edge::{Edge, Tier};
 use offramp_proto as pb;
 
 pub fn repo() -> PathBuf {
@@ -77,6 +78,36 @@ pub fn test_policy(dir: &Path) -> PathBuf {
     let p = dir.join("policy.toml");
     std::fs::write(&p, TEST_POLICY).unwrap();
     p
+}
+
+/// A sample digit whose branch exit is unsure under [`TEST_POLICY`], so an
+/// edge split at K = 1 with that policy always offloads it.
+pub fn input_needing_cloud() -> Vec<f32> {
+    let data = sample(1000);
+    let full = Bundle::load(default_model()).unwrap();
+    let policy = Policy::parse(TEST_POLICY, full.num_exits(), "test policy").unwrap();
+    let exec = Executor::new(Arc::new(full));
+    let hard = (0..data.len())
+        .find(|&i| {
+            let x = exec.batch_at(0, data.image(i), 1).unwrap();
+            exec.run(&x, 0..1, &policy, vec![vec![]]).unwrap().exited[0].is_none()
+        })
+        .expect("some digit needs the cloud");
+    data.image(hard).to_vec()
+}
+
+/// Classifies `input` (which needs the cloud) until the cloud answers it
+/// again, failing if that takes longer than `within`; returns how long it took.
+pub async fn until_offloading_resumes(edge: &Edge, input: &[f32], within: Duration) -> Duration {
+    let back = Instant::now();
+    loop {
+        let a = edge.classify(None, input.to_vec()).await;
+        if a.tier == Tier::Cloud {
+            return back.elapsed();
+        }
+        assert!(back.elapsed() < within, "offloading resumed within {within:?} of the restart: {a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Splits the default model at `k` into `dir/edge` and `dir/cloud`, each with

@@ -96,8 +96,8 @@ impl Registry {
         self.models.get(id).ok_or_else(|| CloudError::UnknownModel(id.to_string(), self.names()))
     }
 
-    /// The handshake answer.
-    pub fn info(&self, max_payload_bytes: usize) -> Vec<pb::ModelInfo> {
+    /// The handshake answer, listing the encodings this cloud accepts.
+    pub fn info(&self, max_payload_bytes: usize, encodings: &[pb::Encoding]) -> Vec<pb::ModelInfo> {
         self.models
             .values()
             .map(|m| pb::ModelInfo {
@@ -117,7 +117,7 @@ impl Registry {
                             .unwrap_or_default(),
                     })
                     .collect(),
-                encodings: codec::ENCODINGS.iter().map(|&e| e as i32).collect(),
+                encodings: encodings.iter().map(|&e| e as i32).collect(),
                 compressions: codec::COMPRESSIONS.iter().map(|&c| c as i32).collect(),
                 num_blocks: m.bundle.num_blocks() as u32,
                 labels: m.bundle.labels().to_vec(),

@@ -272,7 +272,7 @@ async fn stream(ctx: Arc<StreamContext>, mut send: quinn::SendStream, mut recv: 
             error_frame(&status)
         }
     };
-    if send.write_all(&answer).await.is_err() {
+    if send.write_chunk(answer).await.is_err() {
         return; // the client went away (deadline passed, connection lost)
     }
     let _ = send.finish();
@@ -295,14 +295,14 @@ async fn read_request(recv: &mut quinn::RecvStream, ctx: &StreamContext) -> Resu
         match frame.kind {
             Kind::Auth if token.is_none() => token = Some(frame.token().map_err(wire_status)?.to_string()),
             Kind::Auth => return Err(Status::invalid_argument("more than one auth frame on a stream")),
-            Kind::ModelInfoRequest => {
+            Kind::ModelInfoRequest | Kind::InferRequest => {
                 ctx.auth.check_token(token.as_deref())?;
-                frame.decode::<pb::ModelInfoRequest>().map_err(wire_status)?;
-                return Ok(Request::Info);
-            }
-            Kind::InferRequest => {
-                ctx.auth.check_token(token.as_deref())?;
-                return Ok(Request::Infer(Box::new(frame.decode::<pb::InferRequest>().map_err(wire_status)?)));
+                return if frame.kind == Kind::InferRequest {
+                    Ok(Request::Infer(Box::new(frame.decode::<pb::InferRequest>().map_err(wire_status)?)))
+                } else {
+                    frame.decode::<pb::ModelInfoRequest>().map_err(wire_status)?;
+                    Ok(Request::Info)
+                };
             }
             other => return Err(Status::invalid_argument(format!("a client may not send a {other:?} frame"))),
         }

@@ -31,14 +31,11 @@ impl CloudState {
     /// The handshake answer: one model per answer, the first (clouds usually
     /// serve one).
     pub fn model_info(&self) -> Result<pb::ModelInfo, CloudError> {
-        let mut info = self
-            .registry
-            .info(self.max_payload_bytes)
+        self.registry
+            .info(self.max_payload_bytes, &self.encodings)
             .into_iter()
             .next()
-            .ok_or(CloudError::Unavailable("holding no model"))?;
-        info.encodings = self.encodings.iter().map(|&e| e as i32).collect();
-        Ok(info)
+            .ok_or(CloudError::Unavailable("holding no model"))
     }
 
     /// Validates, queues and computes one request.

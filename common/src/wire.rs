@@ -52,6 +52,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a successful answer to a request of this kind.
+    pub fn answer(self) -> Option<Kind> {
+        match self {
+            Kind::ModelInfoRequest => Some(Kind::ModelInfo),
+            Kind::InferRequest => Some(Kind::InferResponse),
+            _ => None,
+        }
+    }
+
     pub fn from_byte(b: u8) -> Option<Self> {
         Some(match b {
             0x01 => Kind::ModelInfoRequest,
@@ -135,13 +144,10 @@ pub fn error(code: i32, message: impl Into<String>) -> Bytes {
 /// caller should then stop reading the stream).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Option<Frame>, WireError> {
     let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = r.read(&mut header[got..]).await?;
-        if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(WireError::Truncated { expected: HEADER_LEN, got }) };
-        }
-        got += n;
+    match read_full(r, &mut header).await? {
+        0 => return Ok(None),
+        HEADER_LEN => {}
+        got => return Err(WireError::Truncated { expected: HEADER_LEN, got }),
     }
     let kind = Kind::from_byte(header[0]).ok_or(WireError::UnknownKind(header[0]))?;
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
@@ -150,15 +156,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result
         return Err(WireError::TooLarge { kind, len, limit });
     }
     let mut payload = BytesMut::zeroed(len);
-    let mut got = 0;
-    while got < len {
-        let n = r.read(&mut payload[got..]).await?;
-        if n == 0 {
-            return Err(WireError::Truncated { expected: HEADER_LEN + len, got: HEADER_LEN + got });
-        }
-        got += n;
+    let got = read_full(r, &mut payload).await?;
+    if got < len {
+        return Err(WireError::Truncated { expected: HEADER_LEN + len, got: HEADER_LEN + got });
     }
     Ok(Some(Frame { kind, payload: payload.freeze() }))
+}
+
+/// Fills `buf` unless the stream ends first; returns the bytes read.
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]).await? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]

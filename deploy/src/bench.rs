@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use offramp_common::data::{Dataset, Subset};
 use offramp_common::model::{layer_forward_all, Kernels};
 use offramp_common::policy::Rule;
 use offramp_common::stats::Summary;
@@ -61,12 +60,8 @@ pub struct BlocksArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OffloadArgs {
-    #[arg(long, default_value = "models/b-lenet-mnist")]
-    pub model: PathBuf,
-    #[arg(long, default_value = "models/mnist-sample")]
-    pub data: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    pub split: usize,
+    #[command(flatten)]
+    pub inputs: crate::inputs::OffloadInputs,
     /// Requests (sequential, one in flight: latency, not throughput).
     #[arg(long, default_value_t = 1000)]
     pub requests: usize,
@@ -180,6 +175,7 @@ fn compare(bundle: &Bundle, args: &BlocksArgs) -> Result<serde_json::Value> {
     anyhow::ensure!(k <= n, "--split {k} is past the last block ({n})");
     let mut plain = bundle.clone();
     plain.use_kernels(Kernels::Candle)?;
+    let plain_exec = Executor::new(Arc::new(plain.clone()));
     let mut fast = bundle.clone();
     fast.use_kernels(Kernels::Fast)?;
     // Blocks `range` and, with `exits`, the exit heads after them.
@@ -222,7 +218,8 @@ fn compare(bundle: &Bundle, args: &BlocksArgs) -> Result<serde_json::Value> {
         let mut cells = Vec::new();
         for batch in [1usize, 32] {
             let input = Tensor::rand(0f32, 1f32, (batch, 1, 28, 28), &Device::Cpu)?;
-            let x = if *at == 0 { input } else { plain_prefix(&plain, *at, &input)? };
+            // The activation entering the part, computed with plain candle.
+            let x = plain_exec.forward_blocks(&input, 0..*at)?;
             let iters = if batch == 1 { args.iters } else { (args.iters / 10).max(20) };
             let time = |b: &Bundle| {
                 time_us(iters, || match part {
@@ -257,27 +254,15 @@ fn compare(bundle: &Bundle, args: &BlocksArgs) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Array(rows))
 }
 
-/// The activation entering block `k` for `input`, computed with plain candle.
-fn plain_prefix(b: &Bundle, k: usize, input: &Tensor) -> Result<Tensor> {
-    let mut x = input.clone();
-    for i in 0..k {
-        x = b.layer(i).context("block not held")?.forward(&x)?;
-    }
-    Ok(x)
-}
-
 pub async fn offload(args: &OffloadArgs) -> Result<serde_json::Value> {
-    let model = locate(&args.model);
-    let bundle = Bundle::load(&model)?;
-    let mut data = Dataset::mnist(&locate(&args.data), Subset::Sample, 0)?;
-    data.truncate(args.requests.max(1));
+    let (model, bundle, data) = args.inputs.load(args.requests.max(1))?;
     let cloud = offramp_cloud::CloudHandle::start(offramp_cloud::Config::for_model(&model)).await?;
     // Force every input through the cloud: exits before K never fire.
     let dir = std::env::temp_dir().join(format!("offramp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let policy_path = dir.join("never.toml");
     std::fs::write(&policy_path, Policy::uniform(Rule::Never, bundle.num_exits()).to_toml())?;
-    let mut cfg = offramp_edge::EdgeConfig::new(&model, args.split, vec![cloud.url()]);
+    let mut cfg = offramp_edge::EdgeConfig::new(&model, args.inputs.split, vec![cloud.url()]);
     cfg.policy = Some(policy_path);
     let edge = offramp_edge::Edge::start(cfg).await?;
     let (mut total, mut overhead, mut edge_us, mut cloud_us) = (vec![], vec![], vec![], vec![]);
@@ -314,7 +299,7 @@ pub async fn offload(args: &OffloadArgs) -> Result<serde_json::Value> {
     }
     let rtt = Summary::of(&rtt);
     let (t, o, e, c) = (Summary::of(&total), Summary::of(&overhead), Summary::of(&edge_us), Summary::of(&cloud_us));
-    println!("offload path on loopback, split K = {}, {} sequential requests:", args.split, data.len());
+    println!("offload path on loopback, split K = {}, {} sequential requests:", args.inputs.split, data.len());
     println!("  {}", line("end to end", &t));
     println!("  {}", line("edge compute", &e));
     println!("  {}", line("cloud compute", &c));
@@ -324,6 +309,6 @@ pub async fn offload(args: &OffloadArgs) -> Result<serde_json::Value> {
     cloud.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(
-        serde_json::json!({"split": args.split, "requests": data.len(), "end_to_end_us": t, "edge_us": e, "cloud_compute_us": c, "overhead_us": o}),
+        serde_json::json!({"split": args.inputs.split, "requests": data.len(), "end_to_end_us": t, "edge_us": e, "cloud_compute_us": c, "overhead_us": o}),
     )
 }

@@ -19,12 +19,11 @@
 //! and everything behind it waits (an idealised fast retransmit with
 //! head-of-line blocking, no congestion-window cut, no RTO).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use offramp_common::data::{Dataset, Subset};
+use anyhow::{Context, Result};
+use offramp_common::data::Dataset;
 use offramp_common::model::SplitSide;
 use offramp_common::security::ClientTlsArgs;
 use offramp_common::stats::Summary;
@@ -34,18 +33,12 @@ use offramp_proto as pb;
 use prost::Message;
 use serde::Serialize;
 
-use crate::demo::locate;
 use crate::link::{spawn_tcp_link, spawn_udp_link, DirectionConfig, LinkConfig, LinkStats};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransportArgs {
-    #[arg(long, default_value = "models/b-lenet-mnist")]
-    pub model: PathBuf,
-    /// Digits whose hidden states are sent (MNIST IDX directory).
-    #[arg(long, default_value = "models/mnist-sample")]
-    pub data: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    pub split: usize,
+    #[command(flatten)]
+    pub inputs: crate::inputs::OffloadInputs,
     /// Sequential requests per transport and loss rate (one in flight).
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
@@ -97,24 +90,35 @@ pub struct EncodingBytes {
     pub ratio_to_f32: f64,
 }
 
-fn requests(
-    args: &TransportArgs,
-    bundle: &Bundle,
-    data: &Dataset,
-    enc: pb::Encoding,
-    comp: pb::Compression,
-) -> Result<Vec<pb::InferRequest>> {
-    let k = args.split;
+/// The hidden state at split K of every sample digit (batch 1, as an edge
+/// computes it).
+fn hidden_states(bundle: &Bundle, k: usize, data: &Dataset) -> Result<Vec<Vec<f32>>> {
     let exec = Executor::new(Arc::new(bundle.clone()));
-    let shape = bundle.shape_at(k)?.to_vec();
-    let fingerprint = bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default();
     (0..data.len())
         .map(|i| {
             let x = exec.batch_at(0, data.image(i), 1)?;
-            let hidden = exec.forward_blocks(&x, 0..k)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut t = codec::encode(&hidden, &shape, enc);
+            Ok(exec.forward_blocks(&x, 0..k)?.flatten_all()?.to_vec1::<f32>()?)
+        })
+        .collect()
+}
+
+/// One request per hidden state, encoded and compressed as asked.
+fn requests(
+    bundle: &Bundle,
+    k: usize,
+    hidden: &[Vec<f32>],
+    enc: pb::Encoding,
+    comp: pb::Compression,
+) -> Result<Vec<pb::InferRequest>> {
+    let shape = bundle.shape_at(k)?.to_vec();
+    let fingerprint = bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default();
+    Ok(hidden
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut t = codec::encode(h, &shape, enc);
             codec::compress(&mut t, comp);
-            Ok(pb::InferRequest {
+            pb::InferRequest {
                 request_id: i as u64,
                 model_id: bundle.model_id().to_string(),
                 model_fingerprint: fingerprint.clone(),
@@ -124,9 +128,9 @@ fn requests(
                 want_probabilities: false,
                 edge_id: "bench".into(),
                 policy: vec![],
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 fn lost(s: &LinkStats) -> u64 {
@@ -134,23 +138,15 @@ fn lost(s: &LinkStats) -> u64 {
 }
 
 pub async fn run(args: &TransportArgs) -> Result<serde_json::Value> {
-    let model = locate(&args.model);
-    let bundle = Bundle::load(&model).with_context(|| format!("loading {}", model.display()))?;
-    if args.split >= bundle.num_blocks() {
-        bail!(
-            "--split {} must be below the model's {} blocks (something must be offloaded)",
-            args.split,
-            bundle.num_blocks()
-        );
-    }
-    let mut data = Dataset::mnist(&locate(&args.data), Subset::Sample, 0)?;
-    data.truncate(args.requests.max(1));
-    let timed = requests(args, &bundle, &data, args.encoding, args.compression)?;
+    let (model, bundle, data) = args.inputs.load(args.requests.max(1))?;
+    let k = args.inputs.split;
+    let hidden = hidden_states(&bundle, k, &data)?;
+    let timed = requests(&bundle, k, &hidden, args.encoding, args.compression)?;
 
     let mut by_encoding = Vec::new();
     for enc in codec::ENCODINGS {
         for comp in [pb::Compression::None, pb::Compression::Lz4] {
-            let r = requests(args, &bundle, &data, enc, comp)?;
+            let r = requests(&bundle, k, &hidden, enc, comp)?;
             let mean = r.iter().map(|r| r.encoded_len() as f64).sum::<f64>() / r.len() as f64;
             by_encoding.push((enc, comp, mean));
         }
@@ -244,8 +240,8 @@ pub async fn run(args: &TransportArgs) -> Result<serde_json::Value> {
     }
     Ok(serde_json::json!({
         "model": bundle.model_id(),
-        "split": args.split,
-        "hidden_shape": bundle.shape_at(args.split)?,
+        "split": args.inputs.split,
+        "hidden_shape": bundle.shape_at(args.inputs.split)?,
         "requests": timed.len(),
         "delay_ms_each_way": args.delay.as_secs_f64() * 1e3,
         "rate_mbps": args.rate_mbps,
@@ -264,7 +260,7 @@ fn render(args: &TransportArgs, bundle: &Bundle, rows: &[TransportRow], by_encod
         "gRPC (TCP link) vs QUIC (UDP link): model {}, K = {}, {} sequential {} requests per row, {:?} each way \
          (RTT {:?}), rate {}",
         bundle.model_id(),
-        args.split,
+        args.inputs.split,
         rows.first().map_or(0, |r| r.latency_ms.n + r.failures),
         codec::encoding_name(args.encoding),
         args.delay,
@@ -301,7 +297,7 @@ fn render(args: &TransportArgs, bundle: &Bundle, rows: &[TransportRow], by_encod
          head-of-line blocking). lost pk: datagrams dropped (UDP) or packets delayed (TCP). B up/down: bytes \
          into the link per request, framing, TLS and keep-alives included."
     );
-    let _ = writeln!(s, "\nprotobuf InferRequest bytes per offloaded request, K = {}:", args.split);
+    let _ = writeln!(s, "\nprotobuf InferRequest bytes per offloaded request, K = {}:", args.inputs.split);
     for e in by_encoding {
         let _ = writeln!(
             s,

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use offramp_common::model::{Observation, SplitSide};
+use offramp_common::policy::history_to_wire;
 use offramp_common::{codec, Executor, Policy};
 use offramp_proto as pb;
 use prost::Message;
@@ -204,29 +205,21 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         let mut max_rel = 0f64;
         let mut decoded: Vec<Vec<f32>> = Vec::with_capacity(offloads.len());
         let mut tensors = Vec::with_capacity(offloads.len());
+        let mut packed = Vec::with_capacity(offloads.len());
         for (id, o) in offloads.iter().enumerate() {
             let t = codec::encode(&o.hidden, &shape, encoding);
             let mut req = template.clone();
             req.request_id = id as u64;
-            req.history = Some(pb::ExitHistory {
-                exits: o
-                    .history
-                    .iter()
-                    .map(|h| pb::ExitObservation {
-                        exit: h.exit as u32,
-                        prediction: h.prediction as u32,
-                        confidence: h.confidence,
-                    })
-                    .collect(),
-            });
+            req.history = Some(history_to_wire(&o.history));
             req.hidden = Some(t.clone());
             req_bytes += req.encoded_len();
             payload += t.data.len();
-            let mut packed = t.clone();
-            codec::compress(&mut packed, pb::Compression::Lz4);
-            lz4_payload += packed.data.len();
-            req.hidden = Some(packed);
+            let mut lz4 = t.clone();
+            codec::compress(&mut lz4, pb::Compression::Lz4);
+            lz4_payload += lz4.data.len();
+            req.hidden = Some(lz4);
             lz4_req += req.encoded_len();
+            packed.push(req.hidden.take().expect("just set"));
             let (_, values) = codec::decode(&t, usize::MAX).context("decoding what was just encoded")?;
             let scale = o.hidden.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE) as f64;
             let err = o.hidden.iter().zip(&values).fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
@@ -280,14 +273,6 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
                 black_box(codec::decode(black_box(t), usize::MAX).expect("valid"));
             }
         }));
-        let packed: Vec<pb::Tensor> = tensors
-            .iter()
-            .map(|t| {
-                let mut p = t.clone();
-                codec::compress(&mut p, pb::Compression::Lz4);
-                p
-            })
-            .collect();
         let lz4_encode_gbps = gbps(Box::new(|| {
             for o in &offloads {
                 let mut t = codec::encode(black_box(&o.hidden), &shape, encoding);

@@ -13,15 +13,9 @@ use offramp_edge::{Edge, EdgeConfig};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Whole-model bundle (default: the bundled B-LeNet).
-    #[arg(long, default_value = "models/b-lenet-mnist")]
-    pub model: PathBuf,
-    /// Sample inputs (default: the bundled 1,000 validation digits).
-    #[arg(long, default_value = "models/mnist-sample")]
-    pub data: PathBuf,
-    /// Split point K (blocks [0, K) on the edge).
-    #[arg(long, default_value_t = 1)]
-    pub split: usize,
+    // The bundled B-LeNet, its 1,000 bundled validation digits and K = 1 by default.
+    #[command(flatten)]
+    pub inputs: crate::inputs::OffloadInputs,
     /// Inputs in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -52,12 +46,12 @@ pub fn locate(p: &Path) -> PathBuf {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let model_dir = locate(&args.model);
-    let data_dir = locate(&args.data);
+    let model_dir = locate(&args.inputs.model);
+    let data_dir = locate(&args.inputs.data);
     let bundle = Bundle::load(&model_dir).with_context(|| format!("loading the demo model {}", model_dir.display()))?;
     let n = bundle.num_blocks();
-    if args.split > n {
-        bail!("--split {} out of range: the model has {n} blocks", args.split);
+    if args.inputs.split > n {
+        bail!("--split {} out of range: the model has {n} blocks", args.inputs.split);
     }
     let sample_subset =
         if data_dir.join("sample-images-idx3-ubyte.gz").exists() { Subset::Sample } else { Subset::Val };
@@ -70,7 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // Split the bundle as a deployment would: the device gets blocks 0..K only.
     let work = std::env::temp_dir().join(format!("offramp-demo-{}", std::process::id()));
     let (edge_dir, cloud_dir) = (work.join("edge"), work.join("cloud"));
-    let (edge_b, cloud_b) = bundle.split(args.split)?;
+    let (edge_b, cloud_b) = bundle.split(args.inputs.split)?;
     edge_b.save(&edge_dir)?;
     cloud_b.save(&cloud_dir)?;
     let policy = args.policy.clone().or_else(|| bundle.policy_path());
@@ -85,16 +79,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         bundle.model_id(),
         n,
         bundle.num_exits(),
-        args.split
+        args.inputs.split
     );
     let cloud = CloudHandle::start(offramp_cloud::Config::for_model(&cloud_dir)).await?;
-    eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", cloud.addr, args.split);
-    let mut cfg = EdgeConfig::new(&edge_dir, args.split, vec![cloud.url()]);
+    eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", cloud.addr, args.inputs.split);
+    let mut cfg = EdgeConfig::new(&edge_dir, args.inputs.split, vec![cloud.url()]);
     cfg.encoding = args.encoding;
     let edge = Arc::new(Edge::start(cfg).await?);
     eprintln!(
         "  edge   blocks 0..{}, policy {}",
-        args.split,
+        args.inputs.split,
         policy.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into())
     );
     eprintln!("  running {} digits, {} in flight ...\n", data.len(), args.concurrency);

@@ -18,7 +18,7 @@ use offramp_common::data::{Dataset, Subset};
 use offramp_common::policy::Rule;
 use offramp_common::stats::Summary;
 use offramp_common::{codec, units, Bundle, Policy};
-use offramp_edge::run::{run_dataset, summarize};
+use offramp_edge::run::run_dataset;
 use offramp_edge::{Answer, Edge, EdgeConfig, Tier};
 use serde::{Deserialize, Serialize};
 
@@ -299,7 +299,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
         let mut subset = data.clone();
         subset.truncate(n);
         let built = link.build(cfg.seed.wrapping_add(i as u64))?;
-        let (answers, summary_edge) = run_cell(&model_dir, k, &ppath, &built, enc, deadline, cfg.concurrency, &subset)
+        let answers = run_cell(&model_dir, k, &ppath, &built, enc, deadline, cfg.concurrency, &subset)
             .await
             .with_context(|| format!("cell {name}"))?;
         let mut rec =
@@ -308,18 +308,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
             serde_json::to_writer(&mut rec, a)?;
             rec.write_all(b"\n")?;
         }
-        let r = cell_result(
-            &name,
-            k,
-            &pname,
-            &link.name,
-            &transport,
-            enc,
-            &answers,
-            &built,
-            bundle.num_exits(),
-            summary_edge,
-        );
+        let r = cell_result(&name, k, &pname, &link.name, &transport, enc, &answers, &built, bundle.num_exits());
         writeln!(
             csv,
             "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{},{:.3},{:.3}",
@@ -366,7 +355,7 @@ async fn run_cell(
     deadline: Duration,
     concurrency: usize,
     data: &Dataset,
-) -> Result<(Vec<Answer>, u64)> {
+) -> Result<Vec<Answer>> {
     let mut cloud_cfg = offramp_cloud::Config::for_model(model);
     cloud_cfg.policy = Some(policy.to_path_buf());
     let cloud = offramp_cloud::CloudHandle::start(cloud_cfg).await?;
@@ -378,11 +367,10 @@ async fn run_cell(
     cfg.connect_timeout = cfg.connect_timeout.max(link.rtt * 4);
     let edge = Arc::new(Edge::start(cfg).await?);
     let answers = run_dataset(edge.clone(), data, concurrency, |_| {}).await;
-    let s = summarize(&edge, &answers);
     drop(edge);
     proxy.shutdown().await;
     cloud.stop().await?;
-    Ok((answers, s.retries))
+    Ok(answers)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -396,7 +384,6 @@ fn cell_result(
     answers: &[Answer],
     built: &BuiltLink,
     num_exits: usize,
-    _retries: u64,
 ) -> CellResult {
     let n = answers.len().max(1) as f64;
     let share = |t: Tier| answers.iter().filter(|a| a.tier == t).count() as f64 / n;

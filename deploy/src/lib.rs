@@ -9,6 +9,7 @@ pub mod codec_eval;
 pub mod demo;
 pub mod eval;
 pub mod experiment;
+pub mod inputs;
 pub mod link;
 pub mod load;
 pub mod plot;

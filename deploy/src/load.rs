@@ -8,16 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use offramp_common::data::{Dataset, Subset};
 use offramp_common::model::arch::SplitMix64;
 use offramp_common::model::SplitSide;
 use offramp_common::stats::Summary;
-use offramp_common::{codec, units, Bundle, Executor};
+use offramp_common::{codec, units, Executor};
 use offramp_edge::transport::{client_tls, BearerToken, ConnectConfig, Credentials, Transport};
 use offramp_proto as pb;
 use serde::Serialize;
-
-use crate::demo::locate;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
@@ -33,15 +30,8 @@ pub struct LoadArgs {
     /// How long to offer load.
     #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
     pub duration: Duration,
-    /// Split point whose hidden states are sent.
-    #[arg(long, default_value_t = 1)]
-    pub split: usize,
-    /// Whole model used to compute real hidden states (and the fingerprint).
-    #[arg(long, default_value = "models/b-lenet-mnist")]
-    pub model: PathBuf,
-    /// Digits to compute hidden states from.
-    #[arg(long, default_value = "models/mnist-sample")]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub inputs: crate::inputs::OffloadInputs,
     #[arg(long, default_value = "f32", value_parser = codec::parse_encoding)]
     pub encoding: pb::Encoding,
     /// Per-request deadline.
@@ -88,18 +78,13 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
     if args.edges == 0 || args.rate.is_nan() || args.rate <= 0.0 {
         bail!("--edges and --rate must be positive");
     }
-    let bundle = Bundle::load(locate(&args.model)).context("loading the model used to make hidden states")?;
-    bundle.check_split(args.split)?;
-    if args.split >= bundle.num_blocks() {
-        bail!("--split {} leaves nothing for the cloud", args.split);
-    }
-    let fingerprint = bundle.fingerprint(SplitSide::Cloud, args.split).context("model must hold every block")?;
-    let mut data = Dataset::mnist(&locate(&args.data), Subset::Sample, 0)?;
-    data.truncate(256);
+    let (_, bundle, data) = args.inputs.load(256)?;
+    let split = args.inputs.split;
+    let fingerprint = bundle.fingerprint(SplitSide::Cloud, split).context("model must hold every block")?;
     let exec = Executor::new(Arc::new(bundle.clone()));
     let x = exec.batch_at(0, &data.images, data.len())?;
-    let hidden = exec.forward_blocks(&x, 0..args.split)?;
-    let shape = bundle.shape_at(args.split)?.to_vec();
+    let hidden = exec.forward_blocks(&x, 0..split)?;
+    let shape = bundle.shape_at(split)?.to_vec();
     let tensors: Vec<pb::Tensor> = (0..data.len())
         .map(|i| Ok(codec::encode(&hidden.get(i)?.flatten_all()?.to_vec1::<f32>()?, &shape, args.encoding)))
         .collect::<Result<_>>()?;
@@ -164,7 +149,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
                 request_id: sent,
                 model_id: bundle.model_id().to_string(),
                 model_fingerprint: fingerprint.clone(),
-                split: args.split as u32,
+                split: split as u32,
                 hidden: Some(tensors[(sent as usize) % tensors.len()].clone()),
                 history: None,
                 want_probabilities: false,

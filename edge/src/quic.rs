@@ -204,7 +204,8 @@ impl QuicClient {
         let conn = self.connection().await?;
         let lost = |e: &dyn std::fmt::Display| Status::unavailable(format!("QUIC connection to {}: {e}", self.url));
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-        match send.write_all(&request).await {
+        // write_chunk hands the buffer to quinn without copying it.
+        match send.write_chunk(request).await {
             Ok(()) => {
                 let _ = send.finish();
             }
@@ -226,43 +227,40 @@ impl QuicClient {
         self.state.lock().await.conn.as_ref().filter(|c| c.close_reason().is_none()).map(|c| c.stable_id())
     }
 
-    /// Sends one request frame (after the auth frame, when a token is set)
-    /// and checks the answer's kind; an error frame becomes its status.
-    async fn exchange(&self, kind: Kind, msg: &impl prost::Message, expect: Kind) -> Result<wire::Frame, Status> {
+    /// Sends one request frame of `kind` (after the auth frame, when a token
+    /// is set) within `timeout` and decodes the answer; an error frame
+    /// becomes its status.
+    async fn call<M: prost::Message + Default>(
+        &self,
+        kind: Kind,
+        msg: &impl prost::Message,
+        timeout: Duration,
+        late: &'static str,
+    ) -> Result<M, Status> {
         let mut buf = BytesMut::new();
         if let Some(t) = &self.token {
             wire::put_raw(&mut buf, Kind::Auth, t.expose().as_bytes());
         }
         wire::put_message(&mut buf, kind, msg);
-        let frame = self.send_raw(buf.freeze()).await?;
+        let frame = match tokio::time::timeout(timeout, self.send_raw(buf.freeze())).await {
+            Ok(frame) => frame?,
+            Err(_) => return Err(Status::deadline_exceeded(late)),
+        };
         match frame.kind {
-            k if k == expect => Ok(frame),
+            k if Some(k) == kind.answer() => {
+                frame.decode().map_err(|e| Status::internal(format!("bad answer from {}: {e}", self.url)))
+            }
             Kind::Error => Err(error_status(&frame, &self.url)),
             other => Err(Status::internal(format!("{} answered with a {other:?} frame", self.url))),
         }
     }
 
-    async fn call<M: prost::Message + Default>(
-        &self,
-        kind: Kind,
-        msg: &impl prost::Message,
-        expect: Kind,
-        timeout: Duration,
-        late: &'static str,
-    ) -> Result<M, Status> {
-        match tokio::time::timeout(timeout, self.exchange(kind, msg, expect)).await {
-            Ok(frame) => frame?.decode().map_err(|e| Status::internal(format!("bad answer from {}: {e}", self.url))),
-            Err(_) => Err(Status::deadline_exceeded(late)),
-        }
-    }
-
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {
-        self.call(Kind::ModelInfoRequest, &pb::ModelInfoRequest {}, Kind::ModelInfo, timeout, "handshake timed out")
-            .await
+        self.call(Kind::ModelInfoRequest, &pb::ModelInfoRequest {}, timeout, "handshake timed out").await
     }
 
     pub async fn infer(&self, req: &pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
-        self.call(Kind::InferRequest, req, Kind::InferResponse, timeout, "offload deadline passed").await
+        self.call(Kind::InferRequest, req, timeout, "offload deadline passed").await
     }
 
     /// Closes the connection (it is re-opened on the next call).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use offramp_common::model::{ExitResult, Observation, SplitSide};
+use offramp_common::policy::history_to_wire;
 use offramp_common::{codec, units, Bundle, Executor, Policy};
 use offramp_proto as pb;
 use serde::Serialize;
@@ -377,16 +378,7 @@ impl Edge {
             model_fingerprint: self.cloud_fingerprint.clone(),
             split: self.split as u32,
             hidden: Some(hidden),
-            history: Some(pb::ExitHistory {
-                exits: history
-                    .iter()
-                    .map(|o| pb::ExitObservation {
-                        exit: o.exit as u32,
-                        prediction: o.prediction as u32,
-                        confidence: o.confidence,
-                    })
-                    .collect(),
-            }),
+            history: Some(history_to_wire(&history)),
             want_probabilities: self.config.probabilities,
             edge_id: self.config.edge_id.clone(),
             policy: self.cloud_policy.clone(),

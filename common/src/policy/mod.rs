@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Observation;
 
 mod wire;
+pub use wire::history_to_wire;
 
 /// One exit's rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

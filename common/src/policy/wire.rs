@@ -1,9 +1,21 @@
 //! Policies on the wire: the edge sends the rules of the cloud-side exits so
 //! both halves of a split apply the same policy.
 
-use offramp_proto::ExitRuleSpec;
+use offramp_proto::{ExitHistory, ExitObservation, ExitRuleSpec};
 
 use super::{Policy, PolicyError, Rule};
+use crate::model::Observation;
+
+/// The exits a sample passed on the edge, for the request that offloads it
+/// (the cloud validates them against the split before use).
+pub fn history_to_wire(history: &[Observation]) -> ExitHistory {
+    ExitHistory {
+        exits: history
+            .iter()
+            .map(|o| ExitObservation { exit: o.exit as u32, prediction: o.prediction as u32, confidence: o.confidence })
+            .collect(),
+    }
+}
 
 impl Rule {
     pub fn name(&self) -> &'static str {
