@@ -243,27 +243,16 @@ async fn stream(ctx: Arc<StreamContext>, mut send: quinn::SendStream, mut recv: 
         Err(_) => Err(Status::deadline_exceeded(format!("no request within {REQUEST_READ_TIMEOUT:?}"))),
     };
     let answer = match request {
-        Ok(Request::Info) => match ctx.loaded.get().map(|s| s.model_info()) {
-            Some(Ok(info)) => wire::message(Kind::ModelInfo, &info),
-            Some(Err(e)) => error_frame(&e.into()),
-            None => error_frame(&crate::error::CloudError::Unavailable("loading its models").into()),
+        Ok(Request::Info) => match crate::service::loaded(&ctx.loaded).and_then(|s| s.model_info()) {
+            Ok(info) => wire::message(Kind::ModelInfo, &info),
+            Err(e) => error_frame(&e.into()),
         },
         Ok(Request::Infer(req)) => {
-            let span = tracing::info_span!("infer", request_id = req.request_id, edge = %req.edge_id, split = req.split, transport = "quic");
-            async {
-                match ctx.loaded.get() {
-                    None => error_frame(&crate::error::CloudError::Unavailable("loading its models").into()),
-                    Some(state) => match state.infer(&req).await {
-                        Ok(r) => wire::message(Kind::InferResponse, &r),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "request refused");
-                            error_frame(&e.into())
-                        }
-                    },
-                }
+            let answer = async { crate::service::loaded(&ctx.loaded)?.infer(&req).await };
+            match answer.instrument(crate::service::span(&req, "quic")).await {
+                Ok(r) => wire::message(Kind::InferResponse, &r),
+                Err(e) => error_frame(&e.into()),
             }
-            .instrument(span)
-            .await
         }
         Err(status) => {
             tracing::debug!(%status, "bad QUIC request stream");

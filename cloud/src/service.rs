@@ -41,7 +41,7 @@ impl CloudState {
     /// Validates, queues and computes one request.
     pub async fn infer(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
         if self.draining.load(Ordering::Relaxed) {
-            return Err(CloudError::Unavailable("shutting down"));
+            return Err(refused(CloudError::Unavailable("shutting down")));
         }
         let started = std::time::Instant::now();
         let result = self.compute(req).await;
@@ -58,7 +58,7 @@ impl CloudState {
         if let Ok(r) = &result {
             metrics::counter!("offramp_cloud_bytes_sent_total").increment(prost::Message::encoded_len(r) as u64);
         }
-        result
+        result.map_err(refused)
     }
 
     async fn compute(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
@@ -97,12 +97,24 @@ pub struct CloudService {
 
 impl CloudService {
     fn state(&self) -> Result<&Arc<CloudState>, Status> {
-        self.loaded.get().ok_or_else(|| CloudError::Unavailable("loading its models").into())
+        Ok(loaded(&self.loaded)?)
     }
 }
 
-fn span(req: &pb::InferRequest) -> tracing::Span {
-    tracing::info_span!("infer", request_id = req.request_id, edge = %req.edge_id, split = req.split)
+/// Every refused request is logged once, whichever server it came through.
+fn refused(e: CloudError) -> CloudError {
+    tracing::debug!(error = %e, "request refused");
+    e
+}
+
+/// The loaded state; `Unavailable` while the models are still loading.
+pub(crate) fn loaded(cell: &std::sync::OnceLock<Arc<CloudState>>) -> Result<&Arc<CloudState>, CloudError> {
+    cell.get().ok_or(CloudError::Unavailable("loading its models"))
+}
+
+/// The span of one request, on either server.
+pub(crate) fn span(req: &pb::InferRequest, transport: &'static str) -> tracing::Span {
+    tracing::info_span!("infer", request_id = req.request_id, edge = %req.edge_id, split = req.split, transport)
 }
 
 #[tonic::async_trait]
@@ -114,18 +126,8 @@ impl SplitInference for CloudService {
 
     async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
         let req = request.into_inner();
-        let span = span(&req);
-        async {
-            match self.state()?.infer(&req).await {
-                Ok(r) => Ok(Response::new(r)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "request refused");
-                    Err(e.into())
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        let span = span(&req, "grpc");
+        async { Ok(Response::new(self.state()?.infer(&req).await?)) }.instrument(span).await
     }
 
     type InferStreamStream = ReceiverStream<Result<pb::InferStreamResponse, Status>>;
@@ -144,7 +146,7 @@ impl SplitInference for CloudService {
                     msg = incoming.next() => match msg {
                         Some(Ok(req)) => {
                             let state = state.clone();
-                            let span = span(&req);
+                            let span = span(&req, "grpc-stream");
                             pending.push(async move {
                                 let id = req.request_id;
                                 let result = match state.infer(&req).await {

@@ -28,9 +28,6 @@ use tonic::{Code, Status};
 
 use crate::transport::ConnectConfig;
 
-/// Largest answer frame accepted.
-const MAX_ANSWER: usize = 64 << 20;
-
 /// A QUIC client for one cloud endpoint. Cheap to share (`Arc`).
 pub struct QuicClient {
     url: String,
@@ -213,7 +210,7 @@ impl QuicClient {
             Err(quinn::WriteError::Stopped(_)) => {}
             Err(e) => return Err(lost(&e)),
         }
-        match wire::read_frame(&mut recv, MAX_ANSWER).await {
+        match wire::read_frame(&mut recv, crate::transport::MAX_ANSWER_BYTES).await {
             Ok(Some(f)) => Ok(f),
             Ok(None) => Err(lost(&"the stream ended without an answer")),
             Err(WireError::Io(e)) => Err(lost(&e)),

@@ -13,6 +13,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
+/// Largest answer accepted from a cloud, over gRPC or QUIC.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// Adds `authorization: Bearer <token>` when a token is configured.
 #[derive(Clone, Default)]
 pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -126,7 +129,7 @@ impl Transport {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS for {url}: {e}"))?;
         }
         let client = SplitInferenceClient::with_interceptor(endpoint.connect_lazy(), creds.token.clone());
-        Ok(Transport::Grpc(client.max_decoding_message_size(64 << 20)))
+        Ok(Transport::Grpc(client.max_decoding_message_size(MAX_ANSWER_BYTES)))
     }
 
     /// A lazily connecting QUIC client (`quic://host:port`); TLS needs `--ca`.
