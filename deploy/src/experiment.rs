@@ -125,16 +125,8 @@ pub struct LinkSpec {
     pub down_trace: Option<PathBuf>,
 }
 
-struct BuiltLink {
-    cfg: LinkConfig,
-    /// Mean rate per direction in bit/s (None: unlimited).
-    up_bps: Option<f64>,
-    down_bps: Option<f64>,
-    rtt: Duration,
-}
-
 impl LinkSpec {
-    fn build(&self, seed: u64) -> Result<BuiltLink> {
+    fn build(&self, seed: u64) -> Result<LinkConfig> {
         let e = |m: String| anyhow::anyhow!("link {:?}: {m}", self.name);
         let mut dir = DirectionConfig::default();
         if let Some(d) = &self.delay {
@@ -146,26 +138,17 @@ impl LinkSpec {
         if let Some(l) = &self.loss {
             dir = dir.with_loss(units::parse_ratio(l).map_err(e)?);
         }
-        let mut rate = None;
         if let Some(r) = &self.rate {
-            let bps = units::parse_rate(r).map_err(e)?;
-            dir = dir.with_rate_bps(bps);
-            rate = Some(bps);
+            dir = dir.with_rate_bps(units::parse_rate(r).map_err(e)?);
         }
         let (mut up, mut down) = (dir.clone(), dir);
-        let (mut up_bps, mut down_bps) = (rate, rate);
         if let Some(p) = &self.up_trace {
-            let t = Trace::load(&locate(p), TraceFormat::Auto).map_err(|x| e(x.to_string()))?;
-            up_bps = Some(t.mean_rate_bps());
-            up = up.with_trace(t);
+            up = up.with_trace(Trace::load(&locate(p), TraceFormat::Auto).map_err(|x| e(x.to_string()))?);
         }
         if let Some(p) = &self.down_trace {
-            let t = Trace::load(&locate(p), TraceFormat::Auto).map_err(|x| e(x.to_string()))?;
-            down_bps = Some(t.mean_rate_bps());
-            down = down.with_trace(t);
+            down = down.with_trace(Trace::load(&locate(p), TraceFormat::Auto).map_err(|x| e(x.to_string()))?);
         }
-        let rtt = up.delay + down.delay;
-        Ok(BuiltLink { cfg: LinkConfig { up, down, seed }, up_bps, down_bps, rtt })
+        Ok(LinkConfig { up, down, seed })
     }
 }
 
@@ -350,7 +333,7 @@ async fn run_cell(
     model: &Path,
     k: usize,
     policy: &Path,
-    link: &BuiltLink,
+    link: &LinkConfig,
     encoding: offramp_proto::Encoding,
     deadline: Duration,
     concurrency: usize,
@@ -359,12 +342,12 @@ async fn run_cell(
     let mut cloud_cfg = offramp_cloud::Config::for_model(model);
     cloud_cfg.policy = Some(policy.to_path_buf());
     let cloud = offramp_cloud::CloudHandle::start(cloud_cfg).await?;
-    let proxy = spawn_tcp_link("127.0.0.1:0".parse().expect("addr"), cloud.addr, link.cfg.clone()).await?;
+    let proxy = spawn_tcp_link("127.0.0.1:0".parse().expect("addr"), cloud.addr, link.clone()).await?;
     let mut cfg = EdgeConfig::new(model, k, vec![format!("http://{}", proxy.local_addr())]);
     cfg.policy = Some(policy.to_path_buf());
     cfg.encoding = encoding;
     cfg.deadline = deadline;
-    cfg.connect_timeout = cfg.connect_timeout.max(link.rtt * 4);
+    cfg.connect_timeout = cfg.connect_timeout.max(link.rtt() * 4);
     let edge = Arc::new(Edge::start(cfg).await?);
     let answers = run_dataset(edge.clone(), data, concurrency, |_| {}).await;
     drop(edge);
@@ -382,7 +365,7 @@ fn cell_result(
     transport: &str,
     enc: offramp_proto::Encoding,
     answers: &[Answer],
-    built: &BuiltLink,
+    built: &LinkConfig,
     num_exits: usize,
 ) -> CellResult {
     let n = answers.len().max(1) as f64;
@@ -395,16 +378,19 @@ fn cell_result(
     }
     let lat: Vec<f64> = answers.iter().map(|a| a.latency_us as f64 / 1000.0).collect();
     let s = Summary::of(&lat);
+    // The physical bound of an offload: RTT, serialization at the mean rates, cloud compute.
+    let (rtt_us, up_bps, down_bps) =
+        (built.rtt().as_secs_f64() * 1e6, built.up.rate.mean_bps(), built.down.rate.mean_bps());
     let bound: Vec<f64> = answers
         .iter()
         .map(|a| {
             let mut us = a.edge_us as f64;
             if a.tier == Tier::Cloud {
-                us += built.rtt.as_secs_f64() * 1e6 + a.cloud_compute_us as f64;
-                if let Some(bps) = built.up_bps {
+                us += rtt_us + a.cloud_compute_us as f64;
+                if let Some(bps) = up_bps {
                     us += a.bytes_up as f64 * 8.0 / bps * 1e6;
                 }
-                if let Some(bps) = built.down_bps {
+                if let Some(bps) = down_bps {
                     us += a.bytes_down as f64 * 8.0 / bps * 1e6;
                 }
             }
