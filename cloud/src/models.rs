@@ -45,11 +45,7 @@ impl Registry {
         let mut models = BTreeMap::new();
         for dir in dirs {
             let bundle = Bundle::load(dir).with_context(|| format!("loading model bundle {}", dir.display()))?;
-            let policy_path = policy.map(Path::to_path_buf).or_else(|| bundle.policy_path());
-            let policy = match &policy_path {
-                Some(p) => Policy::load(p, bundle.num_exits())?,
-                None => Policy::never(bundle.num_exits()),
-            };
+            let (policy, policy_path) = Policy::for_bundle(policy, &bundle)?;
             let fingerprints = bundle
                 .splits(SplitSide::Cloud)
                 .into_iter()

@@ -147,10 +147,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         );
     }
     let data = args.data.load(&bundle)?;
-    let policy = match args.policy.clone().or_else(|| bundle.policy_path()) {
-        Some(p) => Policy::load(&p, bundle.num_exits()).with_context(|| format!("loading policy {}", p.display()))?,
-        None => Policy::never(bundle.num_exits()),
-    };
+    let (policy, _) = Policy::for_bundle(args.policy.as_deref(), &bundle).context("loading the policy")?;
     let edge_policy = if args.offload_all { Policy::never(bundle.num_exits()) } else { policy.clone() };
     let shape = bundle.shape_at(k)?.to_vec();
     let exec = Executor::new(Arc::new(bundle.clone()));

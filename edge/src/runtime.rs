@@ -212,11 +212,7 @@ impl Edge {
                 bundle.held().end
             );
         }
-        let policy_path = config.policy.clone().or_else(|| bundle.policy_path());
-        let policy = match &policy_path {
-            Some(p) => Policy::load(p, bundle.num_exits())?,
-            None => Policy::never(bundle.num_exits()),
-        };
+        let (policy, policy_path) = Policy::for_bundle(config.policy.as_deref(), &bundle)?;
         let edge_fingerprint = bundle.fingerprint(SplitSide::Edge, split).unwrap_or_default();
         let cloud_fingerprint = bundle.expected_fingerprint(SplitSide::Cloud, split).unwrap_or_default();
         let cloud_exits = bundle.exits_in(split..n);

@@ -22,11 +22,12 @@
 //! threshold = 0.05
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::Observation;
+use crate::Bundle;
 
 mod wire;
 pub use wire::history_to_wire;
@@ -187,6 +188,18 @@ impl Policy {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
         Self::parse(&text, num_exits, &path.display().to_string())
+    }
+
+    /// The policy a bundle runs with: `explicit` if given, else the bundle's
+    /// own `policy.toml`, else no early exits ([`Policy::never`]). Returns the
+    /// file it came from, if any, for logs.
+    pub fn for_bundle(explicit: Option<&Path>, bundle: &Bundle) -> Result<(Self, Option<PathBuf>), PolicyError> {
+        let path = explicit.map(Path::to_path_buf).or_else(|| bundle.policy_path());
+        let policy = match &path {
+            Some(p) => Self::load(p, bundle.num_exits())?,
+            None => Self::never(bundle.num_exits()),
+        };
+        Ok((policy, path))
     }
 
     /// The policy as a file (one entry per exit).
