@@ -1,8 +1,8 @@
 //! `offramp experiment`: a small real grid (cloud + link emulator + edge per
 //! cell) writes results, records and plots.
 
-use offramp::experiment::{run, ExperimentArgs};
-use offramp::plot::check_well_formed;
+use offramp_lab::experiment::{run, ExperimentArgs};
+use offramp_plot::check_well_formed;
 
 use crate::support::*;
 

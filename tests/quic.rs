@@ -15,11 +15,12 @@ use offramp_common::security::{ClientTlsArgs, Secret};
 use offramp_common::wire::{self, Kind};
 use offramp_common::{codec, Bundle};
 use offramp_edge::offload::Reason;
-use offramp_edge::quic::{error_status, QuicClient};
+use offramp_edge::quic::QuicClient;
 use offramp_edge::run::{run_dataset, summarize};
 use offramp_edge::transport::{ConnectConfig, TransportKind};
 use offramp_edge::{Answer, Edge, EdgeConfig, Tier};
 use offramp_proto as pb;
+use offramp_transport::frame::frame_status as error_status;
 use tonic::Code;
 
 use crate::support::*;

@@ -6,26 +6,14 @@
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use offramp_common::model::ExitResult;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::BatchConfig;
 use crate::error::CloudError;
 use crate::models::ValidRequest;
-
-/// Batching and admission settings.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchConfig {
-    /// Largest batch; 1 turns batching off.
-    pub max_batch: usize,
-    /// How long the first request of a batch waits for company.
-    pub batch_wait: Duration,
-    /// Bound on queued plus running requests; beyond it, `ResourceExhausted`.
-    pub max_queue: usize,
-    /// Compute threads.
-    pub workers: usize,
-}
 
 /// What compute returns for one request.
 #[derive(Debug, Clone)]
@@ -40,6 +28,9 @@ struct Job {
     req: ValidRequest,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Computed, CloudError>>,
+    /// The request's span, so what happens on the compute thread is logged
+    /// with its request id.
+    span: tracing::Span,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -51,42 +42,25 @@ impl Job {
     }
 }
 
-/// Counters the batcher keeps (read by metrics and tests).
-#[derive(Debug, Default)]
-pub struct BatchStats {
-    pub batches: std::sync::atomic::AtomicU64,
-    pub computed: std::sync::atomic::AtomicU64,
-    pub dropped_gone: std::sync::atomic::AtomicU64,
-}
-
 /// Handle to the compute threads. Cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
     config: BatchConfig,
-    pub stats: Arc<BatchStats>,
 }
 
 impl Batcher {
-    pub fn start(config: BatchConfig) -> Self {
-        let config = BatchConfig {
-            max_batch: config.max_batch.max(1),
-            workers: config.workers.max(1),
-            max_queue: config.max_queue.max(1),
-            ..config
-        };
+    /// Starts `config.workers` compute threads (the config is validated:
+    /// every count is at least 1).
+    pub fn start(config: BatchConfig) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let stats = Arc::new(BatchStats::default());
         for i in 0..config.workers {
-            let (rx, stats) = (rx.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name(format!("offramp-compute-{i}"))
-                .spawn(move || worker(rx, config, stats))
-                .expect("spawn compute thread");
+            let rx = rx.clone();
+            std::thread::Builder::new().name(format!("offramp-compute-{i}")).spawn(move || worker(rx, config))?;
         }
-        Self { tx, permits: Arc::new(Semaphore::new(config.max_queue)), config, stats }
+        Ok(Self { tx, permits: Arc::new(Semaphore::new(config.max_queue)), config })
     }
 
     /// Requests queued or running now.
@@ -100,14 +74,13 @@ impl Batcher {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| CloudError::Overloaded(self.in_flight()))?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { req, enqueued: Instant::now(), reply, _permit: permit })
+            .send(Job { req, enqueued: Instant::now(), reply, span: tracing::Span::current(), _permit: permit })
             .map_err(|_| CloudError::Unavailable("shutting down"))?;
         rx.await.map_err(|_| CloudError::Unavailable("shutting down"))?
     }
 }
 
-fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig, stats: Arc<BatchStats>) {
-    use std::sync::atomic::Ordering::Relaxed;
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig) {
     let mut carry: Option<Job> = None;
     loop {
         let mut batch = Vec::with_capacity(config.max_batch);
@@ -140,15 +113,12 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig, stats: Arc<B
                 }
             }
         }
-        let before = batch.len();
+        // Callers that went away (deadline passed, client gone) are dropped
+        // before compute.
         batch.retain(|j| !j.reply.is_closed());
-        stats.dropped_gone.fetch_add((before - batch.len()) as u64, Relaxed);
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            compute(batch);
         }
-        stats.batches.fetch_add(1, Relaxed);
-        stats.computed.fetch_add(batch.len() as u64, Relaxed);
-        compute(batch);
     }
 }
 
@@ -173,14 +143,19 @@ fn compute(batch: Vec<Job>) {
                 let queue_us = started.duration_since(j.enqueued).as_micros() as u64;
                 let reply = match answer {
                     Some(result) => Ok(Computed { result, queue_us, compute_us, batch_size: size }),
-                    None => Err(CloudError::Internal("no exit answered (the final exit always answers)".into())),
+                    None => {
+                        let _entered = j.span.enter();
+                        tracing::error!("no exit answered (the final exit always answers)");
+                        Err(CloudError::Internal("no exit answered (the final exit always answers)".into()))
+                    }
                 };
                 let _ = j.reply.send(reply);
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, batch = size, "batch compute failed");
             for j in batch {
+                let _entered = j.span.enter();
+                tracing::error!(error = %e, batch = size, "batch compute failed");
                 let _ = j.reply.send(Err(CloudError::Internal(e.to_string())));
             }
         }

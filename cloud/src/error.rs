@@ -24,7 +24,9 @@ pub enum CloudError {
     #[error("exit history: {0}")]
     History(String),
     #[error("policy: {0}")]
-    Policy(String),
+    Policy(#[from] offramp_common::policy::PolicyError),
+    #[error("edge_id {claimed:?} does not match the edge this request's token belongs to ({authenticated:?})")]
+    IdentityMismatch { claimed: String, authenticated: String },
     #[error("queue full ({0} requests waiting): try another endpoint or later")]
     Overloaded(usize),
     #[error("the cloud is {0}")]
@@ -46,6 +48,7 @@ impl CloudError {
             | CloudError::Shape { .. }
             | CloudError::History(_)
             | CloudError::Policy(_) => Code::InvalidArgument,
+            CloudError::IdentityMismatch { .. } => Code::PermissionDenied,
             CloudError::Overloaded(_) => Code::ResourceExhausted,
             CloudError::Unavailable(_) => Code::Unavailable,
             CloudError::Internal(_) => Code::Internal,

@@ -2,10 +2,14 @@
 //! their exits for hidden states sent by edges, over gRPC and optionally QUIC
 //! ([`quic`]).
 //!
-//! `main` parses [`Config`], sets up tracing and calls [`serve`]; tests call the
-//! same [`serve`] in-process on `127.0.0.1:0`.
+//! `main` parses [`CloudArgs`], turns them into a [`CloudConfig`], sets up
+//! tracing and calls [`serve`]; tests and the lab call the same [`serve`]
+//! in-process on `127.0.0.1:0` (through [`CloudHandle`]).
 
+pub mod auth;
 pub mod batcher;
+pub mod cli;
+pub mod config;
 pub mod error;
 pub mod models;
 pub mod quic;
@@ -14,92 +18,42 @@ pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use offramp_common::{codec, units};
-use offramp_proto as pb;
 use offramp_proto::split_inference_server::SplitInferenceServer;
 use tokio::net::TcpListener;
 
-use crate::batcher::{BatchConfig, Batcher};
+use crate::auth::Auth;
+use crate::batcher::Batcher;
+pub use crate::config::{CloudArgs, CloudConfig, ConfigError, ModelSource};
 use crate::models::Registry;
 use crate::service::{CloudService, CloudState};
 
-/// Cloud configuration (flags, each also readable from the environment).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    /// Model bundle directory: the whole model, or the cloud side of a split
-    /// (`offramp split`). Repeat for several models.
-    #[arg(long = "model", env = "OFFRAMP_MODEL", required = true, value_delimiter = ',')]
-    pub models: Vec<PathBuf>,
-    /// gRPC listen address. Loopback by default; port 0 picks a free port.
-    #[arg(long, env = "OFFRAMP_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-    /// Default policy for the cloud-side exits when a request carries none
-    /// (default: the bundle's policy.toml, else final exit only).
-    #[arg(long, env = "OFFRAMP_POLICY")]
-    pub policy: Option<PathBuf>,
-    /// Largest accepted hidden-state payload.
-    #[arg(long, env = "OFFRAMP_MAX_PAYLOAD", default_value = "4MiB", value_parser = units::parse_bytes)]
-    pub max_payload: usize,
-    /// Compute threads.
-    #[arg(long, env = "OFFRAMP_WORKERS", default_value_t = 1)]
-    pub workers: usize,
-    /// Largest batch across edges (1 turns batching off).
-    #[arg(long, env = "OFFRAMP_MAX_BATCH", default_value_t = 32)]
-    pub max_batch: usize,
-    /// How long a request may wait for others to fill its batch. The default 0
-    /// adds no latency: a batch is whatever queued up while the previous one
-    /// computed (so batches grow with load by themselves).
-    #[arg(long, env = "OFFRAMP_BATCH_WAIT", default_value = "0s", value_parser = units::parse_duration)]
-    pub batch_wait: Duration,
-    /// Bound on queued work; beyond it requests get ResourceExhausted at once.
-    #[arg(long, env = "OFFRAMP_MAX_QUEUE", default_value_t = 1024)]
-    pub max_queue: usize,
-    /// Serve Prometheus metrics on this address (off by default).
-    #[arg(long, env = "OFFRAMP_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Bearer tokens accepted, one `edge-id token` per line. Without it every
-    /// caller is admitted (keep the default loopback bind then).
-    #[arg(long, env = "OFFRAMP_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub tls: offramp_common::security::ServerTlsArgs,
-    #[command(flatten)]
-    pub quic: quic::QuicArgs,
-    /// Hidden-state encodings accepted (listed in the handshake; edges check
-    /// theirs against it).
-    #[arg(long, env = "OFFRAMP_ENCODINGS", value_delimiter = ',', default_value = "f32,f16,bf16,int8", value_parser = codec::parse_encoding)]
-    pub encodings: Vec<pb::Encoding>,
-    /// On SIGTERM/SIGINT, how long in-flight work may take to finish.
-    #[arg(long, env = "OFFRAMP_DRAIN_TIMEOUT", default_value = "10s", value_parser = units::parse_duration)]
-    pub drain_timeout: Duration,
-}
-
-impl Config {
-    /// A config for one model with defaults (tests, demo).
-    pub fn for_model(model: impl Into<PathBuf>) -> Self {
-        Self {
-            models: vec![model.into()],
-            listen: "127.0.0.1:0".parse().expect("valid address"),
-            policy: None,
-            max_payload: 4 << 20,
-            workers: 1,
-            max_batch: 32,
-            batch_wait: Duration::ZERO,
-            max_queue: 1024,
-            drain_timeout: Duration::from_secs(10),
-            metrics_listen: None,
-            auth_token_file: None,
-            tls: Default::default(),
-            quic: Default::default(),
-            encodings: codec::ENCODINGS.to_vec(),
-        }
-    }
+/// Why a cloud could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for QUIC on {addr}: {source}")]
+    QuicBind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] offramp_transport::tls::TlsError),
+    #[error("TLS configuration: {0}")]
+    GrpcTls(tonic::transport::Error),
+    #[error(transparent)]
+    Load(#[from] models::LoadError),
+    #[error("starting the compute threads: {0}")]
+    Workers(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(tonic::transport::Error),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    #[error("the cloud stopped before it was ready")]
+    StoppedEarly,
 }
 
 /// Where a ready cloud listens.
@@ -114,41 +68,24 @@ pub struct Listening {
 /// bound addresses once the models are loaded and health says SERVING; until
 /// then health answers NOT_SERVING and inference `Unavailable`.
 pub async fn serve(
-    config: Config,
+    config: CloudConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(Listening) + Send + 'static,
-) -> Result<()> {
-    if config.encodings.is_empty() {
-        anyhow::bail!("--encodings must name at least one encoding");
-    }
-    let addr = listener.local_addr()?;
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     if let Some(m) = config.metrics_listen {
         match telemetry::install_metrics(m) {
             Ok(()) => tracing::info!(addr = %m, "metrics listening"),
             Err(e) => tracing::warn!(error = %e, "metrics exporter not installed (one per process)"),
         }
     }
-    let tokens = match &config.auth_token_file {
-        Some(p) => Some(offramp_common::security::TokenTable::load(p).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let auth = telemetry::Auth::new(tokens);
+    let auth = Auth::new(config.tokens.clone());
     let mut builder = tonic::transport::Server::builder();
-    if let (Some(cert), Some(key)) = (&config.tls.tls_cert, &config.tls.tls_key) {
-        use offramp_common::security::read_file;
-        let identity = tonic::transport::Identity::from_pem(
-            read_file(cert, "TLS certificate").map_err(anyhow::Error::msg)?,
-            read_file(key, "TLS key").map_err(anyhow::Error::msg)?,
-        );
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &config.tls.tls_client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(
-                read_file(ca, "client CA").map_err(anyhow::Error::msg)?,
-            ));
-        }
-        builder = builder.tls_config(tls).context("TLS configuration")?;
-        tracing::info!("TLS on");
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.tonic()).map_err(ServeError::GrpcTls)?;
+        tracing::info!(mutual = tls.is_mutual(), "TLS on");
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
@@ -160,11 +97,13 @@ pub async fn serve(
     // server stops accepting and in-flight requests get `drain_timeout`.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let max_message = config.max_payload + 64 * 1024;
-    let quic = match config.quic.quic_listen {
-        Some(listen) => {
-            let identity = quic::identity(&config.quic, &config.tls, listen)?;
-            let endpoint = quic::bind(listen, quic::server_config(identity, config.tls.tls_client_ca.as_deref())?)?;
-            let quic_addr = endpoint.local_addr()?;
+    let quic = match &config.quic {
+        Some(q) => {
+            let server_config =
+                offramp_transport::quic::server_config(&q.tls, quic::MAX_STREAMS_PER_CONNECTION, quic::IDLE_TIMEOUT)?;
+            let endpoint = quinn::Endpoint::server(server_config, q.listen)
+                .map_err(|source| ServeError::QuicBind { addr: q.listen, source })?;
+            let quic_addr = endpoint.local_addr().map_err(|source| ServeError::QuicBind { addr: q.listen, source })?;
             let ctx = Arc::new(quic::StreamContext::new(loaded.clone(), auth.clone(), max_message));
             let task = tokio::spawn(quic::run(endpoint, ctx, stop_rx.clone(), config.drain_timeout));
             Some((quic_addr, task))
@@ -211,14 +150,9 @@ pub async fn serve(
 
     let state = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || -> Result<Arc<CloudState>> {
-            let registry = Registry::load(&config.models, config.policy.as_deref())?;
-            let batcher = Batcher::start(BatchConfig {
-                max_batch: config.max_batch,
-                batch_wait: config.batch_wait,
-                max_queue: config.max_queue,
-                workers: config.workers,
-            });
+        tokio::task::spawn_blocking(move || -> Result<Arc<CloudState>, ServeError> {
+            let registry = Registry::load(&config.models, config.policy.as_ref())?;
+            let batcher = Batcher::start(config.batch).map_err(ServeError::Workers)?;
             Ok(Arc::new(CloudState {
                 registry,
                 batcher,
@@ -228,7 +162,7 @@ pub async fn serve(
             }))
         })
         .await
-        .context("model loader panicked")??
+        .map_err(|_| ServeError::Panicked("model loader"))??
     };
     let _ = loaded.set(state);
     if !*stop_rx.borrow() {
@@ -241,12 +175,12 @@ pub async fn serve(
 
     let _ = stop_rx.wait_for(|s| *s).await;
     match tokio::time::timeout(config.drain_timeout, server).await {
-        Ok(joined) => joined.context("server task panicked")?.context("grpc server failed")?,
+        Ok(joined) => joined.map_err(|_| ServeError::Panicked("gRPC server"))?.map_err(ServeError::Grpc)?,
         Err(_) => tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; dropping in-flight requests"),
     }
     if let Some((_, task)) = quic {
         // Bounded by the drain timeout itself.
-        task.await.context("QUIC server task panicked")?;
+        task.await.map_err(|_| ServeError::Panicked("QUIC server"))?;
     }
     Ok(())
 }
@@ -259,13 +193,15 @@ pub struct CloudHandle {
     /// The QUIC address, when `config.quic.quic_listen` was set.
     pub quic_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 impl CloudHandle {
     /// Binds `config.listen`, loads the models and returns once SERVING.
-    pub async fn start(config: Config) -> Result<Self> {
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    pub async fn start(config: CloudConfig) -> Result<Self, ServeError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(serve(
@@ -282,9 +218,9 @@ impl CloudHandle {
             Ok(l) => Ok(Self { addr: l.grpc, quic_addr: l.quic, stop: Some(stop), task }),
             Err(_) => Err(task
                 .await
-                .context("cloud task panicked")?
+                .map_err(|_| ServeError::Panicked("cloud task"))?
                 .err()
-                .unwrap_or_else(|| anyhow::anyhow!("cloud stopped before ready"))),
+                .unwrap_or(ServeError::StoppedEarly)),
         }
     }
 
@@ -299,11 +235,11 @@ impl CloudHandle {
     }
 
     /// Graceful shutdown, waiting for the drain.
-    pub async fn stop(mut self) -> Result<()> {
+    pub async fn stop(mut self) -> Result<(), ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.context("cloud task panicked")?
+        (&mut self.task).await.map_err(|_| ServeError::Panicked("cloud task"))?
     }
 }
 

@@ -2,15 +2,29 @@
 //! and request validation against them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use offramp_common::model::{Observation, SplitSide};
-use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_common::policy::{PolicyError, PolicyFile};
+use offramp_common::{codec, Bundle, Executor, ModelError, Policy};
 use offramp_proto as pb;
 
+use crate::config::ModelSource;
 use crate::error::CloudError;
+
+/// Why the models could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading model bundle {}: {source}", dir.display())]
+    Bundle { dir: PathBuf, source: ModelError },
+    #[error("model {model}: {source}")]
+    Policy { model: String, source: PolicyError },
+    #[error("model {0:?} given twice")]
+    Duplicate(String),
+    #[error("no model given: pass --model DIR")]
+    NoModel,
+}
 
 /// One model held by the cloud (the whole model, or its cloud side).
 #[derive(Debug)]
@@ -40,25 +54,37 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads every bundle directory; `policy` overrides the bundles' own.
-    pub fn load(dirs: &[PathBuf], policy: Option<&Path>) -> Result<Self> {
+    /// Loads every model (bundle directories are read here); `policy`
+    /// overrides the bundles' own policies.
+    pub fn load(sources: &[ModelSource], policy: Option<&PolicyFile>) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
-        for dir in dirs {
-            let bundle = Bundle::load(dir).with_context(|| format!("loading model bundle {}", dir.display()))?;
-            let (policy, policy_path) = Policy::for_bundle(policy, &bundle)?;
+        for source in sources {
+            let (bundle, origin) = match source {
+                ModelSource::Dir(dir) => (
+                    Arc::new(Bundle::load(dir).map_err(|source| LoadError::Bundle { dir: dir.clone(), source })?),
+                    dir.display().to_string(),
+                ),
+                ModelSource::Loaded(b) => (b.clone(), "in memory".to_string()),
+            };
+            let id = bundle.model_id().to_string();
+            let (policy, policy_origin) = match policy {
+                Some(file) => (Policy::from_file(file, bundle.num_exits()), "--policy".to_string()),
+                None => match Policy::for_bundle(None, &bundle) {
+                    Ok((p, path)) => (
+                        Ok(p),
+                        path.map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into()),
+                    ),
+                    Err(e) => (Err(e), String::new()),
+                },
+            };
+            let policy = policy.map_err(|source| LoadError::Policy { model: id.clone(), source })?;
             let fingerprints = bundle
                 .splits(SplitSide::Cloud)
                 .into_iter()
                 .filter(|&k| k < bundle.num_blocks())
                 .filter_map(|k| Some((k, bundle.fingerprint(SplitSide::Cloud, k)?)))
                 .collect();
-            let id = bundle.model_id().to_string();
-            tracing::info!(
-                model = %id, dir = %dir.display(), held = ?bundle.held(),
-                policy = %policy_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "none (final exit only)".into()),
-                "loaded model"
-            );
-            let bundle = Arc::new(bundle);
+            tracing::info!(model = %id, from = %origin, held = ?bundle.held(), policy = %policy_origin, "loaded model");
             let slot = ModelSlot {
                 id: id.clone(),
                 exec: Executor::new(bundle.clone()),
@@ -67,11 +93,11 @@ impl Registry {
                 fingerprints,
             };
             if models.insert(id.clone(), Arc::new(slot)).is_some() {
-                anyhow::bail!("model {id:?} given twice");
+                return Err(LoadError::Duplicate(id));
             }
         }
         if models.is_empty() {
-            anyhow::bail!("no model given: pass --model DIR");
+            return Err(LoadError::NoModel);
         }
         Ok(Self { models })
     }
@@ -170,7 +196,7 @@ impl Registry {
         let policy = if req.policy.is_empty() {
             model.policy.clone()
         } else {
-            Arc::new(Policy::with_wire(&model.policy, &req.policy).map_err(|e| CloudError::Policy(e.to_string()))?)
+            Arc::new(Policy::with_wire(&model.policy, &req.policy)?)
         };
         Ok(ValidRequest { model: model.clone(), split, input, history, policy })
     }

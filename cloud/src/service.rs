@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth::Caller;
 use crate::batcher::Batcher;
 use crate::error::CloudError;
 use crate::models::Registry;
@@ -38,13 +39,16 @@ impl CloudState {
             .ok_or(CloudError::Unavailable("holding no model"))
     }
 
-    /// Validates, queues and computes one request.
-    pub async fn infer(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
+    /// Validates, queues and computes one request from `caller`.
+    pub async fn infer(&self, req: &pb::InferRequest, caller: &Caller) -> Result<pb::InferResponse, CloudError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(refused(CloudError::Unavailable("shutting down")));
         }
         let started = std::time::Instant::now();
-        let result = self.compute(req).await;
+        let result = match caller.check(req) {
+            Ok(()) => self.compute(req).await,
+            Err(e) => Err(e),
+        };
         let (outcome, exit) = match &result {
             Ok(r) => ("ok".to_string(), r.exit.to_string()),
             Err(e) => (format!("{:?}", e.code()), "none".to_string()),
@@ -112,11 +116,6 @@ pub(crate) fn loaded(cell: &std::sync::OnceLock<Arc<CloudState>>) -> Result<&Arc
     cell.get().ok_or(CloudError::Unavailable("loading its models"))
 }
 
-/// The span of one request, on either server.
-pub(crate) fn span(req: &pb::InferRequest, transport: &'static str) -> tracing::Span {
-    tracing::info_span!("infer", request_id = req.request_id, edge = %req.edge_id, split = req.split, transport)
-}
-
 #[tonic::async_trait]
 impl SplitInference for CloudService {
     async fn get_model_info(&self, request: Request<pb::ModelInfoRequest>) -> Result<Response<pb::ModelInfo>, Status> {
@@ -125,9 +124,10 @@ impl SplitInference for CloudService {
     }
 
     async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let span = span(&req, "grpc");
-        async { Ok(Response::new(self.state()?.infer(&req).await?)) }.instrument(span).await
+        let span = caller.span(&req, "grpc");
+        async { Ok(Response::new(self.state()?.infer(&req, &caller).await?)) }.instrument(span).await
     }
 
     type InferStreamStream = ReceiverStream<Result<pb::InferStreamResponse, Status>>;
@@ -136,6 +136,7 @@ impl SplitInference for CloudService {
         &self,
         request: Request<Streaming<pb::InferRequest>>,
     ) -> Result<Response<Self::InferStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let state = self.state()?.clone();
@@ -145,11 +146,11 @@ impl SplitInference for CloudService {
                 tokio::select! {
                     msg = incoming.next() => match msg {
                         Some(Ok(req)) => {
-                            let state = state.clone();
-                            let span = span(&req, "grpc-stream");
+                            let (state, caller) = (state.clone(), caller.clone());
+                            let span = caller.span(&req, "grpc-stream");
                             pending.push(async move {
                                 let id = req.request_id;
-                                let result = match state.infer(&req).await {
+                                let result = match state.infer(&req, &caller).await {
                                     Ok(r) => pb::infer_stream_response::Result::Response(r),
                                     Err(e) => {
                                         let s: Status = e.into();

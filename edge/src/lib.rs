@@ -3,6 +3,8 @@
 //! to a cloud otherwise, and always answers (offline fallback).
 
 pub mod breaker;
+pub mod cli;
+pub mod config;
 pub mod metrics;
 pub mod offload;
 pub mod quic;
@@ -12,4 +14,5 @@ pub mod runtime;
 pub mod serve;
 pub mod transport;
 
-pub use runtime::{Answer, Edge, EdgeConfig, FallbackMode, Tier};
+pub use config::{EdgeArgs, EdgeConfig, FallbackMode};
+pub use runtime::{Answer, Edge, EdgeError, Tier};

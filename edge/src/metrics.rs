@@ -4,12 +4,9 @@ use std::net::SocketAddr;
 
 use crate::runtime::Answer;
 
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+pub fn install(addr: SocketAddr) -> Result<(), offramp_transport::metrics::BuildError> {
     let buckets = [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("seconds".into()), &buckets)?
-        .install()?;
+    offramp_transport::metrics::install(addr, &buckets, &[])?;
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("offramp_edge_requests_total", "Answers by tier (edge, cloud, fallback, error) and exit");
     describe_histogram!("offramp_edge_latency_seconds", Unit::Seconds, "End-to-end latency per input, by tier");

@@ -17,36 +17,7 @@ use tonic::Code;
 use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
 use crate::transport::Transport;
 
-/// Why the cloud did not answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    /// The deadline passed.
-    Timeout,
-    /// The endpoint could not be reached or failed.
-    Unavailable,
-    /// Every endpoint's breaker is open.
-    CircuitOpen,
-    /// The cloud refused the request as bad (not retried).
-    Rejected,
-    /// The cloud's queue is full.
-    Overloaded,
-    /// No cloud endpoint is configured.
-    NoCloud,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Timeout => "timeout",
-            Reason::Unavailable => "unavailable",
-            Reason::CircuitOpen => "circuit-open",
-            Reason::Rejected => "rejected",
-            Reason::Overloaded => "overloaded",
-            Reason::NoCloud => "no-cloud",
-        }
-    }
-}
+pub use offramp_transport::status::Reason;
 
 /// A failed offload: the reason and the last status seen.
 #[derive(Debug, Clone)]
@@ -85,7 +56,7 @@ pub struct Endpoint {
     transport: Transport,
     breaker: Mutex<Breaker>,
     /// Handshake result, once it succeeded or failed for good.
-    verified: OnceCell<Result<(), String>>,
+    verified: OnceCell<Result<(), HandshakeError>>,
 }
 
 impl Endpoint {
@@ -108,8 +79,23 @@ pub struct Offloader {
     pub stats: OffloadStats,
 }
 
+/// Why an edge cannot use a cloud endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The cloud holds another model, split, protocol or encodings; the
+    /// message says which and what to do.
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("cloud {url} refused this edge's credentials: {message}")]
+    Credentials { url: String, message: String },
+}
+
 /// Checks a handshake answer against what this edge holds.
-pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), String> {
+pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), HandshakeError> {
+    check(url, info, expect).map_err(HandshakeError::Incompatible)
+}
+
+fn check(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), String> {
     if info.protocol_version != pb::PROTOCOL_VERSION {
         return Err(format!(
             "cloud {url} speaks protocol version {}, this edge speaks {}",
@@ -166,15 +152,10 @@ pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) ->
     Ok(())
 }
 
+/// The reason for a failed call, `None` when another endpoint will not do
+/// better (the request itself was refused).
 fn retryable(code: Code) -> Option<Reason> {
-    match code {
-        Code::Unavailable | Code::Unknown | Code::Internal | Code::Aborted | Code::Cancelled => {
-            Some(Reason::Unavailable)
-        }
-        Code::DeadlineExceeded => Some(Reason::Timeout),
-        Code::ResourceExhausted => Some(Reason::Overloaded),
-        _ => None,
-    }
+    Some(Reason::for_code(code)).filter(|r| r.is_retryable())
 }
 
 /// Whether `deadline` has passed (within a millisecond of timer slack).
@@ -206,7 +187,7 @@ impl Offloader {
 
     /// Handshakes with every endpoint now. A reachable endpoint holding the
     /// wrong model is an error; an unreachable one is checked on first use.
-    pub async fn handshake_all(&self, timeout: Duration) -> Result<usize, String> {
+    pub async fn handshake_all(&self, timeout: Duration) -> Result<usize, HandshakeError> {
         let mut ok = 0;
         for ep in &self.endpoints {
             match ep.transport.model_info(timeout).await {
@@ -217,7 +198,10 @@ impl Offloader {
                     ok += 1;
                 }
                 Err(status) if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) => {
-                    return Err(format!("cloud {} refused this edge's credentials: {}", ep.url, status.message()));
+                    return Err(HandshakeError::Credentials {
+                        url: ep.url.clone(),
+                        message: status.message().to_string(),
+                    });
                 }
                 Err(status) => {
                     tracing::warn!(endpoint = %ep.url, %status, "cloud unreachable at start; will fall back until it answers");
@@ -229,7 +213,11 @@ impl Offloader {
 
     async fn verify(&self, ep: &Endpoint, timeout: Duration) -> Result<(), OffloadError> {
         if let Some(v) = ep.verified.get() {
-            return v.clone().map_err(|message| OffloadError { reason: Reason::Rejected, message, retries: 0 });
+            return v.clone().map_err(|e| OffloadError {
+                reason: Reason::Rejected,
+                message: e.to_string(),
+                retries: 0,
+            });
         }
         match ep.transport.model_info(timeout).await {
             Ok(info) => {
@@ -238,7 +226,7 @@ impl Offloader {
                     tracing::error!(endpoint = %ep.url, error = %e, "cloud holds another model; not using it");
                 }
                 let _ = ep.verified.set(verdict.clone());
-                verdict.map_err(|message| OffloadError { reason: Reason::Rejected, message, retries: 0 })
+                verdict.map_err(|e| OffloadError { reason: Reason::Rejected, message: e.to_string(), retries: 0 })
             }
             Err(status) => Err(OffloadError {
                 reason: retryable(status.code()).unwrap_or(Reason::Unavailable),

@@ -1,5 +1,5 @@
 //! The edge's QUIC client: the protocol's messages framed as
-//! [`offramp_common::wire`] says, one bidirectional stream per request over
+//! [`offramp_transport::frame`] says, one bidirectional stream per request over
 //! one long-lived connection per endpoint (TLS 1.3, rustls with ring).
 //!
 //! Failures are reported as gRPC statuses, like the gRPC transport's, so
@@ -15,18 +15,17 @@
 //! URL's host.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use offramp_common::security::{read_file, ClientTlsArgs, Secret};
-use offramp_common::wire::{self, Kind, WireError};
 use offramp_proto as pb;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::{Code, Status};
+use offramp_transport::frame::{self as wire, Kind, WireError};
+use offramp_transport::quic::{client_config, parse_url};
+use offramp_transport::token::Secret;
+use tonic::Status;
 
-use crate::transport::ConnectConfig;
+use crate::transport::{ConnectConfig, Credentials, TransportError};
 
 /// A QUIC client for one cloud endpoint. Cheap to share (`Arc`).
 pub struct QuicClient {
@@ -52,95 +51,18 @@ impl std::fmt::Debug for QuicClient {
     }
 }
 
-/// Splits `quic://host:port` (or `host:port`; IPv6 hosts in brackets).
-pub fn parse_url(url: &str) -> Result<(String, u16), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(format!("{url:?} is a gRPC URL; QUIC endpoints look like quic://127.0.0.1:4433"));
-    }
-    let rest = url.strip_prefix("quic://").unwrap_or(url).trim_end_matches('/');
-    let bad = || format!("bad QUIC URL {url:?}: expected quic://host:port");
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok((host.to_string(), port))
-}
-
-/// The rustls/quinn client configuration: TLS 1.3 only, ALPN `offramp/1`,
-/// the server verified against `--ca`, a client certificate when given;
-/// keep-alives a quarter of the keep-alive interval apart and an idle timeout
-/// of (interval + timeout) / 2 (1.5 s by default: three missed keep-alives), so a dead cloud is noticed about
-/// as fast as over gRPC; BBR congestion control (see [`congestion`]).
-pub fn client_config(tls: &ClientTlsArgs, c: &ConnectConfig) -> Result<quinn::ClientConfig, String> {
-    let ca = tls.ca.as_ref().ok_or_else(|| {
-        "QUIC always uses TLS: pass --ca FILE with the cloud's certificate or its CA (for local runs, \
-         `offramp-cloud --self-signed --cert-out FILE` writes one)"
-            .to_string()
-    })?;
-    let pem = read_file(ca, "CA certificate")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("CA certificate {}: {e}", ca.display()))?;
-        roots.add(cert).map_err(|e| format!("CA certificate {}: {e}", ca.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("CA certificate file {} holds no certificate", ca.display()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("TLS 1.3: {e}"))?
-        .with_root_certificates(roots);
-    let mut config = match (&tls.tls_client_cert, &tls.tls_client_key) {
-        (Some(cert), Some(key)) => {
-            let pem = read_file(cert, "client certificate")?;
-            let chain = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("client certificate {}: {e}", cert.display()))?;
-            let key_pem = read_file(key, "client key")?;
-            let key =
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("client key {}: {e}", key.display()))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![wire::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(|e| format!("QUIC TLS: {e}"))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    let idle = (c.keepalive_interval + c.keepalive_timeout) / 2;
-    transport
-        .congestion_controller_factory(congestion())
-        .keep_alive_interval(Some((c.keepalive_interval / 4).max(Duration::from_millis(100))))
-        .max_idle_timeout(Some(idle.try_into().map_err(|_| format!("idle timeout {idle:?} out of range"))?));
-    client.transport_config(Arc::new(transport));
-    Ok(client)
-}
-
-/// BBR instead of quinn's default CUBIC, on both sides. An offload is a few
-/// packets once in a while; on a link with random loss, CUBIC reads every loss
-/// as congestion and shrinks its window towards its two-packet floor, so a
-/// 6 KB request then takes several round trips. Measured with `offramp bench
-/// transport` (50 ms RTT, 5% datagram loss, B-LeNet K = 1, f32, 500
-/// requests): median 101 ms with CUBIC, 51 ms (one RTT) with BBR; mean 92 → 75 ms.
-pub fn congestion() -> Arc<quinn::congestion::BbrConfig> {
-    Arc::new(quinn::congestion::BbrConfig::default())
-}
-
 impl QuicClient {
     /// A lazily connecting client for `url` (`quic://host:port`).
-    pub fn new(url: &str, c: &ConnectConfig, tls: &ClientTlsArgs, token: Option<Secret>) -> Result<Self, String> {
+    pub fn new(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
         let (host, port) = parse_url(url)?;
-        let server_name = tls.tls_domain.clone().unwrap_or_else(|| host.clone());
+        let server_name = creds.tls.as_ref().and_then(|t| t.domain.clone()).unwrap_or_else(|| host.clone());
         Ok(Self {
             url: url.to_string(),
             host,
             port,
             server_name,
-            client_config: client_config(tls, c)?,
-            token,
+            client_config: client_config(creds.tls.as_ref(), c.keepalive_interval, c.keepalive_timeout)?,
+            token: creds.token.clone(),
             connect_timeout: c.connect_timeout,
             state: Default::default(),
         })
@@ -247,7 +169,7 @@ impl QuicClient {
             k if Some(k) == kind.answer() => {
                 frame.decode().map_err(|e| Status::internal(format!("bad answer from {}: {e}", self.url)))
             }
-            Kind::Error => Err(error_status(&frame, &self.url)),
+            Kind::Error => Err(wire::frame_status(&frame, &self.url)),
             other => Err(Status::internal(format!("{} answered with a {other:?} frame", self.url))),
         }
     }
@@ -258,42 +180,5 @@ impl QuicClient {
 
     pub async fn infer(&self, req: &pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
         self.call(Kind::InferRequest, req, timeout, "offload deadline passed").await
-    }
-
-    /// Closes the connection (it is re-opened on the next call).
-    pub async fn close(&self) {
-        if let Some(c) = self.state.lock().await.conn.take() {
-            c.close(0u32.into(), b"closed by the edge");
-        }
-    }
-}
-
-/// The status an error frame carries.
-pub fn error_status(frame: &wire::Frame, url: &str) -> Status {
-    match frame.decode::<pb::Error>() {
-        Ok(e) => Status::new(Code::from_i32(e.code), e.message),
-        Err(e) => Status::internal(format!("bad error frame from {url}: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(parse_url("quic://127.0.0.1:4433").unwrap(), ("127.0.0.1".into(), 4433));
-        assert_eq!(parse_url("quic://[::1]:4433/").unwrap(), ("::1".into(), 4433));
-        assert_eq!(parse_url("localhost:9").unwrap(), ("localhost".into(), 9));
-        assert!(parse_url("http://127.0.0.1:50051").unwrap_err().contains("gRPC URL"));
-        assert!(parse_url("quic://127.0.0.1").is_err());
-        assert!(parse_url("quic://:80").is_err());
-        assert!(parse_url("quic://h:0").is_err());
-    }
-
-    #[test]
-    fn quic_needs_a_ca() {
-        let e = client_config(&ClientTlsArgs::default(), &ConnectConfig::default()).unwrap_err();
-        assert!(e.contains("--ca"), "{e}");
     }
 }

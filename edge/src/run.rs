@@ -1,22 +1,22 @@
-//! `offramp-edge run`: classify a dataset through the split and report.
+//! `offramp-edge run`: classify a dataset through the split and report
+//! (also what the lab runs its edges with).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use futures::StreamExt;
 use offramp_common::data::{Dataset, Subset};
 
+use crate::config::EdgeArgs;
 use crate::report::Summary;
-use crate::runtime::{Answer, Edge, EdgeConfig};
+use crate::runtime::{Answer, Edge};
 
 /// Classify a dataset through the split.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub edge: EdgeConfig,
+    pub edge: EdgeArgs,
     /// MNIST-style data directory (IDX files).
     #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
@@ -71,30 +71,4 @@ pub fn summarize(edge: &Edge, answers: &[Answer]) -> Summary {
         .map(|o| (o.stats.retries.load(Ordering::Relaxed), o.stats.breaker_transitions.load(Ordering::Relaxed)))
         .unwrap_or((0, 0));
     Summary::of(answers, edge.bundle().num_exits(), retries, transitions)
-}
-
-pub async fn run(args: RunArgs) -> Result<Summary> {
-    let mut data = Dataset::mnist(&args.data, args.subset, args.val_size)
-        .with_context(|| format!("reading {:?} from {}", args.subset, args.data.display()))?;
-    if let Some(limit) = args.limit {
-        data.truncate(limit);
-    }
-    let edge = Arc::new(Edge::start(args.edge.clone()).await?);
-    let stdout = std::io::stdout();
-    let json = args.json;
-    let answers = run_dataset(edge.clone(), &data, args.concurrency, |a| {
-        if json {
-            let mut out = stdout.lock();
-            let _ = serde_json::to_writer(&mut out, a);
-            let _ = out.write_all(b"\n");
-        }
-    })
-    .await;
-    let summary = summarize(&edge, &answers);
-    if json {
-        println!("{}", serde_json::json!({ "summary": summary }));
-    } else {
-        print!("{}", summary.render());
-    }
-    Ok(summary)
 }

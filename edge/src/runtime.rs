@@ -2,121 +2,42 @@
 //! exit, otherwise offload the hidden state and, if the cloud does not answer,
 //! fall back.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use offramp_common::model::{ExitResult, Observation, SplitSide};
 use offramp_common::policy::history_to_wire;
-use offramp_common::{codec, units, Bundle, Executor, Policy};
+use offramp_common::{codec, Bundle, Executor, ModelError, Policy};
 use offramp_proto as pb;
 use serde::Serialize;
 
 use crate::breaker::BreakerConfig;
+pub use crate::config::{EdgeConfig, FallbackMode};
 use crate::offload::{Expectation, Offloader, Reason};
-use crate::transport::{ConnectConfig, Credentials, Transport, TransportKind};
+use crate::transport::{ConnectConfig, Transport, TransportError};
 
-/// What to do when the cloud does not answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FallbackMode {
-    /// Answer with the deepest local exit's prediction, whatever its confidence.
-    BestLocal,
-    /// Finish the network on the device (needs a bundle holding every block).
-    LocalFull,
-    /// Return an error.
-    Fail,
-}
-
-/// Edge configuration shared by `run` and `serve`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct EdgeConfig {
-    /// Model bundle: the whole model or the edge side of a split (`offramp split`).
-    #[arg(long, env = "OFFRAMP_MODEL")]
-    pub model: PathBuf,
-    /// Split point K: blocks [0, K) run here, [K, N) in the cloud. 0 sends the
-    /// raw input (all-cloud); N never offloads (all-edge). Default: the edge
-    /// side held by a split bundle, or N for a whole model.
-    #[arg(long, env = "OFFRAMP_SPLIT")]
-    pub split: Option<usize>,
-    /// Cloud endpoint URL (http://host:port, or quic://host:port with
-    /// --transport quic). Repeat (or comma-separate) for failover between replicas.
-    #[arg(long = "cloud", env = "OFFRAMP_CLOUD", value_delimiter = ',')]
-    pub clouds: Vec<String>,
-    /// Transport to the cloud: grpc, or quic (TLS 1.3 always: needs --ca).
-    #[arg(long, env = "OFFRAMP_TRANSPORT", value_enum, default_value = "grpc")]
-    pub transport: TransportKind,
-    /// Exit policy TOML (default: the bundle's policy.toml, else final exit only).
-    #[arg(long, env = "OFFRAMP_POLICY")]
-    pub policy: Option<PathBuf>,
-    /// Hidden-state encoding on the wire: f32, f16, bf16 or int8.
-    #[arg(long, env = "OFFRAMP_ENCODING", default_value = "f32", value_parser = codec::parse_encoding)]
-    pub encoding: pb::Encoding,
-    /// Lossless compression of the encoded hidden state: none, or lz4 (used
-    /// per request only when it makes the payload smaller; the cloud must
-    /// list it in its handshake).
-    #[arg(long, env = "OFFRAMP_COMPRESSION", default_value = "none", value_parser = codec::parse_compression)]
-    pub compression: pb::Compression,
-    /// Deadline for each offload (the edge answers by then, one way or another).
-    #[arg(long, env = "OFFRAMP_DEADLINE", default_value = "500ms", value_parser = units::parse_duration)]
-    pub deadline: Duration,
-    /// What to answer when the cloud does not.
-    #[arg(long, env = "OFFRAMP_FALLBACK", value_enum, default_value = "best-local")]
-    pub fallback: FallbackMode,
-    /// Connect timeout to a cloud endpoint (TCP connect, or the QUIC handshake).
-    #[arg(long, env = "OFFRAMP_CONNECT_TIMEOUT", default_value = "300ms", value_parser = units::parse_duration)]
-    pub connect_timeout: Duration,
-    /// Consecutive failures that open an endpoint's circuit breaker.
-    #[arg(long, env = "OFFRAMP_BREAKER_FAILURES", default_value_t = 3)]
-    pub breaker_failures: u32,
-    /// First open period of the breaker (doubles per failed probe).
-    #[arg(long, env = "OFFRAMP_BREAKER_BACKOFF", default_value = "100ms", value_parser = units::parse_duration)]
-    pub breaker_backoff: Duration,
-    /// Longest open period of the breaker.
-    #[arg(long, env = "OFFRAMP_BREAKER_MAX_BACKOFF", default_value = "1s", value_parser = units::parse_duration)]
-    pub breaker_max_backoff: Duration,
-    /// Ask the cloud for per-class probabilities.
-    #[arg(long)]
-    pub probabilities: bool,
-    /// File holding this edge's bearer token for the cloud.
-    #[arg(long, env = "OFFRAMP_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub tls: offramp_common::security::ClientTlsArgs,
-    /// Serve Prometheus metrics on this address (off by default).
-    #[arg(long, env = "OFFRAMP_METRICS_LISTEN")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Id of this edge, sent with each request.
-    #[arg(long, env = "OFFRAMP_EDGE_ID", default_value = "edge")]
-    pub edge_id: String,
-}
-
-impl EdgeConfig {
-    /// Defaults for one model and cloud (tests, demo).
-    pub fn new(model: impl Into<PathBuf>, split: usize, clouds: Vec<String>) -> Self {
-        Self {
-            model: model.into(),
-            split: Some(split),
-            clouds,
-            transport: TransportKind::Grpc,
-            policy: None,
-            encoding: pb::Encoding::F32,
-            compression: pb::Compression::None,
-            deadline: Duration::from_millis(500),
-            fallback: FallbackMode::BestLocal,
-            connect_timeout: Duration::from_millis(300),
-            breaker_failures: 3,
-            breaker_backoff: Duration::from_millis(100),
-            breaker_max_backoff: Duration::from_secs(1),
-            probabilities: false,
-            edge_id: "edge".into(),
-            token_file: None,
-            tls: Default::default(),
-            metrics_listen: None,
-        }
-    }
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(
+        "this bundle holds blocks {start}..{end} of model {model}; split {split} needs blocks 0..{split} on the edge"
+    )]
+    SplitNotHeld { model: String, split: usize, start: usize, end: usize },
+    #[error("--fallback local-full needs a bundle holding every block (0..{blocks}); this one holds {start}..{end}")]
+    LocalFullNeedsWholeModel { blocks: usize, start: usize, end: usize },
+    #[error("this bundle does not record the cloud-side fingerprint for split {0}; re-split it with `offramp split`")]
+    NoCloudFingerprint(usize),
+    #[error("cloud endpoint {url}: {source}")]
+    Endpoint { url: String, source: TransportError },
+    #[error(transparent)]
+    Handshake(#[from] crate::offload::HandshakeError),
+    #[error("metrics exporter: {0}")]
+    Metrics(#[from] offramp_transport::metrics::BuildError),
 }
 
 /// Which tier answered.
@@ -183,36 +104,44 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Loads the bundle and policy, checks the configuration, and handshakes
-    /// with every reachable cloud endpoint.
-    pub async fn start(config: EdgeConfig) -> Result<Self> {
+    /// Checks the configuration against the bundle and handshakes with
+    /// every reachable cloud endpoint.
+    pub async fn start(config: EdgeConfig) -> Result<Self, EdgeError> {
+        config.validate()?;
         if let Some(addr) = config.metrics_listen {
             crate::metrics::install(addr)?;
         }
-        let model = config.model.clone();
-        let bundle = tokio::task::spawn_blocking(move || Bundle::load(&model))
-            .await?
-            .with_context(|| format!("loading model bundle {}", config.model.display()))?;
+        let bundle = config.bundle.clone();
         let n = bundle.num_blocks();
         let split = config.split.unwrap_or(bundle.held().end);
         bundle.check_split(split)?;
+        let held = bundle.held();
         if !bundle.serves(SplitSide::Edge, split) {
-            bail!(
-                "this bundle holds blocks {}..{} of model {}; split {split} needs blocks 0..{split} on the edge",
-                bundle.held().start,
-                bundle.held().end,
-                bundle.model_id()
-            );
+            return Err(EdgeError::SplitNotHeld {
+                model: bundle.model_id().to_string(),
+                split,
+                start: held.start,
+                end: held.end,
+            });
         }
-        if config.fallback == FallbackMode::LocalFull && bundle.held() != (0..n) {
-            bail!(
-                "--fallback local-full needs a bundle holding every block (0..{n}); {} holds {}..{}",
-                config.model.display(),
-                bundle.held().start,
-                bundle.held().end
-            );
+        if config.fallback == FallbackMode::LocalFull && held != (0..n) {
+            return Err(EdgeError::LocalFullNeedsWholeModel { blocks: n, start: held.start, end: held.end });
         }
-        let (policy, policy_path) = Policy::for_bundle(config.policy.as_deref(), &bundle)?;
+        let (policy, policy_origin) = match &config.policy {
+            Some(p) => (p.clone(), "given".to_string()),
+            None => {
+                let (p, path) = Policy::for_bundle(None, &bundle).map_err(crate::config::ConfigError::from)?;
+                (p, path.map(|p| p.display().to_string()).unwrap_or_else(|| "final exit only".into()))
+            }
+        };
+        if policy.num_exits() != bundle.num_exits() {
+            return Err(EdgeError::Config(crate::config::ConfigError::Policy(
+                offramp_common::policy::PolicyError::ExitOutOfRange {
+                    index: policy.num_exits().saturating_sub(1),
+                    num_exits: bundle.num_exits(),
+                },
+            )));
+        }
         let edge_fingerprint = bundle.fingerprint(SplitSide::Edge, split).unwrap_or_default();
         let cloud_fingerprint = bundle.expected_fingerprint(SplitSide::Cloud, split).unwrap_or_default();
         let cloud_exits = bundle.exits_in(split..n);
@@ -222,29 +151,19 @@ impl Edge {
                 tracing::warn!(split, "no --cloud given: every offload will fall back");
             }
             if cloud_fingerprint.is_empty() {
-                bail!("this bundle does not record the cloud-side fingerprint for split {split}; re-split it with `offramp split`");
+                return Err(EdgeError::NoCloudFingerprint(split));
             }
             let connect = ConnectConfig { connect_timeout: config.connect_timeout, ..Default::default() };
-            let token = match &config.token_file {
-                Some(p) => Some(offramp_common::security::read_token(p).map_err(anyhow::Error::msg)?),
-                None => None,
-            };
-            let creds = Credentials {
-                tls: crate::transport::client_tls(&config.tls).map_err(anyhow::Error::msg)?,
-                token: crate::transport::BearerToken::new(token.as_ref()).map_err(anyhow::Error::msg)?,
-            };
             let mut endpoints = Vec::new();
             for url in &config.clouds {
-                let transport = match config.transport {
-                    TransportKind::Grpc => Transport::grpc(url, &connect, &creds),
-                    TransportKind::Quic => Transport::quic(url, &connect, &config.tls, token.as_ref()),
-                };
-                endpoints.push((url.clone(), transport.map_err(anyhow::Error::msg)?));
+                let transport = Transport::new(config.transport, url, &connect, &config.credentials)
+                    .map_err(|source| EdgeError::Endpoint { url: url.clone(), source })?;
+                endpoints.push((url.clone(), transport));
             }
             let breaker = BreakerConfig {
-                failure_threshold: config.breaker_failures.max(1),
-                base_backoff: config.breaker_backoff,
-                max_backoff: config.breaker_max_backoff.max(config.breaker_backoff),
+                failure_threshold: config.breaker.failures,
+                base_backoff: config.breaker.backoff,
+                max_backoff: config.breaker.max_backoff,
                 probe_timeout: (config.deadline * 2).max(Duration::from_millis(100)),
             };
             let expect = Expectation {
@@ -256,18 +175,14 @@ impl Edge {
                 compression: config.compression,
             };
             let offloader = Offloader::new(endpoints, expect, breaker);
-            let reachable = offloader
-                .handshake_all(config.connect_timeout.max(Duration::from_millis(500)))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let reachable = offloader.handshake_all(config.connect_timeout.max(Duration::from_millis(500))).await?;
             tracing::info!(reachable, endpoints = config.clouds.len(), "cloud handshake");
             Some(offloader)
         } else {
             None
         };
         tracing::info!(
-            model = %bundle.model_id(), split, blocks = n,
-            policy = %policy_path.map(|p| p.display().to_string()).unwrap_or_else(|| "final exit only".into()),
+            model = %bundle.model_id(), split, blocks = n, policy = %policy_origin,
             edge_fingerprint = %edge_fingerprint.chars().take(12).collect::<String>(),
             "edge ready"
         );
@@ -333,7 +248,7 @@ impl Edge {
 
         // Local blocks, off the async workers.
         let (exec, policy, split) = (self.exec.clone(), self.policy.clone(), self.split);
-        let local = tokio::task::spawn_blocking(move || -> Result<Local> {
+        let local = tokio::task::spawn_blocking(move || -> Result<Local, ModelError> {
             let x = exec.batch_at(0, &input, 1)?;
             let out = exec.run(&x, 0..split, &policy, vec![vec![]])?;
             let history = out.histories.into_iter().next().unwrap_or_default();
@@ -426,7 +341,7 @@ impl Edge {
                     (self.exec.clone(), self.policy.clone(), self.split, history.to_vec());
                 let n = self.bundle().num_blocks();
                 let t = Instant::now();
-                let r = tokio::task::spawn_blocking(move || -> Result<Option<ExitResult>> {
+                let r = tokio::task::spawn_blocking(move || -> Result<Option<ExitResult>, ModelError> {
                     let x = exec.batch_at(split, &hidden, 1)?;
                     Ok(exec.run(&x, split..n, &policy, vec![history])?.exited.into_iter().next().flatten())
                 })

@@ -5,19 +5,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use offramp_common::codec;
 use offramp_proto as pb;
 use offramp_proto::classify_server::{Classify, ClassifyServer};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::runtime::{Edge, EdgeConfig, Tier};
+use crate::config::EdgeArgs;
+use crate::runtime::{Edge, Tier};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub edge: EdgeConfig,
+    pub edge: EdgeArgs,
     /// Listen address of the local API (loopback by default).
     #[arg(long, env = "OFFRAMP_EDGE_LISTEN", default_value = "127.0.0.1:50061")]
     pub listen: SocketAddr,
@@ -67,7 +67,7 @@ pub async fn serve(
     edge: Arc<Edge>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClassifyServer<ClassifyService>>().await;
     tonic::transport::Server::builder()
@@ -75,5 +75,4 @@ pub async fn serve(
         .add_service(ClassifyServer::new(ClassifyService { edge }))
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), shutdown)
         .await
-        .context("local API server failed")
 }

@@ -5,64 +5,37 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use offramp_common::security::{read_file, ClientTlsArgs, Secret};
 use offramp_proto as pb;
 use offramp_proto::split_inference_client::SplitInferenceClient;
-use tonic::metadata::MetadataValue;
+use offramp_transport::tls::ClientTls;
+use offramp_transport::token::{BearerInterceptor, Secret, TokenError};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 /// Largest answer accepted from a cloud, over gRPC or QUIC.
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
-/// Adds `authorization: Bearer <token>` when a token is configured.
-#[derive(Clone, Default)]
-pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl BearerToken {
-    pub fn new(token: Option<&Secret>) -> Result<Self, String> {
-        token
-            .map(|t| {
-                let mut v: MetadataValue<_> = format!("Bearer {}", t.expose())
-                    .parse()
-                    .map_err(|_| "token is not valid header text".to_string())?;
-                v.set_sensitive(true);
-                Ok(v)
-            })
-            .transpose()
-            .map(Self)
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 /// A gRPC client with the edge's credentials.
-pub type GrpcClient = SplitInferenceClient<InterceptedService<Channel, BearerToken>>;
+pub type GrpcClient = SplitInferenceClient<InterceptedService<Channel, BearerInterceptor>>;
 
-/// Builds the client TLS config from files.
-pub fn client_tls(args: &ClientTlsArgs) -> Result<Option<ClientTlsConfig>, String> {
-    let Some(ca) = &args.ca else {
-        if args.tls_client_cert.is_some() {
-            return Err("--tls-client-cert needs --ca (the server's CA)".into());
-        }
-        return Ok(None);
-    };
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_file(ca, "CA certificate")?));
-    if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
-        tls = tls.identity(Identity::from_pem(read_file(cert, "client certificate")?, read_file(key, "client key")?));
-    }
-    if let Some(d) = &args.tls_domain {
-        tls = tls.domain_name(d.clone());
-    }
-    Ok(Some(tls))
+/// Why a transport to an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{0:?} is a QUIC URL: use --transport quic")]
+    QuicUrl(String),
+    #[error("bad cloud URL {url:?}: {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("TLS is configured (--ca) but {0:?} is not an https:// URL")]
+    NotHttps(String),
+    #[error("TLS for {url}: {detail}")]
+    Tls { url: String, detail: String },
+    #[error(transparent)]
+    QuicUrlSyntax(#[from] offramp_transport::quic::UrlError),
+    #[error(transparent)]
+    QuicTls(#[from] offramp_transport::tls::TlsError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// Connection settings shared by transports.
@@ -71,13 +44,6 @@ pub struct ConnectConfig {
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-}
-
-/// Credentials for a connection.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    pub tls: Option<ClientTlsConfig>,
-    pub token: BearerToken,
 }
 
 impl Default for ConnectConfig {
@@ -90,8 +56,16 @@ impl Default for ConnectConfig {
     }
 }
 
+/// What an edge proves itself with: TLS material (read once, used by both
+/// transports) and a bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub tls: Option<ClientTls>,
+    pub token: Option<Secret>,
+}
+
 /// Which transport an edge uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
     /// gRPC over HTTP/2 (http:// or https:// URLs).
@@ -109,14 +83,22 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// A client of `kind` for `url`.
+    pub fn new(kind: TransportKind, url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
+        match kind {
+            TransportKind::Grpc => Self::grpc(url, c, creds),
+            TransportKind::Quic => Self::quic(url, c, creds),
+        }
+    }
+
     /// A lazily connecting gRPC client: nothing is dialled until the first
     /// call, and a broken connection is re-dialled on the next call.
-    pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, String> {
+    pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
         if url.starts_with("quic://") {
-            return Err(format!("{url:?} is a QUIC URL: use --transport quic"));
+            return Err(TransportError::QuicUrl(url.to_string()));
         }
         let mut endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("bad cloud URL {url:?}: {e}"))?
+            .map_err(|e| TransportError::BadUrl { url: url.to_string(), detail: e.to_string() })?
             .connect_timeout(c.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(c.keepalive_interval)
@@ -124,17 +106,20 @@ impl Transport {
             .keep_alive_while_idle(true);
         if let Some(tls) = &creds.tls {
             if !url.starts_with("https://") {
-                return Err(format!("TLS is configured (--ca) but {url:?} is not an https:// URL"));
+                return Err(TransportError::NotHttps(url.to_string()));
             }
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS for {url}: {e}"))?;
+            endpoint = endpoint
+                .tls_config(tls.tonic())
+                .map_err(|e| TransportError::Tls { url: url.to_string(), detail: e.to_string() })?;
         }
-        let client = SplitInferenceClient::with_interceptor(endpoint.connect_lazy(), creds.token.clone());
+        let interceptor = BearerInterceptor::new(creds.token.as_ref())?;
+        let client = SplitInferenceClient::with_interceptor(endpoint.connect_lazy(), interceptor);
         Ok(Transport::Grpc(client.max_decoding_message_size(MAX_ANSWER_BYTES)))
     }
 
     /// A lazily connecting QUIC client (`quic://host:port`); TLS needs `--ca`.
-    pub fn quic(url: &str, c: &ConnectConfig, tls: &ClientTlsArgs, token: Option<&Secret>) -> Result<Self, String> {
-        Ok(Transport::Quic(Arc::new(crate::quic::QuicClient::new(url, c, tls, token.cloned())?)))
+    pub fn quic(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
+        Ok(Transport::Quic(Arc::new(crate::quic::QuicClient::new(url, c, creds)?)))
     }
 
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {

@@ -79,13 +79,48 @@ pub fn encoding_name(encoding: Encoding) -> &'static str {
 }
 
 /// Parses `f32`, `f16`, `bf16` or `int8`.
-pub fn parse_encoding(s: &str) -> Result<Encoding, String> {
+pub fn parse_encoding(s: &str) -> Result<Encoding, UnknownName> {
     match s {
         "f32" => Ok(Encoding::F32),
         "f16" => Ok(Encoding::F16),
         "bf16" => Ok(Encoding::Bf16),
         "int8" => Ok(Encoding::Int8),
-        other => Err(format!("unknown encoding {other:?} (expected f32, f16, bf16 or int8)")),
+        other => Err(UnknownName { what: "encoding", name: other.to_string(), expected: "f32, f16, bf16 or int8" }),
+    }
+}
+
+/// A name (of an encoding or compression) this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?} (expected {expected})")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+    pub expected: &'static str,
+}
+
+/// `deserialize_with` helpers: config files name encodings and compressions
+/// as the flags do.
+pub mod serde_names {
+    use offramp_proto::{Compression, Encoding};
+    use serde::{Deserialize, Deserializer};
+
+    pub fn encoding<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Encoding>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_encoding(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+
+    pub fn encodings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Encoding>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| super::parse_encoding(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+
+    pub fn compression<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Compression>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_compression(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -98,11 +133,11 @@ pub fn compression_name(c: Compression) -> &'static str {
 }
 
 /// Parses `none` or `lz4`.
-pub fn parse_compression(s: &str) -> Result<Compression, String> {
+pub fn parse_compression(s: &str) -> Result<Compression, UnknownName> {
     match s {
         "none" => Ok(Compression::None),
         "lz4" => Ok(Compression::Lz4),
-        other => Err(format!("unknown compression {other:?} (expected none or lz4)")),
+        other => Err(UnknownName { what: "compression", name: other.to_string(), expected: "none or lz4" }),
     }
 }
 

@@ -27,7 +27,7 @@ pub enum SplitSide {
 }
 
 /// A validated model (or one side of a split model) with its weights loaded.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bundle {
     manifest: Manifest,
     /// Directory it was loaded from, if any.
@@ -44,6 +44,18 @@ pub struct Bundle {
     block_digests: Vec<Option<[u8; 32]>>,
     exit_digests: Vec<Option<[u8; 32]>>,
     held: Range<usize>,
+}
+
+/// Short: which model, where from, which blocks (not the weights).
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("model_id", &self.manifest.model_id)
+            .field("dir", &self.dir)
+            .field("held", &self.held())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
 }
 
 impl Bundle {

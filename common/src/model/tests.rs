@@ -3,10 +3,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::arch::{init_weights, Arch, SplitMix64};
+use super::arch::{init_weights, Arch};
 use super::manifest::*;
 use super::*;
 use crate::policy::{Policy, Rule};
+use crate::rng::SplitMix64;
 
 fn tiny(seed: u64) -> Bundle {
     let m = Arch::Tiny.manifest("tiny");

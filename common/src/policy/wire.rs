@@ -39,17 +39,22 @@ impl Rule {
     }
 
     fn from_spec(s: &ExitRuleSpec) -> Result<Self, PolicyError> {
-        let t = s.threshold;
-        Ok(match s.rule.as_str() {
-            "max-prob" => Rule::MaxProb { threshold: t },
-            "entropy" => Rule::Entropy { threshold: t },
-            "margin" => Rule::Margin { threshold: t },
-            "patience" => Rule::Patience { patience: s.patience as usize },
+        Rule::named(&s.rule, s.threshold, s.patience as usize, s.exit as usize)
+    }
+
+    /// The rule called `name` (`max-prob`, `entropy`, `margin`, `patience`,
+    /// `never`, `always`) with its parameter, for exit `index` (named in
+    /// errors). The one parser of rule names outside policy files: the wire
+    /// and experiment configs use it.
+    pub fn named(name: &str, threshold: f32, patience: usize, index: usize) -> Result<Self, PolicyError> {
+        Ok(match name {
+            "max-prob" => Rule::MaxProb { threshold },
+            "entropy" => Rule::Entropy { threshold },
+            "margin" => Rule::Margin { threshold },
+            "patience" => Rule::Patience { patience },
             "never" => Rule::Never,
             "always" => Rule::Always,
-            other => {
-                return Err(PolicyError::BadRule { index: s.exit as usize, message: format!("unknown rule {other:?}") })
-            }
+            other => return Err(PolicyError::BadRule { index, message: format!("unknown rule {other:?}") }),
         })
     }
 }

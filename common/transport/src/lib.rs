@@ -1,0 +1,20 @@
+//! The transport layer edge and cloud share, so that neither holds its own
+//! copy of it:
+//!
+//! - [`tls`]: TLS flags and material, read once, for tonic and for rustls.
+//! - [`quic`]: the quinn/rustls settings of both sides (ALPN, BBR, idle
+//!   timeout, keep-alive) and `quic://` URLs.
+//! - [`frame`]: the QUIC framing as pure encode/decode, with only the read
+//!   loop async.
+//! - [`token`]: bearer tokens (the secret, its file, its header, the
+//!   server's table of identities).
+//! - [`metrics`]: the Prometheus exporter installer.
+//! - [`status`]: one mapping between gRPC codes, QUIC error frames and the
+//!   edge's fallback reasons.
+
+pub mod frame;
+pub mod metrics;
+pub mod quic;
+pub mod status;
+pub mod tls;
+pub mod token;

@@ -1,0 +1,142 @@
+//! The `offramp` binary: subcommand dispatch only. Each command lives in the
+//! crate named for its role (`offramp-training`, `offramp-lab`,
+//! `offramp-link`) and returns a typed report that prints itself.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use offramp_common::telemetry::{self, LogArgs};
+use offramp_lab::{demo, experiment, load, offload_bench, transport_bench};
+use offramp_training::{bench, calibrate, codec_eval, eval, sample, split, train};
+
+/// Offramp: split-computing early-exit inference. The operator's tool.
+#[derive(Debug, Parser)]
+#[command(name = "offramp", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a multi-exit network (all exits jointly) and save it as a bundle.
+    Train(train::TrainArgs),
+    /// Cut a bundle at K into an edge bundle (blocks 0..K) and a cloud bundle (K..N).
+    Split(split::SplitArgs),
+    /// Run a cloud and an edge on loopback with the bundled model and sample.
+    Demo(demo::DemoArgs),
+    /// Benchmarks, printed as medians and percentiles.
+    #[command(subcommand)]
+    Bench(BenchWhat),
+    /// Run a grid of split points x policies x links x transports x encodings,
+    /// each cell a real cloud, link and edge; write CSV, records and plots.
+    Experiment(experiment::ExperimentArgs),
+    /// Load a cloud with simulated edges (open-loop Poisson arrivals).
+    Load(load::LoadArgs),
+    /// Write a small MNIST sample (at most 1,000 digits) for demos.
+    ExportSample(sample::SampleArgs),
+    /// Emulate a network link (rate or trace, delay, jitter, loss) in front of a
+    /// TCP or UDP server; `offramp link bench` measures its fidelity.
+    Link(offramp_link::cli::LinkArgs),
+    /// Evaluate a model: per-exit accuracy, a policy's accuracy, exit shares,
+    /// relative compute and batch-1 wall time; `--sweep` for accuracy versus
+    /// compute over thresholds (CSV + SVG).
+    Eval(eval::EvalArgs),
+    /// Choose per-exit thresholds within an accuracy budget on a validation
+    /// split and write them as a policy file.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Hidden-state encodings at split K: bytes per offloaded request,
+    /// accuracy change against f32 and codec speed.
+    CodecEval(codec_eval::CodecEvalArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Per-block forward time and the executor's overhead over bare candle.
+    Blocks(bench::BlocksArgs),
+    /// Transport overhead of the offload path on loopback.
+    Offload(offload_bench::OffloadArgs),
+    /// gRPC against QUIC through the link emulator (delay, loss).
+    Transport(transport_bench::TransportArgs),
+}
+
+/// Parses the command line, runs the command and turns an error into a
+/// message on stderr and a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo and experiments print their own report; keep the logs to
+    // warnings unless asked.
+    let default_filter = if matches!(cli.command, Command::Demo(_) | Command::Experiment(_)) { "warn" } else { "info" };
+    telemetry::init_with_default(cli.log.log_format, default_filter);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train(args) => {
+            let report = train::run(&args)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Split(args) => split::run(&args)?,
+        Command::Bench(BenchWhat::Blocks(a)) => {
+            let report = bench::blocks(&a)?;
+            emit(&report, a.json, |r| r.render())?;
+        }
+        Command::Bench(BenchWhat::Offload(a)) => {
+            let report = runtime()?.block_on(offload_bench::offload(&a))?;
+            emit(&report, a.json, |r| r.render())?;
+        }
+        Command::Bench(BenchWhat::Transport(a)) => {
+            let report = runtime()?.block_on(transport_bench::run(&a))?;
+            emit(&report, a.json, |r| r.render())?;
+        }
+        Command::ExportSample(args) => sample::run(&args)?,
+        Command::Experiment(args) => {
+            let results = runtime()?.block_on(experiment::run(&args))?;
+            println!("{} cells written to {}", results.len(), args.out.display());
+            for r in &results {
+                println!(
+                    "{:<48} acc {:>6.2}%  edge {:>5.1}%  p50 {:>8.2} ms  p99 {:>8.2} ms  up {:>6.0} B  measured/bound {:.2}",
+                    r.cell, r.accuracy * 100.0, r.share_edge * 100.0, r.p50_ms, r.p99_ms, r.bytes_up_per_req, r.measured_over_bound
+                );
+            }
+        }
+        Command::Load(args) => {
+            let report = runtime()?.block_on(load::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", load::render(&report));
+            }
+        }
+        Command::Demo(args) => runtime()?.block_on(demo::run(args))?,
+        Command::Eval(args) => eval::run(&args)?,
+        Command::Link(args) => offramp_link::cli::run(&args)?,
+        Command::Calibrate(args) => calibrate::run(&args)?,
+        Command::CodecEval(args) => codec_eval::run(&args)?,
+    }
+    Ok(())
+}
+
+/// Prints a report as pretty JSON or as its own text.
+fn emit<T: serde::Serialize>(report: &T, json: bool, render: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

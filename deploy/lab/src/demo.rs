@@ -1,0 +1,98 @@
+//! `offramp demo`: a cloud and an edge on loopback with the bundled model,
+//! the bundled sample through the split, and what happened.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use offramp_common::data::{Dataset, Subset};
+use offramp_common::{codec, paths, Bundle, Policy};
+use offramp_edge::run::{run_dataset, summarize};
+use offramp_edge::transport::TransportKind;
+
+use crate::harness::{cloud_config, Topology};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    // The bundled B-LeNet, its 1,000 bundled validation digits and K = 1 by default.
+    #[command(flatten)]
+    pub inputs: crate::inputs::OffloadInputs,
+    /// Inputs in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Hidden-state encoding.
+    #[arg(long, default_value = "f32", value_parser = codec::parse_encoding)]
+    pub encoding: offramp_proto::Encoding,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Exit policy (default: the bundle's calibrated policy.toml).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let model_dir = paths::find(&args.inputs.model)?;
+    let data_dir = paths::find(&args.inputs.data)?;
+    let bundle = Bundle::load(&model_dir).with_context(|| format!("loading the demo model {}", model_dir.display()))?;
+    let n = bundle.num_blocks();
+    if args.inputs.split > n {
+        bail!("--split {} out of range: the model has {n} blocks", args.inputs.split);
+    }
+    let sample_subset =
+        if data_dir.join("sample-images-idx3-ubyte.gz").exists() { Subset::Sample } else { Subset::Val };
+    let mut data =
+        Dataset::mnist(&data_dir, sample_subset, 5000).with_context(|| format!("reading {}", data_dir.display()))?;
+    if let Some(l) = args.limit {
+        data.truncate(l);
+    }
+
+    // Split the bundle as a deployment would: the device gets blocks 0..K
+    // only, the cloud K..N; both run the same policy.
+    let (edge_b, cloud_b) = bundle.split(args.inputs.split)?;
+    let (policy, origin) = match &args.policy {
+        Some(p) => (Policy::load(p, bundle.num_exits())?, p.display().to_string()),
+        None => match Policy::for_bundle(None, &bundle)? {
+            (p, Some(path)) => (p, path.display().to_string()),
+            (p, None) => (p, "none (final exit only)".to_string()),
+        },
+    };
+
+    eprintln!(
+        "offramp demo: model {} ({} blocks, {} exits), split K = {}",
+        bundle.model_id(),
+        n,
+        bundle.num_exits(),
+        args.inputs.split
+    );
+    let topology = Topology::start(cloud_config(cloud_b, Some(&policy)), false, None).await?;
+    eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", topology.cloud.addr, args.inputs.split);
+    let mut cfg = topology.edge_config(edge_b, args.inputs.split, TransportKind::Grpc)?;
+    cfg.encoding = args.encoding;
+    cfg.policy = Some(policy);
+    let edge = topology.edge(cfg).await?;
+    eprintln!("  edge   blocks 0..{}, policy {origin}", args.inputs.split);
+    eprintln!("  running {} digits, {} in flight ...\n", data.len(), args.concurrency);
+
+    let answers = run_dataset(edge.clone(), &data, args.concurrency, |_| {}).await;
+    let summary = summarize(&edge, &answers);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.render());
+        let offloaded = summary.tier_counts.get("cloud").copied().unwrap_or(0);
+        println!(
+            "\n{} of {} digits were answered on the edge at a confident early exit; {} needed the cloud, \
+             which received {} bytes each ({}).",
+            summary.tier_counts.get("edge").copied().unwrap_or(0),
+            summary.n,
+            offloaded,
+            summary.bytes_up_per_offload.round(),
+            codec::encoding_name(args.encoding)
+        );
+    }
+    drop(edge);
+    topology.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Offramp's model tooling: train multi-exit networks, evaluate and sweep
+//! them, calibrate exit thresholds, measure hidden-state codecs, split
+//! bundles, export data samples and benchmark compute.
+//!
+//! - [`train`]: `offramp train`, all exits jointly.
+//! - [`eval`]: `offramp eval` (+ `--sweep`), and the `--data` option group.
+//! - [`simulate`]: per-exit probabilities for a dataset, and policies
+//!   replayed over them without re-running the network.
+//! - [`calibrate`]: per-exit thresholds within an accuracy budget.
+//! - [`codec_eval`]: bytes, accuracy change and speed of each encoding at K.
+//! - [`split`]: cut a bundle at K.
+//! - [`sample`]: a small MNIST sample for demos.
+//! - [`bench`]: `offramp bench blocks`, compute speed per block and kernel.
+//!
+//! Only the `offramp` tool links this crate: the edge and cloud binaries do
+//! not carry training code or candle-nn.
+
+pub mod bench;
+pub mod calibrate;
+pub mod codec_eval;
+pub mod eval;
+pub mod sample;
+pub mod simulate;
+pub mod split;
+pub mod train;

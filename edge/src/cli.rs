@@ -1,0 +1,93 @@
+//! The `offramp-edge` command line (`main.rs` only calls [`main`]).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use offramp_common::telemetry::{self, LogArgs};
+use std::io::Write;
+
+use offramp_common::data::Dataset;
+
+use crate::{run, serve, Edge, EdgeConfig};
+
+/// Offramp edge: runs the shallow blocks of a multi-exit model on the device,
+/// answers when an exit is confident, offloads to the cloud otherwise, and
+/// falls back locally when the cloud is slow or gone.
+#[derive(Debug, Parser)]
+#[command(name = "offramp-edge", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Classify a dataset through the split; print answers and a summary.
+    Run(run::RunArgs),
+    /// Serve the local Classify API for applications on the device.
+    Serve(serve::ServeArgs),
+}
+
+/// The `offramp-edge` binary: parse, set up logging, run; an error is printed
+/// with its causes and gives a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
+        .and_then(|rt| rt.block_on(run_command(cli.command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => {
+            let mut data = Dataset::mnist(&args.data, args.subset, args.val_size)
+                .with_context(|| format!("reading {:?} from {}", args.subset, args.data.display()))?;
+            if let Some(limit) = args.limit {
+                data.truncate(limit);
+            }
+            let config = EdgeConfig::from_args(args.edge)?;
+            let edge = Arc::new(Edge::start(config).await?);
+            let json = args.json;
+            let answers = run::run_dataset(edge.clone(), &data, args.concurrency, |a| {
+                if json {
+                    let mut out = std::io::stdout().lock();
+                    let _ = serde_json::to_writer(&mut out, a);
+                    let _ = out.write_all(b"\n");
+                }
+            })
+            .await;
+            let summary = run::summarize(&edge, &answers);
+            if json {
+                println!("{}", serde_json::json!({ "summary": summary }));
+            } else {
+                print!("{}", summary.render());
+            }
+        }
+        Command::Serve(args) => {
+            let config = EdgeConfig::from_args(args.edge)?;
+            // Secrets never print: tokens and keys have redacting Debug impls.
+            tracing::info!(listen = %args.listen, ?config, "starting offramp-edge serve");
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let edge = Arc::new(Edge::start(config).await?);
+            println!("classify listening on {}", listener.local_addr()?);
+            serve::serve(edge, listener, offramp_common::net::shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! The edge's configuration, in two layers:
+//!
+//! - [`EdgeArgs`]: what an operator writes — flags, `OFFRAMP_*` variables
+//!   and an optional `--config FILE` (TOML, the same names as the flags).
+//!   Paths and unparsed choices; every tunable is optional here.
+//! - [`EdgeConfig`]: what [`crate::Edge`] runs with — the loaded bundle,
+//!   the [`Policy`] value, credentials already read, validated breaker
+//!   settings, and defaults from [`defaults`]. Programs that drive an edge
+//!   in-process build one with [`EdgeConfig::new`] and never write files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use offramp_common::config::{read_toml, relative_to, ConfigFileError};
+use offramp_common::policy::PolicyError;
+use offramp_common::{codec, paths, units, Bundle, ModelError, Policy};
+use offramp_proto as pb;
+use offramp_transport::tls::{ClientTls, ClientTlsArgs, TlsError};
+use offramp_transport::token::{Secret, TokenError};
+use serde::Serialize;
+
+use crate::transport::{Credentials, TransportKind};
+
+/// The built-in defaults, defined once: [`EdgeConfig::new`] uses them, the
+/// flags' help shows them (a test checks the two agree).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const DEADLINE: Duration = Duration::from_millis(500);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+    pub const BREAKER_FAILURES: u32 = 3;
+    pub const BREAKER_BACKOFF: Duration = Duration::from_millis(100);
+    pub const BREAKER_MAX_BACKOFF: Duration = Duration::from_secs(1);
+    pub const EDGE_ID: &str = "edge";
+}
+
+/// What to do when the cloud does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FallbackMode {
+    /// Answer with the deepest local exit's prediction, whatever its confidence.
+    #[default]
+    BestLocal,
+    /// Finish the network on the device (needs a bundle holding every block).
+    LocalFull,
+    /// Return an error.
+    Fail,
+}
+
+/// Bad edge configuration: what is wrong, with which setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("no model given: pass --model DIR (or `model = \"...\"` in the config file)")]
+    NoModel,
+    #[error(transparent)]
+    NotFound(#[from] paths::NotFound),
+    #[error("loading model bundle {}: {source}", dir.display())]
+    Bundle { dir: PathBuf, source: ModelError },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("--{flag} must be {rule} (got {got})")]
+    Invalid { flag: &'static str, rule: &'static str, got: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Edge flags shared by `run` and `serve` (each also an `OFFRAMP_*`
+/// variable and a key of `--config`).
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EdgeArgs {
+    /// TOML file with any of these settings under their flag names
+    /// (`deadline = "300ms"`); flags and environment variables override it.
+    #[arg(long, env = "OFFRAMP_EDGE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Model bundle: the whole model or the edge side of a split (`offramp
+    /// split`). A relative path is looked up in the working directory, then
+    /// beside the executable.
+    #[arg(long, env = "OFFRAMP_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Split point K: blocks [0, K) run here, [K, N) in the cloud. 0 sends the
+    /// raw input (all-cloud); N never offloads (all-edge). Default: the edge
+    /// side held by a split bundle, or N for a whole model.
+    #[arg(long, env = "OFFRAMP_SPLIT")]
+    pub split: Option<usize>,
+    /// Cloud endpoint URL (http://host:port, or quic://host:port with
+    /// --transport quic). Repeat (or comma-separate) for failover between replicas.
+    #[arg(long = "cloud", env = "OFFRAMP_CLOUD", value_delimiter = ',')]
+    #[serde(default, rename = "cloud")]
+    pub clouds: Vec<String>,
+    /// Transport to the cloud: grpc, or quic (TLS 1.3 always: needs --ca) [default: grpc].
+    #[arg(long, env = "OFFRAMP_TRANSPORT", value_enum)]
+    pub transport: Option<TransportKind>,
+    /// Exit policy TOML (default: the bundle's policy.toml, else final exit only).
+    #[arg(long, env = "OFFRAMP_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Hidden-state encoding on the wire: f32, f16, bf16 or int8 [default: f32].
+    #[arg(long, env = "OFFRAMP_ENCODING", value_parser = codec::parse_encoding)]
+    #[serde(default, deserialize_with = "codec::serde_names::encoding")]
+    pub encoding: Option<pb::Encoding>,
+    /// Lossless compression of the encoded hidden state: none, or lz4 (used
+    /// per request only when it makes the payload smaller; the cloud must
+    /// list it in its handshake) [default: none].
+    #[arg(long, env = "OFFRAMP_COMPRESSION", value_parser = codec::parse_compression)]
+    #[serde(default, deserialize_with = "codec::serde_names::compression")]
+    pub compression: Option<pb::Compression>,
+    /// Deadline for each offload: the edge answers by then, one way or
+    /// another [default: 500ms].
+    #[arg(long, env = "OFFRAMP_DEADLINE", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub deadline: Option<Duration>,
+    /// What to answer when the cloud does not [default: best-local].
+    #[arg(long, env = "OFFRAMP_FALLBACK", value_enum)]
+    pub fallback: Option<FallbackMode>,
+    /// Connect timeout to a cloud endpoint: TCP connect, or the QUIC
+    /// handshake [default: 300ms].
+    #[arg(long, env = "OFFRAMP_CONNECT_TIMEOUT", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Consecutive failures that open an endpoint's circuit breaker [default: 3].
+    #[arg(long, env = "OFFRAMP_BREAKER_FAILURES")]
+    pub breaker_failures: Option<u32>,
+    /// First open period of the breaker, doubled per failed probe [default: 100ms].
+    #[arg(long, env = "OFFRAMP_BREAKER_BACKOFF", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub breaker_backoff: Option<Duration>,
+    /// Longest open period of the breaker [default: 1s].
+    #[arg(long, env = "OFFRAMP_BREAKER_MAX_BACKOFF", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub breaker_max_backoff: Option<Duration>,
+    /// Ask the cloud for per-class probabilities.
+    #[arg(long, env = "OFFRAMP_PROBABILITIES")]
+    #[serde(default)]
+    pub probabilities: bool,
+    /// File holding this edge's bearer token for the cloud.
+    #[arg(long, env = "OFFRAMP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: ClientTlsArgs,
+    /// Serve Prometheus metrics on this address (off by default).
+    #[arg(long, env = "OFFRAMP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Name of this edge in its requests (the cloud checks it against the
+    /// identity its token proves, when it has tokens) [default: edge].
+    #[arg(long, env = "OFFRAMP_EDGE_ID")]
+    pub edge_id: Option<String>,
+}
+
+impl EdgeArgs {
+    /// These flags over the `--config` file's settings (if any).
+    pub fn with_file(self) -> Result<Self, ConfigError> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let file: EdgeArgs = read_toml(&path)?;
+        let rel_opt = |p: Option<PathBuf>| p.map(|p| relative_to(&path, p));
+        Ok(Self {
+            config: Some(path.clone()),
+            model: self.model.or(rel_opt(file.model)),
+            split: self.split.or(file.split),
+            clouds: if self.clouds.is_empty() { file.clouds } else { self.clouds },
+            transport: self.transport.or(file.transport),
+            policy: self.policy.or(rel_opt(file.policy)),
+            encoding: self.encoding.or(file.encoding),
+            compression: self.compression.or(file.compression),
+            deadline: self.deadline.or(file.deadline),
+            fallback: self.fallback.or(file.fallback),
+            connect_timeout: self.connect_timeout.or(file.connect_timeout),
+            breaker_failures: self.breaker_failures.or(file.breaker_failures),
+            breaker_backoff: self.breaker_backoff.or(file.breaker_backoff),
+            breaker_max_backoff: self.breaker_max_backoff.or(file.breaker_max_backoff),
+            probabilities: self.probabilities || file.probabilities,
+            token_file: self.token_file.or(rel_opt(file.token_file)),
+            tls: ClientTlsArgs {
+                ca: self.tls.ca.or(rel_opt(file.tls.ca)),
+                tls_client_cert: self.tls.tls_client_cert.or(rel_opt(file.tls.tls_client_cert)),
+                tls_client_key: self.tls.tls_client_key.or(rel_opt(file.tls.tls_client_key)),
+                tls_domain: self.tls.tls_domain.or(file.tls.tls_domain),
+            },
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            edge_id: self.edge_id.or(file.edge_id),
+        })
+    }
+}
+
+/// Circuit-breaker settings, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the breaker (at least 1).
+    pub failures: u32,
+    /// First open period (positive).
+    pub backoff: Duration,
+    /// Longest open period (at least `backoff`).
+    pub max_backoff: Duration,
+}
+
+impl BreakerSettings {
+    pub fn try_new(failures: u32, backoff: Duration, max_backoff: Duration) -> Result<Self, ConfigError> {
+        if failures == 0 {
+            return Err(ConfigError::Invalid { flag: "breaker-failures", rule: "at least 1", got: "0".into() });
+        }
+        if backoff.is_zero() {
+            return Err(ConfigError::Invalid { flag: "breaker-backoff", rule: "positive", got: "0s".into() });
+        }
+        if max_backoff < backoff {
+            return Err(ConfigError::Invalid {
+                flag: "breaker-max-backoff",
+                rule: "at least --breaker-backoff",
+                got: format!("{max_backoff:?} < {backoff:?}"),
+            });
+        }
+        Ok(Self { failures, backoff, max_backoff })
+    }
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failures: defaults::BREAKER_FAILURES,
+            backoff: defaults::BREAKER_BACKOFF,
+            max_backoff: defaults::BREAKER_MAX_BACKOFF,
+        }
+    }
+}
+
+/// What an edge runs with.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// The whole model or its edge side.
+    pub bundle: Bundle,
+    /// Split point K; `None`: the edge side the bundle holds.
+    pub split: Option<usize>,
+    /// Exit policy; `None`: the bundle's own `policy.toml`, else final exit only.
+    pub policy: Option<Policy>,
+    /// Cloud endpoints, tried in order (failover).
+    pub clouds: Vec<String>,
+    pub transport: TransportKind,
+    pub encoding: pb::Encoding,
+    pub compression: pb::Compression,
+    pub deadline: Duration,
+    pub fallback: FallbackMode,
+    pub connect_timeout: Duration,
+    pub breaker: BreakerSettings,
+    pub probabilities: bool,
+    pub credentials: Credentials,
+    pub metrics_listen: Option<SocketAddr>,
+    pub edge_id: String,
+}
+
+impl EdgeConfig {
+    /// An edge for `bundle` at `split` (`None`: what the bundle holds) with
+    /// the given clouds and the defaults.
+    pub fn new(bundle: Bundle, split: Option<usize>, clouds: Vec<String>) -> Self {
+        Self {
+            bundle,
+            split,
+            policy: None,
+            clouds,
+            transport: TransportKind::Grpc,
+            encoding: pb::Encoding::F32,
+            compression: pb::Compression::None,
+            deadline: defaults::DEADLINE,
+            fallback: FallbackMode::BestLocal,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            breaker: BreakerSettings::default(),
+            probabilities: false,
+            credentials: Credentials::default(),
+            metrics_listen: None,
+            edge_id: defaults::EDGE_ID.to_string(),
+        }
+    }
+
+    /// Reads what the flags name (config file, bundle, policy, token, TLS
+    /// files) and validates every value.
+    pub fn from_args(args: EdgeArgs) -> Result<Self, ConfigError> {
+        let args = args.with_file()?;
+        let model = paths::find(args.model.as_deref().ok_or(ConfigError::NoModel)?)?;
+        let bundle = Bundle::load(&model).map_err(|source| ConfigError::Bundle { dir: model.clone(), source })?;
+        let policy = match &args.policy {
+            Some(p) => Some(Policy::load(p, bundle.num_exits())?),
+            None => None,
+        };
+        let mut config = Self::new(bundle, args.split, args.clouds);
+        config.policy = policy;
+        config.transport = args.transport.unwrap_or_default();
+        config.encoding = args.encoding.unwrap_or(config.encoding);
+        config.compression = args.compression.unwrap_or(config.compression);
+        config.deadline = args.deadline.unwrap_or(defaults::DEADLINE);
+        config.fallback = args.fallback.unwrap_or_default();
+        config.connect_timeout = args.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT);
+        config.breaker = BreakerSettings::try_new(
+            args.breaker_failures.unwrap_or(defaults::BREAKER_FAILURES),
+            args.breaker_backoff.unwrap_or(defaults::BREAKER_BACKOFF),
+            args.breaker_max_backoff.unwrap_or(defaults::BREAKER_MAX_BACKOFF),
+        )?;
+        config.probabilities = args.probabilities;
+        config.credentials = Credentials {
+            tls: ClientTls::load(&args.tls)?,
+            token: args.token_file.as_deref().map(Secret::from_file).transpose()?,
+        };
+        config.metrics_listen = args.metrics_listen;
+        config.edge_id = args.edge_id.unwrap_or_else(|| defaults::EDGE_ID.to_string());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what a hand-built config could get wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.deadline.is_zero() {
+            return Err(ConfigError::Invalid { flag: "deadline", rule: "positive", got: "0s".into() });
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid { flag: "connect-timeout", rule: "positive", got: "0s".into() });
+        }
+        BreakerSettings::try_new(self.breaker.failures, self.breaker.backoff, self.breaker.max_backoff)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EdgeArgs,
+    }
+
+    #[test]
+    fn help_shows_the_defaults_in_use() {
+        let help = Cli::command().render_long_help().to_string();
+        for shown in [
+            format!("[default: {}ms]", defaults::DEADLINE.as_millis()),
+            format!("[default: {}ms]", defaults::CONNECT_TIMEOUT.as_millis()),
+            format!("[default: {}]", defaults::BREAKER_FAILURES),
+            format!("[default: {}ms]", defaults::BREAKER_BACKOFF.as_millis()),
+            format!("[default: {}s]", defaults::BREAKER_MAX_BACKOFF.as_secs()),
+            format!("[default: {}]", defaults::EDGE_ID),
+        ] {
+            assert!(help.contains(&shown), "help lacks {shown}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_not_clamped() {
+        let e = BreakerSettings::try_new(0, defaults::BREAKER_BACKOFF, defaults::BREAKER_MAX_BACKOFF).unwrap_err();
+        assert!(e.to_string().contains("--breaker-failures must be at least 1"), "{e}");
+        let e = BreakerSettings::try_new(3, Duration::from_secs(2), Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("--breaker-max-backoff"), "{e}");
+        let e = EdgeConfig::from_args(Cli::try_parse_from(["edge"]).unwrap().args).unwrap_err();
+        assert!(matches!(e, ConfigError::NoModel), "{e}");
+        let e = EdgeConfig::from_args(Cli::try_parse_from(["edge", "--model", "no/such/bundle"]).unwrap().args)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("no/such/bundle not found"), "{e}");
+    }
+
+    #[test]
+    fn config_file_under_flags() {
+        let dir = std::env::temp_dir().join(format!("offramp-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("edge.toml");
+        std::fs::write(
+            &file,
+            "model = \"m\"\ncloud = [\"http://a:1\", \"http://b:2\"]\ndeadline = \"250ms\"\nencoding = \"int8\"\n\
+             fallback = \"fail\"\nca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["edge", "--config", file.to_str().unwrap(), "--deadline", "1s"]).unwrap();
+        let a = cli.args.with_file().unwrap();
+        assert_eq!(a.deadline, Some(Duration::from_secs(1)), "the flag wins");
+        assert_eq!(a.clouds, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(a.encoding, Some(pb::Encoding::Int8));
+        assert_eq!(a.fallback, Some(FallbackMode::Fail));
+        assert_eq!(a.model, Some(dir.join("m")), "relative to the file");
+        assert_eq!(a.tls.ca, Some(dir.join("ca.pem")));
+        std::fs::write(&file, "encoding = \"f64\"\n").unwrap();
+        let e =
+            Cli::try_parse_from(["edge", "--config", file.to_str().unwrap()]).unwrap().args.with_file().unwrap_err();
+        assert!(e.to_string().contains("unknown encoding \"f64\""), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
