@@ -1,35 +1,45 @@
-//! The cloud under load and in operation: admission control, bearer tokens,
-//! TLS, metrics, graceful shutdown.
+//! The cloud under load and in operation: admission control, bearer tokens
+//! and the identity they prove, TLS, metrics, graceful shutdown.
 
-use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offramp_cloud::CloudHandle;
-use offramp_common::{codec, Bundle};
-use offramp_edge::transport::{BearerToken, ConnectConfig, Credentials, Transport};
-use offramp_edge::{Edge, EdgeConfig, Tier};
+use offramp_cloud::config::BatchConfig;
+use offramp_cloud::{CloudConfig, CloudHandle};
+use offramp_common::codec;
+use offramp_edge::offload::Reason;
+use offramp_edge::transport::{ConnectConfig, Credentials, Transport};
+use offramp_edge::{Edge, Tier};
 use offramp_proto as pb;
+use offramp_transport::token::{Secret, TokenTable};
 use tonic::Code;
 
 use crate::support::*;
 
 fn grpc(url: &str, token: Option<&str>) -> Transport {
-    let secret = token.map(offramp_common::security::Secret::new);
-    let creds = Credentials { tls: None, token: BearerToken::new(secret.as_ref()).unwrap() };
+    let creds = Credentials { tls: None, token: token.map(Secret::new) };
     Transport::grpc(url, &ConnectConfig::default(), &creds).unwrap()
+}
+
+/// Two edges' tokens, as `--auth-token-file` holds them.
+const TOKENS: &str = "edge-a 0123456789abcdef0123\nedge-b fedcba9876543210fedc\n";
+const TOKEN_A: &str = "0123456789abcdef0123";
+const TOKEN_B: &str = "fedcba9876543210fedc";
+
+fn token_table() -> TokenTable {
+    TokenTable::parse(TOKENS, Path::new("tokens")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_control_answers_resource_exhausted_at_once() {
-    let full = Bundle::load(default_model()).unwrap();
-    let mut cfg = offramp_cloud::Config::for_model(default_model());
+    let full = default_bundle();
+    let mut cfg = CloudConfig::new(full.clone());
     // Two slots; each admitted request waits 300 ms for company, so the
     // rest find the queue full.
-    cfg.max_queue = 2;
-    cfg.max_batch = 64;
-    cfg.batch_wait = Duration::from_millis(300);
+    cfg.batch =
+        BatchConfig { max_queue: 2, max_batch: 64, batch_wait: Duration::from_millis(300), ..Default::default() };
     let cloud = CloudHandle::start(cfg).await.unwrap();
     let t = grpc(&cloud.url(), None);
     let req = request(&full, 1, 1);
@@ -60,17 +70,13 @@ async fn admission_control_answers_resource_exhausted_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_admit_known_edges_only() {
-    let dir = tmp("tokens");
-    let table = dir.join("tokens");
-    std::fs::write(&table, "edge-a 0123456789abcdef0123\nedge-b fedcba9876543210fedc\n").unwrap();
-    let mut cfg = offramp_cloud::Config::for_model(default_model());
-    cfg.auth_token_file = Some(table);
+    let full = default_bundle();
+    let mut cfg = CloudConfig::new(full.clone());
+    cfg.tokens = Some(token_table());
     let cloud = CloudHandle::start(cfg).await.unwrap();
-    let full = Bundle::load(default_model()).unwrap();
-    let req = request(&full, 1, 1);
-    for (token, allowed) in
-        [(None, false), (Some("wrong-token-wrong-token"), false), (Some("fedcba9876543210fedc"), true)]
-    {
+    let mut req = request(&full, 1, 1);
+    req.edge_id = "edge-b".into();
+    for (token, allowed) in [(None, false), (Some("wrong-token-wrong-token"), false), (Some(TOKEN_B), true)] {
         let r = grpc(&cloud.url(), token).infer(req.clone(), Duration::from_secs(5)).await;
         match (r, allowed) {
             (Ok(_), true) => {}
@@ -78,12 +84,13 @@ async fn bearer_tokens_admit_known_edges_only() {
             (r, _) => panic!("token {token:?}: {r:?}"),
         }
     }
-    // An edge with a token file works; without one it stops with a clear error.
-    let token_file = dir.join("edge-a.token");
-    std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
-    let mut ecfg = EdgeConfig::new(default_model(), 1, vec![cloud.url()]);
-    ecfg.token_file = Some(token_file);
-    ecfg.policy = Some(test_policy(&dir));
+    // An edge with its token (read from a file, as --token-file does) works;
+    // without one it stops with a clear error.
+    let token_file = tmp("tokens").join("edge-a.token");
+    std::fs::write(&token_file, format!("{TOKEN_A}\n")).unwrap();
+    let mut ecfg = edge_config(full.clone(), 1, vec![cloud.url()]);
+    ecfg.credentials.token = Some(Secret::from_file(&token_file).unwrap());
+    ecfg.edge_id = "edge-a".into();
     let edge = Edge::start(ecfg).await.unwrap();
     let data = sample(50);
     let mut tiers = Vec::new();
@@ -91,68 +98,109 @@ async fn bearer_tokens_admit_known_edges_only() {
         tiers.push(edge.classify(None, data.image(i).to_vec()).await.tier);
     }
     assert!(tiers.contains(&Tier::Cloud) && !tiers.contains(&Tier::Fallback), "{tiers:?}");
-    let err = Edge::start(EdgeConfig::new(default_model(), 1, vec![cloud.url()])).await.err().unwrap();
+    let err = Edge::start(edge_config(full, 1, vec![cloud.url()])).await.err().unwrap();
     assert!(format!("{err:#}").contains("refused this edge's credentials"), "{err:#}");
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_id_must_match_the_identity_its_token_proves() {
+    let full = default_bundle();
+    let mut cfg = CloudConfig::new(full.clone());
+    cfg.tokens = Some(token_table());
+    let cloud = CloudHandle::start(cfg).await.unwrap();
+    let t = grpc(&cloud.url(), Some(TOKEN_B));
+    let req = |edge_id: &str| {
+        let mut r = request(&full, 1, 3);
+        r.edge_id = edge_id.into();
+        r
+    };
+    // The token proves edge-b: its own name and no name are fine.
+    for ok in ["edge-b", ""] {
+        let r = t.infer(req(ok), Duration::from_secs(5)).await.unwrap_or_else(|s| panic!("edge_id {ok:?}: {s:?}"));
+        assert_eq!(r.request_id, 3);
+    }
+    // Another edge's name (known or not) is refused: the caller is who its token says.
+    for other in ["edge-a", "edge-c"] {
+        let s = t.infer(req(other), Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied, "edge_id {other:?}: {s:?}");
+        assert!(s.message().contains(other) && s.message().contains("edge-b"), "{s:?}");
+    }
+
+    // An edge configured with another edge's name starts (the handshake
+    // carries no edge id) but every offload is rejected and falls back.
+    let mut ecfg = edge_config(full.clone(), 1, vec![cloud.url()]);
+    ecfg.credentials.token = Some(Secret::new(TOKEN_B));
+    ecfg.edge_id = "edge-a".into();
+    let edge = Edge::start(ecfg).await.unwrap();
+    let input = input_needing_cloud();
+    let a = edge.classify(None, input.clone()).await;
+    assert_eq!((a.tier, a.reason), (Tier::Fallback, Some(Reason::Rejected)), "{a:?}");
+    assert!(a.error.as_deref().is_some_and(|e| e.contains("edge-a")), "{a:?}");
+    let mut ecfg = edge_config(full, 1, vec![cloud.url()]);
+    ecfg.credentials.token = Some(Secret::new(TOKEN_B));
+    ecfg.edge_id = "edge-b".into();
+    let edge = Edge::start(ecfg).await.unwrap();
+    assert_eq!(edge.classify(None, input).await.tier, Tier::Cloud);
     cloud.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_with_a_trusted_ca() {
     let dir = tmp("tls");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let mut cfg = offramp_cloud::Config::for_model(default_model());
-    cfg.tls.tls_cert = Some(dir.join("cert.pem"));
-    cfg.tls.tls_key = Some(dir.join("key.pem"));
+    let cert = self_signed(&dir);
+    let mut cfg = CloudConfig::new(default_bundle());
+    cfg.tls = Some(cert.server_tls());
     let cloud = CloudHandle::start(cfg).await.unwrap();
     let url = format!("https://localhost:{}", cloud.addr.port());
-    let mut ecfg = EdgeConfig::new(default_model(), 1, vec![url.clone()]);
-    ecfg.tls.ca = Some(dir.join("cert.pem"));
+    let mut ecfg = edge_config(default_bundle(), 1, vec![url.clone()]);
+    ecfg.credentials.tls = Some(cert.client_tls(None));
     let edge = Edge::start(ecfg).await.unwrap();
     let offloader = edge.offloader().unwrap();
     assert_eq!(offloader.handshake_all(Duration::from_secs(5)).await.unwrap(), 1, "TLS handshake and model check");
-    // Plain-text clients cannot talk to it; an edge without the CA does not trust it.
+    // Plain-text clients cannot talk to it; an edge without the CA, or
+    // trusting another one, does not trust it.
     let plain = grpc(&format!("http://127.0.0.1:{}", cloud.addr.port()), None);
     assert!(plain.model_info(Duration::from_secs(2)).await.is_err());
-    let untrusted = Edge::start(EdgeConfig::new(default_model(), 1, vec![url])).await.unwrap();
+    let untrusted = Edge::start(edge_config(default_bundle(), 1, vec![url.clone()])).await.unwrap();
     assert_eq!(untrusted.offloader().unwrap().handshake_all(Duration::from_secs(2)).await.unwrap(), 0);
+    let mut other = edge_config(default_bundle(), 1, vec![url]);
+    other.credentials.tls = Some(self_signed(&dir.join("other")).client_tls(None));
+    let other = Edge::start(other).await.unwrap();
+    assert_eq!(other.offloader().unwrap().handshake_all(Duration::from_secs(2)).await.unwrap(), 0);
     cloud.stop().await.unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
     let dir = tmp("drain");
-    let (edge_dir, cloud_dir) = split_default(1, &dir);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut cloud = CloudProcess::start(
-        &cloud_dir,
-        "127.0.0.1:0",
-        &["--metrics-listen", &metrics, "--drain-timeout", "5s", "--batch-wait", "20ms"],
-    );
-    let edge = Arc::new(Edge::start(EdgeConfig::new(&edge_dir, 1, vec![cloud.url()])).await.unwrap());
+    let (_, cloud_dir) = split_default(1, &dir);
+    // Settings from a --config file (paths relative to it), as a deployment
+    // would give them; every listener on port 0.
+    let config = dir.join("cloud.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = [\"cloud\"]\nlisten = \"{ANY_LOOPBACK}\"\nmetrics-listen = \"{ANY_LOOPBACK}\"\n\
+             drain-timeout = \"5s\"\nbatch-wait = \"20ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cloud = CloudProcess::with_args(&["--config", config.to_str().unwrap()]);
+    // The exporter does not announce its port: it is the process's other listener.
+    let others: Vec<_> = listening_tcp(cloud.child.id()).into_iter().filter(|a| *a != cloud.addr).collect();
+    let [metrics] = others[..] else { panic!("one metrics listener besides gRPC {}: {others:?}", cloud.addr) };
+    let (edge_bundle, _) = split_bundles(1);
+    let edge = Arc::new(Edge::start(edge_config(edge_bundle, 1, vec![cloud.url()])).await.unwrap());
     let data = sample(300);
     let answers = offramp_edge::run::run_dataset(edge.clone(), &data, 2, |_| {}).await;
     assert!(answers.iter().any(|a| a.tier == Tier::Cloud));
-    let page = http_get(&metrics, "/metrics");
+    let page = http_get(metrics, "/metrics");
     for name in ["offramp_cloud_requests_total", "offramp_cloud_compute_seconds", "offramp_cloud_batch_size"] {
         assert!(page.contains(name), "metrics page lacks {name}");
     }
     // In-flight work finishes after SIGTERM; the process exits cleanly.
-    let full = Bundle::load(default_model()).unwrap();
+    let full = default_bundle();
     let t = grpc(&cloud.url(), None);
     let req = request(&full, 1, 1);
     let inflight: Vec<_> = (0..32)
@@ -175,14 +223,11 @@ async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
         }
     }
     assert!(ok > 0, "in-flight requests completed");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = cloud.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "cloud drained within its drain timeout");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // The drain timeout is 5 s: the process is gone well within 10 s.
+    let status = eventually("the cloud exits after SIGTERM", Duration::from_secs(10), async || {
+        cloud.child.try_wait()?.ok_or_else(|| anyhow::anyhow!("still running"))
+    })
+    .await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
 
@@ -204,15 +249,14 @@ async fn answers(cloud: &CloudHandle, reqs: &[pb::InferRequest]) -> Vec<pb::Infe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_groups_concurrent_requests_and_answers_like_batch_one() {
-    let full = Bundle::load(default_model()).unwrap();
+    let full = default_bundle();
     let reqs = requests(&full, 1, 48);
-    let mut cfg = offramp_cloud::Config::for_model(default_model());
-    cfg.max_batch = 16;
-    cfg.batch_wait = Duration::from_millis(20);
+    let mut cfg = CloudConfig::new(full.clone());
+    cfg.batch = BatchConfig { max_batch: 16, batch_wait: Duration::from_millis(20), ..Default::default() };
     let batched = CloudHandle::start(cfg).await.unwrap();
     let a = answers(&batched, &reqs).await;
-    let mut cfg = offramp_cloud::Config::for_model(default_model());
-    cfg.max_batch = 1;
+    let mut cfg = CloudConfig::new(full);
+    cfg.batch = BatchConfig { max_batch: 1, ..Default::default() };
     let single = CloudHandle::start(cfg).await.unwrap();
     let b = answers(&single, &reqs).await;
     assert!(a.iter().any(|r| r.batch_size > 1), "concurrent requests were batched");
@@ -231,12 +275,10 @@ async fn batching_groups_concurrent_requests_and_answers_like_batch_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_classify_api_answers_applications() {
     use offramp_proto::classify_client::ClassifyClient;
-    let dir = tmp("classify");
-    let (edge_dir, cloud_dir) = split_default(1, &dir);
-    let cloud = CloudHandle::start(offramp_cloud::Config::for_model(&cloud_dir)).await.unwrap();
-    let edge = Arc::new(Edge::start(EdgeConfig::new(&edge_dir, 1, vec![cloud.url()])).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (edge_bundle, cloud_bundle) = split_bundles(1);
+    let cloud = CloudHandle::start(CloudConfig::new(cloud_bundle)).await.unwrap();
+    let edge = Arc::new(Edge::start(edge_config(edge_bundle, 1, vec![cloud.url()])).await.unwrap());
+    let (listener, addr) = tcp_listener().await;
     tokio::spawn(offramp_edge::serve::serve(edge, listener, std::future::pending()));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let mut client = ClassifyClient::new(channel);
@@ -262,3 +304,4 @@ async fn the_local_classify_api_answers_applications() {
     assert!(e.message().contains("expects [1, 28, 28]"), "{}", e.message());
     cloud.stop().await.unwrap();
 }
+

@@ -4,95 +4,84 @@
 //! bad frames refused on their own stream only, and fallback and the breaker
 //! when the QUIC cloud is absent or killed.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use offramp_cloud::CloudHandle;
-use offramp_common::security::{ClientTlsArgs, Secret};
-use offramp_common::wire::{self, Kind};
+use offramp_cloud::config::QuicConfig;
+use offramp_cloud::{CloudConfig, CloudHandle};
+use offramp_common::data::Dataset;
 use offramp_common::{codec, Bundle};
+use offramp_edge::config::BreakerSettings;
 use offramp_edge::offload::Reason;
 use offramp_edge::quic::QuicClient;
 use offramp_edge::run::{run_dataset, summarize};
 use offramp_edge::transport::{ConnectConfig, TransportKind};
 use offramp_edge::{Answer, Edge, EdgeConfig, Tier};
 use offramp_proto as pb;
-use offramp_transport::frame::frame_status as error_status;
+use offramp_transport::frame::{self, frame_status, Kind};
+use offramp_transport::token::{Secret, TokenTable};
 use tonic::Code;
 
 use crate::support::*;
 
-/// A self-signed certificate for localhost and 127.0.0.1, made with rcgen:
-/// (certificate PEM file, key PEM file).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
-
-/// An in-process cloud with gRPC (TLS) and QUIC on loopback, same certificate.
-async fn start_cloud(
-    model: &Path,
-    cert: &(PathBuf, PathBuf),
-    tweak: impl FnOnce(&mut offramp_cloud::Config),
-) -> CloudHandle {
-    let mut cfg = offramp_cloud::Config::for_model(model);
-    cfg.tls.tls_cert = Some(cert.0.clone());
-    cfg.tls.tls_key = Some(cert.1.clone());
-    cfg.quic.quic_listen = Some("127.0.0.1:0".parse().unwrap());
+/// An in-process cloud for `bundle` with gRPC (TLS) and QUIC on loopback,
+/// both presenting `cert`.
+async fn start_cloud(bundle: Bundle, cert: &SelfSigned, tweak: impl FnOnce(&mut CloudConfig)) -> CloudHandle {
+    let mut cfg = CloudConfig::new(bundle);
+    let tls = cert.server_tls();
+    cfg.tls = Some(tls.clone());
+    cfg.quic = Some(QuicConfig { listen: any_loopback(), tls });
     tweak(&mut cfg);
     CloudHandle::start(cfg).await.unwrap()
 }
 
-fn tls(ca: &Path) -> ClientTlsArgs {
-    ClientTlsArgs { ca: Some(ca.to_path_buf()), ..Default::default() }
+/// A QUIC client for `url` trusting `cert`, with `token`.
+fn quic_client(url: &str, cert: &SelfSigned, token: Option<&str>) -> QuicClient {
+    QuicClient::new(url, &ConnectConfig::default(), &cert.credentials(token)).unwrap()
 }
 
-fn quic_edge(edge_dir: &Path, url: String, ca: &Path) -> EdgeConfig {
-    let mut c = EdgeConfig::new(edge_dir, 1, vec![url]);
+fn quic_edge(bundle: Bundle, url: String, cert: &SelfSigned) -> EdgeConfig {
+    let mut c = edge_config(bundle, 1, vec![url]);
     c.transport = TransportKind::Quic;
-    c.tls = tls(ca);
+    c.credentials = cert.credentials(None);
     c.deadline = Duration::from_secs(5);
     c
 }
 
-fn grpc_tls_edge(edge_dir: &Path, cloud: &CloudHandle, ca: &Path) -> EdgeConfig {
-    let mut c = EdgeConfig::new(edge_dir, 1, vec![format!("https://{}", cloud.addr)]);
-    c.tls = tls(ca);
-    c.tls.tls_domain = Some("localhost".into());
+fn grpc_tls_edge(bundle: Bundle, cloud: &CloudHandle, cert: &SelfSigned) -> EdgeConfig {
+    let mut c = edge_config(bundle, 1, vec![format!("https://{}", cloud.addr)]);
+    c.credentials.tls = Some(cert.client_tls(Some("localhost")));
     c.deadline = Duration::from_secs(5);
     c
 }
 
-async fn answers(cfg: EdgeConfig, data: &offramp_common::data::Dataset) -> (Arc<Edge>, Vec<Answer>) {
+async fn answers(cfg: EdgeConfig, data: &Dataset) -> (Arc<Edge>, Vec<Answer>) {
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     let mut a = run_dataset(edge.clone(), data, 4, |_| {}).await;
     a.sort_by_key(|a| a.id);
     (edge, a)
 }
 
+const TOKEN: &str = "0123456789abcdef0123";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_inference_over_quic_equals_grpc_with_tokens() {
     let dir = tmp("quic-equals-grpc");
-    let cert = make_cert(&dir);
-    let (edge_dir, cloud_dir) = split_default(1, &dir);
-    let tokens = dir.join("tokens");
-    std::fs::write(&tokens, "edge-1 0123456789abcdef0123\n").unwrap();
-    let token = dir.join("token");
-    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
-    let cloud = start_cloud(&cloud_dir, &cert, |c| c.auth_token_file = Some(tokens.clone())).await;
+    let cert = self_signed(&dir);
+    let (edge_bundle, cloud_bundle) = split_bundles(1);
+    let tokens = TokenTable::parse(&format!("edge-1 {TOKEN}\nedge-2 fedcba9876543210fedc\n"), &dir.join("tokens")).unwrap();
+    let cloud = start_cloud(cloud_bundle, &cert, |c| c.tokens = Some(tokens)).await;
     let data = sample(300);
 
-    let mut g = grpc_tls_edge(&edge_dir, &cloud, &cert.0);
-    g.token_file = Some(token.clone());
+    let mut g = grpc_tls_edge(edge_bundle.clone(), &cloud, &cert);
+    g.credentials.token = Some(Secret::new(TOKEN));
+    g.edge_id = "edge-1".into();
     let (_, over_grpc) = answers(g, &data).await;
-    let mut q = quic_edge(&edge_dir, cloud.quic_url().unwrap(), &cert.0);
-    q.token_file = Some(token.clone());
+    let mut q = quic_edge(edge_bundle, cloud.quic_url().unwrap(), &cert);
+    q.credentials.token = Some(Secret::new(TOKEN));
+    q.edge_id = "edge-1".into();
     let (edge, over_quic) = answers(q, &data).await;
 
     assert_eq!(over_quic.len(), data.len());
@@ -115,16 +104,31 @@ async fn split_inference_over_quic_equals_grpc_with_tokens() {
 
     // The token is checked with the same table: none or a wrong one is refused.
     let url = cloud.quic_url().unwrap();
-    for token in [None, Some(Secret::new("not-the-token-at-all"))] {
-        let c = QuicClient::new(&url, &ConnectConfig::default(), &tls(&cert.0), token).unwrap();
-        let e = c.model_info(Duration::from_secs(5)).await.unwrap_err();
+    for token in [None, Some("not-the-token-at-all")] {
+        let e = quic_client(&url, &cert, token).model_info(Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     }
 
+    // The identity is the token's, as over gRPC: the edge's own name or none
+    // is fine, another edge's name is refused.
+    let full = default_bundle();
+    let client = quic_client(&url, &cert, Some(TOKEN));
+    for (edge_id, allowed) in [("edge-1", true), ("", true), ("edge-2", false), ("edge-3", false)] {
+        let mut req = request(&full, 1, 11);
+        req.edge_id = edge_id.into();
+        match (client.infer(&req, Duration::from_secs(5)).await, allowed) {
+            (Ok(r), true) => assert_eq!(r.request_id, 11),
+            (Err(e), false) => {
+                assert_eq!(e.code(), Code::PermissionDenied, "edge_id {edge_id:?}: {e:?}");
+                assert!(e.message().contains(edge_id) && e.message().contains("edge-1"), "{e:?}");
+            }
+            (r, _) => panic!("edge_id {edge_id:?}: {r:?}"),
+        }
+    }
+
     // The certificate is verified: a client trusting another CA cannot connect.
-    let other = make_cert(&tmp("quic-other-ca"));
-    let c = QuicClient::new(&url, &ConnectConfig::default(), &tls(&other.0), None).unwrap();
-    let e = c.model_info(Duration::from_secs(5)).await.unwrap_err();
+    let other = self_signed(&tmp("quic-other-ca"));
+    let e = quic_client(&url, &other, None).model_info(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("handshake"), "{e:?}");
     cloud.stop().await.unwrap();
@@ -133,17 +137,17 @@ async fn split_inference_over_quic_equals_grpc_with_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_encoding_round_trips_through_a_real_cloud_over_quic() {
     let dir = tmp("quic-encodings");
-    let cert = make_cert(&dir);
-    let (edge_dir, cloud_dir) = split_default(1, &dir);
-    let cloud = start_cloud(&cloud_dir, &cert, |_| {}).await;
+    let cert = self_signed(&dir);
+    let (edge_bundle, cloud_bundle) = split_bundles(1);
+    let cloud = start_cloud(cloud_bundle.clone(), &cert, |_| {}).await;
     let data = sample(300);
     let url = cloud.quic_url().unwrap();
-    let (_, reference) = answers(grpc_tls_edge(&edge_dir, &cloud, &cert.0), &data).await;
+    let (_, reference) = answers(grpc_tls_edge(edge_bundle.clone(), &cloud, &cert), &data).await;
     let mut bytes = Vec::new();
     for encoding in codec::ENCODINGS {
         let mut plain: Vec<Answer> = Vec::new();
         for compression in [pb::Compression::None, pb::Compression::Lz4] {
-            let mut cfg = quic_edge(&edge_dir, url.clone(), &cert.0);
+            let mut cfg = quic_edge(edge_bundle.clone(), url.clone(), &cert);
             cfg.encoding = encoding;
             cfg.compression = compression;
             let (_, got) = answers(cfg, &data).await;
@@ -182,17 +186,15 @@ async fn every_encoding_round_trips_through_a_real_cloud_over_quic() {
 
     // Negotiation: a cloud accepting f32 and int8 only refuses an f16 edge at
     // handshake, and an f16 payload sent anyway.
-    let cloud = start_cloud(&cloud_dir, &cert, |c| c.encodings = vec![pb::Encoding::F32, pb::Encoding::Int8]).await;
-    let mut cfg = quic_edge(&edge_dir, cloud.quic_url().unwrap(), &cert.0);
+    let cloud = start_cloud(cloud_bundle, &cert, |c| c.encodings = vec![pb::Encoding::F32, pb::Encoding::Int8]).await;
+    let mut cfg = quic_edge(edge_bundle, cloud.quic_url().unwrap(), &cert);
     cfg.encoding = pb::Encoding::F16;
     let err = Edge::start(cfg).await.err().expect("f16 is not accepted");
     let msg = format!("{err:#}");
     assert!(msg.contains("accepts hidden-state encodings [\"f32\", \"int8\"]") && msg.contains("--encoding"), "{msg}");
-    let full = Bundle::load(default_model()).unwrap();
-    let mut req = request(&full, 1, 7);
+    let mut req = request(&default_bundle(), 1, 7);
     req.hidden = Some(f16_of(&req));
-    let c = QuicClient::new(&cloud.quic_url().unwrap(), &ConnectConfig::default(), &tls(&cert.0), None).unwrap();
-    let e = c.infer(&req, Duration::from_secs(5)).await.unwrap_err();
+    let e = quic_client(&cloud.quic_url().unwrap(), &cert, None).infer(&req, Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("this cloud accepts"), "{e:?}");
     cloud.stop().await.unwrap();
@@ -204,7 +206,8 @@ fn f16_of(req: &pb::InferRequest) -> pb::Tensor {
     codec::encode(&values, &shape, pb::Encoding::F16)
 }
 
-fn frame(kind: u8, payload: &[u8]) -> Bytes {
+/// A frame by hand: any kind byte, any payload.
+fn raw_frame(kind: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::new();
     b.put_u8(kind);
     b.put_u32(payload.len() as u32);
@@ -215,10 +218,10 @@ fn frame(kind: u8, payload: &[u8]) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_keeps_serving() {
     let dir = tmp("quic-bad");
-    let cert = make_cert(&dir);
-    let full = Bundle::load(default_model()).unwrap();
-    let cloud = start_cloud(&default_model(), &cert, |c| c.max_payload = 16 * 1024).await;
-    let client = QuicClient::new(&cloud.quic_url().unwrap(), &ConnectConfig::default(), &tls(&cert.0), None).unwrap();
+    let cert = self_signed(&dir);
+    let full = default_bundle();
+    let cloud = start_cloud(full.clone(), &cert, |c| c.max_payload = 16 * 1024).await;
+    let client = quic_client(&cloud.quic_url().unwrap(), &cert, None);
     let t = Duration::from_secs(5);
     let good = request(&full, 1, 7);
     let ok = client.infer(&good, t).await.unwrap();
@@ -266,20 +269,20 @@ async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_kee
     // Garbage on the wire: an error frame on that stream, nothing else.
     let req_bytes = prost::Message::encode_to_vec(&good);
     let garbage: Vec<(&str, Bytes, &str)> = vec![
-        ("unknown kind", frame(0x7f, b"hello"), "unknown frame kind 0x7f"),
+        ("unknown kind", raw_frame(0x7f, b"hello"), "unknown frame kind 0x7f"),
         ("short header", Bytes::from_static(&[0x02, 0x00]), "stream ended inside a frame"),
-        ("short payload", frame(0x02, &req_bytes).slice(0..100), "stream ended inside a frame"),
-        ("protobuf garbage", frame(0x02, &[0xff; 64]), "does not decode"),
+        ("short payload", raw_frame(0x02, &req_bytes).slice(0..100), "stream ended inside a frame"),
+        ("protobuf garbage", raw_frame(0x02, &[0xff; 64]), "does not decode"),
         ("huge length", Bytes::from_static(&[0x02, 0xff, 0xff, 0xff, 0xff]), "exceeds the limit"),
-        ("a response kind", frame(0x82, &[]), "may not send"),
+        ("a response kind", raw_frame(0x82, &[]), "may not send"),
         ("nothing at all", Bytes::new(), "ended before a request frame"),
-        ("two auth frames", [frame(0x03, b"a"), frame(0x03, b"b")].concat().into(), "more than one auth"),
-        ("binary token", frame(0x03, &[0xc3, 0x28]), "UTF-8"),
+        ("two auth frames", [raw_frame(0x03, b"a"), raw_frame(0x03, b"b")].concat().into(), "more than one auth"),
+        ("binary token", raw_frame(0x03, &[0xc3, 0x28]), "UTF-8"),
     ];
     for (name, bytes, text) in garbage {
         let f = client.send_raw(bytes).await.unwrap_or_else(|e| panic!("{name}: no error frame: {e:?}"));
         assert_eq!(f.kind, Kind::Error, "{name}");
-        let e = error_status(&f, "test");
+        let e = frame_status(&f, "test");
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
         assert!(e.message().contains(text), "{name}: {:?} lacks {text:?}", e.message());
         let again = client.infer(&good, t).await.unwrap();
@@ -287,9 +290,9 @@ async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_kee
     }
     // A frame far over the limit whose body keeps coming: refused, the rest unread.
     let mut big = BytesMut::new();
-    wire::put_raw(&mut big, Kind::InferRequest, &vec![0u8; 1 << 20]);
+    frame::put_raw(&mut big, Kind::InferRequest, &vec![0u8; 1 << 20]);
     let f = client.send_raw(big.freeze()).await.unwrap();
-    assert!(error_status(&f, "test").message().contains("exceeds the limit"));
+    assert!(frame_status(&f, "test").message().contains("exceeds the limit"));
     assert_eq!(client.connection_id().await, Some(conn), "every refusal kept the connection");
     let again = client.infer(&good, t).await.unwrap();
     assert_eq!(again.prediction, ok.prediction);

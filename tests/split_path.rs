@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use candle_core::{Device, Tensor};
-use offramp_cloud::CloudHandle;
-use offramp_common::{codec, Bundle, Executor, Policy};
+use offramp_cloud::{CloudConfig, CloudHandle};
+use offramp_common::{codec, Bundle, Executor};
 use offramp_edge::run::run_dataset;
 use offramp_edge::{Edge, EdgeConfig, Tier};
 use offramp_proto as pb;
@@ -18,7 +18,7 @@ use tonic::Code;
 use crate::support::*;
 
 fn monolithic(full: &Bundle, data: &offramp_common::data::Dataset) -> Vec<(u32, u32)> {
-    let policy = Policy::parse(TEST_POLICY, full.num_exits(), "test policy").unwrap();
+    let policy = test_policy(full);
     let exec = Executor::new(Arc::new(full.clone()));
     let x = Tensor::from_slice(&data.images, (data.len(), 1, 28, 28), &Device::Cpu).unwrap();
     let out = exec.run(&x, 0..full.num_blocks(), &policy, vec![vec![]; data.len()]).unwrap();
@@ -27,20 +27,23 @@ fn monolithic(full: &Bundle, data: &offramp_common::data::Dataset) -> Vec<(u32, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_inference_equals_monolithic_at_every_split_point() {
-    let full = Bundle::load(default_model()).unwrap();
+    let full = default_bundle();
     let data = sample(300);
     let expected = monolithic(&full, &data);
     let n = full.num_blocks();
     let dir = tmp("every-split");
     for k in 0..=n {
+        // Split bundles saved and loaded again, each with its policy.toml:
+        // what `offramp split` hands to the two sides.
         let (edge_dir, cloud_dir) = split_default(k, &dir.join(k.to_string()));
         let cloud = if k < n {
-            Some(CloudHandle::start(offramp_cloud::Config::for_model(&cloud_dir)).await.unwrap())
+            Some(CloudHandle::start(CloudConfig::new(Bundle::load(&cloud_dir).unwrap())).await.unwrap())
         } else {
             None
         };
         let clouds = cloud.iter().map(|c| c.url()).collect();
-        let edge = Arc::new(Edge::start(EdgeConfig::new(&edge_dir, k, clouds)).await.unwrap());
+        let edge_bundle = Bundle::load(&edge_dir).unwrap();
+        let edge = Arc::new(Edge::start(EdgeConfig::new(edge_bundle, Some(k), clouds)).await.unwrap());
         let mut answers = run_dataset(edge, &data, 4, |_| {}).await;
         answers.sort_by_key(|a| a.id);
         assert_eq!(answers.len(), data.len());
@@ -59,8 +62,8 @@ async fn split_inference_equals_monolithic_at_every_split_point() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
-    let full = Bundle::load(default_model()).unwrap();
-    let mut cfg = offramp_cloud::Config::for_model(default_model());
+    let full = default_bundle();
+    let mut cfg = CloudConfig::new(full.clone());
     cfg.max_payload = 16 * 1024;
     let cloud = CloudHandle::start(cfg).await.unwrap();
     let mut client = SplitInferenceClient::connect(cloud.url()).await.unwrap();
@@ -161,18 +164,15 @@ async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_refuses_a_cloud_holding_other_weights() {
-    let cloud = CloudHandle::start(offramp_cloud::Config::for_model(default_model())).await.unwrap();
+    let full = default_bundle();
+    let cloud = CloudHandle::start(CloudConfig::new(full.clone())).await.unwrap();
     // Same architecture and model id, other weights.
-    let full = Bundle::load(default_model()).unwrap();
     let mut tensors: std::collections::HashMap<String, Tensor> =
         full.tensors().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let w = &tensors["blocks.2.bias"];
     tensors.insert("blocks.2.bias".into(), (w + 0.01).unwrap());
     let other = Bundle::from_parts(full.manifest().clone(), tensors).unwrap();
-    let dir = tmp("other-weights");
-    other.save(dir.join("m")).unwrap();
-    let err =
-        Edge::start(EdgeConfig::new(dir.join("m"), 1, vec![cloud.url()])).await.err().expect("handshake must fail");
+    let err = Edge::start(EdgeConfig::new(other, Some(1), vec![cloud.url()])).await.err().expect("handshake must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("different weights") && msg.contains("b-lenet-mnist"), "{msg}");
     cloud.stop().await.unwrap();
@@ -182,7 +182,7 @@ async fn edge_refuses_a_cloud_holding_other_weights() {
 fn edge_and_cloud_processes_over_grpc() {
     let dir = tmp("processes");
     let (edge_dir, cloud_dir) = split_default(1, &dir);
-    let cloud = CloudProcess::start(&cloud_dir, "127.0.0.1:0", &[]);
+    let cloud = CloudProcess::start(&cloud_dir, &[]);
     let out = Command::new(edge_binary())
         .args(["run", "--model", edge_dir.to_str().unwrap(), "--split", "1", "--cloud", &cloud.url()])
         .args(["--data", repo().join("models/mnist-sample").to_str().unwrap(), "--subset", "sample"])

@@ -28,18 +28,12 @@ pub struct BenchArgs {
     #[arg(long, value_parser = units::parse_duration, default_value = "30s")]
     pub duration: Duration,
     /// Mahimahi trace to replay (down direction).
-    #[arg(
-        long,
-        env = "OFFRAMP_LINK_BENCH_TRACE",
-        default_value = "../shared/data/traces/mahimahi/Verizon-LTE-short.down"
-    )]
+    /// (e.g. ../shared/data/traces/mahimahi/Verizon-LTE-short.down).
+    #[arg(long, env = "OFFRAMP_LINK_BENCH_TRACE")]
     pub trace: PathBuf,
     /// Throughput trace to replay (down direction); `none` skips it.
-    #[arg(
-        long,
-        env = "OFFRAMP_LINK_BENCH_THROUGHPUT_TRACE",
-        default_value = "../shared/data/traces/throughput/oboe/oboe_trace_0.txt"
-    )]
+    /// (e.g. ../shared/data/traces/throughput/oboe/oboe_trace_0.txt).
+    #[arg(long, env = "OFFRAMP_LINK_BENCH_THROUGHPUT_TRACE")]
     pub throughput_trace: PathBuf,
     /// Number of pings (the median is reported).
     #[arg(long, default_value_t = 20)]

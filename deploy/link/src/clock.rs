@@ -123,10 +123,18 @@ mod tests {
     #[tokio::test]
     async fn wakes_after_the_deadline_in_order() {
         let start = Instant::now();
-        let deadlines: Vec<Instant> = [7u64, 2, 5].iter().map(|&ms| start + Duration::from_millis(ms)).collect();
+        // Far enough apart that a busy machine does not fold two wake-ups
+        // into one poll.
+        let deadlines: Vec<Instant> = [70u64, 5, 40].iter().map(|&ms| start + Duration::from_millis(ms)).collect();
         let woke = futures_like_join(deadlines.clone()).await;
         for (d, w) in deadlines.iter().zip(&woke) {
             assert!(w >= d, "woke before its deadline");
+        }
+        // In deadline order, whatever the order the sleeps started in.
+        let mut by_deadline: Vec<(Instant, Instant)> = deadlines.iter().copied().zip(woke.iter().copied()).collect();
+        by_deadline.sort_by_key(|&(d, _)| d);
+        for pair in by_deadline.windows(2) {
+            assert!(pair[0].1 <= pair[1].1, "a later deadline woke first: {by_deadline:?}");
         }
         // A deadline in the past returns at once.
         sleep_until(start).await;

@@ -53,8 +53,16 @@ fn detects_and_parses_both_trace_formats() {
     assert!(close(t.mean_rate_bps(), (8e6 + 4e6) / 4.0));
 
     // The real files parse with the expected means (README: Verizon down 5.0 Mbit/s).
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/traces");
-    if dir.exists() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/traces");
+    if !dir.exists() {
+        // CI has ../shared beside the checkout; elsewhere say so loudly.
+        assert!(
+            std::env::var_os("OFFRAMP_SKIP_SHARED_DATA").is_some(),
+            "{} not found: the real-trace checks need ../shared/data (set OFFRAMP_SKIP_SHARED_DATA=1 to skip them)",
+            dir.display()
+        );
+        eprintln!("SKIPPED: real-trace checks ({} not found, OFFRAMP_SKIP_SHARED_DATA set)", dir.display());
+    } else {
         let v = Trace::load(&dir.join("mahimahi/Verizon-LTE-short.down"), TraceFormat::Auto).unwrap();
         assert!(matches!(*v, Trace::Mahimahi(_)));
         assert!((v.mean_rate_bps() / 1e6 - 5.0).abs() < 0.1, "{}", v.mean_rate_bps());

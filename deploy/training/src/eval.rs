@@ -93,8 +93,8 @@ pub fn subset_name(subset: Subset) -> String {
 /// Which data a command reads: shared by `eval`, `calibrate` and `codec-eval`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
-    /// MNIST directory (IDX files, gz or raw).
-    #[arg(long, env = "OFFRAMP_DATA", default_value = "../shared/data/mnist")]
+    /// MNIST directory (IDX files, gz or raw), e.g. ../shared/data/mnist.
+    #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
     /// Which part of the dataset to read.
     #[arg(long, env = "OFFRAMP_SUBSET", value_enum, default_value = "val")]

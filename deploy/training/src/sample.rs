@@ -7,7 +7,8 @@ use offramp_common::data::{write_idx, Dataset, Subset};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SampleArgs {
-    #[arg(long, default_value = "../shared/data/mnist")]
+    /// MNIST directory (IDX files, gz or raw), e.g. ../shared/data/mnist.
+    #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "val")]
     pub subset: Subset,

@@ -19,8 +19,8 @@ pub struct TrainArgs {
     /// Architecture to train.
     #[arg(long, value_enum, default_value = "b-lenet")]
     pub arch: Arch,
-    /// MNIST directory (IDX files, gz or raw).
-    #[arg(long, env = "OFFRAMP_DATA", default_value = "../shared/data/mnist")]
+    /// MNIST directory (IDX files, gz or raw), e.g. ../shared/data/mnist.
+    #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
     /// Output bundle directory.
     #[arg(long)]
@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn a_few_steps_lower_the_loss_and_the_bundle_reloads_identically() {
         // Training files made from the bundled sample: no dependency on ../shared.
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let sample = Dataset::mnist(&repo.join("models/mnist-sample"), Subset::Sample, 0).unwrap();
         let dir = std::env::temp_dir().join(format!("offramp-train-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -69,7 +69,7 @@ impl Conv2dKernel {
         Self::with_isa(Isa::for_outputs(o), weight, bias, stride, padding, relu, pool)
     }
 
-    fn with_isa(
+    pub(super) fn with_isa(
         isa: Isa,
         weight: &Tensor,
         bias: &Tensor,

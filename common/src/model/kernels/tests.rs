@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
+use super::dispatch::{segments, Isa};
 use super::*;
 use crate::model::arch::{init_weights, Arch};
 use crate::model::manifest::LayerSpec;
