@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the offramp-cloud, offramp-edge and offramp (tool) images without
+# Builds the offramp-cloud, offramp-edge, offramp-link and offramp (tool) images without
 # pulling anything: for Docker engines that cannot reach a registry.
 #
 # The binaries are built on this host (or given), the base image is made from
@@ -20,6 +20,7 @@ usage() {
 Options:
   --cloud BIN   offramp-cloud binary (default: target/release/offramp-cloud)
   --edge BIN    offramp-edge binary  (default: target/release/offramp-edge)
+  --link BIN    offramp-link binary  (default: target/release/offramp-link)
   --tool BIN    offramp binary       (default: target/release/offramp)
   --tag TAG     image tag (default: latest)
   --base IMAGE  base image for the builder step and the runtime
@@ -28,11 +29,12 @@ USAGE
 }
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-cloud="" edge="" tool="" tag=latest base=""
+cloud="" edge="" link="" tool="" tag=latest base=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --cloud) cloud=$2; shift 2 ;;
         --edge) edge=$2; shift 2 ;;
+        --link) link=$2; shift 2 ;;
         --tool) tool=$2; shift 2 ;;
         --tag) tag=$2; shift 2 ;;
         --base) base=$2; shift 2 ;;
@@ -44,14 +46,15 @@ done
 command -v docker >/dev/null || { echo "build-local.sh: docker is not installed" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "build-local.sh: cannot reach the Docker engine (docker info failed)" >&2; exit 1; }
 
-if [ -z "$cloud$edge$tool" ]; then
-    echo "==> cargo build --release (offramp-cloud, offramp-edge, offramp)"
-    (cd "$repo" && cargo build --release --locked -p offramp-cloud -p offramp-edge -p offramp)
+if [ -z "$cloud$edge$link$tool" ]; then
+    echo "==> cargo build --release (offramp-cloud, offramp-edge, offramp-link, offramp)"
+    (cd "$repo" && cargo build --release --locked -p offramp-cloud -p offramp-edge -p offramp-link -p offramp)
 fi
 cloud=${cloud:-$repo/target/release/offramp-cloud}
 edge=${edge:-$repo/target/release/offramp-edge}
+link=${link:-$repo/target/release/offramp-link}
 tool=${tool:-$repo/target/release/offramp}
-for b in "$cloud" "$edge" "$tool"; do
+for b in "$cloud" "$edge" "$link" "$tool"; do
     [ -x "$b" ] || { echo "build-local.sh: $b is not an executable file" >&2; exit 1; }
 done
 
@@ -63,6 +66,7 @@ mkdir -p "$work/ctx/prebuilt"
 cp -r "$repo/models" "$work/ctx/models"
 cp "$cloud" "$work/ctx/prebuilt/offramp-cloud"
 cp "$edge" "$work/ctx/prebuilt/offramp-edge"
+cp "$link" "$work/ctx/prebuilt/offramp-link"
 cp "$tool" "$work/ctx/prebuilt/offramp"
 chmod 0755 "$work/ctx/prebuilt/"*
 if command -v strip >/dev/null; then strip "$work/ctx/prebuilt/"*; fi
@@ -93,7 +97,7 @@ if [ -z "$base" ]; then
             - "$base" >/dev/null
 fi
 
-for target in cloud edge tool; do
+for target in cloud edge link tool; do
     case $target in tool) name=offramp ;; *) name=offramp-$target ;; esac
     echo "==> $name:$tag (target $target, base $base)"
     docker build -q -f "$repo/deploy/docker/Dockerfile" \
@@ -104,4 +108,4 @@ done
 # is an earlier base image that the new one replaced (both dangling now).
 docker image prune -f --filter label=org.offramp.stage=builder >/dev/null
 docker image prune -f --filter label=org.offramp.stage=base >/dev/null
-docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^offramp(-cloud|-edge)?:$tag " || true
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^offramp(-cloud|-edge|-link)?:$tag " || true

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Saturation throughput of one cloud with batching (--max-batch 32) and
 # without (--max-batch 1), measured in one run with `offramp load`.
-# Usage: deploy/bench/load_batching.sh [rate] [duration] [edges] [model] [split]
-#   deploy/bench/load_batching.sh 8000 8s 16                       # B-LeNet, K = 1
+# Usage: deploy/scripts/load_batching.sh [rate] [duration] [edges] [model] [split]
+#   deploy/scripts/load_batching.sh 8000 8s 16                       # B-LeNet, K = 1
 #   offramp train --arch wide-mlp --data ../shared/data/mnist --max-steps 300 --out /tmp/wide-mlp
-#   deploy/bench/load_batching.sh 8000 8s 16 /tmp/wide-mlp 2       # wide MLP, K = 2
+#   deploy/scripts/load_batching.sh 8000 8s 16 /tmp/wide-mlp 2       # wide MLP, K = 2
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rate=${1:-20000}; dur=${2:-10s}; edges=${3:-16}; model=${4:-models/b-lenet-mnist}; split=${5:-1}

@@ -4,7 +4,7 @@
 # per second over a sweep of offered rates: on a small machine the load
 # generator shares the CPU, so offering far more than the cloud can take lowers
 # what it completes), then latency at 50% and 90% of that, all in one run.
-# Usage: deploy/bench/load_latency.sh [duration] [edges] [offered rates...]
+# Usage: deploy/scripts/load_latency.sh [duration] [edges] [offered rates...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dur=${1:-10s}; edges=${2:-16}; shift $(( $# < 2 ? $# : 2 ))

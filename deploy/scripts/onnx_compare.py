@@ -21,7 +21,7 @@ Batch 1: latency per call. Batch 32: throughput = 32 / p50.
 Not used by the tests or the README's commands. Needs
 `pip install onnx onnxruntime safetensors numpy`.
 
-    python3 deploy/bench/onnx_compare.py --model models/b-lenet-mnist [--split 1] \
+    python3 deploy/scripts/onnx_compare.py --model models/b-lenet-mnist [--split 1] \
         [--iters 2000] [--threads 1] [--rust-json bench.json]
 
 `--rust-json` takes the output of `offramp bench blocks --json` from the same
