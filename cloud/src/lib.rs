@@ -99,14 +99,8 @@ pub async fn serve(
     let max_message = config.max_payload + 64 * 1024;
     let quic = match &config.quic {
         Some(q) => {
-            let server_config =
-                offramp_transport::quic::server_config(&q.tls, quic::MAX_STREAMS_PER_CONNECTION, quic::IDLE_TIMEOUT)?;
-            let endpoint = quinn::Endpoint::server(server_config, q.listen)
-                .map_err(|source| ServeError::QuicBind { addr: q.listen, source })?;
-            let quic_addr = endpoint.local_addr().map_err(|source| ServeError::QuicBind { addr: q.listen, source })?;
             let ctx = Arc::new(quic::StreamContext::new(loaded.clone(), auth.clone(), max_message));
-            let task = tokio::spawn(quic::run(endpoint, ctx, stop_rx.clone(), config.drain_timeout));
-            Some((quic_addr, task))
+            Some(start_quic(q, ctx, stop_rx.clone(), config.drain_timeout)?)
         }
         None => None,
     };
@@ -150,19 +144,9 @@ pub async fn serve(
 
     let state = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || -> Result<Arc<CloudState>, ServeError> {
-            let registry = Registry::load(&config.models, config.policy.as_ref())?;
-            let batcher = Batcher::start(config.batch).map_err(ServeError::Workers)?;
-            Ok(Arc::new(CloudState {
-                registry,
-                batcher,
-                max_payload_bytes: config.max_payload,
-                encodings: config.encodings.clone(),
-                draining: false.into(),
-            }))
-        })
-        .await
-        .map_err(|_| ServeError::Panicked("model loader"))??
+        tokio::task::spawn_blocking(move || load_state(&config))
+            .await
+            .map_err(|_| ServeError::Panicked("model loader"))??
     };
     let _ = loaded.set(state);
     if !*stop_rx.borrow() {
@@ -183,6 +167,36 @@ pub async fn serve(
         task.await.map_err(|_| ServeError::Panicked("QUIC server"))?;
     }
     Ok(())
+}
+
+/// Binds the QUIC endpoint and serves it on a task of its own; returns the
+/// bound address and the task (which ends after its drain).
+fn start_quic(
+    q: &config::QuicConfig,
+    ctx: Arc<quic::StreamContext>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    let server_config =
+        offramp_transport::quic::server_config(&q.tls, quic::MAX_STREAMS_PER_CONNECTION, quic::IDLE_TIMEOUT)?;
+    let bind_error = |source| ServeError::QuicBind { addr: q.listen, source };
+    let endpoint = quinn::Endpoint::server(server_config, q.listen).map_err(bind_error)?;
+    let addr = endpoint.local_addr().map_err(bind_error)?;
+    Ok((addr, tokio::spawn(quic::run(endpoint, ctx, stop, drain))))
+}
+
+/// Loads the models and starts the compute threads (blocking: run off the
+/// async workers).
+fn load_state(config: &CloudConfig) -> Result<Arc<CloudState>, ServeError> {
+    let registry = Registry::load(&config.models, config.policy.as_ref())?;
+    let batcher = Batcher::start(config.batch).map_err(ServeError::Workers)?;
+    Ok(Arc::new(CloudState {
+        registry,
+        batcher,
+        max_payload_bytes: config.max_payload,
+        encodings: config.encodings.clone(),
+        draining: false.into(),
+    }))
 }
 
 pub use offramp_common::net::shutdown_signal;

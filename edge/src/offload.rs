@@ -7,7 +7,7 @@
 //! next endpoint.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use offramp_proto as pb;
@@ -343,6 +343,3 @@ impl Offloader {
         Err(e)
     }
 }
-
-/// Shared handle.
-pub type SharedOffloader = Arc<Offloader>;

@@ -202,15 +202,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     if cfg.links.is_empty() {
         bail!("the experiment needs at least one [[link]]");
     }
-    let transports: Vec<TransportKind> = cfg
-        .transports
-        .iter()
-        .map(|t| match t.as_str() {
-            "grpc" => Ok(TransportKind::Grpc),
-            "quic" => Ok(TransportKind::Quic),
-            other => bail!("unknown transport {other:?} (expected grpc or quic)"),
-        })
-        .collect::<Result<_>>()?;
+    let transports = cfg.transports.iter().map(|t| parse_transport(t)).collect::<Result<Vec<_>>>()?;
     let encodings: Vec<_> =
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
     let deadline = units::parse_duration(&cfg.deadline).map_err(anyhow::Error::msg)?;
@@ -220,35 +212,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
 
     std::fs::create_dir_all(args.out.join("records"))?;
     write_provenance(&args.out, &args.config, &text, &bundle, &splits)?;
-    let policy_dir = args.out.join("policies");
-    std::fs::create_dir_all(&policy_dir)?;
-    let mut policies = Vec::new();
-    let specs = if cfg.policies.is_empty() {
-        vec![PolicySpec {
-            name: "bundle".into(),
-            file: bundle.policy_path(),
-            rule: None,
-            threshold: None,
-            patience: None,
-        }]
-    } else {
-        cfg.policies.clone()
-    };
-    for p in &specs {
-        let policy = match (&p.file, &p.rule) {
-            (Some(f), None) => Policy::load(&paths::find(f)?, bundle.num_exits())?,
-            (None, Some(rule)) => {
-                let r = Rule::named(rule, p.threshold.unwrap_or(0.0), p.patience.unwrap_or(0), 0)
-                    .with_context(|| format!("policy {:?}", p.name))?;
-                Policy::from_rules(vec![r; bundle.num_exits()]).with_context(|| format!("policy {:?}", p.name))?
-            }
-            (None, None) if p.name == "bundle" => Policy::never(bundle.num_exits()),
-            _ => bail!("policy {:?}: give either `file` or `rule` (+ `threshold` or `patience`)", p.name),
-        };
-        // Written beside the results, so a cell can be rerun by hand.
-        std::fs::write(policy_dir.join(format!("{}.toml", p.name)), policy.to_toml())?;
-        policies.push((p.name.clone(), policy));
-    }
+    let policies = policies(&cfg, &bundle, &args.out.join("policies"))?;
 
     let mut cells = Vec::new();
     for &k in &splits {
@@ -319,6 +283,14 @@ struct Cell<'a> {
     deadline: Duration,
 }
 
+fn parse_transport(t: &str) -> Result<TransportKind> {
+    match t {
+        "grpc" => Ok(TransportKind::Grpc),
+        "quic" => Ok(TransportKind::Quic),
+        other => bail!("unknown transport {other:?} (expected grpc or quic)"),
+    }
+}
+
 fn transport_name(t: TransportKind) -> &'static str {
     match t {
         TransportKind::Grpc => "grpc",
@@ -341,6 +313,40 @@ async fn run_cell(cell: Cell<'_>, concurrency: usize, data: &Dataset) -> Result<
     drop(edge);
     topology.stop().await?;
     Ok(answers)
+}
+
+/// The experiment's policies by name, each also written to `policy_dir` so
+/// a cell can be rerun by hand.
+fn policies(cfg: &ExperimentConfig, bundle: &Bundle, policy_dir: &Path) -> Result<Vec<(String, Policy)>> {
+    std::fs::create_dir_all(policy_dir)?;
+    let mut policies = Vec::new();
+    let specs = if cfg.policies.is_empty() {
+        vec![PolicySpec {
+            name: "bundle".into(),
+            file: bundle.policy_path(),
+            rule: None,
+            threshold: None,
+            patience: None,
+        }]
+    } else {
+        cfg.policies.clone()
+    };
+    for p in &specs {
+        let policy = match (&p.file, &p.rule) {
+            (Some(f), None) => Policy::load(&paths::find(f)?, bundle.num_exits())?,
+            (None, Some(rule)) => {
+                let r = Rule::named(rule, p.threshold.unwrap_or(0.0), p.patience.unwrap_or(0), 0)
+                    .with_context(|| format!("policy {:?}", p.name))?;
+                Policy::from_rules(vec![r; bundle.num_exits()]).with_context(|| format!("policy {:?}", p.name))?
+            }
+            (None, None) if p.name == "bundle" => Policy::never(bundle.num_exits()),
+            _ => bail!("policy {:?}: give either `file` or `rule` (+ `threshold` or `patience`)", p.name),
+        };
+        // Written beside the results, so a cell can be rerun by hand.
+        std::fs::write(policy_dir.join(format!("{}.toml", p.name)), policy.to_toml())?;
+        policies.push((p.name.clone(), policy));
+    }
+    Ok(policies)
 }
 
 #[allow(clippy::too_many_arguments)]

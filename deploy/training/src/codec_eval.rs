@@ -151,30 +151,11 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
     let edge_policy = if args.offload_all { Policy::never(bundle.num_exits()) } else { policy.clone() };
     let shape = bundle.shape_at(k)?.to_vec();
     let exec = Executor::new(Arc::new(bundle.clone()));
-    let batch = args.batch_size.max(1);
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(args.speed_reps > 0, "--speed-reps must be at least 1");
+    let batch = args.batch_size;
     let labels: Vec<usize> = data.labels.iter().map(|&l| l as usize).collect();
-
-    // Edge half.
-    let mut edge_pred: Vec<Option<usize>> = vec![None; data.len()];
-    let mut offloads = Vec::new();
-    for start in (0..data.len()).step_by(batch) {
-        let b = batch.min(data.len() - start);
-        let rows = &data.images[start * data.image_len()..(start + b) * data.image_len()];
-        let x = exec.batch_at(0, rows, b)?;
-        let out = exec.run(&x, 0..k, &edge_policy, vec![vec![]; b])?;
-        for (i, r) in out.exited.iter().enumerate() {
-            if let Some(r) = r {
-                edge_pred[start + i] = Some(r.prediction);
-            }
-        }
-        for (row, &i) in out.remaining.iter().enumerate() {
-            offloads.push(Offload {
-                index: start + i,
-                hidden: out.hidden_row(row)?,
-                history: out.histories[i].clone(),
-            });
-        }
-    }
+    let (edge_pred, offloads) = edge_half(&exec, &data, k, &edge_policy, batch)?;
     if offloads.is_empty() {
         bail!("no sample was offloaded at K = {k}: every one left at an edge exit");
     }
@@ -225,18 +206,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
             tensors.push(t);
         }
 
-        // Cloud half on the decoded states.
-        let mut preds = Vec::with_capacity(offloads.len());
-        for (chunk_i, chunk) in decoded.chunks(batch).enumerate() {
-            let rows: Vec<f32> = chunk.iter().flatten().copied().collect();
-            let x = exec.batch_at(k, &rows, chunk.len())?;
-            let histories =
-                offloads[chunk_i * batch..chunk_i * batch + chunk.len()].iter().map(|o| o.history.clone()).collect();
-            let out = exec.run(&x, k..n, &policy, histories)?;
-            for r in out.exited {
-                preds.push(r.context("the final exit always answers")?.prediction);
-            }
-        }
+        let preds = cloud_half(&exec, &decoded, &offloads, k..n, &policy, batch)?;
         let mut correct = edge_pred.iter().zip(&labels).filter(|(p, l)| p.as_ref() == Some(l)).count();
         correct += offloads.iter().zip(&preds).filter(|(o, &p)| labels[o.index] == p).count();
         let accuracy = correct as f64 / data.len() as f64;
@@ -245,44 +215,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         }
         let agree = preds.iter().zip(&f32_preds).filter(|(a, b)| a == b).count();
 
-        // Speed, over every offloaded sample per repetition.
-        let f32_bytes = (offloads.len() * shape.iter().product::<usize>() * 4) as f64;
-        let reps = args.speed_reps.max(1);
-        let gbps = |mut f: Box<dyn FnMut() + '_>| -> f64 {
-            f(); // warm-up
-            let mut rates: Vec<f64> = (0..reps)
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    f32_bytes / t.elapsed().as_secs_f64() / 1e9
-                })
-                .collect();
-            rates.sort_by(|a, b| a.total_cmp(b));
-            rates[rates.len() / 2]
-        };
-        let encode_gbps = gbps(Box::new(|| {
-            for o in &offloads {
-                black_box(codec::encode(black_box(&o.hidden), &shape, encoding));
-            }
-        }));
-        let decode_gbps = gbps(Box::new(|| {
-            for t in &tensors {
-                black_box(codec::decode(black_box(t), usize::MAX).expect("valid"));
-            }
-        }));
-        let lz4_encode_gbps = gbps(Box::new(|| {
-            for o in &offloads {
-                let mut t = codec::encode(black_box(&o.hidden), &shape, encoding);
-                codec::compress(&mut t, pb::Compression::Lz4);
-                black_box(t);
-            }
-        }));
-        let lz4_decode_gbps = gbps(Box::new(|| {
-            for p in &packed {
-                black_box(codec::decode(black_box(p), usize::MAX).expect("valid"));
-            }
-        }));
-
+        let speed = CodecSpeed::measure(&offloads, &tensors, &packed, &shape, encoding, args.speed_reps);
         let m = offloads.len() as f64;
         let f32_req = reports.first().map_or(req_bytes as f64 / m, |r| r.bytes_per_request);
         let f32_acc = reports.first().map_or(accuracy, |r| r.accuracy);
@@ -298,10 +231,10 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
             accuracy_delta_pts: (accuracy - f32_acc) * 100.0,
             agreement_with_f32: agree as f64 / m,
             max_relative_error: max_rel,
-            encode_gbps,
-            decode_gbps,
-            lz4_encode_gbps,
-            lz4_decode_gbps,
+            encode_gbps: speed.encode,
+            decode_gbps: speed.decode,
+            lz4_encode_gbps: speed.lz4_encode,
+            lz4_decode_gbps: speed.lz4_decode,
         });
     }
     Ok(CodecEvalReport {
@@ -315,7 +248,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         edge_answers,
         offloaded: offloads.len(),
         offload_all: args.offload_all,
-        speed_reps: args.speed_reps.max(1),
+        speed_reps: args.speed_reps,
         encodings: reports,
     })
 }
@@ -391,4 +324,118 @@ pub fn render(r: &CodecEvalReport) -> String {
         r.speed_reps
     );
     s
+}
+
+/// The edge half at K over the whole dataset: each sample's edge
+/// prediction (when it exited) and the samples to offload.
+fn edge_half(
+    exec: &Executor,
+    data: &offramp_common::data::Dataset,
+    k: usize,
+    policy: &Policy,
+    batch: usize,
+) -> Result<(Vec<Option<usize>>, Vec<Offload>)> {
+    let mut edge_pred: Vec<Option<usize>> = vec![None; data.len()];
+    let mut offloads = Vec::new();
+    for start in (0..data.len()).step_by(batch) {
+        let b = batch.min(data.len() - start);
+        let rows = &data.images[start * data.image_len()..(start + b) * data.image_len()];
+        let x = exec.batch_at(0, rows, b)?;
+        let out = exec.run(&x, 0..k, policy, vec![vec![]; b])?;
+        for (i, r) in out.exited.iter().enumerate() {
+            if let Some(r) = r {
+                edge_pred[start + i] = Some(r.prediction);
+            }
+        }
+        for (row, &i) in out.remaining.iter().enumerate() {
+            offloads.push(Offload {
+                index: start + i,
+                hidden: out.hidden_row(row)?,
+                history: out.histories[i].clone(),
+            });
+        }
+    }
+    Ok((edge_pred, offloads))
+}
+
+/// The cloud half (`blocks`) on the decoded hidden states: one prediction
+/// per offload.
+fn cloud_half(
+    exec: &Executor,
+    decoded: &[Vec<f32>],
+    offloads: &[Offload],
+    blocks: std::ops::Range<usize>,
+    policy: &Policy,
+    batch: usize,
+) -> Result<Vec<usize>> {
+    let mut preds = Vec::with_capacity(offloads.len());
+    for (chunk_i, chunk) in decoded.chunks(batch).enumerate() {
+        let rows: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let x = exec.batch_at(blocks.start, &rows, chunk.len())?;
+        let histories =
+            offloads[chunk_i * batch..chunk_i * batch + chunk.len()].iter().map(|o| o.history.clone()).collect();
+        let out = exec.run(&x, blocks.clone(), policy, histories)?;
+        for r in out.exited {
+            preds.push(r.context("the final exit always answers")?.prediction);
+        }
+    }
+    Ok(preds)
+}
+
+/// Codec speed in GB/s of f32 hidden state (median over repetitions, each
+/// over every offloaded sample).
+struct CodecSpeed {
+    encode: f64,
+    decode: f64,
+    lz4_encode: f64,
+    lz4_decode: f64,
+}
+
+impl CodecSpeed {
+    fn measure(
+        offloads: &[Offload],
+        tensors: &[pb::Tensor],
+        packed: &[pb::Tensor],
+        shape: &[usize],
+        encoding: pb::Encoding,
+        reps: usize,
+    ) -> Self {
+        let f32_bytes = (offloads.len() * shape.iter().product::<usize>() * 4) as f64;
+        let gbps = |mut f: Box<dyn FnMut() + '_>| -> f64 {
+            f(); // warm-up
+            let mut rates: Vec<f64> = (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    f32_bytes / t.elapsed().as_secs_f64() / 1e9
+                })
+                .collect();
+            rates.sort_by(|a, b| a.total_cmp(b));
+            rates[rates.len() / 2]
+        };
+        Self {
+            encode: gbps(Box::new(|| {
+                for o in offloads {
+                    black_box(codec::encode(black_box(&o.hidden), shape, encoding));
+                }
+            })),
+            decode: gbps(Box::new(|| {
+                for t in tensors {
+                    black_box(codec::decode(black_box(t), usize::MAX).expect("valid"));
+                }
+            })),
+            lz4_encode: gbps(Box::new(|| {
+                for o in offloads {
+                    let mut t = codec::encode(black_box(&o.hidden), shape, encoding);
+                    codec::compress(&mut t, pb::Compression::Lz4);
+                    black_box(t);
+                }
+            })),
+            lz4_decode: gbps(Box::new(|| {
+                for p in packed {
+                    black_box(codec::decode(black_box(p), usize::MAX).expect("valid"));
+                }
+            })),
+        }
+    }
 }
