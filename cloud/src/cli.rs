@@ -24,13 +24,7 @@ struct Cli {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log.log_format);
-    match run(cli.args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code(run(cli.args))
 }
 
 fn run(args: CloudArgs) -> Result<()> {

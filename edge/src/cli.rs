@@ -42,13 +42,7 @@ pub fn main() -> ExitCode {
         .build()
         .context("starting tokio")
         .and_then(|rt| rt.block_on(run_command(cli.command)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code(result)
 }
 
 async fn run_command(command: Command) -> Result<()> {

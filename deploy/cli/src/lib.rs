@@ -71,13 +71,7 @@ pub fn main() -> ExitCode {
     // warnings unless asked.
     let default_filter = if matches!(cli.command, Command::Demo(_) | Command::Experiment(_)) { "warn" } else { "info" };
     telemetry::init_with_default(cli.log.log_format, default_filter);
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code(run(cli.command))
 }
 
 fn run(command: Command) -> Result<()> {
@@ -86,7 +80,7 @@ fn run(command: Command) -> Result<()> {
             let report = train::run(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Command::Split(args) => split::run(&args)?,
+        Command::Split(args) => print!("{}", split::run(&args)?.render()),
         Command::Bench(BenchWhat::Blocks(a)) => {
             let report = bench::blocks(&a)?;
             emit(&report, a.json, |r| r.render())?;
@@ -99,30 +93,20 @@ fn run(command: Command) -> Result<()> {
             let report = runtime()?.block_on(transport_bench::run(&a))?;
             emit(&report, a.json, |r| r.render())?;
         }
-        Command::ExportSample(args) => sample::run(&args)?,
+        Command::ExportSample(args) => print!("{}", sample::run(&args)?.render()),
         Command::Experiment(args) => {
             let results = runtime()?.block_on(experiment::run(&args))?;
-            println!("{} cells written to {}", results.len(), args.out.display());
-            for r in &results {
-                println!(
-                    "{:<48} acc {:>6.2}%  edge {:>5.1}%  p50 {:>8.2} ms  p99 {:>8.2} ms  up {:>6.0} B  measured/bound {:.2}",
-                    r.cell, r.accuracy * 100.0, r.share_edge * 100.0, r.p50_ms, r.p99_ms, r.bytes_up_per_req, r.measured_over_bound
-                );
-            }
+            print!("{}", experiment::render(&results, &args.out));
         }
         Command::Load(args) => {
             let report = runtime()?.block_on(load::run(&args))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", load::render(&report));
-            }
+            emit(&report, args.json, load::render)?;
         }
         Command::Demo(args) => runtime()?.block_on(demo::run(args))?,
-        Command::Eval(args) => eval::run(&args)?,
+        Command::Eval(args) => emit(&eval::run(&args)?, args.json, |r| r.render())?,
         Command::Link(args) => offramp_link::cli::run(&args)?,
-        Command::Calibrate(args) => calibrate::run(&args)?,
-        Command::CodecEval(args) => codec_eval::run(&args)?,
+        Command::Calibrate(args) => emit(&calibrate::run(&args)?, args.json, |r| r.render())?,
+        Command::CodecEval(args) => emit(&codec_eval::evaluate(&args)?, args.json, |r| r.render())?,
     }
     Ok(())
 }

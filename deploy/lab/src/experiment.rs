@@ -520,6 +520,24 @@ fn write_provenance(out: &Path, config_path: &Path, config: &str, bundle: &Bundl
     Ok(())
 }
 
+/// One line per cell, after where they were written.
+pub fn render(results: &[CellResult], out: &Path) -> String {
+    let mut s = format!("{} cells written to {}\n", results.len(), out.display());
+    for r in results {
+        s.push_str(&format!(
+            "{:<48} acc {:>6.2}%  edge {:>5.1}%  p50 {:>8.2} ms  p99 {:>8.2} ms  up {:>6.0} B  measured/bound {:.2}\n",
+            r.cell,
+            r.accuracy * 100.0,
+            r.share_edge * 100.0,
+            r.p50_ms,
+            r.p99_ms,
+            r.bytes_up_per_req,
+            r.measured_over_bound
+        ));
+    }
+    s
+}
+
 /// Indices of the Pareto-optimal cells: no other cell is at least as accurate
 /// and at least as fast, and strictly better in one.
 pub fn pareto(points: &[(f64, f64)]) -> Vec<usize> {

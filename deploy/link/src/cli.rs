@@ -200,11 +200,5 @@ pub fn main() -> std::process::ExitCode {
     use clap::Parser as _;
     let cli = LinkCli::parse();
     offramp_base::telemetry::init(cli.log.log_format);
-    match run(&cli.link) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    offramp_base::telemetry::exit_code(run(&cli.link))
 }

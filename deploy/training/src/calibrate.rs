@@ -280,7 +280,7 @@ pub fn calibrate(
 }
 
 /// Runs `offramp calibrate`: calibrates, writes the policy, prints the table.
-pub fn run(args: &CalibrateArgs) -> Result<()> {
+pub fn run(args: &CalibrateArgs) -> Result<CalibrateReport> {
     check_options(args.max_drop, args.batch_size)?;
     let bundle = load_model(&args.model)?;
     let data = args.data.load(&bundle)?;
@@ -301,15 +301,19 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         std::fs::write(out, &report.policy_toml).with_context(|| format!("writing the policy to {}", out.display()))?;
         report.out = Some(out.clone());
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", table(&report));
-        if report.out.is_none() {
-            print!("\n{}", report.policy_toml);
+    Ok(report)
+}
+
+impl CalibrateReport {
+    /// The table, and the policy itself when it was not written to a file.
+    pub fn render(&self) -> String {
+        let mut s = table(self);
+        if self.out.is_none() {
+            s.push('\n');
+            s.push_str(&self.policy_toml);
         }
+        s
     }
-    Ok(())
 }
 
 /// The readable form of a [`CalibrateReport`].

@@ -127,14 +127,10 @@ struct Offload {
     history: Vec<Observation>,
 }
 
-pub fn run(args: &CodecEvalArgs) -> Result<()> {
-    let report = evaluate(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
+impl CodecEvalReport {
+    pub fn render(&self) -> String {
+        render(self)
     }
-    Ok(())
 }
 
 pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {

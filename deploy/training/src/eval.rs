@@ -322,7 +322,30 @@ pub struct SweepReport {
 }
 
 /// Runs `offramp eval` and prints its report.
-pub fn run(args: &EvalArgs) -> Result<()> {
+/// What `offramp eval` measured: one policy's evaluation, or a sweep.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EvalOutput {
+    Eval {
+        #[serde(flatten)]
+        report: EvalReport,
+        /// The rendered table (it names the bundle's blocks and exits).
+        #[serde(skip)]
+        table: String,
+    },
+    Sweep(SweepReport),
+}
+
+impl EvalOutput {
+    pub fn render(&self) -> String {
+        match self {
+            EvalOutput::Eval { table, .. } => table.clone(),
+            EvalOutput::Sweep(r) => sweep_table(r),
+        }
+    }
+}
+
+pub fn run(args: &EvalArgs) -> Result<EvalOutput> {
     if args.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
@@ -335,22 +358,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         policy = ?policy.as_ref().map(|p| p.1.display().to_string()), sweep = args.sweep, "evaluating"
     );
     if args.sweep {
-        let report = sweep(&exec, &data, args, policy.as_ref())?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", sweep_table(&report));
-        }
-        return Ok(());
+        return Ok(EvalOutput::Sweep(sweep(&exec, &data, args, policy.as_ref())?));
     }
     let timing = args.timing_samples.unwrap_or(data.len()).min(data.len());
     let report = evaluate(&exec, &data, subset_name(args.data.subset), policy.as_ref(), args.batch_size, timing)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", table(&report, exec.bundle()));
-    }
-    Ok(())
+    let table = table(&report, exec.bundle());
+    Ok(EvalOutput::Eval { report, table })
 }
 
 /// Forced-exit accuracies, the policy's outcome on the real early-exit path,

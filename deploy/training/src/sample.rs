@@ -22,7 +22,29 @@ pub struct SampleArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: &SampleArgs) -> Result<()> {
+/// What `offramp export-sample` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SampleReport {
+    pub digits: usize,
+    pub subset: Subset,
+    /// Index of the first digit in the source files.
+    pub offset: usize,
+    pub out: PathBuf,
+}
+
+impl SampleReport {
+    pub fn render(&self) -> String {
+        format!(
+            "wrote {} digits ({:?} split, from index {}) to {}\n",
+            self.digits,
+            self.subset,
+            self.offset,
+            self.out.display()
+        )
+    }
+}
+
+pub fn run(args: &SampleArgs) -> Result<SampleReport> {
     if args.n == 0 || args.n > 1000 {
         bail!("--n must be in 1..=1000");
     }
@@ -32,12 +54,5 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let [_, rows, cols] = data.shape;
     write_idx(&args.out, "sample", rows, cols, &pixels, &data.labels)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
-        "wrote {} digits ({:?} split, from index {}) to {}",
-        data.len(),
-        args.subset,
-        data.offset,
-        args.out.display()
-    );
-    Ok(())
+    Ok(SampleReport { digits: data.len(), subset: args.subset, offset: data.offset, out: args.out.clone() })
 }

@@ -21,7 +21,37 @@ pub struct SplitArgs {
     pub cloud_out: PathBuf,
 }
 
-pub fn run(args: &SplitArgs) -> Result<()> {
+/// What `offramp split` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SplitReport {
+    pub split: usize,
+    pub num_blocks: usize,
+    pub edge_dir: PathBuf,
+    pub cloud_dir: PathBuf,
+    pub edge_weight_bytes: u64,
+    pub cloud_weight_bytes: u64,
+    pub edge_fingerprint: String,
+    pub cloud_fingerprint: String,
+}
+
+impl SplitReport {
+    pub fn render(&self) -> String {
+        let k = self.split;
+        format!(
+            "edge  {} : blocks 0..{k}, {} weight bytes, edge fingerprint {}\n\
+             cloud {} : blocks {k}..{}, {} weight bytes, cloud fingerprint {}\n",
+            self.edge_dir.display(),
+            self.edge_weight_bytes,
+            self.edge_fingerprint,
+            self.cloud_dir.display(),
+            self.num_blocks,
+            self.cloud_weight_bytes,
+            self.cloud_fingerprint
+        )
+    }
+}
+
+pub fn run(args: &SplitArgs) -> Result<SplitReport> {
     let bundle = Bundle::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
     let (edge, cloud) = bundle.split(args.at)?;
     edge.save(&args.edge_out).with_context(|| format!("writing {}", args.edge_out.display()))?;
@@ -34,18 +64,14 @@ pub fn run(args: &SplitArgs) -> Result<()> {
     }
     let size = |dir: &PathBuf| std::fs::metadata(dir.join(&bundle.manifest().weights)).map(|m| m.len()).unwrap_or(0);
     let k = args.at;
-    println!(
-        "edge  {} : blocks 0..{k}, {} weight bytes, edge fingerprint {}",
-        args.edge_out.display(),
-        size(&args.edge_out),
-        bundle.fingerprint(SplitSide::Edge, k).unwrap_or_default()
-    );
-    println!(
-        "cloud {} : blocks {k}..{}, {} weight bytes, cloud fingerprint {}",
-        args.cloud_out.display(),
-        bundle.num_blocks(),
-        size(&args.cloud_out),
-        bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default()
-    );
-    Ok(())
+    Ok(SplitReport {
+        split: k,
+        num_blocks: bundle.num_blocks(),
+        edge_dir: args.edge_out.clone(),
+        cloud_dir: args.cloud_out.clone(),
+        edge_weight_bytes: size(&args.edge_out),
+        cloud_weight_bytes: size(&args.cloud_out),
+        edge_fingerprint: bundle.fingerprint(SplitSide::Edge, k).unwrap_or_default(),
+        cloud_fingerprint: bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default(),
+    })
 }
