@@ -17,7 +17,7 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$out"' EXIT
 for _ in $(seq 100); do grep -q "grpc listening" "$out" && break; sleep 0.1; done
 addr=$(grep -o "127.0.0.1:[0-9]*" "$out")
-field() { grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
+field() { tr -d "\n" | grep -o "\"$1\": *[0-9.e+-]*" | head -1 | sed "s/.*: *//"; }
 load() { $bin/offramp load --cloud "http://$addr" --edges "$edges" --rate "$1" --duration "$dur" --split 1 --json; }
 t=0
 for r in "${rates[@]}"; do
