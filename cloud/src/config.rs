@@ -57,6 +57,8 @@ pub enum ConfigError {
     SelfSignedWithoutQuic,
     #[error("--self-signed cannot be combined with --tls-cert")]
     SelfSignedWithCert,
+    #[error("--cert-out writes the --self-signed certificate; without --self-signed there is none to write")]
+    CertOutWithoutSelfSigned,
     #[error("writing the self-signed certificate to {}: {source}", path.display())]
     CertOut { path: PathBuf, source: std::io::Error },
     #[error("--policy {}: {source}", path.display())]
@@ -79,11 +81,11 @@ pub struct QuicArgs {
     /// Make a self-signed certificate for QUIC at start (SAN localhost,
     /// 127.0.0.1, ::1 and a non-loopback listen IP). For local runs and tests
     /// only: edges must be given it with --ca (see --cert-out).
-    #[arg(long, env = "OFFRAMP_SELF_SIGNED", conflicts_with = "tls_cert", requires = "quic_listen")]
+    #[arg(long, env = "OFFRAMP_SELF_SIGNED")]
     #[serde(default)]
     pub self_signed: bool,
     /// Write the self-signed certificate (PEM, no key) to this file.
-    #[arg(long, env = "OFFRAMP_CERT_OUT", requires = "self_signed")]
+    #[arg(long, env = "OFFRAMP_CERT_OUT")]
     pub cert_out: Option<PathBuf>,
 }
 
@@ -360,6 +362,9 @@ fn quic_config(args: &QuicArgs, tls: Option<&ServerTls>) -> Result<Option<QuicCo
     };
     if args.self_signed && tls.is_some() {
         return Err(ConfigError::SelfSignedWithCert);
+    }
+    if args.cert_out.is_some() && !args.self_signed {
+        return Err(ConfigError::CertOutWithoutSelfSigned);
     }
     if let Some(tls) = tls {
         return Ok(Some(QuicConfig { listen, tls: tls.clone() }));

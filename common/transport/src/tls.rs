@@ -19,6 +19,8 @@ pub enum TlsError {
     NoCertificate { what: &'static str, path: PathBuf },
     #[error("{0} needs --ca (the server's certificate or its CA)")]
     NeedsCa(&'static str),
+    #[error("{given} needs {missing} too")]
+    Incomplete { given: &'static str, missing: &'static str },
     #[error(
         "QUIC always uses TLS: pass --ca FILE with the cloud's certificate or its CA (for local runs, \
          `offramp-cloud --self-signed --cert-out FILE` writes one)"
@@ -37,13 +39,13 @@ pub enum TlsError {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServerTlsArgs {
     /// PEM certificate chain; with --tls-key turns TLS on for gRPC.
-    #[arg(long, env = "OFFRAMP_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "OFFRAMP_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
-    #[arg(long, env = "OFFRAMP_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "OFFRAMP_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle: require client certificates signed by it (mutual TLS).
-    #[arg(long, env = "OFFRAMP_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(long, env = "OFFRAMP_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 }
 
@@ -55,9 +57,10 @@ pub struct ClientTlsArgs {
     #[arg(long, env = "OFFRAMP_CA")]
     pub ca: Option<PathBuf>,
     /// PEM client certificate (mutual TLS).
-    #[arg(long, env = "OFFRAMP_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    #[arg(long, env = "OFFRAMP_TLS_CLIENT_CERT")]
     pub tls_client_cert: Option<PathBuf>,
-    #[arg(long, env = "OFFRAMP_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    /// PEM key of the client certificate.
+    #[arg(long, env = "OFFRAMP_TLS_CLIENT_KEY")]
     pub tls_client_key: Option<PathBuf>,
     /// Server name to verify (default: the URL's host).
     #[arg(long, env = "OFFRAMP_TLS_DOMAIN")]
@@ -187,14 +190,20 @@ impl ClientTls {
     /// Loads the files named by the flags; `None` without `--ca`.
     pub fn load(args: &ClientTlsArgs) -> Result<Option<Self>, TlsError> {
         let Some(ca) = &args.ca else {
-            if args.tls_client_cert.is_some() {
+            if args.tls_client_cert.is_some() || args.tls_client_key.is_some() {
                 return Err(TlsError::NeedsCa("--tls-client-cert"));
             }
             return Ok(None);
         };
         let identity = match (&args.tls_client_cert, &args.tls_client_key) {
             (Some(cert), Some(key)) => Some(Identity::load(cert, key, true)?),
-            _ => None,
+            (Some(_), None) => {
+                return Err(TlsError::Incomplete { given: "--tls-client-cert", missing: "--tls-client-key" })
+            }
+            (None, Some(_)) => {
+                return Err(TlsError::Incomplete { given: "--tls-client-key", missing: "--tls-client-cert" })
+            }
+            (None, None) => None,
         };
         Ok(Some(Self { roots: Roots::load(ca, "CA certificate")?, identity, domain: args.tls_domain.clone() }))
     }
@@ -260,7 +269,15 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads the files named by the flags; `None` without `--tls-cert`.
     pub fn load(args: &ServerTlsArgs) -> Result<Option<Self>, TlsError> {
-        let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else { return Ok(None) };
+        let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => return Err(TlsError::Incomplete { given: "--tls-cert", missing: "--tls-key" }),
+            (None, Some(_)) => return Err(TlsError::Incomplete { given: "--tls-key", missing: "--tls-cert" }),
+            (None, None) if args.tls_client_ca.is_some() => {
+                return Err(TlsError::Incomplete { given: "--tls-client-ca", missing: "--tls-cert and --tls-key" })
+            }
+            (None, None) => return Ok(None),
+        };
         let client_ca = args.tls_client_ca.as_deref().map(|ca| Roots::load(ca, "client CA")).transpose()?;
         Ok(Some(Self { identity: Identity::load(cert, key, false)?, client_ca }))
     }
@@ -341,6 +358,10 @@ mod tests {
         let e = ClientTls::load(&ClientTlsArgs { tls_client_cert: Some(junk), ..Default::default() }).unwrap_err();
         assert!(matches!(e, TlsError::NeedsCa(_)), "{e}");
         assert!(ClientTls::load(&ClientTlsArgs::default()).unwrap().is_none());
+        let half = ServerTlsArgs { tls_cert: Some(dir.join("cert.pem")), ..Default::default() };
+        assert!(matches!(ServerTls::load(&half), Err(TlsError::Incomplete { missing: "--tls-key", .. })));
+        let mutual_only = ServerTlsArgs { tls_client_ca: Some(dir.join("cert.pem")), ..Default::default() };
+        assert!(matches!(ServerTls::load(&mutual_only), Err(TlsError::Incomplete { .. })));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
