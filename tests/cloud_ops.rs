@@ -174,9 +174,9 @@ async fn grpc_over_tls_with_a_trusted_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
     let dir = tmp("drain");
-    let (_, cloud_dir) = split_default(1, &dir);
-    // Settings from a --config file (paths relative to it), as a deployment
-    // would give them; every listener on port 0.
+    split_default(1, &dir); // dir/cloud, named by the config file
+                            // Settings from a --config file (paths relative to it), as a deployment
+                            // would give them; every listener on port 0.
     let config = dir.join("cloud.toml");
     std::fs::write(
         &config,
@@ -203,26 +203,55 @@ async fn metrics_and_graceful_shutdown_of_a_cloud_process() {
     let full = default_bundle();
     let t = grpc(&cloud.url(), None);
     let req = request(&full, 1, 1);
-    let inflight: Vec<_> = (0..32)
+    // Steady traffic from 8 senders, each request waiting up to 20 ms for a
+    // batch, so requests are in flight at any moment; once every sender has
+    // had an answer, SIGTERM lands in the middle of that traffic.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let senders: Vec<_> = (0..8)
         .map(|_| {
-            let (t, req) = (t.clone(), req.clone());
-            tokio::spawn(async move { t.infer(req, Duration::from_secs(10)).await })
+            let (t, req, answered) = (t.clone(), req.clone(), answered.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                loop {
+                    let started = Instant::now();
+                    let r = t.infer(req.clone(), Duration::from_secs(10)).await;
+                    let done = r.is_ok();
+                    outcomes.push((started, Instant::now(), r.map(|_| ()).map_err(|s| s.code())));
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !done {
+                        return outcomes;
+                    }
+                }
+            })
         })
         .collect();
-    // Let them reach the cloud: admitted requests wait up to 20 ms for a batch,
-    // so they are in flight when the signal lands.
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    eventually("every sender has had answers", Duration::from_secs(10), async || {
+        let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+        anyhow::ensure!(n >= 16, "{n} answers so far");
+        Ok(())
+    })
+    .await;
     let pid = cloud.child.id().to_string();
+    let signalled = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let mut ok = 0;
-    for c in inflight {
-        match c.await.unwrap() {
-            Ok(_) => ok += 1,
-            // Requests that arrived after the signal are refused, never dropped silently.
-            Err(s) => assert!(matches!(s.code(), Code::Unavailable | Code::Cancelled), "{s:?}"),
+    let mut drained = 0;
+    for s in senders {
+        for (started, finished, outcome) in s.await.unwrap() {
+            match outcome {
+                // In flight when the signal landed, and answered: drained.
+                Ok(()) if started < signalled && finished > signalled => drained += 1,
+                Ok(()) => {}
+                // After the signal, requests are refused (or the connection is
+                // gone), never dropped silently.
+                Err(code) => assert!(
+                    matches!(code, Code::Unavailable | Code::Cancelled),
+                    "a request {:?} after the signal failed with {code:?}",
+                    started.checked_duration_since(signalled)
+                ),
+            }
         }
     }
-    assert!(ok > 0, "in-flight requests completed");
+    assert!(drained > 0, "requests in flight at SIGTERM were answered, not dropped");
     // The drain timeout is 5 s: the process is gone well within 10 s.
     let status = eventually("the cloud exits after SIGTERM", Duration::from_secs(10), async || {
         cloud.child.try_wait()?.ok_or_else(|| anyhow::anyhow!("still running"))
@@ -304,4 +333,3 @@ async fn the_local_classify_api_answers_applications() {
     assert!(e.message().contains("expects [1, 28, 28]"), "{}", e.message());
     cloud.stop().await.unwrap();
 }
-

@@ -9,6 +9,7 @@
 //! prints `SKIPPED` and why, and passes; nothing else depends on Docker.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use offramp_proto as pb;
 use offramp_proto::classify_client::ClassifyClient;
 use tonic::transport::Channel;
 
-use crate::support::{repo, sample, tmp, TEST_POLICY};
+use crate::support::{eventually_every, repo, sample, test_policy_file, tmp};
 
 fn docker_missing() -> Option<String> {
     let ok = |cmd: &str, args: &[&str]| {
@@ -50,11 +51,13 @@ fn docker(args: &[&str]) -> String {
 }
 
 /// A compose project; `down` (containers, network) and image removal on drop.
+///
+/// Published ports are left to Docker: host port 0 (`127.0.0.1:0:50061`)
+/// publishes on an ephemeral port, read back with `docker-compose port`.
 struct Project {
     name: String,
     tag: String,
     files: Vec<PathBuf>,
-    ports: [u16; 2],
 }
 
 impl Project {
@@ -66,14 +69,20 @@ impl Project {
         }
         c.args(args)
             .env("OFFRAMP_TAG", &self.tag)
-            .env("OFFRAMP_EDGE1_PORT", self.ports[0].to_string())
-            .env("OFFRAMP_EDGE2_PORT", self.ports[1].to_string())
+            .env("OFFRAMP_EDGE1_PORT", "0")
+            .env("OFFRAMP_EDGE2_PORT", "0")
             .env("OFFRAMP_METRICS_PORT", "0");
         c
     }
 
     fn run(&self, args: &[&str]) -> String {
         check(&format!("docker-compose {}", args.join(" ")), self.compose(args).output().expect("run docker-compose"))
+    }
+
+    /// The host address Docker published `service`'s container `port` on.
+    fn published(&self, service: &str, port: u16) -> SocketAddr {
+        let out = self.run(&["port", service, &port.to_string()]);
+        out.trim().parse().unwrap_or_else(|e| panic!("docker-compose port {service} {port}: {out:?}: {e}"))
     }
 
     fn container(&self, service: &str) -> String {
@@ -98,38 +107,26 @@ impl Drop for Project {
             eprintln!("--- container logs ---\n{}", self.logs());
         }
         let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "5"]).output();
-        for image in ["offramp-cloud", "offramp-edge", "offramp"] {
+        for image in ["offramp-cloud", "offramp-edge", "offramp-link", "offramp"] {
             let _ = Command::new("docker").args(["rmi", "-f", &format!("{image}:{}", self.tag)]).output();
         }
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn connect(port: u16, within: Duration) -> ClassifyClient<Channel> {
-    let start = Instant::now();
+/// A Classify client of the edge at `addr`, once it answers.
+async fn connect(addr: SocketAddr, within: Duration) -> ClassifyClient<Channel> {
     let data = sample(1);
-    loop {
-        let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await?;
-            let mut client = ClassifyClient::new(channel);
-            classify(&mut client, &data, 0).await?;
-            anyhow::Ok(client)
-        };
-        match attempt.await {
-            Ok(client) => return client,
-            Err(e) if start.elapsed() < within => {
-                tracing::debug!(error = %e, port, "edge not up yet");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => panic!("the edge on 127.0.0.1:{port} did not answer within {within:?}: {e:#}"),
-        }
-    }
+    let what = format!("the edge on {addr} answers");
+    eventually_every(&what, within, Duration::from_millis(300), async || {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        let mut client = ClassifyClient::new(channel);
+        classify(&mut client, &data, 0).await?;
+        Ok(client)
+    })
+    .await
 }
 
 async fn classify(
@@ -167,14 +164,15 @@ async fn round(edges: &mut [ClassifyClient<Channel>], data: &Dataset, n: usize) 
 /// breakers probe and close by themselves.
 async fn until_cloud_again(edges: &mut [ClassifyClient<Channel>], data: &Dataset, within: Duration) -> Duration {
     let start = Instant::now();
-    loop {
+    eventually_every("the edges return to the cloud", within, Duration::from_millis(200), async || {
         let counts = round(edges, data, 20).await;
-        if counts.get("cloud").copied().unwrap_or(0) > 0 && counts.get("fallback").copied().unwrap_or(0) == 0 {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "the edges did not return to the cloud within {within:?}: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let (cloud, fallback) =
+            (counts.get("cloud").copied().unwrap_or(0), counts.get("fallback").copied().unwrap_or(0));
+        anyhow::ensure!(cloud > 0 && fallback == 0, "{counts:?}");
+        Ok(())
+    })
+    .await;
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,6 +189,7 @@ async fn compose_topology_falls_back_and_recovers_when_the_cloud_is_cut_off_or_k
         .args(["--tag", &tag])
         .args(["--cloud", env!("CARGO_BIN_EXE_offramp-cloud-under-test")])
         .args(["--edge", env!("CARGO_BIN_EXE_offramp-edge-under-test")])
+        .args(["--link", env!("CARGO_BIN_EXE_offramp-link-under-test")])
         .args(["--tool", env!("CARGO_BIN_EXE_offramp-under-test")])
         .output()
         .expect("run build-local.sh");
@@ -198,8 +197,7 @@ async fn compose_topology_falls_back_and_recovers_when_the_cloud_is_cut_off_or_k
 
     // The test policy (a third of the digits offload) for both edges, through
     // a compose override as an operator would add one.
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, TEST_POLICY).unwrap();
+    let policy = test_policy_file(&dir);
     let edge_override = format!(
         "    environment: {{ OFFRAMP_POLICY: /etc/offramp/policy.toml }}\n    volumes: [\"{}:/etc/offramp/policy.toml:ro\"]\n",
         policy.display()
@@ -210,7 +208,6 @@ async fn compose_topology_falls_back_and_recovers_when_the_cloud_is_cut_off_or_k
         name: format!("offramp-it-{}", std::process::id()),
         tag,
         files: vec![repo().join("deploy/docker/compose.yaml"), override_file],
-        ports: [free_port(), free_port()],
     };
     project.run(&["up", "-d", "--no-build"]);
 
@@ -251,8 +248,8 @@ async fn compose_topology_falls_back_and_recovers_when_the_cloud_is_cut_off_or_k
 
     let data = sample(20);
     let mut edges = vec![
-        connect(project.ports[0], Duration::from_secs(60)).await,
-        connect(project.ports[1], Duration::from_secs(60)).await,
+        connect(project.published("edge-1", 50061), Duration::from_secs(60)).await,
+        connect(project.published("edge-2", 50061), Duration::from_secs(60)).await,
     ];
     let recovered = until_cloud_again(&mut edges, &data, Duration::from_secs(30)).await;
     eprintln!("serving edges reach the cloud (after {recovered:?})");

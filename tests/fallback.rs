@@ -88,8 +88,11 @@ async fn stalled_cloud_deadlines_fire_and_the_breaker_opens() {
         }
     });
     let mut cfg = config(split_bundles(1).0, vec![format!("http://{addr}")], 150);
-    cfg.breaker =
-        BreakerSettings { backoff: Duration::from_secs(30), max_backoff: Duration::from_secs(30), ..Default::default() };
+    cfg.breaker = BreakerSettings {
+        backoff: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(30),
+        ..Default::default()
+    };
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     // Only inputs that need the cloud (low branch confidence) matter here; run enough.
     let answers = run_dataset(edge.clone(), &inputs(400), 1, |_| {}).await;
@@ -101,7 +104,10 @@ async fn stalled_cloud_deadlines_fire_and_the_breaker_opens() {
     assert!((1..=4).contains(&timeouts), "deadlines fire until the breaker opens: {timeouts}: {reasons:?}");
     assert_eq!(open, offloaded.len() - timeouts, "then every offload falls back at once");
     for a in offloaded.iter().filter(|a| a.reason == Some(Reason::CircuitOpen)) {
-        assert!(a.latency_us < 100_000, "circuit-open fallback is immediate: {} µs", a.latency_us);
+        // An open circuit waits on nothing: the answer is local compute,
+        // never the deadline (compute time itself depends on the load).
+        let waited = Duration::from_micros(a.latency_us.saturating_sub(a.edge_us));
+        assert!(waited < edge.config.deadline, "circuit-open fallback waited {waited:?}: {a:?}");
         assert_eq!(a.tier, Tier::Fallback);
     }
     let s = summarize(&edge, &answers);

@@ -71,7 +71,8 @@ async fn split_inference_over_quic_equals_grpc_with_tokens() {
     let dir = tmp("quic-equals-grpc");
     let cert = self_signed(&dir);
     let (edge_bundle, cloud_bundle) = split_bundles(1);
-    let tokens = TokenTable::parse(&format!("edge-1 {TOKEN}\nedge-2 fedcba9876543210fedc\n"), &dir.join("tokens")).unwrap();
+    let tokens =
+        TokenTable::parse(&format!("edge-1 {TOKEN}\nedge-2 fedcba9876543210fedc\n"), &dir.join("tokens")).unwrap();
     let cloud = start_cloud(cloud_bundle, &cert, |c| c.tokens = Some(tokens)).await;
     let data = sample(300);
 
@@ -239,7 +240,7 @@ async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_kee
     let mut b = h.data.to_vec();
     b[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
     h.data = Bytes::from(b);
-    payloads.push(("nan", r, Code::InvalidArgument, "non-finite"));
+    payloads.push(("nan", r, Code::InvalidArgument, "NaN at element 10"));
     let mut r = good.clone();
     r.hidden.as_mut().unwrap().encoding = 99;
     payloads.push(("encoding", r, Code::InvalidArgument, "encoding 99"));
@@ -318,34 +319,19 @@ async fn bad_payloads_and_garbage_frames_get_error_frames_and_the_connection_kee
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 }
 
-/// `n` inputs cycling through the bundled sample.
-fn inputs(n: usize) -> offramp_common::data::Dataset {
-    let s = sample(1000);
-    let mut d = offramp_common::data::Dataset {
-        images: Vec::with_capacity(n * 784),
-        labels: Vec::with_capacity(n),
-        shape: s.shape,
-        offset: 0,
-    };
-    for i in 0..n {
-        d.images.extend_from_slice(s.image(i % s.len()));
-        d.labels.push(s.labels[i % s.len()]);
-    }
-    d
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_quic_cloud_falls_back_and_the_breaker_opens() {
     // A UDP socket that swallows everything: no QUIC handshake ever completes.
-    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let dir = tmp("quic-absent");
-    let cert = make_cert(&dir);
-    let (edge_dir, _) = split_default(1, &dir);
-    let mut cfg = quic_edge(&edge_dir, format!("quic://{}", hole.local_addr().unwrap()), &cert.0);
+    let (_hole, addr) = udp_socket().await;
+    let cert = self_signed(&tmp("quic-absent"));
+    let mut cfg = quic_edge(split_bundles(1).0, format!("quic://{addr}"), &cert);
     cfg.deadline = Duration::from_millis(150);
     cfg.connect_timeout = Duration::from_millis(100);
-    cfg.breaker_backoff = Duration::from_secs(30);
-    cfg.breaker_max_backoff = Duration::from_secs(30);
+    cfg.breaker = BreakerSettings {
+        backoff: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(30),
+        ..Default::default()
+    };
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     let answers = run_dataset(edge.clone(), &inputs(400), 1, |_| {}).await;
     let offloaded: Vec<_> = answers.iter().filter(|a| a.reason.is_some()).collect();
@@ -357,7 +343,10 @@ async fn absent_quic_cloud_falls_back_and_the_breaker_opens() {
     assert!((1..=4).contains(&failed), "connects fail until the breaker opens: {failed}: {reasons:?}");
     assert_eq!(open, offloaded.len() - failed, "then every offload falls back at once");
     for a in offloaded.iter().filter(|a| a.reason == Some(Reason::CircuitOpen)) {
-        assert!(a.latency_us < 100_000, "circuit-open fallback is immediate: {} µs", a.latency_us);
+        // An open circuit waits on nothing: the answer is local compute,
+        // never the deadline (compute time itself depends on the load).
+        let waited = Duration::from_micros(a.latency_us.saturating_sub(a.edge_us));
+        assert!(waited < edge.config.deadline, "circuit-open fallback waited {waited:?}: {a:?}");
         assert_eq!(a.tier, Tier::Fallback);
     }
     for a in offloaded.iter().filter(|a| a.reason != Some(Reason::CircuitOpen)) {
@@ -369,13 +358,14 @@ async fn absent_quic_cloud_falls_back_and_the_breaker_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_after_restart() {
     let dir = tmp("quic-kill");
-    let cert = make_cert(&dir);
-    let (edge_dir, cloud_dir) = split_default(1, &dir);
-    let tls_args = ["--tls-cert", cert.0.to_str().unwrap(), "--tls-key", cert.1.to_str().unwrap()];
-    let mut cloud =
-        CloudProcess::start(&cloud_dir, "127.0.0.1:0", &[&["--quic-listen", "127.0.0.1:0"], &tls_args[..]].concat());
-    let quic_addr = cloud.quic.clone().unwrap();
-    let mut cfg = quic_edge(&edge_dir, cloud.quic_url(), &cert.0);
+    let cert = self_signed(&dir);
+    let (_, cloud_dir) = split_default(1, &dir);
+    let (cert_file, key_file) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+    let mut cloud = CloudProcess::start(
+        &cloud_dir,
+        &["--quic-listen", ANY_LOOPBACK, "--tls-cert", cert_file, "--tls-key", key_file],
+    );
+    let mut cfg = quic_edge(split_bundles(1).0, cloud.quic_url(), &cert);
     cfg.deadline = Duration::from_millis(200);
     let edge = Arc::new(Edge::start(cfg).await.unwrap());
     // An input the branch is unsure about, so it always needs the cloud.
@@ -384,21 +374,21 @@ async fn killed_quic_cloud_falls_back_the_breaker_opens_and_offloading_resumes_a
 
     cloud.kill(); // SIGKILL: no CONNECTION_CLOSE, the edge must notice by itself
     let mut reasons = Vec::new();
-    for _ in 0..10 {
+    eventually("the breaker opens", Duration::from_secs(5), async || {
         let a = edge.classify(None, input.clone()).await;
         assert_eq!(a.tier, Tier::Fallback, "{a:?}");
         assert!(a.latency_us.saturating_sub(a.edge_us) < 450_000, "the deadline holds: {a:?}");
-        reasons.push(a.reason.unwrap());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reasons.iter().take(3).all(|r| matches!(r, Reason::Timeout | Reason::Unavailable)), "{reasons:?}");
-    assert!(reasons.contains(&Reason::CircuitOpen), "the breaker opened: {reasons:?}");
-    let quic_listen = quic_addr.clone();
-    let _cloud = CloudProcess::start(
-        &cloud_dir,
-        "127.0.0.1:0",
-        &[&["--quic-listen", quic_listen.as_str()], &tls_args[..]].concat(),
-    );
+        let reason = a.reason.expect("a fallback has a reason");
+        reasons.push(reason);
+        anyhow::ensure!(reason == Reason::CircuitOpen, "fell back with {reason:?}");
+        Ok(())
+    })
+    .await;
+    let (_, before) = reasons.split_last().unwrap();
+    assert!(!before.is_empty(), "offloads failed before the breaker opened: {reasons:?}");
+    assert!(before.iter().all(|r| matches!(r, Reason::Timeout | Reason::Unavailable)), "{reasons:?}");
+    // Back on the same addresses (QUIC's included).
+    let _cloud = cloud.restarted();
     // The dead connection idles out, then the breaker's next probe reconnects.
     let resumed = until_offloading_resumes(&edge, &input, Duration::from_secs(2)).await;
     eprintln!("QUIC offloading resumed {resumed:?} after the cloud was back");
@@ -412,8 +402,7 @@ fn edge_and_cloud_processes_over_quic_with_a_self_signed_certificate() {
     let ca = dir.join("cloud-cert.pem");
     let cloud = CloudProcess::start(
         &cloud_dir,
-        "127.0.0.1:0",
-        &["--quic-listen", "127.0.0.1:0", "--self-signed", "--cert-out", ca.to_str().unwrap()],
+        &["--quic-listen", ANY_LOOPBACK, "--self-signed", "--cert-out", ca.to_str().unwrap()],
     );
     let run = |extra: &[&str]| {
         Command::new(edge_binary())

@@ -98,7 +98,7 @@ async fn bad_requests_get_precise_statuses_and_the_server_keeps_serving() {
     let mut bytes = t.data.to_vec();
     bytes[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
     t.data = Bytes::from(bytes);
-    cases.push(("nan", r, Code::InvalidArgument, "non-finite"));
+    cases.push(("nan", r, Code::InvalidArgument, "NaN at element 10"));
     let mut r = good.clone();
     r.hidden.as_mut().unwrap().data = Bytes::new();
     cases.push(("empty", r, Code::InvalidArgument, "empty"));

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::BatchConfig;
 use crate::error::CloudError;
-use crate::models::ValidRequest;
+use crate::models::{ModelSlot, ValidRequest};
 
 /// What compute returns for one request.
 #[derive(Debug, Clone)]
@@ -122,6 +122,23 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig) {
     }
 }
 
+/// The error for a request whose answer was not finite, naming where its
+/// hidden state overflowed (found by running it again alone, blocks
+/// `[split, N)`: only on this path, so healthy requests pay nothing).
+fn overflow(model: &ModelSlot, split: usize, input: &[f32]) -> CloudError {
+    let n = model.bundle.num_blocks();
+    match model.exec.locate_overflow(input, split..n) {
+        Ok(overflow) => {
+            tracing::debug!(%overflow, split, "answer not finite: the hidden state overflowed");
+            CloudError::Overflow { model: model.id.clone(), split, overflow }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "answer not finite, and locating the overflow failed");
+            CloudError::Internal(format!("the answer is not finite, and locating where failed: {e}"))
+        }
+    }
+}
+
 fn compute(batch: Vec<Job>) {
     let started = Instant::now();
     let size = batch.len();
@@ -142,7 +159,16 @@ fn compute(batch: Vec<Job>) {
             for (j, answer) in batch.into_iter().zip(out.exited) {
                 let queue_us = started.duration_since(j.enqueued).as_micros() as u64;
                 let reply = match answer {
-                    Some(result) => Ok(Computed { result, queue_us, compute_us, batch_size: size }),
+                    Some(result) if result.is_finite() => {
+                        Ok(Computed { result, queue_us, compute_us, batch_size: size })
+                    }
+                    // A finite hidden state too large for the weights: the
+                    // answer came out NaN. Never sent; the error names the
+                    // block where it overflowed.
+                    Some(_) => {
+                        let _entered = j.span.enter();
+                        Err(overflow(&model, split, &j.req.input))
+                    }
                     None => {
                         let _entered = j.span.enter();
                         tracing::error!("no exit answered (the final exit always answers)");

@@ -1,11 +1,20 @@
 //! Cloud-side errors and their one mapping to gRPC status codes.
+//!
+//! Every value a client chose (a model id, a shape, an edge id, a rule name)
+//! enters a message bounded ([`offramp_common::codec::echo`]): a status whose
+//! message repeats a 1 MiB model id exceeds a client's metadata limit, and the
+//! client then sees a transport error instead of this one.
 
+use offramp_common::codec::echo;
 use offramp_common::codec::CodecError;
+use offramp_common::model::Overflow;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
-    #[error("unknown model {0:?} (this cloud serves {1})")]
+    /// The model id as the client sent it (bounded, [`echo::quoted`]) and
+    /// the models this cloud serves.
+    #[error("unknown model {0} (this cloud serves {1})")]
     UnknownModel(String, String),
     #[error("{0}")]
     FingerprintMismatch(String),
@@ -19,12 +28,16 @@ pub enum CloudError {
     Codec(#[from] CodecError),
     #[error("hidden state is encoded as {got}; this cloud accepts {accepted:?} (see its handshake)")]
     EncodingNotAccepted { got: &'static str, accepted: Vec<&'static str> },
-    #[error("hidden state has shape {got:?}, block {split} of model {model} expects {expected:?}")]
-    Shape { model: String, split: usize, expected: Vec<usize>, got: Vec<usize> },
+    #[error("hidden state has shape {got}, block {split} of model {model} expects {expected:?}")]
+    Shape { model: String, split: usize, expected: Vec<usize>, got: echo::Shape },
     #[error("exit history: {0}")]
-    History(String),
+    History(#[from] HistoryError),
     #[error("policy: {0}")]
     Policy(#[from] offramp_common::policy::PolicyError),
+    /// The hidden state is finite but too large for the weights: somewhere in
+    /// blocks `[split, N)` it overflowed, and the answer would have been NaN.
+    #[error("hidden state at split {split} of model {model}: {overflow}")]
+    Overflow { model: String, split: usize, overflow: Overflow },
     #[error("edge_id {claimed:?} does not match the edge this request's token belongs to ({authenticated:?})")]
     IdentityMismatch { claimed: String, authenticated: String },
     #[error("queue full ({0} requests waiting): try another endpoint or later")]
@@ -33,6 +46,25 @@ pub enum CloudError {
     Unavailable(&'static str),
     #[error("compute failed: {0}")]
     Internal(String),
+}
+
+/// Why a request's exit history (what the edge's exits said before the
+/// split) cannot be true for this model and split. `entry` is the index in
+/// the request's list.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{entries} entries, but only {edge_exits} exits (0..{edge_exits}) run before split {split}")]
+    TooLong { entries: usize, edge_exits: usize, split: usize },
+    #[error("entry {entry} names exit {exit}, impossible before split {split} (the edge's exits are 0..{edge_exits})")]
+    NotBeforeSplit { entry: usize, exit: u32, split: usize, edge_exits: usize },
+    #[error("entry {entry} names exit {exit} after exit {previous}: each exit appears once, in increasing order")]
+    NotIncreasing { entry: usize, exit: u32, previous: u32 },
+    #[error(
+        "entry {entry} (exit {exit}) has confidence {confidence}: a top-1 probability is a finite value in [0, 1]"
+    )]
+    Confidence { entry: usize, exit: u32, confidence: f32 },
+    #[error("entry {entry} (exit {exit}) predicts class {prediction}, but the model has {num_classes} classes (0..{num_classes})")]
+    Prediction { entry: usize, exit: u32, prediction: u32, num_classes: usize },
 }
 
 impl CloudError {
@@ -48,6 +80,11 @@ impl CloudError {
             | CloudError::Shape { .. }
             | CloudError::History(_)
             | CloudError::Policy(_) => Code::InvalidArgument,
+            // The input caused it, not the cloud: the same hidden state
+            // overflows on every cloud holding these weights, so it is
+            // `InvalidArgument` (the edge's reason `rejected`, never retried
+            // elsewhere), not `Internal` (which the edge would retry).
+            CloudError::Overflow { .. } => Code::InvalidArgument,
             CloudError::IdentityMismatch { .. } => Code::PermissionDenied,
             CloudError::Overloaded(_) => Code::ResourceExhausted,
             CloudError::Unavailable(_) => Code::Unavailable,

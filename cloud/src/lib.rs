@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod grpc_rules;
 pub mod models;
 pub mod quic;
 pub mod service;
@@ -132,6 +133,11 @@ pub async fn serve(
         .max_concurrent_streams(Some(256))
         .initial_connection_window_size(Some(1 << 20))
         .initial_stream_window_size(Some(256 << 10))
+        // Where tonic's defaults differ from gRPC's status rules (415 for a
+        // non-gRPC content type, UNIMPLEMENTED naming an unknown method,
+        // DEADLINE_EXCEEDED for an expired grpc-timeout, InvalidArgument for
+        // oversized or malformed unary bodies).
+        .layer(grpc_rules::GrpcRulesLayer::for_cloud())
         .add_service(health_service)
         .add_service(split_service)
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use offramp_common::codec;
+use offramp_common::codec::echo;
 use offramp_proto as pb;
 use offramp_proto::split_inference_server::SplitInference;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::auth::Caller;
@@ -78,6 +79,11 @@ impl CloudState {
         }
         let valid = self.registry.validate(req, self.max_payload_bytes)?;
         let done = self.batcher.submit(valid).await?;
+        // The batcher refuses non-finite answers (as an overflow); this is the
+        // last line: a NaN or infinite confidence never leaves the cloud.
+        if !done.result.is_finite() {
+            return Err(CloudError::Internal("the answer is not finite".into()));
+        }
         metrics::histogram!("offramp_cloud_queue_seconds").record(done.queue_us as f64 / 1e6);
         metrics::histogram!("offramp_cloud_compute_seconds").record(done.compute_us as f64 / 1e6);
         Ok(pb::InferResponse {
@@ -137,48 +143,252 @@ impl SplitInference for CloudService {
         request: Request<Streaming<pb::InferRequest>>,
     ) -> Result<Response<Self::InferStreamStream>, Status> {
         let caller = Caller::of(&request);
-        let mut incoming = request.into_inner();
+        let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let state = self.state()?.clone();
-        tokio::spawn(async move {
-            let mut pending = futures::stream::FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    msg = incoming.next() => match msg {
-                        Some(Ok(req)) => {
-                            let (state, caller) = (state.clone(), caller.clone());
-                            let span = caller.span(&req, "grpc-stream");
-                            pending.push(async move {
-                                let id = req.request_id;
-                                let result = match state.infer(&req, &caller).await {
-                                    Ok(r) => pb::infer_stream_response::Result::Response(r),
-                                    Err(e) => {
-                                        let s: Status = e.into();
-                                        pb::infer_stream_response::Result::Error(pb::Error { code: s.code() as i32, message: s.message().to_string() })
-                                    }
-                                };
-                                pb::InferStreamResponse { request_id: id, result: Some(result) }
-                            }.instrument(span));
-                        }
-                        Some(Err(status)) => {
-                            tracing::debug!(%status, "stream broken by the client");
-                            break;
-                        }
-                        None => break,
-                    },
-                    Some(resp) = pending.next(), if !pending.is_empty() => {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
-                    }
+        tokio::spawn(answer_stream(state, caller, incoming, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Answers every request of an `InferStream` call, each in its own response
+/// (a bad request fails only its own). When the inbound stream itself breaks
+/// (a message that cannot be decoded, one over the size limit), no message
+/// boundary is left to carry on from: reading stops, every request received
+/// before is still answered, and the response stream then ends with the
+/// status saying why ([`broken_stream`]), never with OK.
+pub async fn answer_stream<S>(
+    state: Arc<CloudState>,
+    caller: Caller,
+    mut incoming: S,
+    tx: mpsc::Sender<Result<pb::InferStreamResponse, Status>>,
+) where
+    S: futures::Stream<Item = Result<pb::InferRequest, Status>> + Unpin,
+{
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut received = 0usize;
+    let mut broken: Option<Status> = None;
+    loop {
+        tokio::select! {
+            msg = incoming.next() => match msg {
+                Some(Ok(req)) => {
+                    received += 1;
+                    pending.push(answer_one(state.clone(), caller.clone(), req));
                 }
-            }
-            while let Some(resp) = pending.next().await {
+                Some(Err(status)) => {
+                    tracing::debug!(%status, received, "request stream broken by the client");
+                    broken = Some(broken_stream(&status, received));
+                    break;
+                }
+                None => break,
+            },
+            Some(resp) = pending.next(), if !pending.is_empty() => {
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
             }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+    while let Some(resp) = pending.next().await {
+        if tx.send(Ok(resp)).await.is_err() {
+            return;
+        }
+    }
+    if let Some(status) = broken {
+        let _ = tx.send(Err(status)).await;
+    }
+}
+
+/// One request of a stream, answered in its own response.
+async fn answer_one(state: Arc<CloudState>, caller: Caller, req: pb::InferRequest) -> pb::InferStreamResponse {
+    let span = caller.span(&req, "grpc-stream");
+    async move {
+        let id = req.request_id;
+        let result = match state.infer(&req, &caller).await {
+            Ok(r) => pb::infer_stream_response::Result::Response(r),
+            Err(e) => {
+                let s: Status = e.into();
+                pb::infer_stream_response::Result::Error(pb::Error {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                })
+            }
+        };
+        pb::InferStreamResponse { request_id: id, result: Some(result) }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The status that ends a response stream whose inbound side broke after
+/// `received` good requests (all answered before it).
+///
+/// What the client sent wrong is `InvalidArgument`, as for every other bad
+/// request here: a message over the size limit (tonic says `OutOfRange`; the
+/// README promises `InvalidArgument` for oversized payloads) and one that
+/// cannot be decoded (tonic says `Internal`, which an edge would read as "the
+/// cloud failed" and retry elsewhere). Anything else (the connection failing)
+/// keeps its code.
+pub fn broken_stream(status: &Status, received: usize) -> Status {
+    let (code, what) = match status.code() {
+        Code::OutOfRange => (Code::InvalidArgument, "is over the size limit"),
+        Code::Internal => (Code::InvalidArgument, "cannot be decoded"),
+        code => (code, "could not be read"),
+    };
+    Status::new(
+        code,
+        format!(
+            "request stream broken: message {} {what} ({}); the {received} requests before it were answered, \
+             nothing after it was read",
+            received + 1,
+            echo::text_within(status.message(), 256)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use offramp_proto::split_inference_client::SplitInferenceClient;
+
+    use super::*;
+    use crate::config::BatchConfig;
+    use crate::models::testing::{request, state, tiny};
+    use crate::{CloudConfig, CloudHandle};
+
+    /// A hidden state at split 3 (the input of fc1, 392 values).
+    fn at3(value: f32) -> pb::InferRequest {
+        request(3, &[value; 392])
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_hidden_state_is_refused_naming_the_block() {
+        let state = state();
+        let caller = Caller::default();
+        // Large but harmless: a finite answer.
+        let ok = state.infer(&at3(1e30), &caller).await.unwrap();
+        assert!(ok.confidence.is_finite() && ok.probabilities.iter().all(|p| p.is_finite()), "{ok:?}");
+        // Finite, but too large for fc1's weights: the answer would be NaN.
+        let e = state.infer(&at3(f32::MAX), &caller).await.unwrap_err();
+        assert!(matches!(e, CloudError::Overflow { split: 3, .. }), "{e:?}");
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("overflowed the network at block 3 (fc1)"), "{}", s.message());
+        // The cloud still answers.
+        assert_eq!(state.infer(&at3(0.5), &caller).await.unwrap().exit, 2);
+    }
+
+    #[tokio::test]
+    async fn an_overflow_fails_only_its_own_request_in_a_batch() {
+        let mut state = state();
+        state.batcher = Batcher::start(BatchConfig::try_new(8, Duration::from_millis(50), 64, 1).unwrap()).unwrap();
+        let caller = Caller::default();
+        let (bad, good) = (at3(f32::MAX), at3(0.5));
+        let (bad, good) = tokio::join!(state.infer(&bad, &caller), state.infer(&good, &caller));
+        assert!(matches!(bad, Err(CloudError::Overflow { .. })), "{bad:?}");
+        let good = good.unwrap();
+        assert_eq!(good.batch_size, 2, "computed in one batch");
+        assert!(good.confidence.is_finite());
+    }
+
+    #[tokio::test]
+    async fn a_broken_request_stream_answers_what_it_received_then_ends_with_the_reason() {
+        let cloud = Arc::new(state());
+        let mut bad = at3(0.5);
+        bad.request_id = 2;
+        bad.split = 42;
+        let mut good = at3(0.5);
+        good.request_id = 3;
+        let mut never = at3(0.5);
+        never.request_id = 4;
+        let incoming = futures::stream::iter(vec![
+            Ok(at3(0.5)),
+            Ok(bad),
+            Ok(good),
+            Err(Status::internal("failed to decode Protobuf message: invalid wire type")),
+            Ok(never),
+        ]);
+        let (tx, mut rx) = mpsc::channel(8);
+        answer_stream(cloud.clone(), Caller::default(), incoming, tx).await;
+        let mut answered = Vec::new();
+        let mut end = None;
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok(r) => {
+                    assert!(end.is_none(), "an answer after the final status");
+                    answered
+                        .push((r.request_id, matches!(r.result, Some(pb::infer_stream_response::Result::Response(_)))));
+                }
+                Err(s) => end = Some(s),
+            }
+        }
+        answered.sort();
+        assert_eq!(answered, vec![(1, true), (2, false), (3, true)], "every request received before is answered");
+        let end = end.expect("the stream ends with a status, not OK");
+        assert_eq!(end.code(), Code::InvalidArgument);
+        assert!(end.message().contains("message 4 cannot be decoded"), "{}", end.message());
+        assert!(end.message().contains("the 3 requests before it were answered"), "{}", end.message());
+
+        // A clean end is still OK (no status item).
+        let (tx, mut rx) = mpsc::channel(8);
+        let incoming = futures::stream::iter(vec![Ok(at3(0.5))]);
+        answer_stream(cloud, Caller::default(), incoming, tx).await;
+        assert!(rx.recv().await.unwrap().is_ok());
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[test]
+    fn broken_stream_statuses_are_precise() {
+        let s = broken_stream(
+            &Status::out_of_range(
+                "Error, decoded message length too large: found 99999 bytes, the limit is: 100 bytes",
+            ),
+            2,
+        );
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("message 3 is over the size limit") && s.message().contains("found 99999"));
+        let s = broken_stream(&Status::unavailable("connection reset"), 0);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(broken_stream(&Status::internal("x".repeat(1 << 20)), 0).message().len() < 600);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_stream_message_ends_the_stream_with_invalid_argument_after_the_answers() {
+        let mut config = CloudConfig::new(tiny());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.max_payload = 4096;
+        let cloud = CloudHandle::start(config).await.unwrap();
+        let mut client = SplitInferenceClient::connect(cloud.url()).await.unwrap();
+        let mut first = at3(0.5);
+        first.request_id = 1;
+        let mut second = at3(0.5);
+        second.request_id = 2;
+        // Over the message limit (max payload + 64 KiB).
+        let mut huge = at3(0.5);
+        huge.request_id = 3;
+        huge.model_id = "x".repeat(200 << 10);
+        let mut responses =
+            client.infer_stream(futures::stream::iter(vec![first, second, huge])).await.unwrap().into_inner();
+        let mut ids = Vec::new();
+        let mut end = None;
+        while let Some(item) = responses.next().await {
+            match item {
+                Ok(r) => ids.push(r.request_id),
+                Err(s) => {
+                    end = Some(s);
+                    break;
+                }
+            }
+        }
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+        let end = end.expect("a non-OK status ends the stream");
+        assert_eq!(end.code(), Code::InvalidArgument, "{end:?}");
+        assert!(end.message().contains("message 3 is over the size limit"), "{}", end.message());
+        // The cloud serves on.
+        assert_eq!(client.infer(at3(0.5)).await.unwrap().into_inner().exit, 2);
+        cloud.stop().await.unwrap();
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offramp_common::model::{ExitResult, Observation, SplitSide};
+use offramp_common::model::{ExitResult, Observation, Overflow, SplitSide};
 use offramp_common::policy::history_to_wire;
 use offramp_common::{codec, Bundle, Executor, ModelError, Policy};
 use offramp_proto as pb;
@@ -88,6 +88,12 @@ pub struct Answer {
     pub endpoint: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probabilities: Vec<f32>,
+    /// Set (with `tier = error`) when the input overflowed the network: a
+    /// finite input too large for the weights, whose answer would have been
+    /// NaN. The input's fault, not the device's (the local API answers
+    /// `InvalidArgument`); `error` says where.
+    #[serde(skip)]
+    pub overflow: Option<Overflow>,
 }
 
 /// The edge: a bundle, a split point, a policy and a way to the cloud.
@@ -239,6 +245,7 @@ impl Edge {
             retries: 0,
             endpoint: None,
             probabilities: vec![],
+            overflow: None,
         };
         let finish = |mut a: Answer| {
             a.latency_us = started.elapsed().as_micros() as u64;
@@ -252,14 +259,23 @@ impl Edge {
             let x = exec.batch_at(0, &input, 1)?;
             let out = exec.run(&x, 0..split, &policy, vec![vec![]])?;
             let history = out.histories.into_iter().next().unwrap_or_default();
-            match out.exited.into_iter().next().flatten() {
-                Some(r) => Ok(Local::Exited(r)),
+            // Neither a non-finite answer, nor a non-finite exit observation
+            // (sent as history) or hidden state (sent as the payload), leaves
+            // the device: the error names where the input overflowed.
+            let local = match out.exited.into_iter().next().flatten() {
+                Some(r) if r.is_finite() => Local::Exited(r),
+                Some(_) => Local::Overflow(exec.locate_overflow(&input, 0..split)?),
                 None => {
                     let hidden = out.hidden.expect("a sample that did not exit has a hidden state");
                     let values = hidden.flatten_all()?.to_vec1::<f32>()?;
-                    Ok(Local::Continue { values, history })
+                    if history.iter().all(|o| o.confidence.is_finite()) && values.iter().all(|v| v.is_finite()) {
+                        Local::Continue { values, history }
+                    } else {
+                        Local::Overflow(exec.locate_overflow(&input, 0..split)?)
+                    }
                 }
-            }
+            };
+            Ok(local)
         })
         .await;
         answer.edge_us = started.elapsed().as_micros() as u64;
@@ -269,6 +285,10 @@ impl Edge {
                 return finish(answer);
             }
             Ok(Ok(Local::Continue { values, history })) => (values, history),
+            Ok(Ok(Local::Overflow(o))) => {
+                set_overflow(&mut answer, o);
+                return finish(answer);
+            }
             Ok(Err(e)) => {
                 answer.error = Some(format!("local compute failed: {e:#}"));
                 return finish(answer);
@@ -297,6 +317,18 @@ impl Edge {
         answer.bytes_up = prost::Message::encoded_len(&req) as u64;
         let offloader = self.offloader.as_ref().expect("split < N has an offloader");
         match offloader.offload(req, Instant::now() + deadline).await {
+            // A peer's non-finite answer is not passed on either (a cloud of
+            // another version may send one): the local fallback answers.
+            Ok(done) if !finite_response(&done.response) => {
+                answer.retries = done.retries;
+                answer.reason = Some(Reason::Rejected);
+                answer.error = Some(format!(
+                    "{} answered a non-finite confidence ({}) or probability; not used",
+                    offloader.endpoints()[done.endpoint].url,
+                    done.response.confidence
+                ));
+                self.fallback(&mut answer, values, &history).await;
+            }
             Ok(done) => {
                 let r = done.response;
                 answer.tier = Tier::Cloud;
@@ -341,19 +373,31 @@ impl Edge {
                     (self.exec.clone(), self.policy.clone(), self.split, history.to_vec());
                 let n = self.bundle().num_blocks();
                 let t = Instant::now();
-                let r = tokio::task::spawn_blocking(move || -> Result<Option<ExitResult>, ModelError> {
+                let r = tokio::task::spawn_blocking(move || -> Result<Option<Local>, ModelError> {
                     let x = exec.batch_at(split, &hidden, 1)?;
-                    Ok(exec.run(&x, split..n, &policy, vec![history])?.exited.into_iter().next().flatten())
+                    let r = exec.run(&x, split..n, &policy, vec![history])?.exited.into_iter().next().flatten();
+                    Ok(match r {
+                        Some(r) if r.is_finite() => Some(Local::Exited(r)),
+                        Some(_) => Some(Local::Overflow(exec.locate_overflow(&hidden, split..n)?)),
+                        None => None,
+                    })
                 })
                 .await;
                 answer.edge_us += t.elapsed().as_micros() as u64;
                 match r {
-                    Ok(Ok(Some(r))) => {
+                    Ok(Ok(Some(Local::Exited(r)))) => {
                         let reason = answer.reason;
                         set_result(answer, &r, Tier::Fallback);
                         answer.reason = reason;
                     }
-                    Ok(Ok(None)) => answer.error = Some("local-full: no exit answered".into()),
+                    Ok(Ok(Some(Local::Overflow(o)))) => {
+                        let offload = answer.error.take().unwrap_or_default();
+                        set_overflow(answer, o);
+                        answer.error = answer.error.take().map(|o| format!("{offload}; local-full: {o}"));
+                    }
+                    Ok(Ok(Some(Local::Continue { .. })) | Ok(None)) => {
+                        answer.error = Some("local-full: no exit answered".into())
+                    }
                     Ok(Err(e)) => answer.error = Some(format!("local-full compute failed: {e:#}")),
                     Err(e) => answer.error = Some(format!("local-full compute panicked: {e}")),
                 }
@@ -364,7 +408,24 @@ impl Edge {
 
 enum Local {
     Exited(ExitResult),
-    Continue { values: Vec<f32>, history: Vec<Observation> },
+    Continue {
+        values: Vec<f32>,
+        history: Vec<Observation>,
+    },
+    /// The input overflowed the network: no finite answer.
+    Overflow(Overflow),
+}
+
+/// An error answer for an input that overflowed the network.
+fn set_overflow(a: &mut Answer, o: Overflow) {
+    a.tier = Tier::Error;
+    a.error = Some(o.to_string());
+    a.overflow = Some(o);
+}
+
+/// Whether a cloud's answer is finite (confidence and probabilities).
+fn finite_response(r: &pb::InferResponse) -> bool {
+    r.confidence.is_finite() && r.probabilities.iter().all(|p| p.is_finite())
 }
 
 fn set_result(a: &mut Answer, r: &ExitResult, tier: Tier) {
@@ -372,4 +433,94 @@ fn set_result(a: &mut Answer, r: &ExitResult, tier: Tier) {
     a.prediction = Some(r.prediction as u32);
     a.exit = Some(r.exit as u32);
     a.confidence = r.confidence;
+}
+
+/// Seeded tiny models for the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use offramp_common::model::arch::{init_weights, Arch};
+    use offramp_common::Bundle;
+
+    /// The tiny 3-exit network (blocks conv1, conv2, flatten, fc1; exits
+    /// early, middle, final after blocks 0, 2 and 3), seeded, with every
+    /// weight of the tensors named in `huge` set to 1e38 (an ordinary input
+    /// then overflows there).
+    pub fn tiny(huge: &[&str]) -> Bundle {
+        let m = Arch::Tiny.manifest("tiny");
+        let mut w = init_weights(&m, 3).unwrap();
+        for name in huge {
+            let t = w[*name].affine(0.0, 1e38).unwrap();
+            w.insert(name.to_string(), t);
+        }
+        Bundle::from_parts(m, w).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::tiny;
+    use super::*;
+
+    async fn edge(bundle: Bundle, split: usize, fallback: FallbackMode) -> Edge {
+        let mut config = EdgeConfig::new(bundle, Some(split), vec![]);
+        config.fallback = fallback;
+        Edge::start(config).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn local_answers_that_overflow_are_errors_naming_the_block() {
+        // fc1 (block 3) with huge weights: an ordinary input overflows there.
+        let e = edge(tiny(&["blocks.3.weight"]), 4, FallbackMode::BestLocal).await;
+        let a = e.classify(None, vec![0.5; 784]).await;
+        assert_eq!(a.tier, Tier::Error, "{a:?}");
+        assert_eq!(a.overflow, Some(Overflow::Block { block: 3, name: "fc1".into() }));
+        assert!(a.error.as_deref().unwrap().contains("overflowed the network at block 3 (fc1)"), "{a:?}");
+        assert!(a.confidence.is_finite() && a.probabilities.is_empty());
+        // The same model without the scaling answers.
+        let e = edge(tiny(&[]), 4, FallbackMode::BestLocal).await;
+        let a = e.classify(None, vec![0.5; 784]).await;
+        assert_eq!(a.tier, Tier::Edge, "{a:?}");
+        assert!(a.overflow.is_none() && a.confidence.is_finite());
+    }
+
+    #[tokio::test]
+    async fn an_edge_exit_that_overflows_is_not_offloaded_as_history() {
+        // The middle exit's head (exit 1, before split 3) overflows: its
+        // observation would be sent as an impossible history.
+        let e = edge(tiny(&["exits.1.0.weight"]), 3, FallbackMode::BestLocal).await;
+        let a = e.classify(None, vec![0.5; 784]).await;
+        assert_eq!(a.tier, Tier::Error, "{a:?}");
+        assert_eq!(a.overflow, Some(Overflow::Exit { exit: 1, name: "middle".into(), after_block: 2 }));
+        assert_eq!(a.bytes_up, 0, "nothing was offloaded");
+    }
+
+    #[tokio::test]
+    async fn fallbacks_never_answer_non_finite() {
+        let bundle = || tiny(&["blocks.3.weight"]);
+        // No cloud: local-full finishes the network on the device, where fc1 overflows.
+        let e = edge(bundle(), 3, FallbackMode::LocalFull).await;
+        let a = e.classify(None, vec![0.5; 784]).await;
+        assert_eq!(a.tier, Tier::Error, "{a:?}");
+        assert_eq!(a.reason, Some(Reason::NoCloud));
+        assert!(matches!(a.overflow, Some(Overflow::Block { block: 3, .. })), "{a:?}");
+        let msg = a.error.unwrap();
+        assert!(msg.contains("no cloud") && msg.contains("local-full: the input overflowed"), "{msg}");
+        // Best-local answers from the deepest edge exit, which is finite.
+        let e = edge(bundle(), 3, FallbackMode::BestLocal).await;
+        let a = e.classify(None, vec![0.5; 784]).await;
+        assert_eq!(a.tier, Tier::Fallback, "{a:?}");
+        assert!(a.confidence.is_finite() && (0.0..=1.0).contains(&a.confidence));
+        assert_eq!(a.exit, Some(1));
+    }
+
+    #[test]
+    fn cloud_answers_are_checked_for_finiteness() {
+        let mut r = pb::InferResponse { confidence: 0.7, probabilities: vec![0.7, 0.3], ..Default::default() };
+        assert!(finite_response(&r));
+        r.probabilities[1] = f32::NAN;
+        assert!(!finite_response(&r));
+        r.probabilities.clear();
+        r.confidence = f32::NEG_INFINITY;
+        assert!(!finite_response(&r));
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offramp_common::codec;
+use offramp_common::codec::echo;
 use offramp_proto as pb;
 use offramp_proto::classify_server::{Classify, ClassifyServer};
 use tokio::net::TcpListener;
@@ -23,6 +24,9 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 }
 
+/// Largest input payload the local API decodes.
+const MAX_INPUT_BYTES: usize = 64 << 20;
+
 pub struct ClassifyService {
     pub edge: Arc<Edge>,
 }
@@ -31,13 +35,7 @@ pub struct ClassifyService {
 impl Classify for ClassifyService {
     async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
         let req = request.into_inner();
-        let tensor = req.input.ok_or_else(|| Status::invalid_argument("request has no input tensor"))?;
-        let (shape, values) =
-            codec::decode(&tensor, 64 << 20).map_err(|e| Status::invalid_argument(format!("input: {e}")))?;
-        let want = &self.edge.bundle().manifest().input.shape;
-        if &shape != want {
-            return Err(Status::invalid_argument(format!("input has shape {shape:?}, the model expects {want:?}")));
-        }
+        let values = self.check_input(req.input.as_ref())?;
         let deadline = if req.deadline_ms == 0 {
             self.edge.config.deadline
         } else {
@@ -46,7 +44,9 @@ impl Classify for ClassifyService {
         let a = self.edge.classify_with_deadline(None, values, deadline).await;
         if a.tier == Tier::Error {
             let msg = a.error.unwrap_or_else(|| "no answer".into());
-            return Err(Status::unavailable(msg));
+            // An input that overflowed the network is the caller's to fix;
+            // anything else is this device failing to answer.
+            return Err(if a.overflow.is_some() { Status::invalid_argument(msg) } else { Status::unavailable(msg) });
         }
         let prediction = a.prediction.unwrap_or_default();
         Ok(Response::new(pb::ClassifyResponse {
@@ -59,6 +59,24 @@ impl Classify for ClassifyService {
             latency_us: a.latency_us,
             probabilities: if req.want_probabilities { a.probabilities } else { vec![] },
         }))
+    }
+}
+
+impl ClassifyService {
+    /// Decodes and checks an input tensor; messages echo the caller's shape
+    /// bounded.
+    fn check_input(&self, tensor: Option<&pb::Tensor>) -> Result<Vec<f32>, Status> {
+        let tensor = tensor.ok_or_else(|| Status::invalid_argument("request has no input tensor"))?;
+        let (shape, values) =
+            codec::decode(tensor, MAX_INPUT_BYTES).map_err(|e| Status::invalid_argument(format!("input: {e}")))?;
+        let want = &self.edge.bundle().manifest().input.shape;
+        if &shape != want {
+            return Err(Status::invalid_argument(format!(
+                "input has shape {}, the model expects {want:?}",
+                echo::Shape::of_usize(&shape)
+            )));
+        }
+        Ok(values)
     }
 }
 
@@ -75,4 +93,48 @@ pub async fn serve(
         .add_service(ClassifyServer::new(ClassifyService { edge }))
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testing::tiny;
+    use crate::runtime::EdgeConfig;
+    use tonic::Code;
+
+    async fn service(huge: &[&str]) -> ClassifyService {
+        let edge = Edge::start(EdgeConfig::new(tiny(huge), Some(4), vec![])).await.unwrap();
+        ClassifyService { edge: Arc::new(edge) }
+    }
+
+    fn classify_request(values: &[f32], shape: &[usize]) -> Request<pb::ClassifyRequest> {
+        Request::new(pb::ClassifyRequest {
+            input: Some(codec::encode(values, shape, pb::Encoding::F32)),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn an_input_that_overflows_is_invalid_argument_naming_the_block() {
+        let s = service(&["blocks.3.weight"]).await;
+        let e = s.classify(classify_request(&[0.5; 784], &[1, 28, 28])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("overflowed the network at block 3 (fc1)"), "{}", e.message());
+        let ok = service(&[]).await.classify(classify_request(&[0.5; 784], &[1, 28, 28])).await.unwrap();
+        assert!(ok.into_inner().confidence.is_finite());
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_are_refused_with_bounded_messages() {
+        let s = service(&[]).await;
+        let e = s.classify(classify_request(&[0.5; 100], &[1, 10, 10])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("[1, 10, 10]") && e.message().contains("expects [1, 28, 28]"), "{}", e.message());
+        // 100,000 dimensions of 1: decodes (one element), echoed bounded.
+        let e = s.classify(classify_request(&[0.5], &[1; 100_000])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().len() < 200 && e.message().contains("(100000 dims)"), "{}", e.message());
+        let e = s.classify(Request::new(pb::ClassifyRequest::default())).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
 }

@@ -31,7 +31,8 @@ pub fn self_signed(dir: &Path) -> SelfSigned {
 impl SelfSigned {
     /// The server side: what `--tls-cert`/`--tls-key` load.
     pub fn server_tls(&self) -> ServerTls {
-        let args = ServerTlsArgs { tls_cert: Some(self.cert.clone()), tls_key: Some(self.key.clone()), ..Default::default() };
+        let args =
+            ServerTlsArgs { tls_cert: Some(self.cert.clone()), tls_key: Some(self.key.clone()), ..Default::default() };
         ServerTls::load(&args).unwrap().expect("a certificate was given")
     }
 

@@ -67,3 +67,22 @@ pub async fn until_offloading_resumes(edge: &offramp_edge::Edge, input: &[f32], 
     .await;
     back.elapsed()
 }
+
+#[tokio::test]
+async fn eventually_retries_until_the_check_passes() {
+    let mut tries = 0;
+    let got = eventually("the third try passes", Duration::from_secs(5), async || {
+        tries += 1;
+        anyhow::ensure!(tries == 3, "try {tries}");
+        Ok(tries * 10)
+    })
+    .await;
+    assert_eq!((got, tries), (30, 3));
+}
+
+#[tokio::test]
+#[should_panic(expected = "never passes: still failing after")]
+async fn eventually_gives_up_with_the_last_error() {
+    eventually("never passes", Duration::from_millis(50), async || -> anyhow::Result<()> { anyhow::bail!("nope") })
+        .await;
+}

@@ -25,37 +25,80 @@
 //! that makes the payload smaller, so a compressed payload never costs more
 //! than a plain one; `offramp codec-eval` measures what it saves.
 //!
-//! Decoding checks everything a peer could get wrong: unknown encoding or
-//! compression, empty or zero-sized shape, byte length not matching shape ×
-//! element size (after decompression, which never writes past that size),
-//! missing or non-finite quantization parameters, NaN/Inf values, and a size
-//! cap (on the compressed and the decompressed size).
+//! Decoding checks everything a peer could get wrong, and names each problem
+//! as what it is: unknown encoding or compression; an empty shape, a zero
+//! dimension, or an element count that overflows; byte length not matching
+//! shape × element size; an LZ4 block that is not one, or decompresses to
+//! fewer or more bytes than the shape needs (decompression never writes past
+//! that size); missing or non-finite int8 scales and zero points, or ones so
+//! large an element decodes to infinity; NaN/Inf values; and a size cap (on
+//! the compressed and the decompressed size).
 
 use bytes::Bytes;
 use half::{bf16, f16};
 use offramp_proto::{Compression, Encoding, Tensor};
 
-/// Why a payload was rejected.
+pub mod echo;
+
+use echo::Shape;
+
+/// Why a payload was rejected. Each message names the field, the element or
+/// channel, and what was expected; values a peer chose are echoed bounded
+/// ([`echo`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodecError {
     #[error("tensor encoding {0} is not supported (expected f32, f16, bf16 or int8)")]
     UnknownEncoding(i32),
     #[error("tensor payload is empty")]
     Empty,
-    #[error("tensor shape {0:?} is invalid: it must have at least one dimension and no zero dimension")]
-    BadShape(Vec<u32>),
+    #[error("tensor shape is empty: it needs at least one dimension")]
+    EmptyShape,
+    #[error("tensor shape {shape} has a zero at dimension {axis}: every dimension must be at least 1")]
+    ZeroDimension { shape: Shape, axis: usize },
+    #[error("tensor shape {shape} in {encoding} is too large: its {what} overflows a {bits}-bit count")]
+    CountOverflow { shape: Shape, encoding: &'static str, what: &'static str, bits: u32 },
     #[error("tensor payload is {got} bytes, the limit is {limit}")]
     TooLarge { got: usize, limit: usize },
-    #[error("tensor payload has {got} bytes, shape {shape:?} in {encoding} needs {expected}")]
-    ByteLength { shape: Vec<u32>, encoding: &'static str, expected: usize, got: usize },
+    #[error("tensor payload has {got} bytes, shape {shape} in {encoding} needs {expected}")]
+    ByteLength { shape: Shape, encoding: &'static str, expected: usize, got: usize },
     #[error("int8 tensor needs {expected} scales and zero points (one per channel), got {scales} and {zero_points}")]
     QuantParams { expected: usize, scales: usize, zero_points: usize },
-    #[error("tensor holds a non-finite value (NaN or infinity) at element {index}")]
-    NonFinite { index: usize },
+    #[error("int8 {field} of channel {channel} is {value}: scales and zero points must be finite")]
+    QuantParamNotFinite { field: &'static str, channel: usize, value: f32 },
+    #[error(
+        "int8 element {index} (channel {channel}) decodes to {value}: zero point {zero_point} + {q} x scale {scale} \
+         is not a finite f32 (the channel's scale and zero point are too large)"
+    )]
+    QuantOverflow { index: usize, channel: usize, q: u8, scale: f32, zero_point: f32, value: f32 },
+    #[error("{encoding} tensor holds {value} at element {index}, a non-finite value: every element must be finite")]
+    NonFinite { index: usize, encoding: &'static str, value: &'static str },
     #[error("tensor compression {0} is not supported (expected none or lz4)")]
     UnknownCompression(i32),
-    #[error("tensor payload does not decompress as lz4 to {expected} bytes: {reason}")]
-    Decompress { expected: usize, reason: String },
+    #[error(
+        "lz4 payload ({compressed} bytes) is not an lz4 block that decompresses to the {expected} bytes shape \
+         {shape} in {encoding} needs: {reason}"
+    )]
+    Decompress { shape: Shape, encoding: &'static str, expected: usize, compressed: usize, reason: String },
+    #[error(
+        "lz4 payload ({compressed} bytes) decompresses to at least {at_least} bytes, more than the {expected} bytes \
+         shape {shape} in {encoding} needs"
+    )]
+    Lz4TooLong { shape: Shape, encoding: &'static str, expected: usize, at_least: usize, compressed: usize },
+    #[error(
+        "lz4 payload ({compressed} bytes) decompresses to {got} bytes, shape {shape} in {encoding} needs {expected}"
+    )]
+    Lz4Short { shape: Shape, encoding: &'static str, expected: usize, got: usize, compressed: usize },
+}
+
+/// How a non-finite value reads in a message.
+fn non_finite_name(v: f32) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "+infinity"
+    } else {
+        "-infinity"
+    }
 }
 
 /// Bytes per element of an encoding.
@@ -208,17 +251,9 @@ pub fn decode(t: &Tensor, max_bytes: usize) -> Result<(Vec<usize>, Vec<f32>), Co
     if t.data.len() > max_bytes {
         return Err(CodecError::TooLarge { got: t.data.len(), limit: max_bytes });
     }
-    if t.shape.is_empty() || t.shape.contains(&0) {
-        return Err(CodecError::BadShape(t.shape.clone()));
-    }
-    let count = t
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
-        .ok_or_else(|| CodecError::BadShape(t.shape.clone()))?;
-    let expected = count.checked_mul(element_size(encoding)).ok_or_else(|| CodecError::BadShape(t.shape.clone()))?;
-    let byte_length =
-        |got| CodecError::ByteLength { shape: t.shape.clone(), encoding: encoding_name(encoding), expected, got };
+    let name = encoding_name(encoding);
+    let (count, expected) = element_and_byte_count(&t.shape, encoding)?;
+    let byte_length = |got| CodecError::ByteLength { shape: Shape::of(&t.shape), encoding: name, expected, got };
     let unpacked;
     let data: &[u8] = match compression {
         Compression::None => {
@@ -231,13 +266,7 @@ pub fn decode(t: &Tensor, max_bytes: usize) -> Result<(Vec<usize>, Vec<f32>), Co
             if expected > max_bytes {
                 return Err(CodecError::TooLarge { got: expected, limit: max_bytes });
             }
-            let mut buf = vec![0u8; expected];
-            let n = lz4_flex::block::decompress_into(&t.data, &mut buf)
-                .map_err(|e| CodecError::Decompress { expected, reason: e.to_string() })?;
-            if n != expected {
-                return Err(byte_length(n));
-            }
-            unpacked = buf;
+            unpacked = decompress_lz4(t, name, expected)?;
             &unpacked
         }
     };
@@ -247,31 +276,93 @@ pub fn decode(t: &Tensor, max_bytes: usize) -> Result<(Vec<usize>, Vec<f32>), Co
         }
         Encoding::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Encoding::Bf16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Encoding::Int8 => {
-            let channels = if t.shape.len() > 1 { t.shape[0] as usize } else { 1 };
-            if t.scales.len() != channels || t.zero_points.len() != channels {
-                return Err(CodecError::QuantParams {
-                    expected: channels,
-                    scales: t.scales.len(),
-                    zero_points: t.zero_points.len(),
-                });
-            }
-            if let Some(i) = t.scales.iter().chain(&t.zero_points).position(|v| !v.is_finite()) {
-                return Err(CodecError::NonFinite { index: i % channels });
-            }
-            let per = count / channels;
-            let mut out = Vec::with_capacity(count);
-            for (c, chunk) in data.chunks(per).enumerate() {
-                let (scale, zero) = (t.scales[c], t.zero_points[c]);
-                out.extend(chunk.iter().map(|&q| zero + q as f32 * scale));
-            }
-            out
-        }
+        Encoding::Int8 => return Ok((t.shape.iter().map(|&d| d as usize).collect(), dequantize(t, data, count)?)),
     };
     if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-        return Err(CodecError::NonFinite { index });
+        return Err(CodecError::NonFinite { index, encoding: name, value: non_finite_name(values[index]) });
     }
     Ok((t.shape.iter().map(|&d| d as usize).collect(), values))
+}
+
+/// Checks a shape and returns its element count and byte count in
+/// `encoding`: an empty shape, a zero dimension and a count that overflows
+/// are each named as such.
+fn element_and_byte_count(shape: &[u32], encoding: Encoding) -> Result<(usize, usize), CodecError> {
+    if shape.is_empty() {
+        return Err(CodecError::EmptyShape);
+    }
+    if let Some(axis) = shape.iter().position(|&d| d == 0) {
+        return Err(CodecError::ZeroDimension { shape: Shape::of(shape), axis });
+    }
+    let overflow = |what| CodecError::CountOverflow {
+        shape: Shape::of(shape),
+        encoding: encoding_name(encoding),
+        what,
+        bits: usize::BITS,
+    };
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+        .ok_or_else(|| overflow("element count (the product of the dimensions)"))?;
+    let bytes = count
+        .checked_mul(element_size(encoding))
+        .ok_or_else(|| overflow("byte count (elements x bytes per element)"))?;
+    Ok((count, bytes))
+}
+
+/// Decompresses an LZ4 block into exactly `expected` bytes (never more).
+fn decompress_lz4(t: &Tensor, encoding: &'static str, expected: usize) -> Result<Vec<u8>, CodecError> {
+    let shape = || Shape::of(&t.shape);
+    let compressed = t.data.len();
+    let mut buf = vec![0u8; expected];
+    let n = lz4_flex::block::decompress_into(&t.data, &mut buf).map_err(|e| match e {
+        lz4_flex::block::DecompressError::OutputTooSmall { expected: at_least, .. } => {
+            CodecError::Lz4TooLong { shape: shape(), encoding, expected, at_least, compressed }
+        }
+        other => CodecError::Decompress { shape: shape(), encoding, expected, compressed, reason: other.to_string() },
+    })?;
+    if n != expected {
+        return Err(CodecError::Lz4Short { shape: shape(), encoding, expected, got: n, compressed });
+    }
+    Ok(buf)
+}
+
+/// Dequantizes int8 `data` (already `count` bytes): per-channel parameters
+/// checked first, then every element's value.
+fn dequantize(t: &Tensor, data: &[u8], count: usize) -> Result<Vec<f32>, CodecError> {
+    let channels = if t.shape.len() > 1 { t.shape[0] as usize } else { 1 };
+    if t.scales.len() != channels || t.zero_points.len() != channels {
+        return Err(CodecError::QuantParams {
+            expected: channels,
+            scales: t.scales.len(),
+            zero_points: t.zero_points.len(),
+        });
+    }
+    for (field, params) in [("scale", &t.scales), ("zero point", &t.zero_points)] {
+        if let Some(channel) = params.iter().position(|v| !v.is_finite()) {
+            return Err(CodecError::QuantParamNotFinite { field, channel, value: params[channel] });
+        }
+    }
+    let per = count / channels;
+    let mut out = Vec::with_capacity(count);
+    for (channel, chunk) in data.chunks(per).enumerate() {
+        let (scale, zero_point) = (t.scales[channel], t.zero_points[channel]);
+        for (i, &q) in chunk.iter().enumerate() {
+            let value = zero_point + q as f32 * scale;
+            if !value.is_finite() {
+                return Err(CodecError::QuantOverflow {
+                    index: channel * per + i,
+                    channel,
+                    q,
+                    scale,
+                    zero_point,
+                    value,
+                });
+            }
+            out.push(value);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

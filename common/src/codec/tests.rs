@@ -55,13 +55,10 @@ fn rejects_bad_payloads() {
     assert!(matches!(decode(&t, 1 << 20), Err(CodecError::ByteLength { expected: 48, got: 44, .. })));
     let mut t = good.clone();
     t.shape = vec![];
-    assert!(matches!(decode(&t, 1 << 20), Err(CodecError::BadShape(_))));
+    assert_eq!(decode(&t, 1 << 20), Err(CodecError::EmptyShape));
     let mut t = good.clone();
     t.shape = vec![3, 0];
-    assert!(matches!(decode(&t, 1 << 20), Err(CodecError::BadShape(_))));
-    let mut t = good.clone();
-    t.shape = vec![u32::MAX, u32::MAX, u32::MAX];
-    assert!(matches!(decode(&t, 1 << 20), Err(CodecError::BadShape(_))));
+    assert!(matches!(decode(&t, 1 << 20), Err(CodecError::ZeroDimension { axis: 1, .. })));
     let mut t = good.clone();
     t.encoding = 42;
     assert_eq!(decode(&t, 1 << 20), Err(CodecError::UnknownEncoding(42)));
@@ -73,15 +70,77 @@ fn rejects_bad_payloads() {
     assert!(matches!(decode(&good, 16), Err(CodecError::TooLarge { got: 48, limit: 16 })));
     let mut v = sample(12);
     v[5] = f32::NAN;
-    assert_eq!(decode(&encode(&v, &[12], Encoding::F32), 1 << 20), Err(CodecError::NonFinite { index: 5 }));
+    assert_eq!(
+        decode(&encode(&v, &[12], Encoding::F32), 1 << 20),
+        Err(CodecError::NonFinite { index: 5, encoding: "f32", value: "NaN" })
+    );
     v[5] = f32::INFINITY;
-    assert_eq!(decode(&encode(&v, &[12], Encoding::F16), 1 << 20), Err(CodecError::NonFinite { index: 5 }));
+    assert_eq!(
+        decode(&encode(&v, &[12], Encoding::F16), 1 << 20),
+        Err(CodecError::NonFinite { index: 5, encoding: "f16", value: "+infinity" })
+    );
     let mut t = encode(&sample(12), &[3, 4], Encoding::Int8);
     t.scales.pop();
     assert!(matches!(decode(&t, 1 << 20), Err(CodecError::QuantParams { expected: 3, .. })));
-    let mut t = encode(&sample(12), &[3, 4], Encoding::Int8);
+}
+
+#[test]
+fn shape_problems_are_named_as_what_they_are() {
+    let good = encode(&sample(12), &[3, 4], Encoding::F32);
+    // An element count that overflows is an overflow, not a zero dimension.
+    let mut t = good.clone();
+    t.shape = vec![u32::MAX, u32::MAX, u32::MAX];
+    let e = decode(&t, 1 << 20).unwrap_err();
+    assert!(matches!(e, CodecError::CountOverflow { what, .. } if what.starts_with("element count")), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("overflows") && !msg.contains("zero"), "{msg}");
+    assert!(msg.contains("[4294967295, 4294967295, 4294967295]"), "{msg}");
+    // The element count fits (64-bit) but the byte count does not.
+    let mut t = good.clone();
+    t.shape = vec![u32::MAX, u32::MAX];
+    let e = decode(&t, 1 << 20).unwrap_err();
+    let what = if usize::BITS == 64 { "byte count" } else { "element count" };
+    assert!(matches!(e, CodecError::CountOverflow { what: w, .. } if w.starts_with(what)), "{e:?}");
+    // Zero dimension: which one.
+    t.shape = vec![3, 4, 0, 2];
+    let msg = decode(&t, 1 << 20).unwrap_err().to_string();
+    assert!(msg.contains("zero at dimension 2") && msg.contains("[3, 4, 0, 2]"), "{msg}");
+    assert!(decode(&Tensor { shape: vec![], ..good.clone() }, 1 << 20)
+        .unwrap_err()
+        .to_string()
+        .contains("at least one dimension"));
+    // A shape with 100,000 dimensions is echoed bounded.
+    let mut t = good.clone();
+    t.shape = vec![1; 100_000];
+    let msg = decode(&t, 1 << 20).unwrap_err().to_string();
+    assert!(msg.len() < 200 && msg.contains("(100000 dims)") && msg.contains("needs 4"), "{msg}");
+}
+
+#[test]
+fn int8_parameter_problems_name_the_field_and_channel() {
+    let good = encode(&sample(12), &[3, 4], Encoding::Int8);
+    let mut t = good.clone();
     t.zero_points[1] = f32::NAN;
-    assert!(matches!(decode(&t, 1 << 20), Err(CodecError::NonFinite { .. })));
+    let e = decode(&t, 1 << 20).unwrap_err();
+    assert!(matches!(e, CodecError::QuantParamNotFinite { field: "zero point", channel: 1, .. }), "{e:?}");
+    assert!(e.to_string().contains("int8 zero point of channel 1 is NaN"), "{e}");
+    let mut t = good.clone();
+    t.scales[2] = f32::NEG_INFINITY;
+    let e = decode(&t, 1 << 20).unwrap_err();
+    assert!(matches!(e, CodecError::QuantParamNotFinite { field: "scale", channel: 2, .. }), "{e:?}");
+    assert!(e.to_string().contains("int8 scale of channel 2 is -inf"), "{e}");
+    // Finite parameters whose elements decode to infinity: the element, its
+    // channel and the parameters are named, not "a non-finite element".
+    let mut t = good.clone();
+    t.scales[1] = f32::MAX;
+    t.zero_points[1] = f32::MAX;
+    let e = decode(&t, 1 << 20).unwrap_err();
+    match e {
+        CodecError::QuantOverflow { index, channel: 1, q, .. } => {
+            assert!((4..8).contains(&index) && q > 0, "{index} {q}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -120,17 +179,30 @@ fn bad_compressed_payloads_are_refused() {
     assert!(t.data.len() < 100);
     // The decompressed size counts against the cap too (no decompression bombs).
     assert_eq!(decode(&t, 1000), Err(CodecError::TooLarge { got: 4096, limit: 1000 }));
-    // Claims a bigger shape than the bytes decompress to.
+    // Claims a bigger shape than the bytes decompress to: the message says
+    // it was LZ4, and the decompressed size expected and got.
     let mut big = t.clone();
     big.shape = vec![2048];
-    assert!(matches!(decode(&big, 1 << 20), Err(CodecError::ByteLength { expected: 8192, .. })));
+    let e = decode(&big, 1 << 20).unwrap_err();
+    assert!(matches!(e, CodecError::Lz4Short { expected: 8192, got: 4096, .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("lz4") && msg.contains("decompresses to 4096 bytes") && msg.contains("needs 8192"), "{msg}");
     // A smaller shape: decompression would overrun and stops.
     let mut small = t.clone();
     small.shape = vec![512];
-    assert!(matches!(decode(&small, 1 << 20), Err(CodecError::Decompress { expected: 2048, .. })));
+    let e = decode(&small, 1 << 20).unwrap_err();
+    assert!(matches!(e, CodecError::Lz4TooLong { expected: 2048, .. }), "{e:?}");
+    assert!(e.to_string().contains("more than the 2048 bytes"), "{e}");
     let mut garbage = t.clone();
     garbage.data = Bytes::from_static(&[0xff, 0xff, 0xff, 0x00, 0x01]);
-    assert!(matches!(decode(&garbage, 1 << 20), Err(CodecError::Decompress { .. })));
+    assert!(matches!(decode(&garbage, 1 << 20), Err(CodecError::Decompress { expected: 4096, compressed: 5, .. })));
+    // A truncated block: named as LZ4, with the sizes.
+    let mut cut = t.clone();
+    cut.data = t.data.slice(0..t.data.len() / 2);
+    let e = decode(&cut, 1 << 20).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("lz4") && msg.contains("4096 bytes"), "{msg}");
+    assert!(matches!(e, CodecError::Decompress { .. } | CodecError::Lz4Short { .. }), "{e:?}");
     let mut unknown = t.clone();
     unknown.compression = 7;
     assert_eq!(decode(&unknown, 1 << 20), Err(CodecError::UnknownCompression(7)));

@@ -31,6 +31,41 @@ pub struct ExitResult {
     pub probabilities: Vec<f32>,
 }
 
+impl ExitResult {
+    /// Whether the confidence and every probability are finite. A finite
+    /// input too large for the weights overflows to infinity inside the
+    /// network, and the exit then says NaN; such an answer must never leave
+    /// the executor's caller (see [`Executor::locate_overflow`]).
+    pub fn is_finite(&self) -> bool {
+        self.confidence.is_finite() && self.probabilities.iter().all(|p| p.is_finite())
+    }
+}
+
+/// Where a sample's values first stopped being finite, as
+/// [`Executor::locate_overflow`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Overflow {
+    /// The input itself was not finite.
+    #[error("the input holds a non-finite value at element {index}")]
+    Input { index: usize },
+    /// Block `block` was the first whose output held a non-finite value.
+    #[error(
+        "the input overflowed the network at block {block} ({name}): the block's output holds non-finite values \
+         (the input is finite but too large for the weights)"
+    )]
+    Block { block: usize, name: String },
+    /// Every block's output was finite, but exit `exit`'s logits were not.
+    #[error(
+        "the input overflowed the network at exit {exit} ({name}, after block {after_block}): the exit's logits \
+         hold non-finite values (the input is finite but too large for the weights)"
+    )]
+    Exit { exit: usize, name: String, after_block: usize },
+    /// Run alone, the sample stayed finite (the batch's kernels may sum in
+    /// another order); only the range is known.
+    #[error("the input overflowed the network within blocks {start}..{end}: an exit's answer is not finite")]
+    Blocks { start: usize, end: usize },
+}
+
 /// Result of [`Executor::run`] on a batch.
 #[derive(Debug)]
 pub struct RunOutput {
@@ -167,6 +202,34 @@ impl Executor {
         Ok(x)
     }
 
+    /// Finds where one sample's values first stopped being finite: runs
+    /// blocks `range` on `row` (a flat input at `range.start`) alone, checking
+    /// every block's output and every exit's logits. For a sample whose
+    /// answer was not finite ([`ExitResult::is_finite`]), or whose hidden
+    /// state was not, so that the error can name the block; only then, so a
+    /// healthy request pays nothing for it.
+    pub fn locate_overflow(&self, row: &[f32], range: Range<usize>) -> Result<Overflow, ModelError> {
+        if let Some(index) = row.iter().position(|v| !v.is_finite()) {
+            return Ok(Overflow::Input { index });
+        }
+        let bundle = &*self.bundle;
+        bundle.check_held(&range)?;
+        let mut x = self.batch_at(range.start, row, 1)?;
+        let manifest = bundle.manifest();
+        for b in range.clone() {
+            x = bundle.block(b).forward(&x)?;
+            if !all_finite(&x)? {
+                return Ok(Overflow::Block { block: b, name: manifest.blocks[b].name.clone() });
+            }
+            if let Some(e) = bundle.exit_after(b) {
+                if !all_finite(&forward_all(bundle.exit_head(e), &x)?)? {
+                    return Ok(Overflow::Exit { exit: e, name: manifest.exits[e].name.clone(), after_block: b });
+                }
+            }
+        }
+        Ok(Overflow::Blocks { start: range.start, end: range.end })
+    }
+
     fn check_input(&self, input: &Tensor, k: usize) -> Result<(), ModelError> {
         let expected = self.bundle.shape_at(k)?;
         let dims = input.dims();
@@ -175,6 +238,11 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// Whether every value of `x` is finite.
+fn all_finite(x: &Tensor) -> Result<bool, ModelError> {
+    Ok(x.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()))
 }
 
 /// Numerically stable softmax of one row, in place.
@@ -198,4 +266,73 @@ pub fn argmax(p: &[f32]) -> (usize, f32) {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::arch::{init_weights, Arch};
+    use crate::policy::Rule;
+
+    fn tiny(edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>)) -> Executor {
+        let m = Arch::Tiny.manifest("tiny");
+        let mut w = init_weights(&m, 3).unwrap();
+        edit(&mut w);
+        Executor::new(Arc::new(Bundle::from_parts(m, w).unwrap()))
+    }
+
+    /// Runs blocks 3..4 (fc1 and the final exit) on one hidden state of 392 values.
+    fn answer(exec: &Executor, row: &[f32]) -> ExitResult {
+        let x = exec.batch_at(3, row, 1).unwrap();
+        let out = exec.run(&x, 3..4, &Policy::never(3), vec![vec![]]).unwrap();
+        out.exited[0].clone().unwrap()
+    }
+
+    #[test]
+    fn extreme_but_finite_inputs_are_found_where_they_overflow() {
+        let exec = tiny(|_| {});
+        // Large values that stay finite through the network: a finite answer.
+        let r = answer(&exec, &[1e30; 392]);
+        assert!(r.is_finite(), "{r:?}");
+        assert_eq!(exec.locate_overflow(&[1e30; 392], 3..4).unwrap(), Overflow::Blocks { start: 3, end: 4 });
+        // f32::MAX overflows inside fc1 (block 3): the answer is not finite
+        // and the block is named.
+        let big = vec![f32::MAX; 392];
+        let r = answer(&exec, &big);
+        assert!(!r.is_finite(), "{r:?}");
+        let o = exec.locate_overflow(&big, 3..4).unwrap();
+        assert_eq!(o, Overflow::Block { block: 3, name: "fc1".into() });
+        assert!(o.to_string().contains("overflowed the network at block 3 (fc1)"), "{o}");
+        // From the start of the network: block 0 (a conv) overflows first.
+        let o = exec.locate_overflow(&vec![f32::MAX; 784], 0..4).unwrap();
+        assert_eq!(o, Overflow::Block { block: 0, name: "conv1".into() });
+        // A non-finite input is named as such.
+        let mut nan = vec![0.5; 392];
+        nan[7] = f32::NAN;
+        assert_eq!(exec.locate_overflow(&nan, 3..4).unwrap(), Overflow::Input { index: 7 });
+        // Out-of-range blocks and a wrong length are errors, not answers.
+        assert!(exec.locate_overflow(&[0.0; 392], 3..9).is_err());
+        assert!(exec.locate_overflow(&[0.0; 10], 3..4).is_err());
+    }
+
+    #[test]
+    fn an_exit_head_that_overflows_is_named() {
+        // Exit 1 ("middle", after block 2) with huge weights: blocks stay
+        // finite, the exit's logits do not.
+        let exec = tiny(|w| {
+            let shape = w["exits.1.0.weight"].dims().to_vec();
+            w.insert("exits.1.0.weight".into(), Tensor::full(1e30f32, shape, &Device::Cpu).unwrap());
+        });
+        let row = vec![1e10; 8 * 7 * 7];
+        let x = exec.batch_at(2, &row, 1).unwrap();
+        let out = exec.run(&x, 2..4, &Policy::uniform(Rule::Always, 3), vec![vec![]]).unwrap();
+        let r = out.exited[0].clone().unwrap();
+        assert_eq!(r.exit, 1);
+        assert!(!r.is_finite(), "{r:?}");
+        let o = exec.locate_overflow(&row, 2..4).unwrap();
+        assert_eq!(o, Overflow::Exit { exit: 1, name: "middle".into(), after_block: 2 });
+        assert!(o.to_string().contains("at exit 1 (middle, after block 2)"), "{o}");
+    }
 }

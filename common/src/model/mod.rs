@@ -11,7 +11,7 @@ pub mod manifest;
 
 pub use bundle::{Bundle, SplitSide};
 pub use error::ModelError;
-pub use executor::{argmax, softmax_in_place, Executor, ExitResult, Observation, RunOutput};
+pub use executor::{argmax, softmax_in_place, Executor, ExitResult, Observation, Overflow, RunOutput};
 pub use kernels::Kernels;
 pub use layer::{forward_all as layer_forward_all, Layer};
 pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest};

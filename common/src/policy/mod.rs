@@ -62,14 +62,17 @@ impl Rule {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the rule's parameters for exit `index`: thresholds (a
+    /// probability, a margin or a normalized entropy) in `[0, 1]` and not NaN,
+    /// patience at least 1.
+    pub fn check(&self, index: usize) -> Result<(), PolicyError> {
         match *self {
             Rule::MaxProb { threshold } | Rule::Margin { threshold } | Rule::Entropy { threshold }
                 if !(0.0..=1.0).contains(&threshold) =>
             {
-                Err(format!("threshold {threshold} is outside [0, 1]"))
+                Err(PolicyError::Threshold { index, rule: self.name(), threshold })
             }
-            Rule::Patience { patience: 0 } => Err("patience must be at least 1".into()),
+            Rule::Patience { patience: 0 } => Err(PolicyError::Patience { index }),
             _ => Ok(()),
         }
     }
@@ -119,7 +122,7 @@ pub struct PolicyFile {
     pub exits: Vec<ExitRule>,
 }
 
-/// Errors reading or checking a policy.
+/// Errors reading or checking a policy (from a file or from a request).
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy {path}: {source}")]
@@ -128,10 +131,23 @@ pub enum PolicyError {
     Parse { path: String, message: String },
     #[error("policy names exit {index}, but the model has {num_exits} exits")]
     ExitOutOfRange { index: usize, num_exits: usize },
-    #[error("policy exit {index}: {message}")]
-    BadRule { index: usize, message: String },
+    #[error(
+        "policy names exit {index}, which is evaluated before the split: rules sent with a request may name only \
+         the cloud-side exits {first}..{end}"
+    )]
+    NotCloudSide { index: usize, first: usize, end: usize },
+    #[error(
+        "policy exit {index}: unknown rule {name} (expected max-prob, entropy, margin, patience, never or always)"
+    )]
+    UnknownRule { index: usize, name: String },
+    #[error("policy exit {index}: {rule} threshold {threshold} is outside [0, 1]")]
+    Threshold { index: usize, rule: &'static str, threshold: f32 },
+    #[error("policy exit {index}: patience must be at least 1")]
+    Patience { index: usize },
     #[error("policy lists exit {index} twice")]
     Duplicate { index: usize },
+    #[error("policy has {got} rules, but the model has only {num_exits} exits (one rule per exit at most)")]
+    TooManyRules { got: usize, num_exits: usize },
 }
 
 /// Per-exit rules for a model with a given number of exits.
@@ -154,7 +170,7 @@ impl Policy {
     /// Explicit rules, one per exit.
     pub fn from_rules(rules: Vec<Rule>) -> Result<Self, PolicyError> {
         for (index, r) in rules.iter().enumerate() {
-            r.validate().map_err(|message| PolicyError::BadRule { index, message })?;
+            r.check(index)?;
         }
         Ok(Self { rules })
     }

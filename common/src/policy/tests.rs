@@ -74,3 +74,14 @@ fn bad_files_name_the_problem() {
         .unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
 }
+
+#[test]
+fn bad_parameters_are_structured_errors() {
+    let e = Policy::parse("[[exit]]\nindex = 1\nrule = \"entropy\"\nthreshold = nan\n", 2, "t").unwrap_err();
+    assert!(matches!(e, PolicyError::Threshold { index: 1, rule: "entropy", .. }), "{e:?}");
+    let e = Policy::parse("[[exit]]\nindex = 0\nrule = \"patience\"\npatience = 0\n", 2, "t").unwrap_err();
+    assert!(matches!(e, PolicyError::Patience { index: 0 }), "{e:?}");
+    assert!(e.to_string().contains("at least 1"), "{e}");
+    let e = Policy::from_rules(vec![Rule::Never, Rule::Margin { threshold: -1.0 }]).unwrap_err();
+    assert!(matches!(e, PolicyError::Threshold { index: 1, rule: "margin", .. }), "{e:?}");
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    offramp_link::cli::main()
+}
