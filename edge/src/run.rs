@@ -29,8 +29,8 @@ pub struct RunArgs {
     /// Run the first N inputs only.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Inputs in flight at once.
-    #[arg(long, default_value_t = 1)]
+    /// Inputs in flight at once (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
     /// One JSON object per input, then {"summary": ...}.
     #[arg(long)]

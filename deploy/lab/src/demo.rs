@@ -16,8 +16,8 @@ pub struct DemoArgs {
     // The bundled B-LeNet, its 1,000 bundled validation digits and K = 1 by default.
     #[command(flatten)]
     pub inputs: crate::inputs::OffloadInputs,
-    /// Inputs in flight at once.
-    #[arg(long, default_value_t = 4)]
+    /// Inputs in flight at once (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
     /// Hidden-state encoding.
     #[arg(long, default_value = "f32", value_parser = codec::parse_encoding)]

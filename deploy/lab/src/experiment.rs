@@ -202,6 +202,9 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     if cfg.links.is_empty() {
         bail!("the experiment needs at least one [[link]]");
     }
+    if cfg.concurrency == 0 {
+        bail!("concurrency must be at least 1");
+    }
     let transports = cfg.transports.iter().map(|t| parse_transport(t)).collect::<Result<Vec<_>>>()?;
     let encodings: Vec<_> =
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
