@@ -227,7 +227,14 @@ pub fn encode(values: &[f32], shape: &[usize], encoding: Encoding) -> Tensor {
                 let (lo, hi) = chunk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
                 let scale = if hi > lo { (hi - lo) / 255.0 } else { 0.0 };
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                buf.extend(chunk.iter().map(|&v| ((v - lo) * inv).round().clamp(0.0, 255.0) as u8));
+                let quantize = |q: f32| q.round().clamp(0.0, 255.0) as u8;
+                if inv.is_finite() {
+                    buf.extend(chunk.iter().map(|&v| quantize((v - lo) * inv)));
+                } else {
+                    // A subnormal scale (a channel range below ~7e-37) has no
+                    // finite inverse: divide instead (found by the codec fuzzer).
+                    buf.extend(chunk.iter().map(|&v| quantize((v - lo) / scale)));
+                }
                 out.scales.push(scale);
                 out.zero_points.push(lo);
             }

@@ -207,3 +207,17 @@ fn bad_compressed_payloads_are_refused() {
     unknown.compression = 7;
     assert_eq!(decode(&unknown, 1 << 20), Err(CodecError::UnknownCompression(7)));
 }
+
+/// Found by the codec fuzzer: a channel whose range is below ~7e-37 has a
+/// subnormal scale with no finite inverse; every element used to quantize
+/// to 255. The values must still come back within scale / 2.
+#[test]
+fn int8_keeps_its_bound_on_subnormal_ranges() {
+    let values = [1.9324188e-37f32, 3.5265548e-38, 9.4e-44];
+    let t = encode(&values, &[3], Encoding::Int8);
+    assert!(!(1.0 / t.scales[0]).is_finite(), "the case needs a scale without a finite inverse");
+    let (_, decoded) = decode(&t, usize::MAX).unwrap();
+    for (v, d) in values.iter().zip(&decoded) {
+        assert!((d - v).abs() <= t.scales[0] * 0.5 + 1e-37, "sent {v:e}, decoded {d:e}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Writes the seed inputs of the fuzz targets into `fuzz/seeds/<target>/`,
+//! built with the project's own encoders so each one is valid:
+//!
+//!     cargo run --manifest-path fuzz/Cargo.toml --example gen_seeds
+//!
+//! (`fuzz.sh` copies them into `fuzz/corpus/<target>/` before a run.)
+
+use std::path::Path;
+
+use bytes::BytesMut;
+use offramp_common::codec;
+use offramp_common::policy::{Policy, Rule};
+use offramp_proto::{self as pb, Compression, Encoding, ExitRuleSpec, InferRequest};
+use offramp_transport::frame::{self, Kind};
+use prost::Message;
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn cat(head: &[u8], tail: &[u8]) -> Vec<u8> {
+    [head, tail].concat()
+}
+
+fn main() {
+    let values: Vec<f32> = vec![0.0, 1.5, -2.25, 0.0, 0.0, 0.0, 3.0, 0.125];
+    let mut lz4 = codec::encode(&[0.0; 32], &[2, 16], Encoding::F32);
+    codec::compress(&mut lz4, Compression::Lz4);
+    assert_eq!(lz4.compression, Compression::Lz4 as i32);
+    let tensors = [
+        ("f32", codec::encode(&values, &[2, 4], Encoding::F32)),
+        ("f16", codec::encode(&values, &[8], Encoding::F16)),
+        ("bf16", codec::encode(&values, &[2, 2, 2], Encoding::Bf16)),
+        ("int8", codec::encode(&values, &[2, 4], Encoding::Int8)),
+        ("lz4", lz4),
+    ];
+
+    // codec: mode 0 (wire), 1 (LZ4 packed), 2 (round trip).
+    for (name, t) in &tensors {
+        write("codec", &format!("wire-{name}"), &cat(&[0, 0], &t.encode_to_vec()));
+    }
+    write("codec", "pack-int8", &cat(&[1, 0], &tensors[3].1.encode_to_vec()));
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    for (e, name) in ["f32", "f16", "bf16", "int8"].iter().enumerate() {
+        write("codec", &format!("round-{name}"), &cat(&[2, 0, e as u8, 1, e as u8 & 1], &raw));
+    }
+
+    // frame: a limit (u16 LE), then frames.
+    let policy = Policy::from_rules(vec![Rule::MaxProb { threshold: 0.9 }, Rule::Patience { patience: 2 }, Rule::Never])
+        .unwrap();
+    let req = InferRequest {
+        request_id: 7,
+        model_id: "b-lenet-mnist".into(),
+        split: 1,
+        hidden: Some(tensors[3].1.clone()),
+        history: Some(pb::ExitHistory {
+            exits: vec![pb::ExitObservation { exit: 0, prediction: 3, confidence: 0.4 }],
+        }),
+        want_probabilities: true,
+        policy: policy.to_wire(&[1, 2]),
+        ..Default::default()
+    };
+    let mut buf = BytesMut::new();
+    frame::put_raw(&mut buf, Kind::Auth, b"secret-token");
+    frame::put_message(&mut buf, Kind::InferRequest, &req);
+    write("frame", "auth-infer", &cat(&[0xFF, 0xFF], &buf));
+    let mut lz4_req = req.clone();
+    lz4_req.hidden = Some(tensors[4].1.clone());
+    write("frame", "infer-lz4", &cat(&4096u16.to_le_bytes(), &frame::message(Kind::InferRequest, &lz4_req)));
+    write("frame", "model-info", &cat(&[0, 1], &frame::message(Kind::ModelInfoRequest, &pb::ModelInfoRequest {})));
+    write("frame", "error", &cat(&[0, 1], &frame::error(3, "bad tensor")));
+    write("frame", "truncated", &cat(&[0xFF, 0xFF], &frame::message(Kind::InferRequest, &req)[..20]));
+
+    // policy: mode 0 (file text), mode 1/3 (wire rules in a request).
+    write("policy", "file-bundle", &cat(&[0, 2], include_bytes!("../../models/b-lenet-mnist/policy.toml")));
+    write("policy", "file-all", &cat(&[0, 4], policy_text().as_bytes()));
+    let wire = InferRequest { policy: policy.to_wire(&[1, 2]), history: req.history.clone(), ..Default::default() };
+    write("policy", "wire", &cat(&[1, 3, 1], &wire.encode_to_vec()));
+    let odd = InferRequest {
+        policy: vec![
+            ExitRuleSpec { exit: 2, rule: "entropy".into(), threshold: 0.2, patience: 0 },
+            ExitRuleSpec { exit: 3, rule: "margin".into(), threshold: 0.3, patience: 0 },
+        ],
+        ..Default::default()
+    };
+    write("policy", "wire-base", &cat(&[3, 4, 2], &odd.encode_to_vec()));
+
+    // manifest: the shipped model's manifest.json.
+    write("manifest", "b-lenet-mnist", include_bytes!("../../models/b-lenet-mnist/manifest.json"));
+}
+
+fn policy_text() -> String {
+    Policy::from_rules(vec![
+        Rule::MaxProb { threshold: 0.9 },
+        Rule::Entropy { threshold: 0.1 },
+        Rule::Margin { threshold: 0.5 },
+        Rule::Always,
+    ])
+    .unwrap()
+    .to_toml()
+}
