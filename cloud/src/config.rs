@@ -309,15 +309,8 @@ impl CloudConfig {
             None => defaults::LISTEN.parse().expect("default listen address parses"),
         };
         if let Some(p) = &args.policy {
-            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Policy {
-                path: p.clone(),
-                source: PolicyError::Io { path: p.display().to_string(), source },
-            })?;
-            let file = toml::from_str(&text).map_err(|e| ConfigError::Policy {
-                path: p.clone(),
-                source: PolicyError::Parse { path: p.display().to_string(), message: e.to_string() },
-            })?;
-            config.policy = Some(file);
+            config.policy =
+                Some(PolicyFile::load(p).map_err(|source| ConfigError::Policy { path: p.clone(), source })?);
         }
         config.max_payload = args.max_payload.unwrap_or(config.max_payload);
         config.batch = BatchConfig::try_new(

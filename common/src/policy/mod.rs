@@ -122,6 +122,21 @@ pub struct PolicyFile {
     pub exits: Vec<ExitRule>,
 }
 
+impl PolicyFile {
+    /// Parses a policy file's text (not yet checked against a model:
+    /// [`Policy::from_file`] does that); `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        toml::from_str(text).map_err(|e| PolicyError::Parse { path: origin.into(), message: e.to_string() })
+    }
+
+    /// Reads and parses a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
 /// Errors reading or checking a policy (from a file or from a request).
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -194,16 +209,12 @@ impl Policy {
 
     /// Parses TOML text.
     pub fn parse(text: &str, num_exits: usize, origin: &str) -> Result<Self, PolicyError> {
-        let file: PolicyFile =
-            toml::from_str(text).map_err(|e| PolicyError::Parse { path: origin.into(), message: e.to_string() })?;
-        Self::from_file(&file, num_exits)
+        Self::from_file(&PolicyFile::parse(text, origin)?, num_exits)
     }
 
     /// Reads a TOML policy file.
     pub fn load(path: &Path, num_exits: usize) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { path: path.display().to_string(), source })?;
-        Self::parse(&text, num_exits, &path.display().to_string())
+        Self::from_file(&PolicyFile::load(path)?, num_exits)
     }
 
     /// The policy a bundle runs with: `explicit` if given, else the bundle's

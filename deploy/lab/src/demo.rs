@@ -51,13 +51,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // Split the bundle as a deployment would: the device gets blocks 0..K
     // only, the cloud K..N; both run the same policy.
     let (edge_b, cloud_b) = bundle.split(args.inputs.split)?;
-    let (policy, origin) = match &args.policy {
-        Some(p) => (Policy::load(p, bundle.num_exits())?, p.display().to_string()),
-        None => match Policy::for_bundle(None, &bundle)? {
-            (p, Some(path)) => (p, path.display().to_string()),
-            (p, None) => (p, "none (final exit only)".to_string()),
-        },
-    };
+    let (policy, path) = Policy::for_bundle(args.policy.as_deref(), &bundle)?;
+    let origin = path.map_or_else(|| "none (final exit only)".to_string(), |p| p.display().to_string());
 
     eprintln!(
         "offramp demo: model {} ({} blocks, {} exits), split K = {}",
