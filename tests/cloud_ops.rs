@@ -317,7 +317,12 @@ async fn the_local_classify_api_answers_applications() {
     for i in 0..data.len() {
         let input = codec::encode(data.image(i), &[1, 28, 28], pb::Encoding::F32);
         let r = client
-            .classify(pb::ClassifyRequest { input: Some(input), deadline_ms: 1000, want_probabilities: false })
+            .classify(pb::ClassifyRequest {
+                input: Some(input),
+                deadline_ms: 1000,
+                want_probabilities: false,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

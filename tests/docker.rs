@@ -135,7 +135,12 @@ async fn classify(
     i: usize,
 ) -> anyhow::Result<pb::ClassifyResponse> {
     let input = codec::encode(data.image(i), &[1, 28, 28], pb::Encoding::F32);
-    let r = client.classify(pb::ClassifyRequest { input: Some(input), deadline_ms: 3000, want_probabilities: false });
+    let r = client.classify(pb::ClassifyRequest {
+        input: Some(input),
+        deadline_ms: 3000,
+        want_probabilities: false,
+        ..Default::default()
+    });
     Ok(r.await?.into_inner())
 }
 

@@ -146,13 +146,11 @@ fn compute(batch: Vec<Job>) {
     let first = &batch[0].req;
     let (model, split, policy) = (first.model.clone(), first.split, first.policy.clone());
     let n = model.bundle.num_blocks();
-    let mut rows = Vec::with_capacity(size * first.input.len());
-    let mut histories = Vec::with_capacity(size);
-    for j in &batch {
-        rows.extend_from_slice(&j.req.input);
-        histories.push(j.req.history.clone());
-    }
-    let result = model.exec.batch_at(split, &rows, size).and_then(|x| model.exec.run(&x, split..n, &policy, histories));
+    // Token sequences of different lengths are padded to the longest and
+    // masked; fixed-shape states are stacked.
+    let rows: Vec<&[f32]> = batch.iter().map(|j| j.req.input.as_slice()).collect();
+    let histories = batch.iter().map(|j| j.req.history.clone()).collect();
+    let result = model.exec.batch_of(split, &rows).and_then(|x| model.exec.run(x, split..n, &policy, histories));
     let compute_us = started.elapsed().as_micros() as u64;
     match result {
         Ok(out) => {

@@ -28,8 +28,12 @@ pub enum CloudError {
     Codec(#[from] CodecError),
     #[error("hidden state is encoded as {got}; this cloud accepts {accepted:?} (see its handshake)")]
     EncodingNotAccepted { got: &'static str, accepted: Vec<&'static str> },
-    #[error("hidden state has shape {got}, block {split} of model {model} expects {expected:?}")]
-    Shape { model: String, split: usize, expected: Vec<usize>, got: echo::Shape },
+    /// `expected` is the shape as written (`[392]`), or for a token
+    /// sequence its bounds (`[1..=128 tokens, 384]`).
+    #[error("hidden state has shape {got}, block {split} of model {model} expects {expected}")]
+    Shape { model: String, split: usize, expected: String, got: echo::Shape },
+    #[error("token id at position {index} is {value}: ids must be integers in 0..{vocab}")]
+    TokenId { index: usize, value: f32, vocab: usize },
     #[error("exit history: {0}")]
     History(#[from] HistoryError),
     #[error("policy: {0}")]
@@ -78,6 +82,7 @@ impl CloudError {
             | CloudError::Codec(_)
             | CloudError::EncodingNotAccepted { .. }
             | CloudError::Shape { .. }
+            | CloudError::TokenId { .. }
             | CloudError::History(_)
             | CloudError::Policy(_) => Code::InvalidArgument,
             // The input caused it, not the cloud: the same hidden state

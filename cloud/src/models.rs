@@ -138,8 +138,10 @@ impl Registry {
                             .shape_at(k)
                             .map(|s| s.iter().map(|&d| d as u32).collect())
                             .unwrap_or_default(),
+                        sequence: m.bundle.is_sequence_at(k),
                     })
                     .collect(),
+                features: vec![pb::FEATURE_TOKEN_SEQUENCES.to_string()],
                 encodings: encodings.iter().map(|&e| e as i32).collect(),
                 compressions: codec::COMPRESSIONS.iter().map(|&c| c as i32).collect(),
                 num_blocks: m.bundle.num_blocks() as u32,
@@ -177,11 +179,30 @@ impl Registry {
         let tensor = req.hidden.as_ref().ok_or(CloudError::MissingTensor)?;
         let (shape, input) = codec::decode(tensor, max_payload_bytes)?;
         let want = b.shape_at(split).map_err(|e| CloudError::Internal(e.to_string()))?;
-        if shape != want {
+        // A token sequence carries its real tokens only: [T, rest] with
+        // 1 <= T <= the longest sequence.
+        let fits = if b.is_sequence_at(split) {
+            shape.len() == want.len() && (1..=want[0]).contains(&shape[0]) && shape[1..] == want[1..]
+        } else {
+            shape == want
+        };
+        if split == 0 && b.takes_tokens() {
+            let vocab = b.vocab_size().unwrap_or(usize::MAX);
+            if let Some(index) = input.iter().position(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab)) {
+                return Err(CloudError::TokenId { index, value: input[index], vocab });
+            }
+        }
+        if !fits {
+            let expected = if b.is_sequence_at(split) {
+                let rest: Vec<String> = want[1..].iter().map(|d| format!(", {d}")).collect();
+                format!("[1..={} tokens{}]", want[0], rest.concat())
+            } else {
+                format!("{want:?}")
+            };
             return Err(CloudError::Shape {
                 model: model.id.clone(),
                 split,
-                expected: want.to_vec(),
+                expected,
                 got: echo::Shape::of_usize(&shape),
             });
         }

@@ -48,12 +48,12 @@ pub fn main() -> ExitCode {
 async fn run_command(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => {
-            let mut data = Dataset::mnist(&args.data, args.subset, args.val_size)
+            let config = EdgeConfig::from_args(args.edge)?;
+            let mut data = Dataset::for_bundle(&args.data, args.subset, args.val_size, &config.bundle)
                 .with_context(|| format!("reading {:?} from {}", args.subset, args.data.display()))?;
             if let Some(limit) = args.limit {
                 data.truncate(limit);
             }
-            let config = EdgeConfig::from_args(args.edge)?;
             let edge = Arc::new(Edge::start(config).await?);
             let json = args.json;
             let answers = run::run_dataset(edge.clone(), &data, args.concurrency, |a| {

@@ -17,13 +17,16 @@ use crate::runtime::{Answer, Edge};
 pub struct RunArgs {
     #[command(flatten)]
     pub edge: EdgeArgs,
-    /// MNIST-style data directory (IDX files).
+    /// The inputs: an MNIST-style directory (IDX files) for an image model,
+    /// or a text file of `<label> <sentence>` lines for a text model (e.g.
+    /// ../shared/data/text/stsa.binary.dev with `--subset all`).
     #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
-    /// Which part of the data to run.
+    /// Which part of the data to run (for a text file: `train` is all but
+    /// the last --val-size lines, `val` those lines, `all` every line).
     #[arg(long, value_enum, default_value = "val")]
     pub subset: Subset,
-    /// Digits held out as the validation split (end of the training files).
+    /// Samples held out as the validation split (end of the training data).
     #[arg(long, default_value_t = 5000)]
     pub val_size: usize,
     /// Run the first N inputs only.

@@ -40,6 +40,15 @@ pub enum EdgeError {
     Metrics(#[from] offramp_transport::metrics::BuildError),
 }
 
+/// Why an input could not be classified at all (before any compute).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("model {0} takes a tensor input, not text")]
+    NotText(String),
+    #[error(transparent)]
+    Tokenize(#[from] offramp_common::model::TokenizeError),
+}
+
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,6 +78,9 @@ pub struct Answer {
     pub label: Option<u32>,
     /// `None` only for `tier = error`.
     pub prediction: Option<u32>,
+    /// The predicted class's name (the bundle's label for `prediction`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
     pub exit: Option<u32>,
     pub tier: Tier,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -216,6 +228,25 @@ impl Edge {
         self.offloader.as_ref()
     }
 
+    /// Checks a raw input against the model (shape; token ids within the
+    /// vocabulary) without computing anything.
+    pub fn check_input(&self, input: &[f32]) -> Result<(), ModelError> {
+        self.exec.batch_of(0, &[input]).map(|_| ())
+    }
+
+    /// Tokenizes `text` with the bundle's tokenizer (a text model's input).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<f32>, InputError> {
+        let encoder =
+            self.bundle().text_encoder().ok_or_else(|| InputError::NotText(self.bundle().model_id().into()))?;
+        Ok(encoder.encode(text)?)
+    }
+
+    /// Classifies one text (text models) with the given deadline.
+    pub async fn classify_text(&self, id: Option<u64>, text: &str, deadline: Duration) -> Result<Answer, InputError> {
+        let ids = self.tokenize(text)?;
+        Ok(self.classify_with_deadline(id, ids, deadline).await)
+    }
+
     /// Classifies one input (shape of the model's input, flat) with the
     /// configured deadline.
     pub async fn classify(&self, id: Option<u64>, input: Vec<f32>) -> Answer {
@@ -231,6 +262,7 @@ impl Edge {
             id,
             label: None,
             prediction: None,
+            class: None,
             exit: None,
             tier: Tier::Error,
             reason: None,
@@ -247,8 +279,10 @@ impl Edge {
             probabilities: vec![],
             overflow: None,
         };
+        let labels = self.bundle().labels();
         let finish = |mut a: Answer| {
             a.latency_us = started.elapsed().as_micros() as u64;
+            a.class = a.prediction.and_then(|p| labels.get(p as usize).cloned());
             crate::metrics::record_answer(&a);
             a
         };
@@ -256,20 +290,20 @@ impl Edge {
         // Local blocks, off the async workers.
         let (exec, policy, split) = (self.exec.clone(), self.policy.clone(), self.split);
         let local = tokio::task::spawn_blocking(move || -> Result<Local, ModelError> {
-            let x = exec.batch_at(0, &input, 1)?;
+            let x = exec.batch_of(0, &[&input])?;
             let out = exec.run(&x, 0..split, &policy, vec![vec![]])?;
-            let history = out.histories.into_iter().next().unwrap_or_default();
+            let history = out.histories.first().cloned().unwrap_or_default();
             // Neither a non-finite answer, nor a non-finite exit observation
             // (sent as history) or hidden state (sent as the payload), leaves
             // the device: the error names where the input overflowed.
-            let local = match out.exited.into_iter().next().flatten() {
+            let local = match out.exited.first().cloned().flatten() {
                 Some(r) if r.is_finite() => Local::Exited(r),
                 Some(_) => Local::Overflow(exec.locate_overflow(&input, 0..split)?),
                 None => {
-                    let hidden = out.hidden.expect("a sample that did not exit has a hidden state");
-                    let values = hidden.flatten_all()?.to_vec1::<f32>()?;
+                    // For a token sequence: its real tokens only.
+                    let (values, shape) = out.hidden_row(0)?;
                     if history.iter().all(|o| o.confidence.is_finite()) && values.iter().all(|v| v.is_finite()) {
-                        Local::Continue { values, history }
+                        Local::Continue { values, shape, history }
                     } else {
                         Local::Overflow(exec.locate_overflow(&input, 0..split)?)
                     }
@@ -279,12 +313,12 @@ impl Edge {
         })
         .await;
         answer.edge_us = started.elapsed().as_micros() as u64;
-        let (values, history) = match local {
+        let (values, shape, history) = match local {
             Ok(Ok(Local::Exited(r))) => {
                 set_result(&mut answer, &r, Tier::Edge);
                 return finish(answer);
             }
-            Ok(Ok(Local::Continue { values, history })) => (values, history),
+            Ok(Ok(Local::Continue { values, shape, history })) => (values, shape, history),
             Ok(Ok(Local::Overflow(o))) => {
                 set_overflow(&mut answer, o);
                 return finish(answer);
@@ -299,9 +333,11 @@ impl Edge {
             }
         };
 
-        // Offload.
-        let shape = self.bundle().shape_at(self.split).expect("split checked at start").to_vec();
-        let mut hidden = codec::encode(&values, &shape, self.config.encoding);
+        // Offload. Token ids (a split at 0 of a text model) must arrive
+        // exactly: they go as f32 whatever the configured encoding.
+        let encoding =
+            if self.split == 0 && self.bundle().takes_tokens() { pb::Encoding::F32 } else { self.config.encoding };
+        let mut hidden = codec::encode(&values, &shape, encoding);
         codec::compress(&mut hidden, self.config.compression);
         let req = pb::InferRequest {
             request_id: id,
@@ -374,7 +410,7 @@ impl Edge {
                 let n = self.bundle().num_blocks();
                 let t = Instant::now();
                 let r = tokio::task::spawn_blocking(move || -> Result<Option<Local>, ModelError> {
-                    let x = exec.batch_at(split, &hidden, 1)?;
+                    let x = exec.batch_of(split, &[&hidden])?;
                     let r = exec.run(&x, split..n, &policy, vec![history])?.exited.into_iter().next().flatten();
                     Ok(match r {
                         Some(r) if r.is_finite() => Some(Local::Exited(r)),
@@ -410,6 +446,8 @@ enum Local {
     Exited(ExitResult),
     Continue {
         values: Vec<f32>,
+        /// Shape of `values` (for a token sequence, its real tokens).
+        shape: Vec<usize>,
         history: Vec<Observation>,
     },
     /// The input overflowed the network: no finite answer.

@@ -26,6 +26,9 @@ pub struct ServeArgs {
 
 /// Largest input payload the local API decodes.
 const MAX_INPUT_BYTES: usize = 64 << 20;
+/// Largest text the local API tokenizes (longer texts are truncated to the
+/// model's maximum length anyway).
+const MAX_TEXT_BYTES: usize = 64 << 10;
 
 pub struct ClassifyService {
     pub edge: Arc<Edge>,
@@ -35,7 +38,7 @@ pub struct ClassifyService {
 impl Classify for ClassifyService {
     async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
         let req = request.into_inner();
-        let values = self.check_input(req.input.as_ref())?;
+        let values = self.check_input(req.input.as_ref(), &req.text)?;
         let deadline = if req.deadline_ms == 0 {
             self.edge.config.deadline
         } else {
@@ -63,14 +66,41 @@ impl Classify for ClassifyService {
 }
 
 impl ClassifyService {
-    /// Decodes and checks an input tensor; messages echo the caller's shape
-    /// bounded.
-    fn check_input(&self, tensor: Option<&pb::Tensor>) -> Result<Vec<f32>, Status> {
-        let tensor = tensor.ok_or_else(|| Status::invalid_argument("request has no input tensor"))?;
+    /// Decodes and checks an input (a tensor, or text for a text model);
+    /// messages echo the caller's shape bounded.
+    fn check_input(&self, tensor: Option<&pb::Tensor>, text: &str) -> Result<Vec<f32>, Status> {
+        let bundle = self.edge.bundle();
+        match (tensor, text.is_empty()) {
+            (Some(_), false) => {
+                return Err(Status::invalid_argument("request has both an input tensor and text: send one"))
+            }
+            (None, false) if text.len() > MAX_TEXT_BYTES => {
+                return Err(Status::invalid_argument(format!(
+                    "text of {} bytes is over the limit of {MAX_TEXT_BYTES}",
+                    text.len()
+                )))
+            }
+            (None, false) => return self.edge.tokenize(text).map_err(|e| Status::invalid_argument(e.to_string())),
+            (None, true) if bundle.takes_tokens() => {
+                return Err(Status::invalid_argument("request has no text (or token-id tensor) to classify"))
+            }
+            (None, true) => return Err(Status::invalid_argument("request has no input tensor")),
+            (Some(_), true) => {}
+        }
+        let tensor = tensor.expect("matched above");
         let (shape, values) =
             codec::decode(tensor, MAX_INPUT_BYTES).map_err(|e| Status::invalid_argument(format!("input: {e}")))?;
-        let want = &self.edge.bundle().manifest().input.shape;
-        if &shape != want {
+        let want = &bundle.manifest().input.shape;
+        if bundle.takes_tokens() {
+            if shape.len() != 1 || shape[0] == 0 || shape[0] > want[0] {
+                return Err(Status::invalid_argument(format!(
+                    "input has shape {}, the model takes [T] token ids with 1 <= T <= {}",
+                    echo::Shape::of_usize(&shape),
+                    want[0]
+                )));
+            }
+            self.edge.check_input(&values).map_err(|e| Status::invalid_argument(format!("input: {e}")))?;
+        } else if &shape != want {
             return Err(Status::invalid_argument(format!(
                 "input has shape {}, the model expects {want:?}",
                 echo::Shape::of_usize(&shape)

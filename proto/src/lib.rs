@@ -16,5 +16,9 @@ pub use v1::*;
 /// change; the edge refuses a cloud with a different version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// `ModelInfo.features` entry: the server takes variable-length token
+/// sequences at the splits marked `SplitFingerprint.sequence`.
+pub const FEATURE_TOKEN_SEQUENCES: &str = "token-sequences";
+
 /// Default gRPC port of the cloud service.
 pub const DEFAULT_CLOUD_PORT: u16 = 50051;

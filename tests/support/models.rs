@@ -33,8 +33,14 @@ pub fn sample(n: usize) -> Dataset {
 /// `n` inputs cycling through the bundled sample, with distinct ids.
 pub fn inputs(n: usize) -> Dataset {
     let s = sample(1000);
-    let mut d =
-        Dataset { images: Vec::with_capacity(n * 784), labels: Vec::with_capacity(n), shape: s.shape, offset: 0 };
+    let mut d = Dataset {
+        images: Vec::with_capacity(n * 784),
+        labels: Vec::with_capacity(n),
+        shape: s.shape.clone(),
+        offset: 0,
+        offsets: None,
+        texts: vec![],
+    };
     for i in 0..n {
         d.images.extend_from_slice(s.image(i % s.len()));
         d.labels.push(s.labels[i % s.len()]);

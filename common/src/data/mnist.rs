@@ -8,6 +8,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::Dataset;
+
 /// Which part of a dataset to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -40,47 +42,13 @@ pub enum DataError {
     ValSplit { val: usize, total: usize },
     #[error("{path}: label {label} at index {index} is not a digit 0-9")]
     BadLabel { path: PathBuf, index: usize, label: u8 },
-}
-
-/// Images and labels in memory.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    /// Row-major pixels, `len() == n * 784`, in `[0, 1]`.
-    pub images: Vec<f32>,
-    pub labels: Vec<u8>,
-    /// Shape of one image: `[1, rows, cols]`.
-    pub shape: [usize; 3],
-    /// Index of the first digit in the file it came from (for ids).
-    pub offset: usize,
+    #[error("{path}:{line}: {message}")]
+    TextLine { path: PathBuf, line: usize, message: String },
+    #[error("{path}: {subset} does not exist for a text file ({why})")]
+    TextSubset { path: PathBuf, subset: &'static str, why: &'static str },
 }
 
 impl Dataset {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// Elements per image.
-    pub fn image_len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    pub fn image(&self, i: usize) -> &[f32] {
-        let n = self.image_len();
-        &self.images[i * n..(i + 1) * n]
-    }
-
-    /// Keeps the first `limit` samples.
-    pub fn truncate(&mut self, limit: usize) {
-        if limit < self.len() {
-            self.labels.truncate(limit);
-            self.images.truncate(limit * self.image_len());
-        }
-    }
-
     /// Reads `subset` from an MNIST directory. `val_size` is the number of
     /// training digits held out (taken from the end).
     pub fn mnist(dir: &Path, subset: Subset, val_size: usize) -> Result<Self, DataError> {
@@ -112,7 +80,14 @@ impl Dataset {
         };
         let per = shape[1] * shape[2];
         let images = pixels[range.start * per..range.end * per].iter().map(|&p| p as f32 / 255.0).collect();
-        Ok(Dataset { images, labels: labels[range.clone()].to_vec(), shape, offset: range.start })
+        Ok(Dataset {
+            images,
+            labels: labels[range.clone()].to_vec(),
+            shape: shape.to_vec(),
+            offset: range.start,
+            offsets: None,
+            texts: vec![],
+        })
     }
 }
 

@@ -41,6 +41,7 @@ fn mnist_input() -> InputSpec {
         shape: vec![1, 28, 28],
         dtype: "f32".into(),
         preprocess: "grayscale pixels as u8 / 255, no normalisation".into(),
+        tokenizer: None,
     }
 }
 
@@ -145,7 +146,8 @@ pub fn init_weights(manifest: &Manifest, seed: u64) -> candle_core::Result<HashM
     let fan_in = |spec: &LayerSpec| match *spec {
         LayerSpec::Conv2d { in_channels, kernel, .. } => in_channels * kernel * kernel,
         LayerSpec::Linear { in_features, .. } => in_features,
-        LayerSpec::Flatten => 1,
+        LayerSpec::BertLayer { hidden, .. } | LayerSpec::BertEmbeddings { hidden, .. } => hidden,
+        LayerSpec::Flatten | LayerSpec::Pool { .. } | LayerSpec::Tanh => 1,
     };
     for (b, block) in manifest.blocks.iter().enumerate() {
         for (suffix, shape) in block.layer.parameters() {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -16,6 +17,7 @@ use super::layer::Layer;
 use super::manifest::{
     block_tensor, exit_tensor, BlockRange, LayerSpec, Manifest, FORMAT_VERSION, MANIFEST_FILE, POLICY_FILE,
 };
+use super::tokenizer::TextEncoder;
 
 /// Which side of a split point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,8 +37,15 @@ pub struct Bundle {
     /// Parameter tensors by name (only those of held blocks and exits).
     tensors: BTreeMap<String, Tensor>,
     /// `shapes[k]` is the shape (batch excluded) entering block `k`;
-    /// `shapes[N]` is the output of the last block.
+    /// `shapes[N]` is the output of the last block. For token sequences the
+    /// first dimension is the longest sequence allowed.
     shapes: Vec<Vec<usize>>,
+    /// `sequence[k]`: whether the state entering block `k` is a token
+    /// sequence (its first dimension varies per sample).
+    sequence: Vec<bool>,
+    /// The tokenizer's file contents, when the bundle holds block 0 of a
+    /// token-input model and was given one.
+    tokenizer: Option<Arc<TextEncoder>>,
     blocks: Vec<Option<Layer>>,
     exits: Vec<Option<Vec<Layer>>>,
     /// For each block, the index of the exit attached after it.
@@ -74,9 +83,65 @@ impl Bundle {
             ));
         }
         let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
+        let spec = manifest.input.tokenizer.clone();
         let mut bundle = Self::from_parts_at(manifest, tensors, &weights_path)?;
         bundle.dir = Some(dir.to_path_buf());
+        // The tokenizer belongs to the side that takes raw input (block 0).
+        if let Some(spec) = spec.filter(|_| bundle.held.start == 0) {
+            let path = dir.join(&spec.file);
+            let json = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+            bundle = bundle.with_tokenizer_at(json, &path)?;
+        }
         Ok(bundle)
+    }
+
+    /// Attaches the tokenizer (`tokenizer.json` contents) of a token-input
+    /// model; its SHA-256 must be the one the manifest records.
+    pub fn with_tokenizer(self, json: Vec<u8>) -> Result<Self, ModelError> {
+        self.with_tokenizer_at(json, Path::new("<memory>"))
+    }
+
+    fn with_tokenizer_at(mut self, json: Vec<u8>, path: &Path) -> Result<Self, ModelError> {
+        let bad = |message: String| ModelError::Tokenizer { path: path.to_path_buf(), message };
+        let Some(spec) = &self.manifest.input.tokenizer else {
+            return Err(bad("the manifest's input names no tokenizer".into()));
+        };
+        let digest = hex(&Sha256::digest(&json));
+        if digest != spec.sha256 {
+            return Err(bad(format!(
+                "SHA-256 is {}, the manifest records {} (the tokenizer is not the one this model was built with)",
+                &digest[..12],
+                spec.sha256.chars().take(12).collect::<String>()
+            )));
+        }
+        let max_tokens = self.manifest.input.shape[0];
+        let encoder = TextEncoder::from_json(json, max_tokens).map_err(bad)?;
+        self.tokenizer = Some(Arc::new(encoder));
+        Ok(self)
+    }
+
+    /// The tokenizer of a token-input model, when this bundle holds one.
+    pub fn text_encoder(&self) -> Option<&Arc<TextEncoder>> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Whether the model's input is text (token ids).
+    pub fn takes_tokens(&self) -> bool {
+        self.manifest.input.is_tokens()
+    }
+
+    /// Whether the state entering block `k` is a variable-length token
+    /// sequence (`shape_at(k)[0]` is then its maximum length).
+    pub fn is_sequence_at(&self, k: usize) -> bool {
+        self.sequence.get(k).copied().unwrap_or(false)
+    }
+
+    /// Vocabulary size of a token-input model (its embedding table's rows).
+    pub fn vocab_size(&self) -> Option<usize> {
+        match self.manifest.blocks.first().map(|b| &b.layer) {
+            Some(LayerSpec::BertEmbeddings { vocab_size, .. }) if self.takes_tokens() => Some(*vocab_size),
+            _ => None,
+        }
     }
 
     /// Builds a bundle from a manifest and tensors held in memory (training,
@@ -94,8 +159,12 @@ impl Bundle {
             return Err(ModelError::FormatVersion { got: manifest.format_version, supported: FORMAT_VERSION });
         }
         let bad = |message: String| ModelError::Manifest { path: PathBuf::from(MANIFEST_FILE), message };
-        if manifest.input.dtype != "f32" {
-            return Err(ModelError::UnsupportedDtype { what: "the input".into(), dtype: manifest.input.dtype.clone() });
+        if manifest.input.dtype != "f32" && !manifest.input.is_tokens() {
+            return Err(ModelError::UnsupportedDtype {
+                what: "the input".into(),
+                dtype: manifest.input.dtype.clone(),
+                supported: "f32, token-ids",
+            });
         }
         if manifest.input.shape.is_empty() || manifest.input.shape.contains(&0) {
             return Err(bad(format!(
@@ -118,15 +187,18 @@ impl Bundle {
             }
         };
 
-        // Shapes through the backbone.
+        if manifest.input.is_tokens() && manifest.input.shape.len() != 1 {
+            return Err(bad(format!("a token-ids input has shape [max_tokens], not {:?}", manifest.input.shape)));
+        }
+        // Shapes through the backbone, and where they are token sequences.
         let mut shapes = vec![manifest.input.shape.clone()];
+        let mut sequence = vec![manifest.input.is_tokens()];
         for (i, block) in manifest.blocks.iter().enumerate() {
-            let next = block.layer.output_shape(&shapes[i]).map_err(|message| ModelError::BlockShape {
-                block: i,
-                name: block.name.clone(),
-                message,
-            })?;
+            let shape_error = |message: String| ModelError::BlockShape { block: i, name: block.name.clone(), message };
+            let seq = sequence_after(&block.layer, sequence[i]).map_err(shape_error)?;
+            let next = block.layer.output_shape(&shapes[i]).map_err(shape_error)?;
             shapes.push(next);
+            sequence.push(seq);
         }
 
         // Exits: in block order, attached to existing blocks, ending in logits.
@@ -147,12 +219,18 @@ impl Bundle {
             previous = Some(exit.after_block);
             exit_after[exit.after_block] = Some(e);
             let mut shape = shapes[exit.after_block + 1].clone();
+            let mut seq = sequence[exit.after_block + 1];
             for layer in &exit.layers {
-                shape = layer.output_shape(&shape).map_err(|message| ModelError::ExitShape {
+                let shape_error = |message: String| ModelError::ExitShape { exit: e, name: exit.name.clone(), message };
+                seq = sequence_after(layer, seq).map_err(shape_error)?;
+                shape = layer.output_shape(&shape).map_err(shape_error)?;
+            }
+            if seq {
+                return Err(ModelError::ExitShape {
                     exit: e,
                     name: exit.name.clone(),
-                    message,
-                })?;
+                    message: "ends on a token sequence: pool it (a `pool` layer) before the classifier".into(),
+                });
             }
             if shape != [manifest.labels.len()] {
                 return Err(ModelError::ExitShape {
@@ -177,6 +255,7 @@ impl Bundle {
                 return Err(ModelError::UnsupportedDtype {
                     what: format!("tensor {name:?}"),
                     dtype: format!("{:?}", t.dtype()).to_lowercase(),
+                    supported: "f32",
                 });
             }
             if t.dims() != shape.as_slice() {
@@ -222,6 +301,8 @@ impl Bundle {
             dir: None,
             tensors: taken,
             shapes,
+            sequence,
+            tokenizer: None,
             blocks,
             exits,
             exit_after,
@@ -422,8 +503,7 @@ impl Bundle {
                 h.update(self.exit_digests[e].expect("held exit has a digest"));
             }
         }
-        let digest = h.finalize();
-        Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+        Some(hex(&h.finalize()))
     }
 
     /// The fingerprint this bundle expects of `side` at split `k`: computed when
@@ -518,6 +598,10 @@ impl Bundle {
         let tensors: HashMap<String, Tensor> =
             self.tensors.iter().map(|(k, v)| Ok((k.clone(), v.contiguous()?))).collect::<candle_core::Result<_>>()?;
         candle_core::safetensors::save(&tensors, &weights_path)?;
+        if let (Some(spec), Some(encoder)) = (&self.manifest.input.tokenizer, &self.tokenizer) {
+            let path = dir.join(&spec.file);
+            std::fs::write(&path, encoder.json()).map_err(|e| ModelError::io(&path, e))?;
+        }
         Ok(())
     }
 
@@ -546,6 +630,33 @@ impl Bundle {
             }
         };
         let tensors = self.tensors.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        Bundle::from_parts(manifest, tensors)
+        let mut bundle = Bundle::from_parts(manifest, tensors)?;
+        if range.start == 0 {
+            bundle.tokenizer = self.tokenizer.clone();
+        }
+        Ok(bundle)
+    }
+}
+
+/// Lower-case hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a layer's output is a token sequence, given whether its input is;
+/// or why the layer cannot take that input.
+fn sequence_after(layer: &LayerSpec, sequence: bool) -> Result<bool, String> {
+    match layer {
+        LayerSpec::BertEmbeddings { .. } if sequence => Ok(true),
+        LayerSpec::BertEmbeddings { .. } => Err("bert-embeddings needs token ids (a token-ids input)".into()),
+        LayerSpec::BertLayer { .. } if sequence => Ok(true),
+        LayerSpec::BertLayer { .. } => Err("bert-layer needs a token sequence".into()),
+        LayerSpec::Pool { .. } if sequence => Ok(false),
+        LayerSpec::Pool { .. } => Err("pool needs a token sequence".into()),
+        LayerSpec::Tanh => Ok(sequence),
+        LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten if sequence => {
+            Err(format!("{} needs a fixed-shape input; a token sequence must be pooled first", layer.kind()))
+        }
+        LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten => Ok(false),
     }
 }

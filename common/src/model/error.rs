@@ -13,8 +13,8 @@ pub enum ModelError {
     Manifest { path: PathBuf, message: String },
     #[error("unsupported manifest format version {got} (this build reads {supported})")]
     FormatVersion { got: u32, supported: u32 },
-    #[error("unsupported dtype {dtype:?} for {what} (only f32 is supported)")]
-    UnsupportedDtype { what: String, dtype: String },
+    #[error("unsupported dtype {dtype:?} for {what} (supported: {supported})")]
+    UnsupportedDtype { what: String, dtype: String, supported: &'static str },
     #[error("block {block} ({name}): {message}")]
     BlockShape { block: usize, name: String, message: String },
     #[error("exit {exit} ({name}): {message}")]
@@ -37,6 +37,15 @@ pub enum ModelError {
     BlocksNotHeld { start: usize, end: usize, held_start: usize, held_end: usize },
     #[error("input has shape {got:?}, blocks from {block} expect [batch, {expected:?}]")]
     InputShape { block: usize, expected: Vec<usize>, got: Vec<usize> },
+    #[error(
+        "a sequence entering block {block} must hold 1 to {max_tokens} tokens of {per_token:?} values each; got {got} \
+         values"
+    )]
+    SequenceShape { block: usize, max_tokens: usize, per_token: Vec<usize>, got: usize },
+    #[error("token id at position {index} is {value}: ids must be integers in 0..{vocab}")]
+    TokenId { index: usize, value: f32, vocab: usize },
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
     #[error("history and batch disagree: {histories} histories for {batch} samples")]
     HistoryLength { histories: usize, batch: usize },
     #[error(transparent)]

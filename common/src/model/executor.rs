@@ -8,9 +8,58 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::bundle::Bundle;
+use super::encoder::SeqMask;
 use super::error::ModelError;
-use super::layer::forward_all;
+use super::layer::forward_all_masked;
 use crate::policy::Policy;
+
+/// A batch entering a block: the tensor (`[B, shape at that block]`) and,
+/// for token sequences padded to a common length, which tokens are real.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub x: Tensor,
+    /// `None`: every token of every sample is real (or not a sequence).
+    pub mask: Option<SeqMask>,
+}
+
+impl From<Tensor> for Batch {
+    fn from(x: Tensor) -> Self {
+        Self { x, mask: None }
+    }
+}
+
+impl From<&Tensor> for Batch {
+    fn from(x: &Tensor) -> Self {
+        Self { x: x.clone(), mask: None }
+    }
+}
+
+impl From<&Batch> for Batch {
+    fn from(b: &Batch) -> Self {
+        b.clone()
+    }
+}
+
+impl Batch {
+    /// Real tokens of sample `i` (the padded length when unmasked); `None`
+    /// for inputs that are not sequences.
+    fn length(&self, i: usize, sequence: bool) -> Option<usize> {
+        sequence.then(|| self.mask.as_ref().map_or(self.x.dims().get(1).copied().unwrap_or(0), |m| m.lengths()[i]))
+    }
+
+    /// Keeps samples `rows` of the batch, in that order.
+    fn select(&self, rows: &[u32]) -> Result<Self, ModelError> {
+        let index = Tensor::new(rows, self.x.device())?;
+        let mask = match &self.mask {
+            Some(m) => {
+                let rows: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
+                Some(m.select(&rows, self.x.device())?)
+            }
+            None => None,
+        };
+        Ok(Self { x: self.x.index_select(&index, 0)?, mask })
+    }
+}
 
 /// What one exit said about one sample (the input of patience policies, and
 /// what crosses the split as the edge's exit history).
@@ -74,18 +123,29 @@ pub struct RunOutput {
     /// Input indices of the samples that did not exit, in order.
     pub remaining: Vec<usize>,
     /// Hidden states at `range.end` of the remaining samples, batched in the
-    /// order of `remaining`; `None` when every sample exited.
+    /// order of `remaining`; `None` when every sample exited. For token
+    /// sequences the batch is padded; `hidden_lengths` says how far each
+    /// sample's real tokens go.
     pub hidden: Option<Tensor>,
+    /// For token sequences: the real tokens of each remaining sample.
+    pub hidden_lengths: Option<Vec<usize>>,
     /// Per input sample: what every exit evaluated so far said (including the
     /// histories passed in).
     pub histories: Vec<Vec<Observation>>,
 }
 
 impl RunOutput {
-    /// Hidden state of remaining sample `i` (index into `remaining`) as a flat vector.
-    pub fn hidden_row(&self, i: usize) -> Result<Vec<f32>, ModelError> {
+    /// Hidden state of remaining sample `i` (index into `remaining`) as a
+    /// flat vector with its shape: for a token sequence, its real tokens
+    /// only (`[tokens, hidden]`), which is what crosses a split.
+    pub fn hidden_row(&self, i: usize) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         let hidden = self.hidden.as_ref().expect("remaining samples have hidden states");
-        Ok(hidden.get(i)?.flatten_all()?.to_vec1::<f32>()?)
+        let mut row = hidden.get(i)?;
+        if let Some(len) = self.hidden_lengths.as_ref().map(|l| l[i]) {
+            row = row.narrow(0, 0, len)?;
+        }
+        let shape = row.dims().to_vec();
+        Ok((row.flatten_all()?.to_vec1::<f32>()?, shape))
     }
 }
 
@@ -104,7 +164,9 @@ impl Executor {
         &self.bundle
     }
 
-    /// Makes a batch tensor from flat rows, checking the shape expected at block `k`.
+    /// Makes a batch tensor from flat rows, checking the shape expected at
+    /// block `k` (every sample of full length; see [`Executor::batch_of`]
+    /// for token sequences of different lengths).
     pub fn batch_at(&self, k: usize, rows: &[f32], batch: usize) -> Result<Tensor, ModelError> {
         let mut dims = vec![batch];
         dims.extend_from_slice(self.bundle.shape_at(k)?);
@@ -112,7 +174,64 @@ impl Executor {
         if rows.len() != need {
             return Err(ModelError::InputShape { block: k, expected: dims[1..].to_vec(), got: vec![rows.len()] });
         }
-        Ok(Tensor::from_slice(rows, dims, &Device::Cpu)?)
+        let x = Tensor::from_slice(rows, dims, &Device::Cpu)?;
+        if k == 0 {
+            self.check_token_ids(rows)?;
+        }
+        Ok(x)
+    }
+
+    /// Makes a batch from samples at block `k`, each a flat row. For a
+    /// token-sequence model a row holds any whole number of tokens (1 up to
+    /// the model's maximum): rows are padded with zeros to the longest and
+    /// the batch carries their lengths. Otherwise every row has the full
+    /// shape. Token ids (at block 0) must be integers below the vocabulary
+    /// size.
+    pub fn batch_of(&self, k: usize, rows: &[&[f32]]) -> Result<Batch, ModelError> {
+        let shape = self.bundle.shape_at(k)?;
+        if !self.bundle.is_sequence_at(k) {
+            let flat: Vec<f32> = rows.concat();
+            return Ok(self.batch_at(k, &flat, rows.len())?.into());
+        }
+        let per_token: usize = shape[1..].iter().product();
+        let max = shape[0];
+        let mut lengths = Vec::with_capacity(rows.len());
+        for row in rows {
+            let tokens = row.len() / per_token;
+            if row.len() % per_token != 0 || tokens == 0 || tokens > max {
+                return Err(ModelError::SequenceShape {
+                    block: k,
+                    max_tokens: max,
+                    per_token: shape[1..].to_vec(),
+                    got: row.len(),
+                });
+            }
+            if k == 0 {
+                self.check_token_ids(row)?;
+            }
+            lengths.push(tokens);
+        }
+        let t = lengths.iter().copied().max().unwrap_or(1);
+        let mut padded = Vec::with_capacity(rows.len() * t * per_token);
+        for row in rows {
+            padded.extend_from_slice(row);
+            padded.resize(padded.len() + t * per_token - row.len(), 0.0);
+        }
+        let mut dims = vec![rows.len(), t];
+        dims.extend_from_slice(&shape[1..]);
+        let x = Tensor::from_vec(padded, dims, &Device::Cpu)?;
+        let mask = SeqMask::new(lengths, t, &Device::Cpu)?;
+        Ok(Batch { x, mask: Some(mask) })
+    }
+
+    /// Token ids must be integers in `[0, vocabulary)` (for token-input
+    /// models; others accept any input here).
+    fn check_token_ids(&self, row: &[f32]) -> Result<(), ModelError> {
+        let Some(vocab) = self.bundle.vocab_size() else { return Ok(()) };
+        match row.iter().position(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < vocab)) {
+            Some(index) => Err(ModelError::TokenId { index, value: row[index], vocab }),
+            None => Ok(()),
+        }
     }
 
     /// Runs blocks `range` on `input` (`[B, shape at range.start]`), evaluating
@@ -122,29 +241,31 @@ impl Executor {
     /// (empty vectors when starting at block 0).
     pub fn run(
         &self,
-        input: &Tensor,
+        input: impl Into<Batch>,
         range: Range<usize>,
         policy: &Policy,
         mut histories: Vec<Vec<Observation>>,
     ) -> Result<RunOutput, ModelError> {
         let bundle = &*self.bundle;
         bundle.check_held(&range)?;
-        let batch = input.dim(0)?;
-        self.check_input(input, range.start)?;
+        let input: Batch = input.into();
+        let batch = input.x.dim(0)?;
+        self.check_input(&input, range.start)?;
+        let sequence_end = bundle.is_sequence_at(range.end);
         if histories.len() != batch {
             return Err(ModelError::HistoryLength { histories: histories.len(), batch });
         }
         let final_exit = bundle.final_exit();
         let mut exited: Vec<Option<ExitResult>> = vec![None; batch];
         let mut remaining: Vec<usize> = (0..batch).collect();
-        let mut x = input.clone();
+        let mut x = input;
         for b in range {
             if remaining.is_empty() {
                 break;
             }
-            x = bundle.block(b).forward(&x)?;
+            x.x = bundle.block(b).forward_masked(&x.x, x.mask.as_ref())?;
             let Some(e) = bundle.exit_after(b) else { continue };
-            let logits = forward_all(bundle.exit_head(e), &x)?;
+            let logits = forward_all_masked(bundle.exit_head(e), &x.x, x.mask.as_ref())?;
             // Softmax on the host: the logits come to the CPU anyway for the
             // decisions, and one pass here is cheaper than another tensor op.
             let mut probs = logits.to_vec2::<f32>()?;
@@ -163,41 +284,49 @@ impl Executor {
             }
             if keep.len() < remaining.len() {
                 if !keep.is_empty() {
-                    let index = Tensor::new(keep.as_slice(), x.device())?;
-                    x = x.index_select(&index, 0)?;
+                    x = x.select(&keep)?;
                 }
                 remaining = keep.iter().map(|&r| remaining[r as usize]).collect();
             }
         }
-        let hidden = (!remaining.is_empty()).then_some(x);
-        Ok(RunOutput { exited, remaining, hidden, histories })
+        let hidden_lengths = (!remaining.is_empty() && sequence_end)
+            .then(|| (0..remaining.len()).map(|i| x.length(i, true).unwrap_or(0)).collect());
+        let hidden = (!remaining.is_empty()).then_some(x.x);
+        Ok(RunOutput { exited, remaining, hidden, hidden_lengths, histories })
     }
 
     /// Runs blocks `range` without early exit and returns the logits of every
     /// exit in range (`(exit index, [B, classes])`), for evaluation and training.
-    pub fn forward_exits(&self, input: &Tensor, range: Range<usize>) -> Result<Vec<(usize, Tensor)>, ModelError> {
+    pub fn forward_exits(
+        &self,
+        input: impl Into<Batch>,
+        range: Range<usize>,
+    ) -> Result<Vec<(usize, Tensor)>, ModelError> {
         let bundle = &*self.bundle;
         bundle.check_held(&range)?;
-        self.check_input(input, range.start)?;
+        let input: Batch = input.into();
+        self.check_input(&input, range.start)?;
         let mut out = Vec::new();
-        let mut x = input.clone();
+        let (mut x, mask) = (input.x, input.mask);
         for b in range {
-            x = bundle.block(b).forward(&x)?;
+            x = bundle.block(b).forward_masked(&x, mask.as_ref())?;
             if let Some(e) = bundle.exit_after(b) {
-                out.push((e, forward_all(bundle.exit_head(e), &x)?));
+                out.push((e, forward_all_masked(bundle.exit_head(e), &x, mask.as_ref())?));
             }
         }
         Ok(out)
     }
 
-    /// Runs blocks `range` only (no exits) and returns the hidden state.
-    pub fn forward_blocks(&self, input: &Tensor, range: Range<usize>) -> Result<Tensor, ModelError> {
+    /// Runs blocks `range` only (no exits) and returns the hidden state
+    /// (padded as the input was).
+    pub fn forward_blocks(&self, input: impl Into<Batch>, range: Range<usize>) -> Result<Tensor, ModelError> {
         let bundle = &*self.bundle;
         bundle.check_held(&range)?;
-        self.check_input(input, range.start)?;
-        let mut x = input.clone();
+        let input: Batch = input.into();
+        self.check_input(&input, range.start)?;
+        let (mut x, mask) = (input.x, input.mask);
         for b in range {
-            x = bundle.block(b).forward(&x)?;
+            x = bundle.block(b).forward_masked(&x, mask.as_ref())?;
         }
         Ok(x)
     }
@@ -214,7 +343,7 @@ impl Executor {
         }
         let bundle = &*self.bundle;
         bundle.check_held(&range)?;
-        let mut x = self.batch_at(range.start, row, 1)?;
+        let mut x = self.batch_of(range.start, &[row])?.x;
         let manifest = bundle.manifest();
         for b in range.clone() {
             x = bundle.block(b).forward(&x)?;
@@ -222,7 +351,7 @@ impl Executor {
                 return Ok(Overflow::Block { block: b, name: manifest.blocks[b].name.clone() });
             }
             if let Some(e) = bundle.exit_after(b) {
-                if !all_finite(&forward_all(bundle.exit_head(e), &x)?)? {
+                if !all_finite(&forward_all_masked(bundle.exit_head(e), &x, None)?)? {
                     return Ok(Overflow::Exit { exit: e, name: manifest.exits[e].name.clone(), after_block: b });
                 }
             }
@@ -230,11 +359,22 @@ impl Executor {
         Ok(Overflow::Blocks { start: range.start, end: range.end })
     }
 
-    fn check_input(&self, input: &Tensor, k: usize) -> Result<(), ModelError> {
+    fn check_input(&self, input: &Batch, k: usize) -> Result<(), ModelError> {
         let expected = self.bundle.shape_at(k)?;
-        let dims = input.dims();
-        if dims.len() != expected.len() + 1 || &dims[1..] != expected {
+        let dims = input.x.dims();
+        let fits = dims.len() == expected.len() + 1
+            && if self.bundle.is_sequence_at(k) {
+                (1..=expected[0]).contains(&dims[1]) && dims[2..] == expected[1..]
+            } else {
+                &dims[1..] == expected
+            };
+        if !fits {
             return Err(ModelError::InputShape { block: k, expected: expected.to_vec(), got: dims.to_vec() });
+        }
+        if let Some(mask) = &input.mask {
+            if mask.lengths().len() != dims[0] || mask.padded_len() != dims[1] {
+                return Err(ModelError::InputShape { block: k, expected: expected.to_vec(), got: dims.to_vec() });
+            }
         }
         Ok(())
     }

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
+use super::encoder::{self, Embeddings, EncoderLayer, SeqMask};
 use super::kernels::{Conv2dKernel, Kernels, LinearKernel};
-use super::manifest::LayerSpec;
+use super::manifest::{LayerSpec, PoolMode};
 
 /// A layer with its weights, ready to run. The same code serves inference and
 /// training (weights may be `Var`s, and the ops are differentiable).
@@ -41,6 +42,12 @@ pub enum Layer {
         fast: Option<Arc<LinearKernel>>,
     },
     Flatten,
+    /// BERT embeddings (token ids in).
+    BertEmbeddings(Arc<Embeddings>),
+    /// A BERT encoder layer; masked by the batch's [`SeqMask`].
+    BertLayer(Arc<EncoderLayer>),
+    Pool(PoolMode),
+    Tanh,
 }
 
 impl Layer {
@@ -63,6 +70,10 @@ impl Layer {
                 Layer::Linear { weight: param("weight"), bias: param("bias"), relu, fast: None }
             }
             LayerSpec::Flatten => Layer::Flatten,
+            LayerSpec::BertEmbeddings { eps, .. } => Layer::BertEmbeddings(Arc::new(Embeddings::new(param, eps))),
+            LayerSpec::BertLayer { heads, eps, .. } => Layer::BertLayer(Arc::new(EncoderLayer::new(param, heads, eps))),
+            LayerSpec::Pool { mode } => Layer::Pool(mode),
+            LayerSpec::Tanh => Layer::Tanh,
         };
         layer.set_kernels(Kernels::from_env())?;
         Ok(layer)
@@ -89,7 +100,12 @@ impl Layer {
                     None
                 };
             }
-            Layer::Flatten => {}
+            Layer::BertLayer(l) => {
+                let mut layer = (**l).clone();
+                layer.set_packed(fast)?;
+                *l = Arc::new(layer);
+            }
+            Layer::Flatten | Layer::BertEmbeddings(_) | Layer::Pool(_) | Layer::Tanh => {}
         }
         Ok(())
     }
@@ -99,13 +115,30 @@ impl Layer {
         match self {
             Layer::Conv2d { fast: Some(_), unfold: false, .. } | Layer::Linear { fast: Some(_), .. } => Kernels::Fast,
             Layer::Conv2d { .. } | Layer::Linear { .. } => Kernels::Candle,
-            Layer::Flatten => Kernels::Fast,
+            Layer::BertLayer(l) if !l.is_packed() => Kernels::Candle,
+            Layer::Flatten | Layer::BertEmbeddings(_) | Layer::BertLayer(_) | Layer::Pool(_) | Layer::Tanh => {
+                Kernels::Fast
+            }
         }
     }
 
-    /// Runs the layer on a batch (`[B, ...]`).
+    /// Runs the layer on a batch (`[B, ...]`) whose samples are all real
+    /// (no padding).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_masked(x, None)
+    }
+
+    /// Runs the layer on a batch; `mask` says which tokens of a padded
+    /// sequence batch are real (`None`: every one).
+    pub fn forward_masked(&self, x: &Tensor, mask: Option<&SeqMask>) -> Result<Tensor> {
         let plain = x.track_op() || !x.device().is_cpu();
+        match self {
+            Layer::BertEmbeddings(e) => return e.forward(x),
+            Layer::BertLayer(l) => return l.forward(x, mask),
+            Layer::Pool(mode) => return encoder::pool(x, *mode, mask),
+            Layer::Tanh => return x.tanh(),
+            _ => {}
+        }
         match self {
             Layer::Conv2d { fast: Some(k), unfold: false, .. } if x.rank() == 4 && !plain => k.forward(x),
             Layer::Linear { fast: Some(k), .. } if x.rank() == 2 && !plain => k.forward(x),
@@ -140,15 +173,23 @@ impl Layer {
                 }
             }
             Layer::Flatten => x.flatten_from(1),
+            Layer::BertEmbeddings(_) | Layer::BertLayer(_) | Layer::Pool(_) | Layer::Tanh => {
+                self.forward_masked(x, None)
+            }
         }
     }
 }
 
 /// Runs a list of layers in order.
 pub fn forward_all(layers: &[Layer], x: &Tensor) -> Result<Tensor> {
+    forward_all_masked(layers, x, None)
+}
+
+/// Runs a list of layers in order over a (possibly padded) batch.
+pub fn forward_all_masked(layers: &[Layer], x: &Tensor, mask: Option<&SeqMask>) -> Result<Tensor> {
     let mut y = x.clone();
     for layer in layers {
-        y = layer.forward(&y)?;
+        y = layer.forward_masked(&y, mask)?;
     }
     Ok(y)
 }

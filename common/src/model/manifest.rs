@@ -63,13 +63,44 @@ pub struct BlockRange {
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
     /// Shape of one input, batch dimension excluded (e.g. `[1, 28, 28]`).
+    /// For token inputs: `[max_tokens]`; a sample may be shorter.
     pub shape: Vec<usize>,
-    /// Element type; only `f32` is supported.
+    /// Element type: `f32` (a tensor) or [`TOKEN_IDS`] (a variable-length
+    /// sequence of token ids, made by the bundle's tokenizer).
     pub dtype: String,
     /// How raw inputs are turned into the model's input (documentation).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub preprocess: String,
+    /// The tokenizer that turns text into this model's token ids (token
+    /// inputs only). Its digest is part of the manifest, so the edge
+    /// fingerprint covers the tokenizer too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerSpec>,
 }
+
+/// `InputSpec::dtype` of models whose input is a sequence of token ids.
+pub const TOKEN_IDS: &str = "token-ids";
+
+impl InputSpec {
+    /// Whether inputs are variable-length token sequences.
+    pub fn is_tokens(&self) -> bool {
+        self.dtype == TOKEN_IDS
+    }
+}
+
+/// A tokenizer file inside the bundle (the `tokenizers` crate's
+/// `tokenizer.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    /// File name, relative to the bundle directory.
+    pub file: String,
+    /// Hex SHA-256 of the file, checked at load.
+    pub sha256: String,
+}
+
+/// Default file name of a bundle's tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockSpec {
@@ -116,6 +147,28 @@ pub enum LayerSpec {
     },
     /// Flattens `[C, H, W]` (or any shape) into a vector.
     Flatten,
+    /// BERT embeddings: word + position + token type 0, then LayerNorm.
+    /// `[T]` token ids in, `[T, hidden]` out.
+    BertEmbeddings { vocab_size: usize, hidden: usize, max_positions: usize, type_vocab_size: usize, eps: f64 },
+    /// One BERT encoder layer (post-LN): multi-head self-attention over the
+    /// sample's real tokens (padding is masked), then a GELU feed-forward
+    /// network. `[T, hidden]` in and out.
+    BertLayer { hidden: usize, heads: usize, intermediate: usize, eps: f64 },
+    /// Pools a token sequence `[T, H]` into one vector `[H]`: the first
+    /// token (`cls`) or the mean over the real tokens (`mean`).
+    Pool { mode: PoolMode },
+    /// Element-wise tanh (BERT's pooler is `linear` then `tanh`).
+    Tanh,
+}
+
+/// How [`LayerSpec::Pool`] reduces a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// The first token (BERT's `[CLS]`).
+    Cls,
+    /// The mean over real tokens (padding excluded), as sentence-transformers.
+    Mean,
 }
 
 fn one() -> usize {
@@ -129,7 +182,17 @@ impl LayerSpec {
             LayerSpec::Conv2d { .. } => "conv2d",
             LayerSpec::Linear { .. } => "linear",
             LayerSpec::Flatten => "flatten",
+            LayerSpec::BertEmbeddings { .. } => "bert-embeddings",
+            LayerSpec::BertLayer { .. } => "bert-layer",
+            LayerSpec::Pool { .. } => "pool",
+            LayerSpec::Tanh => "tanh",
         }
+    }
+
+    /// Whether the layer maps a token sequence to a token sequence of the
+    /// same length (its output's first dimension is the sequence length).
+    pub fn keeps_sequence(&self) -> bool {
+        matches!(self, LayerSpec::BertLayer { .. } | LayerSpec::Tanh)
     }
 
     /// Output shape for an input shape (batch excluded), or why it cannot apply.
@@ -165,6 +228,40 @@ impl LayerSpec {
                 Ok(vec![out_features])
             }
             LayerSpec::Flatten => Ok(vec![input.iter().product()]),
+            LayerSpec::BertEmbeddings { vocab_size, hidden, max_positions, type_vocab_size, eps } => {
+                let [t] = input else {
+                    return Err(format!("bert-embeddings needs a [tokens] input of token ids, got {input:?}"));
+                };
+                if vocab_size == 0 || hidden == 0 || type_vocab_size == 0 || !(eps > 0.0 && eps.is_finite()) {
+                    return Err("bert-embeddings needs positive vocab_size, hidden, type_vocab_size and eps".into());
+                }
+                if *t > max_positions {
+                    return Err(format!(
+                        "the input allows {t} tokens, bert-embeddings has only {max_positions} positions"
+                    ));
+                }
+                Ok(vec![*t, hidden])
+            }
+            LayerSpec::BertLayer { hidden, heads, intermediate, eps } => {
+                let [t, h] = input else {
+                    return Err(format!("bert-layer needs a [tokens, {hidden}] input, got {input:?}"));
+                };
+                if *h != hidden {
+                    return Err(format!("bert-layer expects hidden size {hidden}, previous layer gives {h}"));
+                }
+                if heads == 0 || hidden % heads != 0 || intermediate == 0 || !(eps > 0.0 && eps.is_finite()) {
+                    return Err(format!(
+                        "bert-layer needs hidden ({hidden}) divisible by heads ({heads}), a positive intermediate \
+                         size and eps"
+                    ));
+                }
+                Ok(vec![*t, hidden])
+            }
+            LayerSpec::Pool { .. } => match input {
+                [_, h] => Ok(vec![*h]),
+                _ => Err(format!("pool needs a [tokens, hidden] input, got {input:?}")),
+            },
+            LayerSpec::Tanh => Ok(input.to_vec()),
         }
     }
 
@@ -177,7 +274,32 @@ impl LayerSpec {
             LayerSpec::Linear { in_features, out_features, .. } => {
                 vec![("weight", vec![out_features, in_features]), ("bias", vec![out_features])]
             }
-            LayerSpec::Flatten => vec![],
+            LayerSpec::Flatten | LayerSpec::Pool { .. } | LayerSpec::Tanh => vec![],
+            LayerSpec::BertEmbeddings { vocab_size, hidden, max_positions, type_vocab_size, .. } => vec![
+                ("word", vec![vocab_size, hidden]),
+                ("position", vec![max_positions, hidden]),
+                ("token_type", vec![type_vocab_size, hidden]),
+                ("ln.weight", vec![hidden]),
+                ("ln.bias", vec![hidden]),
+            ],
+            LayerSpec::BertLayer { hidden, intermediate, .. } => vec![
+                ("query.weight", vec![hidden, hidden]),
+                ("query.bias", vec![hidden]),
+                ("key.weight", vec![hidden, hidden]),
+                ("key.bias", vec![hidden]),
+                ("value.weight", vec![hidden, hidden]),
+                ("value.bias", vec![hidden]),
+                ("attn_out.weight", vec![hidden, hidden]),
+                ("attn_out.bias", vec![hidden]),
+                ("attn_ln.weight", vec![hidden]),
+                ("attn_ln.bias", vec![hidden]),
+                ("ffn_in.weight", vec![intermediate, hidden]),
+                ("ffn_in.bias", vec![intermediate]),
+                ("ffn_out.weight", vec![hidden, intermediate]),
+                ("ffn_out.bias", vec![hidden]),
+                ("ffn_ln.weight", vec![hidden]),
+                ("ffn_ln.bias", vec![hidden]),
+            ],
         }
     }
 
@@ -191,7 +313,13 @@ impl LayerSpec {
                 (oh * ow * out_channels * in_channels * kernel * kernel) as u64
             }
             LayerSpec::Linear { in_features, out_features, .. } => (in_features * out_features) as u64,
-            LayerSpec::Flatten => 0,
+            LayerSpec::Flatten | LayerSpec::Pool { .. } | LayerSpec::Tanh | LayerSpec::BertEmbeddings { .. } => 0,
+            // Four hidden x hidden projections and the two FFN matrices per
+            // token, plus QK^T and attention x V over the sequence.
+            LayerSpec::BertLayer { hidden, intermediate, .. } => {
+                let t = input[0];
+                (t * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * t * t * hidden) as u64
+            }
         }
     }
 }

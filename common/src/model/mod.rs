@@ -3,18 +3,23 @@
 
 pub mod arch;
 mod bundle;
+pub mod encoder;
 mod error;
 mod executor;
 mod kernels;
 mod layer;
 pub mod manifest;
+mod tokenizer;
 
 pub use bundle::{Bundle, SplitSide};
 pub use error::ModelError;
-pub use executor::{argmax, softmax_in_place, Executor, ExitResult, Observation, Overflow, RunOutput};
+pub use executor::{argmax, softmax_in_place, Batch, Executor, ExitResult, Observation, Overflow, RunOutput};
 pub use kernels::Kernels;
 pub use layer::{forward_all as layer_forward_all, Layer};
-pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest};
+pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest, PoolMode, TokenizerSpec};
+pub use tokenizer::{TextEncoder, TokenizeError};
 
+#[cfg(test)]
+mod encoder_tests;
 #[cfg(test)]
 mod tests;

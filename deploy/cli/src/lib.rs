@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use offramp_common::telemetry::{self, LogArgs};
 use offramp_lab::{demo, experiment, load, offload_bench, transport_bench};
-use offramp_training::{bench, calibrate, codec_eval, eval, sample, split, train};
+use offramp_training::{bench, calibrate, codec_eval, eval, import_hf, sample, split, train};
 
 /// Offramp: split-computing early-exit inference. The operator's tool.
 #[derive(Debug, Parser)]
@@ -24,6 +24,9 @@ pub struct Cli {
 enum Command {
     /// Train a multi-exit network (all exits jointly) and save it as a bundle.
     Train(train::TrainArgs),
+    /// Import a pretrained checkpoint as a bundle.
+    #[command(subcommand)]
+    Import(ImportWhat),
     /// Cut a bundle at K into an edge bundle (blocks 0..K) and a cloud bundle (K..N).
     Split(split::SplitArgs),
     /// Run a cloud and an edge on loopback with the bundled model and sample.
@@ -54,6 +57,14 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum ImportWhat {
+    /// A Hugging Face BERT-family encoder (config.json, model.safetensors,
+    /// tokenizer.json), with exits after the chosen layers; DeeBERT highway
+    /// heads and a sequence classifier come in as exits.
+    Hf(import_hf::ImportHfArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum BenchWhat {
     /// Per-block forward time and the executor's overhead over bare candle.
     Blocks(bench::BlocksArgs),
@@ -81,6 +92,7 @@ fn run(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Split(args) => print!("{}", split::run(&args)?.render()),
+        Command::Import(ImportWhat::Hf(args)) => print!("{}", import_hf::run(&args)?.render()),
         Command::Bench(BenchWhat::Blocks(a)) => {
             let report = bench::blocks(&a)?;
             emit(&report, a.json, |r| r.render())?;

@@ -124,6 +124,8 @@ pub struct CodecEvalReport {
 struct Offload {
     index: usize,
     hidden: Vec<f32>,
+    /// The hidden state's shape (a token sequence: its real tokens).
+    shape: Vec<usize>,
     history: Vec<Observation>,
 }
 
@@ -181,7 +183,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         let mut tensors = Vec::with_capacity(offloads.len());
         let mut packed = Vec::with_capacity(offloads.len());
         for (id, o) in offloads.iter().enumerate() {
-            let t = codec::encode(&o.hidden, &shape, encoding);
+            let t = codec::encode(&o.hidden, &o.shape, encoding);
             let mut req = template.clone();
             req.request_id = id as u64;
             req.history = Some(history_to_wire(&o.history));
@@ -211,7 +213,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         }
         let agree = preds.iter().zip(&f32_preds).filter(|(a, b)| a == b).count();
 
-        let speed = CodecSpeed::measure(&offloads, &tensors, &packed, &shape, encoding, args.speed_reps);
+        let speed = CodecSpeed::measure(&offloads, &tensors, &packed, encoding, args.speed_reps);
         let m = offloads.len() as f64;
         let f32_req = reports.first().map_or(req_bytes as f64 / m, |r| r.bytes_per_request);
         let f32_acc = reports.first().map_or(accuracy, |r| r.accuracy);
@@ -335,20 +337,16 @@ fn edge_half(
     let mut offloads = Vec::new();
     for start in (0..data.len()).step_by(batch) {
         let b = batch.min(data.len() - start);
-        let rows = &data.images[start * data.image_len()..(start + b) * data.image_len()];
-        let x = exec.batch_at(0, rows, b)?;
-        let out = exec.run(&x, 0..k, policy, vec![vec![]; b])?;
+        let x = exec.batch_of(0, &data.rows(start..start + b))?;
+        let out = exec.run(x, 0..k, policy, vec![vec![]; b])?;
         for (i, r) in out.exited.iter().enumerate() {
             if let Some(r) = r {
                 edge_pred[start + i] = Some(r.prediction);
             }
         }
         for (row, &i) in out.remaining.iter().enumerate() {
-            offloads.push(Offload {
-                index: start + i,
-                hidden: out.hidden_row(row)?,
-                history: out.histories[i].clone(),
-            });
+            let (hidden, shape) = out.hidden_row(row)?;
+            offloads.push(Offload { index: start + i, hidden, shape, history: out.histories[i].clone() });
         }
     }
     Ok((edge_pred, offloads))
@@ -366,11 +364,11 @@ fn cloud_half(
 ) -> Result<Vec<usize>> {
     let mut preds = Vec::with_capacity(offloads.len());
     for (chunk_i, chunk) in decoded.chunks(batch).enumerate() {
-        let rows: Vec<f32> = chunk.iter().flatten().copied().collect();
-        let x = exec.batch_at(blocks.start, &rows, chunk.len())?;
+        let rows: Vec<&[f32]> = chunk.iter().map(Vec::as_slice).collect();
+        let x = exec.batch_of(blocks.start, &rows)?;
         let histories =
             offloads[chunk_i * batch..chunk_i * batch + chunk.len()].iter().map(|o| o.history.clone()).collect();
-        let out = exec.run(&x, blocks.clone(), policy, histories)?;
+        let out = exec.run(x, blocks.clone(), policy, histories)?;
         for r in out.exited {
             preds.push(r.context("the final exit always answers")?.prediction);
         }
@@ -392,11 +390,10 @@ impl CodecSpeed {
         offloads: &[Offload],
         tensors: &[pb::Tensor],
         packed: &[pb::Tensor],
-        shape: &[usize],
         encoding: pb::Encoding,
         reps: usize,
     ) -> Self {
-        let f32_bytes = (offloads.len() * shape.iter().product::<usize>() * 4) as f64;
+        let f32_bytes = offloads.iter().map(|o| o.hidden.len() * 4).sum::<usize>() as f64;
         let gbps = |mut f: Box<dyn FnMut() + '_>| -> f64 {
             f(); // warm-up
             let mut rates: Vec<f64> = (0..reps)
@@ -412,7 +409,7 @@ impl CodecSpeed {
         Self {
             encode: gbps(Box::new(|| {
                 for o in offloads {
-                    black_box(codec::encode(black_box(&o.hidden), shape, encoding));
+                    black_box(codec::encode(black_box(&o.hidden), &o.shape, encoding));
                 }
             })),
             decode: gbps(Box::new(|| {
@@ -422,7 +419,7 @@ impl CodecSpeed {
             })),
             lz4_encode: gbps(Box::new(|| {
                 for o in offloads {
-                    let mut t = codec::encode(black_box(&o.hidden), shape, encoding);
+                    let mut t = codec::encode(black_box(&o.hidden), &o.shape, encoding);
                     codec::compress(&mut t, pb::Compression::Lz4);
                     black_box(t);
                 }

@@ -703,7 +703,7 @@ pub(crate) mod tests {
             }
             labels.push(label as u8);
         }
-        Dataset { images, labels, shape: [1, 28, 28], offset: 0 }
+        Dataset { images, labels, shape: vec![1, 28, 28], offset: 0, offsets: None, texts: vec![] }
     }
 
     #[test]

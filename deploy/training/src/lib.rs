@@ -8,6 +8,7 @@
 //!   replayed over them without re-running the network.
 //! - [`calibrate`]: per-exit thresholds within an accuracy budget.
 //! - [`codec_eval`]: bytes, accuracy change and speed of each encoding at K.
+//! - [`import_hf`]: `offramp import hf`, a BERT-family checkpoint as a bundle.
 //! - [`split`]: cut a bundle at K.
 //! - [`sample`]: a small MNIST sample for demos.
 //! - [`bench`]: `offramp bench blocks`, compute speed per block and kernel.
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod codec_eval;
 pub mod eval;
+pub mod import_hf;
 pub mod sample;
 pub mod simulate;
 pub mod split;

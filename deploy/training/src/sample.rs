@@ -51,7 +51,7 @@ pub fn run(args: &SampleArgs) -> Result<SampleReport> {
     let mut data = Dataset::mnist(&args.data, args.subset, args.val_size)?;
     data.truncate(args.n);
     let pixels: Vec<u8> = data.images.iter().map(|&p| (p * 255.0).round() as u8).collect();
-    let [_, rows, cols] = data.shape;
+    let [_, rows, cols] = data.shape[..] else { bail!("a sample is written as IDX images, not {:?}", data.shape) };
     write_idx(&args.out, "sample", rows, cols, &pixels, &data.labels)
         .with_context(|| format!("writing {}", args.out.display()))?;
     Ok(SampleReport { digits: data.len(), subset: args.subset, offset: data.offset, out: args.out.clone() })

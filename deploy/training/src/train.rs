@@ -244,8 +244,9 @@ pub fn batch(data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
     for &i in idx {
         pixels.extend_from_slice(data.image(i));
     }
-    let s = data.shape;
-    let x = Tensor::from_vec(pixels, (idx.len(), s[0], s[1], s[2]), &Device::Cpu)?;
+    let mut dims = vec![idx.len()];
+    dims.extend_from_slice(&data.shape);
+    let x = Tensor::from_vec(pixels, dims, &Device::Cpu)?;
     let labels: Vec<u32> = idx.iter().map(|&i| data.labels[i] as u32).collect();
     let y = Tensor::from_vec(labels, idx.len(), &Device::Cpu)?;
     Ok((x, y))
@@ -254,7 +255,7 @@ pub fn batch(data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
 /// A batch whose images are each translated by a random offset in
 /// `[-max, max]` pixels along both axes (zero fill).
 fn shifted_batch(data: &Dataset, idx: &[usize], max: usize, rng: &mut SplitMix64) -> Result<(Tensor, Tensor)> {
-    let [c, h, w] = data.shape;
+    let [c, h, w] = data.shape[..] else { bail!("shifting needs [C, H, W] images, not {:?}", data.shape) };
     let mut pixels = vec![0f32; idx.len() * c * h * w];
     let span = 2 * max + 1;
     for (n, &i) in idx.iter().enumerate() {
