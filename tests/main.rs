@@ -5,6 +5,7 @@ mod support;
 
 mod cloud_ops;
 mod docker;
+mod encoder;
 mod experiment;
 mod fallback;
 mod quic;

@@ -25,3 +25,4 @@ pub mod sample;
 pub mod simulate;
 pub mod split;
 pub mod train;
+pub mod train_encoder;

@@ -19,9 +19,23 @@ pub struct TrainArgs {
     /// Architecture to train.
     #[arg(long, value_enum, default_value = "b-lenet")]
     pub arch: Arch,
-    /// MNIST directory (IDX files, gz or raw), e.g. ../shared/data/mnist.
+    /// Training data: an MNIST directory (IDX files, gz or raw), e.g.
+    /// ../shared/data/mnist; for an encoder (`--init` a text bundle) a file
+    /// of `<label> <sentence>` lines, e.g. ../shared/data/text/stsa.binary.train.
     #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
+    /// Encoders: a separate validation file (e.g. stsa.binary.dev); without
+    /// it the last --val-size lines of --data are held out.
+    #[arg(long)]
+    pub val_data: Option<PathBuf>,
+    /// Encoders: what to train (default finetune): `finetune` backbone +
+    /// final exit, `exits` the other exit heads on a frozen backbone
+    /// (DeeBERT's second stage), `joint` everything with weighted exit losses.
+    #[arg(long, value_enum)]
+    pub stage: Option<crate::train_encoder::Stage>,
+    /// Encoders: also train the embedding tables (frozen by default).
+    #[arg(long)]
+    pub train_embeddings: bool,
     /// Output bundle directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -47,7 +61,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 5000)]
     pub val_size: usize,
     /// Start from the weights of this bundle (same architecture) instead of a
-    /// seeded initialisation: continue or fine-tune a model.
+    /// seeded initialisation: continue or fine-tune a model. A text-encoder
+    /// bundle (from `offramp import hf`) is fine-tuned on --data sentences
+    /// (--arch is then ignored).
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Stop after this many optimizer steps (smoke runs and tests).
@@ -90,6 +106,12 @@ pub fn run(args: &TrainArgs) -> Result<TrainReport> {
 pub fn train(args: &TrainArgs) -> Result<(TrainReport, Bundle)> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    }
+    if let Some(init) = args.init.as_deref().filter(|dir| takes_text(dir)) {
+        return crate::train_encoder::train(args, init);
+    }
+    if args.stage.is_some() || args.val_data.is_some() || args.train_embeddings {
+        bail!("--stage, --val-data and --train-embeddings are for text encoders (--init an imported bundle)");
     }
     let mut train = Dataset::mnist(&args.data, Subset::Train, args.val_size)
         .with_context(|| format!("reading the training split from {}", args.data.display()))?;
@@ -138,14 +160,7 @@ pub fn train(args: &TrainArgs) -> Result<(TrainReport, Bundle)> {
 
     let steps_per_epoch = train.len().div_ceil(args.batch_size);
     let total_steps = args.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * args.epochs);
-    let bar =
-        if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total_steps as u64) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, ETA {eta} {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = progress(args.quiet, total_steps);
     tracing::info!(
         arch = ?args.arch, train = train.len(), val = val.len(), epochs = args.epochs,
         batch = args.batch_size, lr = args.lr, seed = args.seed, "training"
@@ -231,7 +246,27 @@ pub fn train(args: &TrainArgs) -> Result<(TrainReport, Bundle)> {
     Ok((report, bundle))
 }
 
-fn cosine_lr(peak: f64, step: usize, total: usize) -> f64 {
+/// Whether the bundle in `dir` takes text (its manifest's input is token ids).
+fn takes_text(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join(offramp_common::model::manifest::MANIFEST_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<offramp_common::model::Manifest>(&t).ok())
+        .is_some_and(|m| m.input.is_tokens())
+}
+
+/// The training progress bar (hidden with `quiet`).
+pub(crate) fn progress(quiet: bool, total_steps: usize) -> indicatif::ProgressBar {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total_steps as u64) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+pub(crate) fn cosine_lr(peak: f64, step: usize, total: usize) -> f64 {
     let floor = 0.05 * peak;
     let t = step as f64 / total.max(1) as f64;
     floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
@@ -332,6 +367,9 @@ mod tests {
             max_steps: Some(40),
             limit: None,
             quiet: true,
+            val_data: None,
+            stage: None,
+            train_embeddings: false,
         };
         let (report, trained) = train(&args).unwrap();
         assert_eq!(report.steps, 40);
