@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use offramp_common::data::{Dataset, Subset};
 use offramp_common::{codec, paths, Bundle, Policy};
 use offramp_edge::run::{run_dataset, summarize};
 use offramp_edge::transport::TransportKind;
@@ -34,16 +33,13 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let model_dir = paths::find(&args.inputs.model)?;
-    let data_dir = paths::find(&args.inputs.data)?;
     let bundle = Bundle::load(&model_dir).with_context(|| format!("loading the demo model {}", model_dir.display()))?;
     let n = bundle.num_blocks();
     if args.inputs.split > n {
         bail!("--split {} out of range: the model has {n} blocks", args.inputs.split);
     }
-    let sample_subset =
-        if data_dir.join("sample-images-idx3-ubyte.gz").exists() { Subset::Sample } else { Subset::Val };
-    let mut data =
-        Dataset::mnist(&data_dir, sample_subset, 5000).with_context(|| format!("reading {}", data_dir.display()))?;
+    let mut data = crate::inputs::sample_data(args.inputs.data.as_deref(), &bundle)?;
+    let what = if bundle.takes_tokens() { "sentences" } else { "digits" };
     if let Some(l) = args.limit {
         data.truncate(l);
     }
@@ -68,7 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     cfg.policy = Some(policy);
     let edge = topology.edge(cfg).await?;
     eprintln!("  edge   blocks 0..{}, policy {origin}", args.inputs.split);
-    eprintln!("  running {} digits, {} in flight ...\n", data.len(), args.concurrency);
+    eprintln!("  running {} {what}, {} in flight ...\n", data.len(), args.concurrency);
 
     let answers = run_dataset(edge.clone(), &data, args.concurrency, |_| {}).await;
     let summary = summarize(&edge, &answers);
@@ -78,7 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         print!("{}", summary.render());
         let offloaded = summary.tier_counts.get("cloud").copied().unwrap_or(0);
         println!(
-            "\n{} of {} digits were answered on the edge at a confident early exit; {} needed the cloud, \
+            "\n{} of {} {what} were answered on the edge at a confident early exit; {} needed the cloud, \
              which received {} bytes each ({}).",
             summary.tier_counts.get("edge").copied().unwrap_or(0),
             summary.n,

@@ -1,7 +1,7 @@
 //! `--model`, `--data`, `--split`: what the tools that send real hidden
 //! states to a cloud (`bench offload`, `bench transport`, `load`) start from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use offramp_common::data::{Dataset, Subset};
@@ -12,9 +12,12 @@ pub struct OffloadInputs {
     /// Whole-model bundle: computes the hidden states (and the fingerprint).
     #[arg(long, default_value = "models/b-lenet-mnist")]
     pub model: PathBuf,
-    /// Digits whose hidden states are sent (a directory with an MNIST sample).
-    #[arg(long, default_value = "models/mnist-sample")]
-    pub data: PathBuf,
+    /// Inputs whose hidden states are sent: a directory with an MNIST sample
+    /// for an image model (default models/mnist-sample), a file of
+    /// `<label> <sentence>` lines for a text model (default
+    /// models/sst2-sample/sentences.txt).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Split point K: the hidden states after blocks [0, K) are sent.
     #[arg(long, default_value_t = 1)]
     pub split: usize,
@@ -30,10 +33,30 @@ impl OffloadInputs {
         if self.split >= bundle.num_blocks() {
             bail!("--split {} leaves nothing for the cloud: the model has {} blocks", self.split, bundle.num_blocks());
         }
-        let data = paths::find(&self.data)?;
-        let mut digits =
-            Dataset::mnist(&data, Subset::Sample, 0).with_context(|| format!("reading --data {}", data.display()))?;
-        digits.truncate(n);
-        Ok((model, bundle, digits))
+        let mut data = sample_data(self.data.as_deref(), &bundle)?;
+        data.truncate(n);
+        Ok((model, bundle, data))
     }
+}
+
+/// The bundled sample a model's demo and benchmarks read, or `path`: MNIST
+/// digits for an image model, labelled sentences (tokenized with the
+/// bundle's tokenizer) for a text model.
+pub fn sample_data(path: Option<&Path>, bundle: &Bundle) -> Result<Dataset> {
+    let text = bundle.takes_tokens();
+    let default = if text { "models/sst2-sample/sentences.txt" } else { "models/mnist-sample" };
+    let path = paths::find(path.unwrap_or(Path::new(default)))?;
+    let read = || -> Result<Dataset> {
+        if text {
+            Ok(Dataset::for_bundle(&path, Subset::All, 0, bundle)?)
+        } else {
+            let subset = if path.join("sample-images-idx3-ubyte.gz").exists() { Subset::Sample } else { Subset::Val };
+            Ok(Dataset::mnist(&path, subset, 5000)?)
+        }
+    };
+    let data = read().with_context(|| format!("reading --data {}", path.display()))?;
+    if data.is_empty() {
+        bail!("--data {} holds no samples", path.display());
+    }
+    Ok(data)
 }

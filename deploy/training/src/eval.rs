@@ -93,10 +93,13 @@ pub fn subset_name(subset: Subset) -> String {
 /// Which data a command reads: shared by `eval`, `calibrate` and `codec-eval`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
-    /// MNIST directory (IDX files, gz or raw), e.g. ../shared/data/mnist.
+    /// MNIST directory (IDX files, gz or raw), e.g. ../shared/data/mnist; for
+    /// a text model a file of `<label> <sentence>` lines, e.g.
+    /// ../shared/data/text/stsa.binary.dev (with `--subset all`).
     #[arg(long, env = "OFFRAMP_DATA")]
     pub data: PathBuf,
-    /// Which part of the dataset to read.
+    /// Which part of the dataset to read (text files: `train` all but the
+    /// last --val-size lines, `val` those, `all` every line).
     #[arg(long, env = "OFFRAMP_SUBSET", value_enum, default_value = "val")]
     pub subset: Subset,
     /// Training digits held out at the end of the training files as the
@@ -113,7 +116,7 @@ impl DataArgs {
     /// images fit the model's input.
     pub fn load(&self, bundle: &Bundle) -> Result<Dataset> {
         let (dir, subset) = (&self.data, self.subset);
-        let mut data = Dataset::mnist(dir, subset, self.val_size)
+        let mut data = Dataset::for_bundle(dir, subset, self.val_size, bundle)
             .with_context(|| format!("reading the {} split from {}", subset_name(subset), dir.display()))?;
         if let Some(limit) = self.limit {
             if limit == 0 {
@@ -125,7 +128,7 @@ impl DataArgs {
             bail!("the {} split of {} holds no samples", subset_name(subset), dir.display());
         }
         let expected = &bundle.manifest().input.shape;
-        if data.shape[..] != expected[..] {
+        if !data.is_ragged() && data.shape[..] != expected[..] {
             bail!(
                 "images in {} have shape {:?}, model {} expects {:?}",
                 dir.display(),
@@ -421,8 +424,8 @@ fn time_batch1(exec: &Executor, data: &Dataset, policy: Option<&Policy>, count: 
     let bundle = exec.bundle();
     let range = 0..bundle.num_blocks();
     let never = Policy::never(bundle.num_exits());
-    let inputs = (0..count).map(|i| exec.batch_at(0, data.image(i), 1)).collect::<Result<Vec<_>, _>>()?;
-    let time = |x: &candle_core::Tensor, p: &Policy| -> Result<f64> {
+    let inputs = (0..count).map(|i| exec.batch_of(0, &[data.image(i)])).collect::<Result<Vec<_>, _>>()?;
+    let time = |x: &offramp_common::model::Batch, p: &Policy| -> Result<f64> {
         let started = Instant::now();
         let out = exec.run(x, range.clone(), p, vec![Vec::new()])?;
         let elapsed = started.elapsed().as_secs_f64();

@@ -71,12 +71,12 @@ impl ExitProbabilities {
 /// [`Executor::run`] computes them).
 pub fn exit_probabilities(exec: &Executor, data: &Dataset, batch_size: usize) -> Result<ExitProbabilities, ModelError> {
     let bundle = exec.bundle();
-    let (n, per) = (data.len(), data.image_len());
+    let n = data.len();
     let mut probs = vec![Vec::with_capacity(n * bundle.num_classes()); bundle.num_exits()];
     for start in (0..n).step_by(batch_size.max(1)) {
         let end = (start + batch_size.max(1)).min(n);
-        let x = exec.batch_at(0, &data.images[start * per..end * per], end - start)?;
-        for (e, logits) in exec.forward_exits(&x, 0..bundle.num_blocks())? {
+        let x = exec.batch_of(0, &data.rows(start..end))?;
+        for (e, logits) in exec.forward_exits(x, 0..bundle.num_blocks())? {
             let p = candle_nn::ops::softmax_last_dim(&logits)?;
             probs[e].extend(p.flatten_all()?.to_vec1::<f32>()?);
         }
@@ -93,12 +93,12 @@ pub fn run_policy(
     batch_size: usize,
 ) -> Result<Vec<ExitResult>, ModelError> {
     let bundle = exec.bundle();
-    let (n, per) = (data.len(), data.image_len());
+    let n = data.len();
     let mut out = Vec::with_capacity(n);
     for start in (0..n).step_by(batch_size.max(1)) {
         let end = (start + batch_size.max(1)).min(n);
-        let x = exec.batch_at(0, &data.images[start * per..end * per], end - start)?;
-        let run = exec.run(&x, 0..bundle.num_blocks(), policy, vec![Vec::new(); end - start])?;
+        let x = exec.batch_of(0, &data.rows(start..end))?;
+        let run = exec.run(x, 0..bundle.num_blocks(), policy, vec![Vec::new(); end - start])?;
         out.extend(run.exited.into_iter().map(|r| r.expect("the final exit always answers")));
     }
     Ok(out)

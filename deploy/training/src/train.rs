@@ -223,7 +223,7 @@ pub fn train(args: &TrainArgs) -> Result<(TrainReport, Bundle)> {
             val_acc.iter().map(|a| format!("{:.2}%", a * 100.0)).collect::<Vec<_>>().join(" / ")
         );
         bar.println(&line);
-        if args.quiet {
+        if bar.is_hidden() {
             tracing::info!("{line}");
         }
     }
