@@ -11,12 +11,18 @@
 //! The same code serves inference and training. At inference (weights that
 //! track no gradients) a layer keeps its projections transposed and
 //! contiguous once, with query, key and value fused into one matrix, so a
-//! forward pass does no weight repacking; candle's fused softmax and
-//! LayerNorm run there. When weights or inputs track gradients (fine-tuning)
+//! forward pass does no weight repacking; the GEMMs are candle's (gemm's
+//! AVX-512 / AVX2 micro-kernels, blocked for these wide matrices), the
+//! feed-forward bias + GELU is the project's fused kernel
+//! ([`super::kernels::BiasGelu`]), and candle's fused softmax and LayerNorm
+//! run there. When weights or inputs track gradients (fine-tuning)
 //! the differentiable compositions run instead.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use super::kernels::BiasGelu;
 use super::manifest::PoolMode;
 
 /// Added to the attention scores of padded keys: far below any real score,
@@ -159,6 +165,8 @@ struct Packed {
     qkv_b: Tensor,
     attn_out_t: Tensor,
     ffn_in_t: Tensor,
+    /// The feed-forward bias fused with its GELU.
+    ffn_in_gelu: Arc<BiasGelu>,
     ffn_out_t: Tensor,
 }
 
@@ -191,6 +199,7 @@ impl EncoderLayer {
                 qkv_b: Tensor::cat(&[&self.query.1, &self.key.1, &self.value.1], 0)?,
                 attn_out_t: t(&self.attn_out.0)?,
                 ffn_in_t: t(&self.ffn_in.0)?,
+                ffn_in_gelu: Arc::new(BiasGelu::new(&self.ffn_in.1)?),
                 ffn_out_t: t(&self.ffn_out.0)?,
             })
         } else {
@@ -231,7 +240,7 @@ impl EncoderLayer {
             (Some(p), false) => {
                 let attn = affine(&context, &p.attn_out_t, &self.attn_out.1)?;
                 let attn = layer_norm(&(attn + &rows)?, &self.attn_ln.0, &self.attn_ln.1, self.eps, false)?;
-                let f = affine(&attn, &p.ffn_in_t, &self.ffn_in.1)?.gelu_erf()?;
+                let f = p.ffn_in_gelu.forward(&attn.matmul(&p.ffn_in_t)?)?;
                 let out = affine(&f, &p.ffn_out_t, &self.ffn_out.1)?;
                 (attn, out)
             }

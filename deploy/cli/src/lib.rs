@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use offramp_common::telemetry::{self, LogArgs};
 use offramp_lab::{demo, experiment, load, offload_bench, transport_bench};
-use offramp_training::{bench, calibrate, codec_eval, eval, import_hf, sample, split, train};
+use offramp_training::{bench, bench_encoder, calibrate, codec_eval, eval, import_hf, sample, split, train};
 
 /// Offramp: split-computing early-exit inference. The operator's tool.
 #[derive(Debug, Parser)]
@@ -68,6 +68,9 @@ enum ImportWhat {
 enum BenchWhat {
     /// Per-block forward time and the executor's overhead over bare candle.
     Blocks(bench::BlocksArgs),
+    /// A transformer encoder bundle: full model and one layer at batch 1,
+    /// throughput at batch 32, against ONNX Runtime on the same weights.
+    Encoder(bench_encoder::EncoderArgs),
     /// Transport overhead of the offload path on loopback.
     Offload(offload_bench::OffloadArgs),
     /// gRPC against QUIC through the link emulator (delay, loss).
@@ -95,6 +98,10 @@ fn run(command: Command) -> Result<()> {
         Command::Import(ImportWhat::Hf(args)) => print!("{}", import_hf::run(&args)?.render()),
         Command::Bench(BenchWhat::Blocks(a)) => {
             let report = bench::blocks(&a)?;
+            emit(&report, a.json, |r| r.render())?;
+        }
+        Command::Bench(BenchWhat::Encoder(a)) => {
+            let report = bench_encoder::run(&a)?;
             emit(&report, a.json, |r| r.render())?;
         }
         Command::Bench(BenchWhat::Offload(a)) => {

@@ -210,7 +210,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
     let deadline = units::parse_duration(&cfg.deadline).map_err(anyhow::Error::msg)?;
     let max_inputs = cfg.inputs.iter().copied().max().unwrap_or(0);
-    let mut data = Dataset::mnist(&paths::find(&cfg.data)?, cfg.subset, cfg.val_size)?;
+    let mut data = Dataset::for_bundle(&paths::find(&cfg.data)?, cfg.subset, cfg.val_size, &bundle)?;
     data.truncate(max_inputs);
 
     std::fs::create_dir_all(args.out.join("records"))?;

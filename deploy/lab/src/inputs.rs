@@ -2,10 +2,11 @@
 //! states to a cloud (`bench offload`, `bench transport`, `load`) start from.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use offramp_common::data::{Dataset, Subset};
-use offramp_common::{paths, Bundle};
+use offramp_common::{paths, Bundle, Executor};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OffloadInputs {
@@ -59,4 +60,19 @@ pub fn sample_data(path: Option<&Path>, bundle: &Bundle) -> Result<Dataset> {
         bail!("--data {} holds no samples", path.display());
     }
     Ok(data)
+}
+
+/// The hidden state at split `k` of every sample, computed at batch 1 as an
+/// edge computes it, with its shape: `[C, H, W]`-like for an image model,
+/// `[T, H]` with the sample's own length T for a text model.
+pub fn hidden_states(bundle: &Bundle, k: usize, data: &Dataset) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
+    let exec = Executor::new(Arc::new(bundle.clone()));
+    (0..data.len())
+        .map(|i| {
+            let x = exec.batch_of(0, &[data.image(i)])?;
+            let h = exec.forward_blocks(x, 0..k)?.get(0)?;
+            let shape = h.dims().to_vec();
+            Ok((h.flatten_all()?.to_vec1::<f32>()?, shape))
+        })
+        .collect()
 }

@@ -11,12 +11,14 @@ use anyhow::{bail, Context, Result};
 use offramp_common::model::SplitSide;
 use offramp_common::rng::SplitMix64;
 use offramp_common::stats::Summary;
-use offramp_common::{codec, units, Executor};
+use offramp_common::{codec, units};
 use offramp_edge::transport::{ConnectConfig, Credentials, Transport};
 use offramp_proto as pb;
 use offramp_transport::tls::ClientTls;
 use offramp_transport::token::Secret;
 use serde::Serialize;
+
+use crate::inputs::hidden_states;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
@@ -83,13 +85,8 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
     let (_, bundle, data) = args.inputs.load(256)?;
     let split = args.inputs.split;
     let fingerprint = bundle.fingerprint(SplitSide::Cloud, split).context("model must hold every block")?;
-    let exec = Executor::new(Arc::new(bundle.clone()));
-    let x = exec.batch_at(0, &data.images, data.len())?;
-    let hidden = exec.forward_blocks(&x, 0..split)?;
-    let shape = bundle.shape_at(split)?.to_vec();
-    let tensors: Vec<pb::Tensor> = (0..data.len())
-        .map(|i| Ok(codec::encode(&hidden.get(i)?.flatten_all()?.to_vec1::<f32>()?, &shape, args.encoding)))
-        .collect::<Result<_>>()?;
+    let tensors: Vec<pb::Tensor> =
+        hidden_states(&bundle, split, &data)?.iter().map(|(h, shape)| codec::encode(h, shape, args.encoding)).collect();
 
     let creds = Credentials {
         tls: ClientTls::load(&args.tls)?,

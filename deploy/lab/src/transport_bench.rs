@@ -19,15 +19,13 @@
 //! and everything behind it waits (an idealised fast retransmit with
 //! head-of-line blocking, no congestion-window cut, no RTO).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use offramp_cloud::CloudConfig;
-use offramp_common::data::Dataset;
 use offramp_common::model::SplitSide;
 use offramp_common::stats::Summary;
-use offramp_common::{codec, units, Bundle, Executor};
+use offramp_common::{codec, units, Bundle};
 use offramp_edge::transport::{ConnectConfig, Transport, TransportKind};
 use offramp_link::{DirectionConfig, LinkConfig, LinkStats};
 use offramp_proto as pb;
@@ -35,6 +33,7 @@ use prost::Message;
 use serde::Serialize;
 
 use crate::harness::Topology;
+use crate::inputs::hidden_states;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransportArgs {
@@ -91,33 +90,20 @@ pub struct EncodingBytes {
     pub ratio_to_f32: f64,
 }
 
-/// The hidden state at split K of every sample digit (batch 1, as an edge
-/// computes it).
-fn hidden_states(bundle: &Bundle, k: usize, data: &Dataset) -> Result<Vec<Vec<f32>>> {
-    let exec = Executor::new(Arc::new(bundle.clone()));
-    (0..data.len())
-        .map(|i| {
-            let x = exec.batch_at(0, data.image(i), 1)?;
-            Ok(exec.forward_blocks(&x, 0..k)?.flatten_all()?.to_vec1::<f32>()?)
-        })
-        .collect()
-}
-
 /// One request per hidden state, encoded and compressed as asked.
 fn requests(
     bundle: &Bundle,
     k: usize,
-    hidden: &[Vec<f32>],
+    hidden: &[(Vec<f32>, Vec<usize>)],
     enc: pb::Encoding,
     comp: pb::Compression,
 ) -> Result<Vec<pb::InferRequest>> {
-    let shape = bundle.shape_at(k)?.to_vec();
     let fingerprint = bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default();
     Ok(hidden
         .iter()
         .enumerate()
-        .map(|(i, h)| {
-            let mut t = codec::encode(h, &shape, enc);
+        .map(|(i, (h, shape))| {
+            let mut t = codec::encode(h, shape, enc);
             codec::compress(&mut t, comp);
             pb::InferRequest {
                 request_id: i as u64,

@@ -30,6 +30,9 @@ pub struct CalibrateArgs {
     /// Rule whose thresholds are calibrated.
     #[arg(long, value_enum, default_value = "max-prob")]
     pub rule: ConfidenceRule,
+    /// One threshold per exit, or one threshold shared by every exit.
+    #[arg(long, value_enum, default_value = "per-exit")]
+    pub search: Search,
     /// Where to write the policy TOML (default: print it after the table).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -48,6 +51,7 @@ pub struct CalibrateReport {
     pub subset: String,
     pub n: usize,
     pub rule: ConfidenceRule,
+    pub search: Search,
     /// Percentage points.
     pub max_drop: f64,
     /// Final exit's accuracy with every sample forced through it.
@@ -68,6 +72,61 @@ pub struct CalibrateReport {
 }
 
 const MAX_ROUNDS: usize = 50;
+
+/// How thresholds are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Search {
+    /// A threshold per exit, by coordinate search ([`search`]): the cheapest
+    /// policy on the calibration split, with as many free parameters as
+    /// exits.
+    PerExit,
+    /// One threshold for every exit, as DeeBERT's single entropy threshold
+    /// ([`search_shared`]): one free parameter, so what holds on a small
+    /// calibration split holds better on new data.
+    Shared,
+}
+
+impl Search {
+    pub fn name(self) -> &'static str {
+        match self {
+            Search::PerExit => "coordinate search",
+            Search::Shared => "one shared threshold",
+        }
+    }
+}
+
+/// One threshold for every non-final exit, the cheapest (ties: the more
+/// accurate) within the budget of [`search`]: every candidate (halfway
+/// between consecutive distinct statistics of any exit, plus "never") is
+/// tried exactly.
+pub fn search_shared(cache: &Cache, max_drop_pp: f64) -> Vec<Option<f32>> {
+    let (n, k) = (cache.len(), cache.num_exits());
+    let last = k.saturating_sub(1);
+    let never = vec![None; last];
+    if last == 0 || n == 0 {
+        return never;
+    }
+    let allowed = ((max_drop_pp / 100.0) * n as f64 + 1e-9).floor().max(0.0) as usize;
+    let need = cache.forced_correct(last).saturating_sub(allowed);
+    let mut stats: Vec<f32> =
+        cache.scores[..last].iter().flatten().copied().filter(|s| (0.0..=1.0).contains(s)).collect();
+    if cache.rule.higher_is_confident() {
+        stats.sort_by(|a, b| b.total_cmp(a));
+    } else {
+        stats.sort_by(|a, b| a.total_cmp(b));
+    }
+    stats.dedup();
+    let mut best = (never.clone(), totals(cache, &never));
+    for (i, &s) in stats.iter().enumerate() {
+        let t = vec![Some(between(cache.rule, s, stats.get(i + 1).copied())); last];
+        let state = totals(cache, &t);
+        if state.0 >= need && (state.1 < best.1 .1 || (state.1 == best.1 .1 && state.0 > best.1 .0)) {
+            best = (t, state);
+        }
+    }
+    best.0
+}
 
 /// Chooses one threshold per non-final exit (`None`: that exit never
 /// answers) minimising the mean multiply-adds per sample subject to
@@ -220,6 +279,7 @@ pub fn calibrate(
     data: &Dataset,
     subset: String,
     rule: ConfidenceRule,
+    search_by: Search,
     max_drop: f64,
     batch_size: usize,
 ) -> Result<CalibrateReport> {
@@ -227,7 +287,10 @@ pub fn calibrate(
     let bundle = exec.bundle();
     let probs = exit_probabilities(exec, data, batch_size).context("running every exit over the dataset")?;
     let cache = Cache::new(&probs, &data.labels, bundle, rule);
-    let thresholds = search(&cache, max_drop);
+    let thresholds = match search_by {
+        Search::PerExit => search(&cache, max_drop),
+        Search::Shared => search_shared(&cache, max_drop),
+    };
     let policy = policy_for(rule, &thresholds)?;
     let simulated = cache.outcome(&thresholds);
 
@@ -248,12 +311,13 @@ pub fn calibrate(
     let last = cache.num_exits() - 1;
     let final_accuracy = cache.forced_correct(last) as f64 / data.len() as f64;
     let header = format!(
-        "# calibrated by offramp calibrate: model {}, subset {subset}, n={}, rule {}, max-drop {} pp (coordinate \
-         search); accuracy {:.4} (final exit forced {:.4}), relative compute {:.4}\n",
+        "# calibrated by offramp calibrate: model {}, subset {subset}, n={}, rule {}, max-drop {} pp ({}); \
+         accuracy {:.4} (final exit forced {:.4}), relative compute {:.4}\n",
         bundle.model_id(),
         data.len(),
         rule.name(),
         max_drop,
+        search_by.name(),
         measured.accuracy,
         final_accuracy,
         measured.relative_compute
@@ -265,6 +329,7 @@ pub fn calibrate(
         subset,
         n: data.len(),
         rule,
+        search: search_by,
         max_drop,
         final_accuracy,
         min_accuracy: final_accuracy - max_drop / 100.0,
@@ -293,7 +358,8 @@ pub fn run(args: &CalibrateArgs) -> Result<CalibrateReport> {
         max_drop = args.max_drop,
         "calibrating"
     );
-    let mut report = calibrate(&exec, &data, subset_name(args.data.subset), args.rule, args.max_drop, args.batch_size)?;
+    let mut report =
+        calibrate(&exec, &data, subset_name(args.data.subset), args.rule, args.search, args.max_drop, args.batch_size)?;
     if let Some(out) = &args.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -322,11 +388,12 @@ pub fn table(r: &CalibrateReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "model {}, subset {} (n={}), rule {}, max-drop {} pp: final exit forced {}, floor {}",
+        "model {}, subset {} (n={}), rule {} ({}), max-drop {} pp: final exit forced {}, floor {}",
         r.model_id,
         r.subset,
         r.n,
         r.rule.name(),
+        r.search.name(),
         r.max_drop,
         pct(r.final_accuracy),
         pct(r.min_accuracy)
@@ -445,6 +512,35 @@ mod tests {
     }
 
     #[test]
+    fn shared_search_is_the_best_single_threshold() {
+        let mut rng = SplitMix64::new(3);
+        for case in 0..10 {
+            let (scores, correct) = random_case(&mut rng, 250, 4);
+            let rule = [ConfidenceRule::MaxProb, ConfidenceRule::Entropy][case % 2];
+            let cache = crafted(rule, scores.clone(), correct, vec![2, 4, 7, 10]);
+            for max_drop in [0.0, 1.0, 5.0, 30.0] {
+                let t = search_shared(&cache, max_drop);
+                assert_eq!(t.len(), 3);
+                assert!(t.iter().all(|x| *x == t[0]), "not shared: {t:?}");
+                assert!(feasible(&cache, &t, max_drop), "case {case} drop {max_drop}: {t:?}");
+                // Brute force over every statistic of any exit, and never.
+                let mut candidates: Vec<Option<f32>> = scores[..3].iter().flatten().map(|&s| Some(s)).collect();
+                candidates.push(None);
+                let best = candidates
+                    .iter()
+                    .map(|c| vec![*c; 3])
+                    .filter(|c| feasible(&cache, c, max_drop))
+                    .map(|c| cache.outcome(&c).relative_compute)
+                    .fold(f64::INFINITY, f64::min);
+                let got = cache.outcome(&t).relative_compute;
+                assert!((got - best).abs() < 1e-12, "case {case} drop {max_drop}: {got} vs optimum {best}");
+                // Per-exit thresholds can only do as well or better on the same split.
+                assert!(cache.outcome(&search(&cache, max_drop)).relative_compute <= got + 1e-12);
+            }
+        }
+    }
+
+    #[test]
     fn crafted_case_exits_where_it_is_free() {
         // Exit 0 is always right when its max-prob is 0.9 or more, and wrong
         // otherwise; exit 1 is right on 9 of 10; the final exit on all.
@@ -478,7 +574,7 @@ mod tests {
     fn calibrates_a_tiny_model_and_writes_a_policy() {
         let exec = tiny(3);
         let data = digits(120, 5);
-        let r = calibrate(&exec, &data, "val".into(), ConfidenceRule::MaxProb, 2.0, 50).unwrap();
+        let r = calibrate(&exec, &data, "val".into(), ConfidenceRule::MaxProb, Search::PerExit, 2.0, 50).unwrap();
         assert!(r.accuracy >= r.min_accuracy - 1e-12, "{r:?}");
         assert_eq!(r.exit_counts.iter().sum::<usize>(), 120);
         let first = r.policy_toml.lines().next().unwrap();
@@ -492,7 +588,7 @@ mod tests {
             }
         }
         assert!(table(&r).contains("(answers)"));
-        let e = calibrate(&exec, &data, "val".into(), ConfidenceRule::MaxProb, -1.0, 50).unwrap_err();
+        let e = calibrate(&exec, &data, "val".into(), ConfidenceRule::MaxProb, Search::PerExit, -1.0, 50).unwrap_err();
         assert!(e.to_string().contains("--max-drop"), "{e}");
     }
 }

@@ -12,11 +12,14 @@
 //! - [`split`]: cut a bundle at K.
 //! - [`sample`]: a small MNIST sample for demos.
 //! - [`bench`]: `offramp bench blocks`, compute speed per block and kernel.
+//! - [`bench_encoder`]: `offramp bench encoder`, a transformer encoder
+//!   against ONNX Runtime.
 //!
 //! Only the `offramp` tool links this crate: the edge and cloud binaries do
 //! not carry training code or candle-nn.
 
 pub mod bench;
+pub mod bench_encoder;
 pub mod calibrate;
 pub mod codec_eval;
 pub mod eval;

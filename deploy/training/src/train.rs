@@ -327,7 +327,7 @@ fn exit_accuracy(exec: &Executor, data: &Dataset, limit: usize) -> Result<Vec<f6
     for chunk in idx.chunks(256) {
         let (x, y) = batch(data, chunk)?;
         let y = y.to_vec1::<u32>()?;
-        for (e, logits) in exec.forward_exits(&x.detach(), 0..exec.bundle().num_blocks())? {
+        for (e, logits) in exec.forward_exits(x.detach(), 0..exec.bundle().num_blocks())? {
             let pred = logits.detach().argmax(1)?.to_vec1::<u32>()?;
             correct[e] += pred.iter().zip(&y).filter(|(p, l)| p == l).count();
         }

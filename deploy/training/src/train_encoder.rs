@@ -133,6 +133,7 @@ pub fn train(args: &TrainArgs, init: &Path) -> Result<(TrainReport, Bundle)> {
     let mut losses = Vec::with_capacity(total_steps);
     let started = Instant::now();
     let mut step = 0;
+    let mut last_log = Instant::now();
     let mut val_acc = vec![];
     'epochs: for epoch in 0..args.epochs {
         bar.set_prefix(format!("{stage:?} epoch {}/{}", epoch + 1, args.epochs));
@@ -166,11 +167,17 @@ pub fn train(args: &TrainArgs, init: &Path) -> Result<(TrainReport, Bundle)> {
             bar.inc(1);
             if step % 5 == 0 {
                 let recent = &losses[losses.len().saturating_sub(50)..];
-                bar.set_message(format!(
+                let message = format!(
                     "loss {:.4} {:.1} sentences/s",
                     recent.iter().sum::<f64>() / recent.len() as f64,
                     seen as f64 / epoch_start.elapsed().as_secs_f64()
-                ));
+                );
+                // No terminal (a log file, a CI job): a line a minute instead of the bar.
+                if bar.is_hidden() && !args.quiet && last_log.elapsed().as_secs() >= 60 {
+                    tracing::info!("step {step}/{total_steps}: {message}");
+                    last_log = Instant::now();
+                }
+                bar.set_message(message);
             }
         }
         val_acc = exit_accuracy(&exec, &val)?;

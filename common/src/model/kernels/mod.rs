@@ -56,6 +56,7 @@
 //! the register-tiled micro-kernel, [`conv`] and [`linear`] are the two fused
 //! candle custom ops built on it.
 
+mod activation;
 mod conv;
 mod dispatch;
 mod gemm;
@@ -68,6 +69,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+pub use activation::BiasGelu;
 pub use conv::Conv2dKernel;
 pub use linear::LinearKernel;
 

@@ -184,3 +184,35 @@ fn trainable_weights_keep_the_differentiable_path() {
     let grads = layer.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(grads.get(w.as_tensor()).is_some());
 }
+
+#[test]
+fn bias_gelu_equals_candle_gelu_erf() {
+    let mut rng = SplitMix64::new(11);
+    // Rows spanning the clamp (|x| up to 12) and the odd sizes that leave a
+    // vector tail.
+    for (rows, n) in [(1, 1), (3, 17), (32, 1536), (5, 384)] {
+        let x = (rand(&[rows, n], &mut rng) * 12.0).unwrap();
+        let b = rand(&[n], &mut rng);
+        let fused = BiasGelu::new(&b).unwrap().forward(&x).unwrap();
+        let reference = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
+        let d = diff(&fused, &reference);
+        assert!(d < 1e-6, "{rows}x{n}: {d}");
+    }
+    let err = BiasGelu::new(&rand(&[4], &mut rng)).unwrap().forward(&rand(&[2, 5], &mut rng)).unwrap_err();
+    assert!(err.to_string().contains("rows of 5 features, the bias has 4"), "{err}");
+}
+
+#[test]
+fn erf_matches_libm_everywhere() {
+    let mut worst = 0f32;
+    for i in -8000..=8000 {
+        let x = i as f32 / 1000.0;
+        worst = worst.max((super::activation::erf(x) - libm_erf(x)).abs());
+    }
+    assert!(worst < 1e-6, "{worst}");
+}
+
+/// candle's own erf (libm's), as the reference.
+fn libm_erf(x: f32) -> f32 {
+    Tensor::new(&[x], &Device::Cpu).unwrap().erf().unwrap().to_vec1::<f32>().unwrap()[0]
+}
