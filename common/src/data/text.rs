@@ -8,9 +8,12 @@ use super::{DataError, Dataset, Subset};
 use crate::model::TextEncoder;
 
 /// Reads `<label> <sentence>` lines; labels must be integers below
-/// `num_classes`. Blank lines are skipped.
+/// `num_classes`. Blank lines are skipped. A file that is not UTF-8 is read
+/// as Latin-1 (every byte one character), as the older research releases
+/// are written (TREC has a Latin-1 soft hyphen).
 pub fn read_labelled_lines(path: &Path, num_classes: usize) -> Result<Vec<(u8, String)>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let text = String::from_utf8(bytes).unwrap_or_else(|e| e.into_bytes().iter().map(|&b| char::from(b)).collect());
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -91,5 +94,38 @@ impl Dataset {
             Some(encoder) => Self::text(path, subset, val_size, encoder, bundle.num_classes()),
             None => Self::mnist(path, subset, val_size),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("offramp-text-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lines.txt");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn reads_labels_and_sentences_in_utf8_and_latin1() {
+        let utf8 = file("utf8", "1 café au lait\n\n0 plain\n".as_bytes());
+        let lines = read_labelled_lines(&utf8, 2).unwrap();
+        assert_eq!(lines, vec![(1, "café au lait".to_string()), (0, "plain".to_string())]);
+        // TREC's line 66: a Latin-1 soft hyphen (0xAD) is not UTF-8.
+        let latin1 = file("latin1", b"4 a sister\xadcity ?\n");
+        assert_eq!(read_labelled_lines(&latin1, 6).unwrap(), vec![(4, "a sister\u{ad}city ?".to_string())]);
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        let path = file("bad", b"0 fine\n7 too high\n");
+        let e = read_labelled_lines(&path, 2).unwrap_err().to_string();
+        assert!(e.contains("lines.txt:2:") && e.contains("label \"7\" is not a class index below 2"), "{e}");
+        let path = file("empty", b"1\n");
+        let e = read_labelled_lines(&path, 2).unwrap_err().to_string();
+        assert!(e.contains("no sentence after the label"), "{e}");
     }
 }

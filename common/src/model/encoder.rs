@@ -13,16 +13,16 @@
 //! contiguous once, with query, key and value fused into one matrix, so a
 //! forward pass does no weight repacking; the GEMMs are candle's (gemm's
 //! AVX-512 / AVX2 micro-kernels, blocked for these wide matrices), the
-//! feed-forward bias + GELU is the project's fused kernel
-//! ([`super::kernels::BiasGelu`]), and candle's fused softmax and LayerNorm
-//! run there. When weights or inputs track gradients (fine-tuning)
+//! attention softmax, the feed-forward bias + GELU and each bias + residual
+//! + LayerNorm are the project's fused kernels (`kernels::rows`,
+//! `kernels::activation`), on the caller's thread at batch 1. When weights or inputs track gradients (fine-tuning)
 //! the differentiable compositions run instead.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::kernels::BiasGelu;
+use super::kernels::{AddLayerNorm, BiasGelu, MaskedSoftmax};
 use super::manifest::PoolMode;
 
 /// Added to the attention scores of padded keys: far below any real score,
@@ -164,10 +164,14 @@ struct Packed {
     qkv_t: Tensor,
     qkv_b: Tensor,
     attn_out_t: Tensor,
+    /// Attention output bias + residual + LayerNorm.
+    attn_ln: Arc<AddLayerNorm>,
     ffn_in_t: Tensor,
     /// The feed-forward bias fused with its GELU.
     ffn_in_gelu: Arc<BiasGelu>,
     ffn_out_t: Tensor,
+    /// Feed-forward output bias + residual + LayerNorm.
+    ffn_ln: Arc<AddLayerNorm>,
 }
 
 impl EncoderLayer {
@@ -198,9 +202,11 @@ impl EncoderLayer {
                 qkv_t: Tensor::cat(&[&self.query.0, &self.key.0, &self.value.0], 0)?.t()?.contiguous()?,
                 qkv_b: Tensor::cat(&[&self.query.1, &self.key.1, &self.value.1], 0)?,
                 attn_out_t: t(&self.attn_out.0)?,
+                attn_ln: Arc::new(AddLayerNorm::new(&self.attn_out.1, &self.attn_ln.0, &self.attn_ln.1, self.eps)?),
                 ffn_in_t: t(&self.ffn_in.0)?,
                 ffn_in_gelu: Arc::new(BiasGelu::new(&self.ffn_in.1)?),
                 ffn_out_t: t(&self.ffn_out.0)?,
+                ffn_ln: Arc::new(AddLayerNorm::new(&self.ffn_out.1, &self.ffn_ln.0, &self.ffn_ln.1, self.eps)?),
             })
         } else {
             None
@@ -214,21 +220,42 @@ impl EncoderLayer {
 
     /// `[B, T, hidden]` → `[B, T, hidden]`.
     pub fn forward(&self, x: &Tensor, mask: Option<&SeqMask>) -> Result<Tensor> {
+        let grad = differentiable(x, &self.query.0);
+        match (&self.packed, grad) {
+            (Some(p), false) => self.forward_packed(p, x, mask),
+            _ => self.forward_reference(x, mask, grad),
+        }
+    }
+
+    /// Inference on the packed weights: fused QKV projection, one copy to
+    /// split heads, the masked softmax, bias + GELU and bias + residual +
+    /// LayerNorm kernels; the GEMMs are candle's.
+    fn forward_packed(&self, p: &Packed, x: &Tensor, mask: Option<&SeqMask>) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let (heads, d) = (self.heads, h / self.heads);
-        let grad = differentiable(x, &self.query.0);
+        let rows = x.reshape((b * t, h))?;
+        // [B·T, 3H] → [3, B, heads, T, d]
+        let qkv =
+            affine(&rows, &p.qkv_t, &p.qkv_b)?.reshape((b, t, 3, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let lengths = mask.map(|m| m.lengths());
+        let probs = MaskedSoftmax { scale: 1.0 / (d as f32).sqrt(), lengths }.forward(&scores)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+        let attn = p.attn_ln.forward(&context.matmul(&p.attn_out_t)?, &rows)?;
+        let f = p.ffn_in_gelu.forward(&attn.matmul(&p.ffn_in_t)?)?;
+        p.ffn_ln.forward(&f.matmul(&p.ffn_out_t)?, &attn)?.reshape((b, t, h))
+    }
+
+    /// candle's ops throughout: the differentiable path for training, and
+    /// the reference the packed path is tested against.
+    fn forward_reference(&self, x: &Tensor, mask: Option<&SeqMask>, grad: bool) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let (heads, d) = (self.heads, h / self.heads);
         let rows = x.reshape((b * t, h))?;
         let split_heads = |y: Tensor| y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
-        let (q, k, v) = match (&self.packed, grad) {
-            (Some(p), false) => {
-                let qkv = affine(&rows, &p.qkv_t, &p.qkv_b)?;
-                (qkv.narrow(1, 0, h)?, qkv.narrow(1, h, h)?, qkv.narrow(1, 2 * h, h)?)
-            }
-            _ => {
-                let lin = |(w, bias): &(Tensor, Tensor)| rows.matmul(&w.t()?)?.broadcast_add(bias);
-                (lin(&self.query)?, lin(&self.key)?, lin(&self.value)?)
-            }
-        };
+        let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| x.matmul(&w.t()?)?.broadcast_add(bias);
+        let (q, k, v) = (lin(&rows, &self.query)?, lin(&rows, &self.key)?, lin(&rows, &self.value)?);
         let (q, k, v) = (split_heads(q)?, split_heads(k)?, split_heads(v)?);
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
         if let Some(additive) = mask.and_then(|m| m.additive.as_ref()) {
@@ -236,24 +263,11 @@ impl EncoderLayer {
         }
         let probs = softmax_last(&scores, grad)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
-        let (attn, ffn_hidden) = match (&self.packed, grad) {
-            (Some(p), false) => {
-                let attn = affine(&context, &p.attn_out_t, &self.attn_out.1)?;
-                let attn = layer_norm(&(attn + &rows)?, &self.attn_ln.0, &self.attn_ln.1, self.eps, false)?;
-                let f = p.ffn_in_gelu.forward(&attn.matmul(&p.ffn_in_t)?)?;
-                let out = affine(&f, &p.ffn_out_t, &self.ffn_out.1)?;
-                (attn, out)
-            }
-            _ => {
-                let lin = |x: &Tensor, (w, bias): &(Tensor, Tensor)| x.matmul(&w.t()?)?.broadcast_add(bias);
-                let attn = lin(&context, &self.attn_out)?;
-                let attn = layer_norm(&(attn + &rows)?, &self.attn_ln.0, &self.attn_ln.1, self.eps, grad)?;
-                let f = lin(&attn, &self.ffn_in)?.gelu_erf()?;
-                let out = lin(&f, &self.ffn_out)?;
-                (attn, out)
-            }
-        };
-        let y = layer_norm(&(ffn_hidden + attn)?, &self.ffn_ln.0, &self.ffn_ln.1, self.eps, grad)?;
+        let attn = lin(&context, &self.attn_out)?;
+        let attn = layer_norm(&(attn + &rows)?, &self.attn_ln.0, &self.attn_ln.1, self.eps, grad)?;
+        let f = lin(&attn, &self.ffn_in)?.gelu_erf()?;
+        let out = lin(&f, &self.ffn_out)?;
+        let y = layer_norm(&(out + attn)?, &self.ffn_ln.0, &self.ffn_ln.1, self.eps, grad)?;
         y.reshape((b, t, h))
     }
 }

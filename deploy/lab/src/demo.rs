@@ -35,8 +35,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let model_dir = paths::find(&args.inputs.model)?;
     let bundle = Bundle::load(&model_dir).with_context(|| format!("loading the demo model {}", model_dir.display()))?;
     let n = bundle.num_blocks();
-    if args.inputs.split > n {
-        bail!("--split {} out of range: the model has {n} blocks", args.inputs.split);
+    let split = args.inputs.split_for(&bundle);
+    if split > n {
+        bail!("--split {split} out of range: the model has {n} blocks");
     }
     let mut data = crate::inputs::sample_data(args.inputs.data.as_deref(), &bundle)?;
     let what = if bundle.takes_tokens() { "sentences" } else { "digits" };
@@ -46,7 +47,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // Split the bundle as a deployment would: the device gets blocks 0..K
     // only, the cloud K..N; both run the same policy.
-    let (edge_b, cloud_b) = bundle.split(args.inputs.split)?;
+    let (edge_b, cloud_b) = bundle.split(split)?;
     let (policy, path) = Policy::for_bundle(args.policy.as_deref(), &bundle)?;
     let origin = path.map_or_else(|| "none (final exit only)".to_string(), |p| p.display().to_string());
 
@@ -55,15 +56,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         bundle.model_id(),
         n,
         bundle.num_exits(),
-        args.inputs.split
+        split
     );
     let topology = Topology::start(cloud_config(cloud_b, Some(&policy)), false, None).await?;
-    eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", topology.cloud.addr, args.inputs.split);
-    let mut cfg = topology.edge_config(edge_b, args.inputs.split, TransportKind::Grpc)?;
+    eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", topology.cloud.addr, split);
+    let mut cfg = topology.edge_config(edge_b, split, TransportKind::Grpc)?;
     cfg.encoding = args.encoding;
     cfg.policy = Some(policy);
     let edge = topology.edge(cfg).await?;
-    eprintln!("  edge   blocks 0..{}, policy {origin}", args.inputs.split);
+    eprintln!("  edge   blocks 0..{}, policy {origin}", split);
     eprintln!("  running {} {what}, {} in flight ...\n", data.len(), args.concurrency);
 
     let answers = run_dataset(edge.clone(), &data, args.concurrency, |_| {}).await;

@@ -19,20 +19,32 @@ pub struct OffloadInputs {
     /// models/sst2-sample/sentences.txt).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Split point K: the hidden states after blocks [0, K) are sent.
-    #[arg(long, default_value_t = 1)]
-    pub split: usize,
+    /// Split point K: the hidden states after blocks [0, K) are sent
+    /// (default: the first K that leaves an exit on the edge; 1 for B-LeNet).
+    #[arg(long)]
+    pub split: Option<usize>,
 }
 
 impl OffloadInputs {
+    /// `--split`, or the first split point with an exit on the edge side
+    /// (the block after the first exit), leaving the cloud at least one
+    /// block.
+    pub fn split_for(&self, bundle: &Bundle) -> usize {
+        self.split.unwrap_or_else(|| {
+            let first_exit = bundle.manifest().exits.first().map_or(0, |e| e.after_block);
+            (first_exit + 1).min(bundle.num_blocks().saturating_sub(1)).max(1)
+        })
+    }
+
     /// The bundle's directory (as found), the bundle, and at most `n` sample
     /// digits. The split must leave at least one block for the cloud.
     pub fn load(&self, n: usize) -> Result<(PathBuf, Bundle, Dataset)> {
         let model = paths::find(&self.model)?;
         let bundle = Bundle::load(&model).with_context(|| format!("loading --model {}", model.display()))?;
-        bundle.check_split(self.split)?;
-        if self.split >= bundle.num_blocks() {
-            bail!("--split {} leaves nothing for the cloud: the model has {} blocks", self.split, bundle.num_blocks());
+        let split = self.split_for(&bundle);
+        bundle.check_split(split)?;
+        if split >= bundle.num_blocks() {
+            bail!("--split {split} leaves nothing for the cloud: the model has {} blocks", bundle.num_blocks());
         }
         let mut data = sample_data(self.data.as_deref(), &bundle)?;
         data.truncate(n);

@@ -83,7 +83,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
         bail!("--edges and --rate must be positive");
     }
     let (_, bundle, data) = args.inputs.load(256)?;
-    let split = args.inputs.split;
+    let split = args.inputs.split_for(&bundle);
     let fingerprint = bundle.fingerprint(SplitSide::Cloud, split).context("model must hold every block")?;
     let tensors: Vec<pb::Tensor> =
         hidden_states(&bundle, split, &data)?.iter().map(|(h, shape)| codec::encode(h, shape, args.encoding)).collect();

@@ -70,7 +70,7 @@ impl OffloadReport {
 pub async fn offload(args: &OffloadArgs) -> Result<OffloadReport> {
     anyhow::ensure!(args.requests > 0, "--requests must be at least 1");
     let (_, bundle, data) = args.inputs.load(args.requests)?;
-    let k = args.inputs.split;
+    let k = args.inputs.split_for(&bundle);
     // Every input goes to the cloud: exits before K never fire.
     let never = Policy::uniform(Rule::Never, bundle.num_exits());
     let (edge_b, cloud_b) = bundle.split(k)?;

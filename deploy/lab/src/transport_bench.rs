@@ -127,7 +127,7 @@ fn lost(s: &LinkStats) -> u64 {
 pub async fn run(args: &TransportArgs) -> Result<TransportReport> {
     anyhow::ensure!(args.requests > 0, "--requests must be at least 1");
     let (_, bundle, data) = args.inputs.load(args.requests)?;
-    let k = args.inputs.split;
+    let k = args.inputs.split_for(&bundle);
     let hidden = hidden_states(&bundle, k, &data)?;
     let timed = requests(&bundle, k, &hidden, args.encoding, args.compression)?;
 
@@ -205,8 +205,8 @@ pub async fn run(args: &TransportArgs) -> Result<TransportReport> {
 
     Ok(TransportReport {
         model: bundle.model_id().to_string(),
-        split: args.inputs.split,
-        hidden_shape: bundle.shape_at(args.inputs.split)?.to_vec(),
+        split: k,
+        hidden_shape: bundle.shape_at(k)?.to_vec(),
         requests: timed.len(),
         delay_ms_each_way: args.delay.as_secs_f64() * 1e3,
         rate_mbps: args.rate_mbps,

@@ -62,6 +62,7 @@ mod dispatch;
 mod gemm;
 mod linear;
 mod packing;
+mod rows;
 #[cfg(test)]
 mod tests;
 
@@ -72,6 +73,7 @@ use std::sync::OnceLock;
 pub use activation::BiasGelu;
 pub use conv::Conv2dKernel;
 pub use linear::LinearKernel;
+pub use rows::{AddLayerNorm, MaskedSoftmax};
 
 /// Which code runs a layer's forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -216,3 +216,53 @@ fn erf_matches_libm_everywhere() {
 fn libm_erf(x: f32) -> f32 {
     Tensor::new(&[x], &Device::Cpu).unwrap().erf().unwrap().to_vec1::<f32>().unwrap()[0]
 }
+
+#[test]
+fn masked_softmax_equals_candle_with_an_additive_mask() {
+    let mut rng = SplitMix64::new(12);
+    for (b, heads, t, lengths) in [(1, 2, 5, None), (3, 4, 7, Some(vec![7, 3, 1])), (2, 12, 33, Some(vec![20, 33]))] {
+        let scores = (rand(&[b, heads, t, t], &mut rng) * 40.0).unwrap();
+        let scale = 0.17f32;
+        let fused = MaskedSoftmax { scale, lengths: lengths.as_deref() }.forward(&scores).unwrap();
+        let mut additive = vec![0f32; b * t];
+        for (i, &l) in lengths.iter().flatten().enumerate() {
+            additive[i * t + l..(i + 1) * t].iter_mut().for_each(|v| *v = -1e30);
+        }
+        let additive = Tensor::from_vec(additive, (b, 1, 1, t), &Device::Cpu).unwrap();
+        let reference =
+            candle_nn::ops::softmax_last_dim(&(scores * f64::from(scale)).unwrap().broadcast_add(&additive).unwrap())
+                .unwrap();
+        let d = diff(&fused, &reference);
+        assert!(d < 1e-6, "{b}x{heads}x{t}: {d}");
+    }
+    let err = MaskedSoftmax { scale: 1.0, lengths: Some(&[4]) }.forward(&rand(&[1, 1, 2, 3], &mut rng)).unwrap_err();
+    assert!(err.to_string().contains("lengths [4] for a batch of 1 with 3 keys"), "{err}");
+}
+
+#[test]
+fn add_layer_norm_equals_candle() {
+    let mut rng = SplitMix64::new(13);
+    for (rows, h) in [(1, 3), (7, 32), (40, 384)] {
+        let x = (rand(&[rows, h], &mut rng) * 5.0).unwrap();
+        let r = rand(&[rows, h], &mut rng);
+        let (db, w, b) = (rand(&[h], &mut rng), rand(&[h], &mut rng), rand(&[h], &mut rng));
+        let fused = AddLayerNorm::new(&db, &w, &b, 1e-12).unwrap().forward(&x, &r).unwrap();
+        let sum = (x.broadcast_add(&db).unwrap() + &r).unwrap();
+        let reference = candle_nn::ops::layer_norm(&sum, &w, &b, 1e-12).unwrap();
+        let d = diff(&fused, &reference);
+        assert!(d < 1e-5, "{rows}x{h}: {d}");
+    }
+    let ln = AddLayerNorm::new(&rand(&[4], &mut rng), &rand(&[4], &mut rng), &rand(&[4], &mut rng), 1e-5).unwrap();
+    let err = ln.forward(&rand(&[2, 5], &mut rng), &rand(&[2, 5], &mut rng)).unwrap_err();
+    assert!(err.to_string().contains("rows of 4 expected"), "{err}");
+}
+
+#[test]
+fn fast_exp_is_within_a_few_ulp() {
+    let mut worst = 0f32;
+    for i in -87_000..=88_000 {
+        let x = i as f32 / 1000.0;
+        worst = worst.max((super::rows::exp(x) - x.exp()).abs() / x.exp());
+    }
+    assert!(worst < 5e-7, "{worst}");
+}
