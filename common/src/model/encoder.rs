@@ -13,10 +13,11 @@
 //! contiguous once, with query, key and value fused into one matrix, so a
 //! forward pass does no weight repacking; the GEMMs are candle's (gemm's
 //! AVX-512 / AVX2 micro-kernels, blocked for these wide matrices), the
-//! attention softmax, the feed-forward bias + GELU and each bias + residual
-//! + LayerNorm are the project's fused kernels (`kernels::rows`,
-//! `kernels::activation`), on the caller's thread at batch 1. When weights or inputs track gradients (fine-tuning)
-//! the differentiable compositions run instead.
+//! attention softmax, the feed-forward bias and GELU, and each bias,
+//! residual and LayerNorm are the project's fused kernels (`kernels::rows`,
+//! `kernels::activation`), on the caller's thread at batch 1. When weights
+//! or inputs track gradients (fine-tuning) the differentiable compositions
+//! run instead.
 
 use std::sync::Arc;
 

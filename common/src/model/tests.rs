@@ -261,7 +261,7 @@ fn split_bundles_hold_only_their_side_and_round_trip() {
         assert_eq!(cloud.expected_fingerprint(SplitSide::Edge, k), full.fingerprint(SplitSide::Edge, k));
     }
     assert_eq!(edge.expected_fingerprint(SplitSide::Cloud, 3), None);
-    let e = Executor::new(Arc::new(edge)).run(&inputs(1, 1), 0..3, &Policy::never(3), vec![vec![]]).unwrap_err();
+    let e = Executor::new(Arc::new(edge)).run(inputs(1, 1), 0..3, &Policy::never(3), vec![vec![]]).unwrap_err();
     assert!(e.to_string().contains("holds blocks 0..2"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
