@@ -65,7 +65,8 @@ pub struct LinkArgs {
     pub up_loss: Option<f64>,
     #[arg(long, env = "OFFRAMP_LINK_DOWN_LOSS", value_parser = units::parse_ratio)]
     pub down_loss: Option<f64>,
-    /// Trace replayed client → upstream (replaces the rate; Mahimahi or throughput format).
+    /// Trace replayed client → upstream (replaces the rate; Mahimahi,
+    /// throughput or `second,bytes` CSV format).
     #[arg(long, env = "OFFRAMP_LINK_UP_TRACE")]
     pub up_trace: Option<PathBuf>,
     /// Trace replayed upstream → client (replaces the rate).
@@ -74,6 +75,10 @@ pub struct LinkArgs {
     /// Trace file format.
     #[arg(long, env = "OFFRAMP_LINK_TRACE_FORMAT", value_enum, default_value_t = TraceFormat::Auto)]
     pub trace_format: TraceFormat,
+    /// Interval of a `second,bytes` trace in seconds (default: detected, the
+    /// smallest step between timestamps).
+    #[arg(long, env = "OFFRAMP_LINK_TRACE_INTERVAL")]
+    pub trace_interval: Option<f64>,
     /// Seed of the loss and jitter draws.
     #[arg(long, env = "OFFRAMP_LINK_SEED", default_value_t = 1)]
     pub seed: u64,
@@ -112,7 +117,7 @@ impl LinkArgs {
                     if rate.is_some() || self.rate.0.is_finite() {
                         tracing::warn!("link: --{name}-trace replaces the {name} rate");
                     }
-                    let trace = Trace::load(path, self.trace_format)?;
+                    let trace = Trace::load_with(path, self.trace_format, self.trace_interval)?;
                     RateModel::Trace(trace)
                 }
                 None => match rate.unwrap_or(self.rate).0 {

@@ -72,6 +72,32 @@ fn detects_and_parses_both_trace_formats() {
 }
 
 #[test]
+fn reads_per_interval_byte_counts() {
+    // NYU-style `second,bytes`, header and all: 1 s intervals detected.
+    let t = Trace::parse("second,bytes\n0,125000\n1,250000\n2,0\n3,125000\n", TraceFormat::Auto, "nyu").unwrap();
+    let Trace::Throughput(t) = t else { panic!("expected a rate trace") };
+    assert_eq!(t.period_s(), 4.0);
+    assert_eq!(t.rates_bps, vec![1e6, 2e6, 0.0, 1e6]);
+    assert!(close(t.capacity_bytes(1.0, 2.0), 250_000.0));
+    // Time starts at the first timestamp; a missing interval is a gap.
+    let t = Trace::parse("10,1000\n10.5,1000\n12,500\n", TraceFormat::Bytes, "gap").unwrap();
+    let Trace::Throughput(t) = t else { panic!("expected a rate trace") };
+    assert_eq!(t.ends_s, vec![0.5, 1.0, 2.0, 2.5]);
+    assert_eq!(t.rates_bps, vec![16_000.0, 16_000.0, 0.0, 8_000.0]);
+    // A given interval: one sample is enough.
+    let one = Trace::parse_with("0,4000\n", TraceFormat::Auto, Some(2.0), "one").unwrap();
+    assert!(close(one.mean_rate_bps(), 16_000.0));
+    // What is wrong is named.
+    let err = |text: &str, i| Trace::parse_with(text, TraceFormat::Bytes, i, "b.csv").unwrap_err().to_string();
+    assert!(err("0,5\n", None).contains("--trace-interval"));
+    assert!(err("0,5\n1,x\n", None).contains("line 2"));
+    assert!(err("0,5\n1,-1\n", None).contains("non-negative"));
+    assert!(err("0,5\n0.5,5\n", Some(1.0)).contains("closer than the interval"));
+    assert!(err("0,5\n", Some(0.0)).contains("positive"));
+    assert!(err("1,5\n1,5\n", None).contains("not after"));
+}
+
+#[test]
 fn malformed_traces_are_clear_errors() {
     let err = |text: &str, f| Trace::parse(text, f, "bad.trace").unwrap_err().to_string();
     assert!(err("", TraceFormat::Auto).contains("empty"));

@@ -13,8 +13,17 @@
 //!   `(t[i-1], t[i]]` and the first one covers `[0, t[0]]`. The trace loops with
 //!   a period equal to its last timestamp. A zero rate is an outage.
 //!
-//! The format is picked from the content (two columns: throughput; one integer
-//! column: Mahimahi) unless given explicitly.
+//! - **Per-interval byte counts** (`<seconds>,<bytes>` CSV, as the NYU
+//!   WiFi/cellular traces and other public bandwidth datasets publish them):
+//!   each line is the number of bytes delivered in the interval that
+//!   *starts* at its timestamp. The interval is given (`--trace-interval`) or
+//!   detected as the smallest step between consecutive timestamps; a larger
+//!   step is a gap that carries nothing. An optional header line (`second,bytes`)
+//!   is skipped. Time starts at the first timestamp, and the trace loops
+//!   after the last interval.
+//!
+//! The format is picked from the content (a comma: byte counts; two columns:
+//! throughput; one integer column: Mahimahi) unless given explicitly.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +42,8 @@ pub enum TraceFormat {
     Mahimahi,
     /// Throughput trace: `<seconds><TAB><Mbit/s>` per line.
     Throughput,
+    /// Per-interval byte counts: `<seconds>,<bytes>` per line (CSV).
+    Bytes,
 }
 
 /// Why a trace could not be read.
@@ -216,16 +227,64 @@ impl ThroughputTrace {
     }
 }
 
+/// A piecewise-constant trace from `(interval start in s, bytes)` samples:
+/// each interval carries its bytes at a constant rate, a gap between one
+/// interval's end and the next start carries nothing.
+fn byte_counts(samples: &[(f64, f64)], interval_s: Option<f64>) -> Result<ThroughputTrace, InvalidTrace> {
+    let Some(&(t0, _)) = samples.first() else { return Err(InvalidTrace("no samples".into())) };
+    let interval = match interval_s {
+        Some(i) if i.is_finite() && i > 0.0 => i,
+        Some(i) => return Err(InvalidTrace(format!("the interval must be a positive number of seconds, got {i}"))),
+        None => samples.windows(2).map(|w| w[1].0 - w[0].0).reduce(f64::min).ok_or_else(|| {
+            InvalidTrace("one sample cannot show its interval: give it (--trace-interval SECONDS)".into())
+        })?,
+    };
+    let mut segments = Vec::with_capacity(samples.len());
+    for (i, &(t, bytes)) in samples.iter().enumerate() {
+        let (start, end) = (t - t0, t - t0 + interval);
+        if let Some(&(next, _)) = samples.get(i + 1) {
+            if next - t0 < end - 1e-9 * interval {
+                return Err(InvalidTrace(format!(
+                    "samples at {t}s and {next}s are closer than the interval ({interval}s)"
+                )));
+            }
+        }
+        if let Some(&(prev_end, _)) = segments.last() {
+            if start > prev_end + 1e-9 * interval {
+                segments.push((start, 0.0)); // a gap: nothing delivered
+            }
+        }
+        segments.push((end, bytes * 8.0 / interval));
+    }
+    ThroughputTrace::new(segments)
+}
+
 impl Trace {
     /// Reads a trace file.
     pub fn load(path: &Path, format: TraceFormat) -> Result<Arc<Self>, TraceError> {
+        Self::load_with(path, format, None)
+    }
+
+    /// Reads a trace file; `interval_s` is the interval of a byte-count trace
+    /// (detected when `None`; other formats ignore it).
+    pub fn load_with(path: &Path, format: TraceFormat, interval_s: Option<f64>) -> Result<Arc<Self>, TraceError> {
         let text = std::fs::read_to_string(path).map_err(|source| TraceError::Io { path: path.to_owned(), source })?;
-        Self::parse(&text, format, &path.display().to_string()).map(Arc::new)
+        Self::parse_with(&text, format, interval_s, &path.display().to_string()).map(Arc::new)
     }
 
     /// Parses a trace; `name` is used in error messages. Blank lines and lines
     /// starting with `#` are skipped.
     pub fn parse(text: &str, format: TraceFormat, name: &str) -> Result<Self, TraceError> {
+        Self::parse_with(text, format, None, name)
+    }
+
+    /// [`Trace::parse`] with the interval of a byte-count trace given.
+    pub fn parse_with(
+        text: &str,
+        format: TraceFormat,
+        interval_s: Option<f64>,
+        name: &str,
+    ) -> Result<Self, TraceError> {
         let lines = text
             .lines()
             .enumerate()
@@ -237,7 +296,9 @@ impl Trace {
                     .clone()
                     .next()
                     .ok_or_else(|| TraceError::Invalid { name: name.into(), msg: "the file is empty".into() })?;
-                if first.split_whitespace().count() >= 2 {
+                if first.contains(',') {
+                    TraceFormat::Bytes
+                } else if first.split_whitespace().count() >= 2 {
                     TraceFormat::Throughput
                 } else {
                     TraceFormat::Mahimahi
@@ -289,6 +350,38 @@ impl Trace {
                     samples.push((t, r * 1e6));
                 }
                 ThroughputTrace::new(samples).map(Trace::Throughput).map_err(invalid)
+            }
+            TraceFormat::Bytes => {
+                let mut samples: Vec<(f64, f64)> = Vec::new();
+                for (i, (n, l)) in lines.enumerate() {
+                    let cols: Vec<&str> = l.split(',').map(str::trim).collect();
+                    let parsed = match cols[..] {
+                        [t, b] => t.parse::<f64>().ok().zip(b.parse::<f64>().ok()),
+                        _ => None,
+                    };
+                    let Some((t, bytes)) = parsed else {
+                        if i == 0 && cols.len() == 2 && l.chars().any(|c| c.is_alphabetic()) {
+                            continue; // a header such as `second,bytes`
+                        }
+                        return Err(line_err(
+                            n,
+                            format!("expected `<seconds>,<bytes>` (per-interval byte counts), got {l:?}"),
+                        ));
+                    };
+                    if !t.is_finite() || t < 0.0 {
+                        return Err(line_err(n, format!("timestamp {t} must be a non-negative number of seconds")));
+                    }
+                    if !bytes.is_finite() || bytes < 0.0 {
+                        return Err(line_err(n, format!("byte count {bytes} must be a non-negative number")));
+                    }
+                    if let Some(&(prev, _)) = samples.last() {
+                        if t <= prev {
+                            return Err(line_err(n, format!("timestamp {t} is not after the previous one ({prev})")));
+                        }
+                    }
+                    samples.push((t, bytes));
+                }
+                byte_counts(&samples, interval_s).map(Trace::Throughput).map_err(invalid)
             }
             TraceFormat::Auto => unreachable!("resolved above"),
         }
