@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets in fuzz/ (frame, codec, policy, manifest), each
+# Runs the cargo-fuzz targets in fuzz/ (frame, codec, policy, manifest,
+# request, text), each
 # for a number of seconds, starting from the seeds in fuzz/seeds/<target>/.
 # Usage: deploy/scripts/fuzz.sh [seconds] [target...]
 #   deploy/scripts/fuzz.sh                 # every target, 600 s each
@@ -14,7 +15,7 @@
 # (each with RUSTC_BOOTSTRAP=1 in the environment, run inside fuzz/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-case "${1:-}" in -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 secs=${1:-600}; shift || true
 targets=("$@")
 export RUSTC_BOOTSTRAP=1

@@ -48,16 +48,15 @@ fn main() {
     }
 
     // frame: a limit (u16 LE), then frames.
-    let policy = Policy::from_rules(vec![Rule::MaxProb { threshold: 0.9 }, Rule::Patience { patience: 2 }, Rule::Never])
-        .unwrap();
+    let policy =
+        Policy::from_rules(vec![Rule::MaxProb { threshold: 0.9 }, Rule::Patience { patience: 2 }, Rule::Never])
+            .unwrap();
     let req = InferRequest {
         request_id: 7,
         model_id: "b-lenet-mnist".into(),
         split: 1,
         hidden: Some(tensors[3].1.clone()),
-        history: Some(pb::ExitHistory {
-            exits: vec![pb::ExitObservation { exit: 0, prediction: 3, confidence: 0.4 }],
-        }),
+        history: Some(pb::ExitHistory { exits: vec![pb::ExitObservation { exit: 0, prediction: 3, confidence: 0.4 }] }),
         want_probabilities: true,
         policy: policy.to_wire(&[1, 2]),
         ..Default::default()
@@ -86,6 +85,37 @@ fn main() {
         ..Default::default()
     };
     write("policy", "wire-base", &cat(&[3, 4, 2], &odd.encode_to_vec()));
+
+    // request: the steering byte (bit 0 model, bit 2 fingerprint, bit 3
+    // probabilities), then the request. The tiny CNN at split 1 ([4, 14, 14]
+    // after conv1) and split 3 ([392] after flatten); the tiny encoder at
+    // split 1 ([T, 16]) and split 0 (token ids).
+    let cnn_at = |split: u32, values: &[f32], shape: &[usize]| InferRequest {
+        split,
+        hidden: Some(codec::encode(values, shape, Encoding::F32)),
+        ..Default::default()
+    };
+    write("request", "cnn-k1", &cat(&[0b1100], &cnn_at(1, &[0.5; 4 * 14 * 14], &[4, 14, 14]).encode_to_vec()));
+    let mut int8 = cnn_at(3, &[0.25; 392], &[392]);
+    int8.hidden = Some(codec::encode(&[0.25; 392], &[392], Encoding::Int8));
+    int8.history = req.history.clone();
+    write("request", "cnn-k3-int8-history", &cat(&[0b0100], &int8.encode_to_vec()));
+    write("request", "enc-k1", &cat(&[0b1101], &cnn_at(1, &[0.1; 5 * 16], &[5, 16]).encode_to_vec()));
+    write("request", "enc-ids", &cat(&[0b0101], &cnn_at(0, &[3.0, 17.0, 42.0], &[3]).encode_to_vec()));
+    write(
+        "request",
+        "enc-policy",
+        &cat(
+            &[0b1101],
+            &InferRequest { policy: wire.policy.clone(), ..cnn_at(1, &[0.1; 16], &[1, 16]) }.encode_to_vec(),
+        ),
+    );
+
+    // text: mode 0 text, mode 1 little-endian f32 token ids.
+    write("text", "sentence", &cat(&[0], b"what a great film , not bad at all !"));
+    write("text", "unicode", &cat(&[0], "caf\u{e9} \u{1F600} na\u{ef}ve ?".as_bytes()));
+    let ids: Vec<u8> = [2.0f32, 9.0, 14.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    write("text", "ids", &cat(&[1], &ids));
 
     // manifest: the shipped model's manifest.json.
     write("manifest", "b-lenet-mnist", include_bytes!("../../models/b-lenet-mnist/manifest.json"));

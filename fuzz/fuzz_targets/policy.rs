@@ -52,11 +52,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let Some((first, rest)) = rest.split_first() else { return };
     let Ok(req) = InferRequest::decode(rest) else { return };
-    let base = if mode & 2 == 0 {
-        Policy::never(n)
-    } else {
-        Policy::uniform(Rule::MaxProb { threshold: 0.5 }, n)
-    };
+    let base = if mode & 2 == 0 { Policy::never(n) } else { Policy::uniform(Rule::MaxProb { threshold: 0.5 }, n) };
     let cloud = (*first as usize).min(n)..n;
     let specs = &req.policy;
     match Policy::with_wire(&base, specs, cloud.clone()) {

@@ -163,3 +163,79 @@ pub fn init_weights(manifest: &Manifest, seed: u64) -> candle_core::Result<HashM
     }
     Ok(out)
 }
+
+/// Vocabulary, hidden width and longest sequence of [`tiny_encoder`].
+pub const TINY_ENCODER_VOCAB: usize = 50;
+pub const TINY_ENCODER_HIDDEN: usize = 16;
+pub const TINY_ENCODER_MAX_TOKENS: usize = 12;
+
+/// A seeded 3-layer BERT-style encoder (hidden 16, 4 heads, token ids below
+/// 50, at most 12 tokens, no tokenizer) with exits after layers 1 (mean
+/// pooling) and 3 (CLS + tanh pooler), 3 classes: for tests and fuzzing.
+/// LayerNorm weights are near 1, as a trained model's.
+pub fn tiny_encoder(seed: u64) -> super::Bundle {
+    use super::manifest::{
+        BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest, PoolMode, FORMAT_VERSION, TOKEN_IDS, WEIGHTS_FILE,
+    };
+    let hidden = TINY_ENCODER_HIDDEN;
+    let layer = LayerSpec::BertLayer { hidden, heads: 4, intermediate: 32, eps: 1e-12 };
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        model_id: "enc".into(),
+        description: String::new(),
+        input: InputSpec {
+            shape: vec![TINY_ENCODER_MAX_TOKENS],
+            dtype: TOKEN_IDS.into(),
+            preprocess: String::new(),
+            tokenizer: None,
+        },
+        labels: vec!["neg".into(), "pos".into(), "neutral".into()],
+        weights: WEIGHTS_FILE.into(),
+        blocks: vec![
+            BlockSpec {
+                name: "embeddings".into(),
+                layer: LayerSpec::BertEmbeddings {
+                    vocab_size: TINY_ENCODER_VOCAB,
+                    hidden,
+                    max_positions: 16,
+                    type_vocab_size: 2,
+                    eps: 1e-12,
+                },
+            },
+            BlockSpec { name: "layer0".into(), layer: layer.clone() },
+            BlockSpec { name: "layer1".into(), layer: layer.clone() },
+            BlockSpec { name: "layer2".into(), layer },
+        ],
+        exits: vec![
+            ExitSpec {
+                name: "early".into(),
+                after_block: 1,
+                layers: vec![
+                    LayerSpec::Pool { mode: PoolMode::Mean },
+                    LayerSpec::Linear { in_features: hidden, out_features: 3, relu: false },
+                ],
+            },
+            ExitSpec {
+                name: "final".into(),
+                after_block: 3,
+                layers: vec![
+                    LayerSpec::Pool { mode: PoolMode::Cls },
+                    LayerSpec::Linear { in_features: hidden, out_features: hidden, relu: false },
+                    LayerSpec::Tanh,
+                    LayerSpec::Linear { in_features: hidden, out_features: 3, relu: false },
+                ],
+            },
+        ],
+        holds: None,
+        peer_fingerprints: Default::default(),
+    };
+    let mut w = init_weights(&m, seed).expect("the tiny encoder's weights");
+    for (name, t) in w.iter_mut() {
+        if name.contains("ln.weight") {
+            *t = t.affine(0.1, 1.0).expect("scaling a LayerNorm weight");
+        } else if name.contains("ln.bias") {
+            *t = t.affine(0.1, 0.0).expect("scaling a LayerNorm bias");
+        }
+    }
+    super::Bundle::from_parts(m, w).expect("the tiny encoder is a valid bundle")
+}

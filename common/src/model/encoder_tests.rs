@@ -7,79 +7,11 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::arch::{init_weights, Arch};
-use super::manifest::*;
 use super::*;
 use crate::policy::{Policy, Rule};
 use crate::rng::SplitMix64;
 
-const VOCAB: usize = 50;
-const HIDDEN: usize = 16;
-const MAX_TOKENS: usize = 12;
-
-/// A 3-layer encoder (hidden 16, 4 heads) with exits after layers 1 (mean
-/// pooling) and 3 (CLS + pooler), seeded; LayerNorm weights near 1.
-fn encoder(seed: u64) -> Bundle {
-    let layer = LayerSpec::BertLayer { hidden: HIDDEN, heads: 4, intermediate: 32, eps: 1e-12 };
-    let m = Manifest {
-        format_version: FORMAT_VERSION,
-        model_id: "enc".into(),
-        description: String::new(),
-        input: InputSpec {
-            shape: vec![MAX_TOKENS],
-            dtype: TOKEN_IDS.into(),
-            preprocess: String::new(),
-            tokenizer: None,
-        },
-        labels: vec!["neg".into(), "pos".into(), "neutral".into()],
-        weights: WEIGHTS_FILE.into(),
-        blocks: vec![
-            BlockSpec {
-                name: "embeddings".into(),
-                layer: LayerSpec::BertEmbeddings {
-                    vocab_size: VOCAB,
-                    hidden: HIDDEN,
-                    max_positions: 16,
-                    type_vocab_size: 2,
-                    eps: 1e-12,
-                },
-            },
-            BlockSpec { name: "layer0".into(), layer: layer.clone() },
-            BlockSpec { name: "layer1".into(), layer: layer.clone() },
-            BlockSpec { name: "layer2".into(), layer },
-        ],
-        exits: vec![
-            ExitSpec {
-                name: "early".into(),
-                after_block: 1,
-                layers: vec![
-                    LayerSpec::Pool { mode: PoolMode::Mean },
-                    LayerSpec::Linear { in_features: HIDDEN, out_features: 3, relu: false },
-                ],
-            },
-            ExitSpec {
-                name: "final".into(),
-                after_block: 3,
-                layers: vec![
-                    LayerSpec::Pool { mode: PoolMode::Cls },
-                    LayerSpec::Linear { in_features: HIDDEN, out_features: HIDDEN, relu: false },
-                    LayerSpec::Tanh,
-                    LayerSpec::Linear { in_features: HIDDEN, out_features: 3, relu: false },
-                ],
-            },
-        ],
-        holds: None,
-        peer_fingerprints: Default::default(),
-    };
-    let mut w = init_weights(&m, seed).unwrap();
-    for (name, t) in w.iter_mut() {
-        if name.contains("ln.weight") {
-            *t = (t.affine(0.1, 1.0)).unwrap();
-        } else if name.contains("ln.bias") {
-            *t = (t.affine(0.1, 0.0)).unwrap();
-        }
-    }
-    Bundle::from_parts(m, w).unwrap()
-}
+use super::arch::{tiny_encoder as encoder, TINY_ENCODER_HIDDEN as HIDDEN, TINY_ENCODER_VOCAB as VOCAB};
 
 fn ids(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
