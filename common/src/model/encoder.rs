@@ -243,9 +243,11 @@ impl EncoderLayer {
         let lengths = mask.map(|m| m.lengths());
         let probs = MaskedSoftmax { scale: 1.0 / (d as f32).sqrt(), lengths }.forward(&scores)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
-        let attn = p.attn_ln.forward(&context.matmul(&p.attn_out_t)?, &rows)?;
-        let f = p.ffn_in_gelu.forward(&attn.matmul(&p.ffn_in_t)?)?;
-        p.ffn_ln.forward(&f.matmul(&p.ffn_out_t)?, &attn)?.reshape((b, t, h))
+        // [B, T, H] into the LayerNorms, so they see the batch size (batch 1
+        // stays on this thread).
+        let attn = p.attn_ln.forward(&context.matmul(&p.attn_out_t)?.reshape((b, t, h))?, x)?;
+        let f = p.ffn_in_gelu.forward(&attn.reshape((b * t, h))?.matmul(&p.ffn_in_t)?)?;
+        p.ffn_ln.forward(&f.matmul(&p.ffn_out_t)?.reshape((b, t, h))?, &attn)
     }
 
     /// candle's ops throughout: the differentiable path for training, and

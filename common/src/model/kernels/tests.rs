@@ -220,7 +220,11 @@ fn libm_erf(x: f32) -> f32 {
 #[test]
 fn masked_softmax_equals_candle_with_an_additive_mask() {
     let mut rng = SplitMix64::new(12);
-    for (b, heads, t, lengths) in [(1, 2, 5, None), (3, 4, 7, Some(vec![7, 3, 1])), (2, 12, 33, Some(vec![20, 33]))] {
+    // The last case is large enough to be split over threads (a cloud batch).
+    let big = Some(vec![40, 1, 17, 40, 39, 2, 40, 25]);
+    for (b, heads, t, lengths) in
+        [(1, 2, 5, None), (3, 4, 7, Some(vec![7, 3, 1])), (2, 12, 33, Some(vec![20, 33])), (8, 12, 40, big)]
+    {
         let scores = (rand(&[b, heads, t, t], &mut rng) * 40.0).unwrap();
         let scale = 0.17f32;
         let fused = MaskedSoftmax { scale, lengths: lengths.as_deref() }.forward(&scores).unwrap();
@@ -242,15 +246,16 @@ fn masked_softmax_equals_candle_with_an_additive_mask() {
 #[test]
 fn add_layer_norm_equals_candle() {
     let mut rng = SplitMix64::new(13);
-    for (rows, h) in [(1, 3), (7, 32), (40, 384)] {
-        let x = (rand(&[rows, h], &mut rng) * 5.0).unwrap();
-        let r = rand(&[rows, h], &mut rng);
+    // [batch, rows, h]; the last is large enough to be split over threads.
+    for (batch, rows, h) in [(1, 1, 3), (1, 7, 32), (2, 40, 384), (4, 100, 384)] {
+        let x = (rand(&[batch, rows, h], &mut rng) * 5.0).unwrap();
+        let r = rand(&[batch, rows, h], &mut rng);
         let (db, w, b) = (rand(&[h], &mut rng), rand(&[h], &mut rng), rand(&[h], &mut rng));
         let fused = AddLayerNorm::new(&db, &w, &b, 1e-12).unwrap().forward(&x, &r).unwrap();
         let sum = (x.broadcast_add(&db).unwrap() + &r).unwrap();
         let reference = candle_nn::ops::layer_norm(&sum, &w, &b, 1e-12).unwrap();
         let d = diff(&fused, &reference);
-        assert!(d < 1e-5, "{rows}x{h}: {d}");
+        assert!(d < 1e-5, "{batch}x{rows}x{h}: {d}");
     }
     let ln = AddLayerNorm::new(&rand(&[4], &mut rng), &rand(&[4], &mut rng), &rand(&[4], &mut rng), 1e-5).unwrap();
     let err = ln.forward(&rand(&[2, 5], &mut rng), &rand(&[2, 5], &mut rng)).unwrap_err();
