@@ -88,6 +88,11 @@ pub enum CodecError {
         "lz4 payload ({compressed} bytes) decompresses to {got} bytes, shape {shape} in {encoding} needs {expected}"
     )]
     Lz4Short { shape: Shape, encoding: &'static str, expected: usize, got: usize, compressed: usize },
+    #[error(
+        "lz4 payload ({compressed} bytes) can decompress to at most {most} bytes, shape {shape} in {encoding} needs \
+         {expected}"
+    )]
+    Lz4Ratio { shape: Shape, encoding: &'static str, expected: usize, most: usize, compressed: usize },
 }
 
 /// How a non-finite value reads in a message.
@@ -317,10 +322,24 @@ fn element_and_byte_count(shape: &[u32], encoding: Encoding) -> Result<(usize, u
     Ok((count, bytes))
 }
 
+/// The most bytes an LZ4 block of `compressed` bytes can decompress to: a
+/// match grows by at most 255 bytes per input byte (its length's extension
+/// bytes), plus a sequence's fixed part.
+pub fn lz4_max_output(compressed: usize) -> usize {
+    compressed.saturating_mul(255).saturating_add(64)
+}
+
 /// Decompresses an LZ4 block into exactly `expected` bytes (never more).
+/// A shape no block of this size can fill is refused before anything is
+/// allocated: without that, a few bytes claiming a huge shape would
+/// allocate it whenever the payload limit allows.
 fn decompress_lz4(t: &Tensor, encoding: &'static str, expected: usize) -> Result<Vec<u8>, CodecError> {
     let shape = || Shape::of(&t.shape);
     let compressed = t.data.len();
+    let most = lz4_max_output(compressed);
+    if expected > most {
+        return Err(CodecError::Lz4Ratio { shape: shape(), encoding, expected, most, compressed });
+    }
     let mut buf = vec![0u8; expected];
     let n = lz4_flex::block::decompress_into(&t.data, &mut buf).map_err(|e| match e {
         lz4_flex::block::DecompressError::OutputTooSmall { expected: at_least, .. } => {

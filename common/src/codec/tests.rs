@@ -182,11 +182,11 @@ fn bad_compressed_payloads_are_refused() {
     // Claims a bigger shape than the bytes decompress to: the message says
     // it was LZ4, and the decompressed size expected and got.
     let mut big = t.clone();
-    big.shape = vec![2048];
+    big.shape = vec![1100];
     let e = decode(&big, 1 << 20).unwrap_err();
-    assert!(matches!(e, CodecError::Lz4Short { expected: 8192, got: 4096, .. }), "{e:?}");
+    assert!(matches!(e, CodecError::Lz4Short { expected: 4400, got: 4096, .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("lz4") && msg.contains("decompresses to 4096 bytes") && msg.contains("needs 8192"), "{msg}");
+    assert!(msg.contains("lz4") && msg.contains("decompresses to 4096 bytes") && msg.contains("needs 4400"), "{msg}");
     // A smaller shape: decompression would overrun and stops.
     let mut small = t.clone();
     small.shape = vec![512];
@@ -194,18 +194,50 @@ fn bad_compressed_payloads_are_refused() {
     assert!(matches!(e, CodecError::Lz4TooLong { expected: 2048, .. }), "{e:?}");
     assert!(e.to_string().contains("more than the 2048 bytes"), "{e}");
     let mut garbage = t.clone();
+    garbage.shape = vec![64];
     garbage.data = Bytes::from_static(&[0xff, 0xff, 0xff, 0x00, 0x01]);
-    assert!(matches!(decode(&garbage, 1 << 20), Err(CodecError::Decompress { expected: 4096, compressed: 5, .. })));
+    assert!(matches!(decode(&garbage, 1 << 20), Err(CodecError::Decompress { expected: 256, compressed: 5, .. })));
     // A truncated block: named as LZ4, with the sizes.
     let mut cut = t.clone();
     cut.data = t.data.slice(0..t.data.len() / 2);
     let e = decode(&cut, 1 << 20).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("lz4") && msg.contains("4096 bytes"), "{msg}");
-    assert!(matches!(e, CodecError::Decompress { .. } | CodecError::Lz4Short { .. }), "{e:?}");
+    assert!(msg.contains("lz4") && msg.contains("4096"), "{msg}");
+    assert!(
+        matches!(e, CodecError::Decompress { .. } | CodecError::Lz4Short { .. } | CodecError::Lz4Ratio { .. }),
+        "{e:?}"
+    );
     let mut unknown = t.clone();
     unknown.compression = 7;
     assert_eq!(decode(&unknown, 1 << 20), Err(CodecError::UnknownCompression(7)));
+}
+
+/// Found by the frame fuzzer: a few LZ4 bytes claiming a shape of tens of
+/// terabytes allocated the whole decompression buffer (and aborted) when the
+/// payload limit was large enough to allow it. No LZ4 block can grow more
+/// than 255-fold, so such a shape is refused before anything is allocated.
+#[test]
+fn an_lz4_shape_no_block_can_fill_is_refused_before_allocating() {
+    let mut t = encode(&[0.0f32; 256], &[256], Encoding::F32);
+    compress(&mut t, Compression::Lz4);
+    let compressed = t.data.len();
+    t.shape = vec![1 << 20, 1 << 20, 12];
+    let e = decode(&t, usize::MAX).unwrap_err();
+    let most = lz4_max_output(compressed);
+    assert_eq!(
+        e,
+        CodecError::Lz4Ratio {
+            shape: echo::Shape::of(&t.shape),
+            encoding: "f32",
+            expected: (1usize << 40) * 48,
+            most,
+            compressed
+        }
+    );
+    assert!(e.to_string().contains(&format!("can decompress to at most {most} bytes")), "{e}");
+    // At the bound the block is tried (and is short).
+    t.shape = vec![(most / 4) as u32];
+    assert!(matches!(decode(&t, usize::MAX), Err(CodecError::Lz4Short { .. } | CodecError::Lz4TooLong { .. })));
 }
 
 /// Found by the codec fuzzer: a channel whose range is below ~7e-37 has a
