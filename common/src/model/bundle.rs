@@ -67,6 +67,10 @@ impl std::fmt::Debug for Bundle {
     }
 }
 
+/// The most elements one sample's state may have at any block (2^31: 8 GiB
+/// of f32, far beyond any model this runs, and well inside `usize`).
+pub const MAX_SAMPLE_ELEMENTS: usize = 1 << 31;
+
 impl Bundle {
     /// Loads and validates the bundle in `dir`.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, ModelError> {
@@ -191,12 +195,28 @@ impl Bundle {
             return Err(bad(format!("a token-ids input has shape [max_tokens], not {:?}", manifest.input.shape)));
         }
         // Shapes through the backbone, and where they are token sequences.
+        // Every state of one sample must be of a size this runtime can index.
+        let too_large = |shape: &[usize]| {
+            shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > MAX_SAMPLE_ELEMENTS)
+        };
+        let size_message = |shape: &[usize]| {
+            format!(
+                "a state of shape {} is over the {MAX_SAMPLE_ELEMENTS} elements a sample may have",
+                crate::codec::echo::Shape::of_usize(shape)
+            )
+        };
+        if too_large(&manifest.input.shape) {
+            return Err(bad(format!("the input: {}", size_message(&manifest.input.shape))));
+        }
         let mut shapes = vec![manifest.input.shape.clone()];
         let mut sequence = vec![manifest.input.is_tokens()];
         for (i, block) in manifest.blocks.iter().enumerate() {
             let shape_error = |message: String| ModelError::BlockShape { block: i, name: block.name.clone(), message };
             let seq = sequence_after(&block.layer, sequence[i]).map_err(shape_error)?;
             let next = block.layer.output_shape(&shapes[i]).map_err(shape_error)?;
+            if too_large(&next) {
+                return Err(shape_error(size_message(&next)));
+            }
             shapes.push(next);
             sequence.push(seq);
         }
@@ -224,6 +244,9 @@ impl Bundle {
                 let shape_error = |message: String| ModelError::ExitShape { exit: e, name: exit.name.clone(), message };
                 seq = sequence_after(layer, seq).map_err(shape_error)?;
                 shape = layer.output_shape(&shape).map_err(shape_error)?;
+                if too_large(&shape) {
+                    return Err(shape_error(size_message(&shape)));
+                }
             }
             if seq {
                 return Err(ModelError::ExitShape {

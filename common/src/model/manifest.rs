@@ -208,7 +208,10 @@ impl LayerSpec {
                 if kernel == 0 || stride == 0 || pool == Some(0) {
                     return Err("conv2d kernel, stride and pool must be positive".into());
                 }
-                let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+                let pad = |x: usize| padding.checked_mul(2).and_then(|p| x.checked_add(p));
+                let (Some(hp), Some(wp)) = (pad(*h), pad(*w)) else {
+                    return Err(format!("conv2d padding {padding} overflows the {h}x{w} input's size"));
+                };
                 if hp < kernel || wp < kernel {
                     return Err(format!("conv2d kernel {kernel} larger than padded input {hp}x{wp}"));
                 }
@@ -227,7 +230,11 @@ impl LayerSpec {
                 }
                 Ok(vec![out_features])
             }
-            LayerSpec::Flatten => Ok(vec![input.iter().product()]),
+            LayerSpec::Flatten => {
+                input.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).map(|n| vec![n]).ok_or_else(|| {
+                    format!("flatten: the element count of {} overflows", crate::codec::echo::Shape::of_usize(input))
+                })
+            }
             LayerSpec::BertEmbeddings { vocab_size, hidden, max_positions, type_vocab_size, eps } => {
                 let [t] = input else {
                     return Err(format!("bert-embeddings needs a [tokens] input of token ids, got {input:?}"));

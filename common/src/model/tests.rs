@@ -96,6 +96,41 @@ fn load_err(m: Manifest, tensors: HashMap<String, Tensor>) -> String {
     Bundle::from_parts(m, tensors).unwrap_err().to_string()
 }
 
+/// Found by the manifest fuzzer: a flatten after an input of huge
+/// dimensions overflowed its element count (a panic, or a wrapped shape in a
+/// release build). Shapes that overflow or exceed what a sample may hold are
+/// refused at load, naming the block.
+#[test]
+fn shapes_that_overflow_are_refused_at_load() {
+    let mut m = Arch::Tiny.manifest("tiny");
+    let w = init_weights(&m, 1).unwrap();
+    m.input.shape = vec![1, 1 << 40, 1 << 40];
+    let e = load_err(m.clone(), w.clone());
+    assert!(e.contains("the input") && e.contains("elements a sample may have"), "{e}");
+    let flatten = LayerSpec::Flatten.output_shape(&[1 << 40, 1 << 40, 1 << 40]).unwrap_err();
+    assert!(
+        flatten.contains("flatten: the element count of [1099511627776, 1099511627776, 1099511627776] overflows"),
+        "{flatten}"
+    );
+    let conv = LayerSpec::Conv2d {
+        in_channels: 1,
+        out_channels: 1,
+        kernel: 3,
+        stride: 1,
+        padding: usize::MAX,
+        relu: false,
+        pool: None,
+    };
+    assert!(conv.output_shape(&[1, 4, 4]).unwrap_err().contains("padding"), "conv padding overflow");
+    // A block whose output is too large: a huge padding that does not overflow.
+    let mut m = Arch::Tiny.manifest("tiny");
+    if let LayerSpec::Conv2d { padding, .. } = &mut m.blocks[0].layer {
+        *padding = 1 << 20;
+    }
+    let e = load_err(m, w);
+    assert!(e.contains("block 0") && e.contains("elements a sample may have"), "{e}");
+}
+
 #[test]
 fn manifest_errors_name_the_problem() {
     let m = Arch::Tiny.manifest("tiny");
