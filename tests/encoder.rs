@@ -14,7 +14,8 @@ use offramp_edge::{Edge, EdgeConfig, Tier};
 use offramp_proto as pb;
 use offramp_proto::classify_client::ClassifyClient;
 use offramp_proto::split_inference_client::SplitInferenceClient;
-use offramp_training::import_hf::{self, testing::TinyBert, ImportHfArgs, PoolArg};
+use offramp_training::import_hf;
+use offramp_training::import_hf::testing::{import_args, TinyBert};
 use tonic::Code;
 
 use crate::support::*;
@@ -27,19 +28,6 @@ const TEXTS: &[&str] = &[
     "how many films",
     "zzz qqq",
 ];
-
-fn import_args(from: &std::path::Path, out: &std::path::Path) -> ImportHfArgs {
-    ImportHfArgs {
-        from: from.to_path_buf(),
-        out: out.to_path_buf(),
-        exits: "all".into(),
-        labels: vec!["negative".into(), "positive".into()],
-        pool: PoolArg::Mean,
-        max_tokens: Some(32),
-        model_id: Some("tiny-bert".into()),
-        seed: 7,
-    }
-}
 
 /// Writes the tiny checkpoint and imports it; returns the bundle directory.
 fn tiny_bundle(name: &str) -> std::path::PathBuf {

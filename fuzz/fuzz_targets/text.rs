@@ -24,7 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use offramp_common::Bundle;
 use offramp_edge::{Edge, EdgeConfig, Tier};
 use offramp_training::import_hf::testing::TinyBert;
-use offramp_training::import_hf::{self, ImportHfArgs, PoolArg};
+use offramp_training::import_hf;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -37,16 +37,7 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("offramp-fuzz-text-{}", std::process::id()));
         TinyBert::default().write(&dir.join("hf"), 11).unwrap();
-        let args = ImportHfArgs {
-            from: dir.join("hf"),
-            out: dir.join("bundle"),
-            exits: "all".into(),
-            labels: vec!["negative".into(), "positive".into()],
-            pool: PoolArg::Mean,
-            max_tokens: Some(32),
-            model_id: Some("tiny-bert".into()),
-            seed: 7,
-        };
+        let args = import_hf::testing::import_args(&dir.join("hf"), &dir.join("bundle"));
         import_hf::run(&args).unwrap();
         let bundle = Bundle::load(&dir.join("bundle")).unwrap();
         let n = bundle.num_blocks();

@@ -37,7 +37,8 @@ pub struct BlocksArgs {
     pub json_out: Option<PathBuf>,
 }
 
-fn time_us(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Summary> {
+/// `iters` timed calls of `f` (after a tenth as many warm-up calls), in µs.
+pub(crate) fn time_us(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Summary> {
     for _ in 0..iters.div_ceil(10).max(3) {
         f()?;
     }

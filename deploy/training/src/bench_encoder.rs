@@ -21,13 +21,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use offramp_common::rng::SplitMix64;
 use offramp_common::stats::Summary;
 use offramp_common::{paths, Bundle, Executor};
 use serde::Serialize;
+
+use crate::bench::time_us;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncoderArgs {
@@ -84,19 +85,6 @@ pub struct EncoderReport {
     pub rust_seq_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ort_seq_per_s: Option<f64>,
-}
-
-fn time_us(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Summary> {
-    for _ in 0..iters.div_ceil(10).max(3) {
-        f()?;
-    }
-    let mut v = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    Ok(Summary::of(&v))
 }
 
 pub fn run(args: &EncoderArgs) -> Result<EncoderReport> {

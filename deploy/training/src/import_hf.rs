@@ -525,6 +525,22 @@ pub mod testing {
         tok.to_string(true).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
+    /// Arguments importing the tiny checkpoint in `from` into `out` as the
+    /// tests and fuzz targets use it: exits after every layer, mean pooling,
+    /// two labels, at most 32 tokens, model id `tiny-bert`.
+    pub fn import_args(from: &Path, out: &Path) -> super::ImportHfArgs {
+        super::ImportHfArgs {
+            from: from.to_path_buf(),
+            out: out.to_path_buf(),
+            exits: "all".into(),
+            labels: vec!["negative".into(), "positive".into()],
+            pool: super::PoolArg::Mean,
+            max_tokens: Some(32),
+            model_id: Some("tiny-bert".into()),
+            seed: 7,
+        }
+    }
+
     impl TinyBert {
         /// Writes the checkpoint into `dir` with weights seeded by `seed`.
         pub fn write(&self, dir: &Path, seed: u64) -> Result<()> {
