@@ -9,4 +9,5 @@ mod encoder;
 mod experiment;
 mod fallback;
 mod quic;
+mod robustness;
 mod split_path;

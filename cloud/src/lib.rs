@@ -11,7 +11,6 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod grpc_rules;
 pub mod models;
 pub mod quic;
 pub mod service;
@@ -137,7 +136,7 @@ pub async fn serve(
         // non-gRPC content type, UNIMPLEMENTED naming an unknown method,
         // DEADLINE_EXCEEDED for an expired grpc-timeout, InvalidArgument for
         // oversized or malformed unary bodies).
-        .layer(grpc_rules::GrpcRulesLayer::for_cloud())
+        .layer(grpc_rules())
         .add_service(health_service)
         .add_service(split_service)
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), {
@@ -269,4 +268,16 @@ impl Drop for CloudHandle {
             let _ = stop.send(());
         }
     }
+}
+
+/// The gRPC rules layer for the cloud's server: `SplitInference` (whose
+/// `InferStream` streams requests) and gRPC health (whose `Check` and
+/// `Watch` take one request).
+fn grpc_rules() -> offramp_transport::grpc_rules::GrpcRulesLayer {
+    use tonic::server::NamedService;
+    type Health = tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+    offramp_transport::grpc_rules::GrpcRulesLayer::new(
+        &[SplitInferenceServer::<CloudService>::NAME, Health::NAME],
+        &["/offramp.v1.SplitInference/InferStream"],
+    )
 }

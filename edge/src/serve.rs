@@ -10,6 +10,8 @@ use offramp_common::codec::echo;
 use offramp_proto as pb;
 use offramp_proto::classify_server::{Classify, ClassifyServer};
 use tokio::net::TcpListener;
+use offramp_transport::grpc_rules::GrpcRulesLayer;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::config::EdgeArgs;
@@ -118,9 +120,16 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClassifyServer<ClassifyService>>().await;
+    type Health = tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+    type Local = ClassifyServer<ClassifyService>;
     tonic::transport::Server::builder()
+        // The same gRPC rules as the cloud's server: 415 for a non-gRPC
+        // content type, UNIMPLEMENTED naming an unknown method,
+        // DEADLINE_EXCEEDED for an expired grpc-timeout, one whole message
+        // per unary call, InvalidArgument for oversized or malformed bodies.
+        .layer(GrpcRulesLayer::new(&[Local::NAME, Health::NAME], &[]))
         .add_service(health_service)
-        .add_service(ClassifyServer::new(ClassifyService { edge }))
+        .add_service(ClassifyServer::new(ClassifyService { edge }).max_decoding_message_size(MAX_INPUT_BYTES + MAX_TEXT_BYTES + 4096))
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), shutdown)
         .await
 }

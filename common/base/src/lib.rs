@@ -7,11 +7,13 @@
 //! - [`telemetry`]: logging set-up shared by every binary.
 //! - [`paths`]: finding `models/...` from wherever a binary runs.
 //! - [`net`]: accepted sockets without Nagle, and the shutdown signal.
+//! - [`echo`]: bounded echoes of what a peer sent, for error messages.
 //!
 //! It depends on nothing heavy, so the link emulator's binary does not link
 //! candle.
 
 pub mod config;
+pub mod echo;
 pub mod net;
 pub mod paths;
 pub mod rng;

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use half::{bf16, f16};
 use offramp_proto::{Compression, Encoding, Tensor};
 
-pub mod echo;
+pub use offramp_base::echo;
 
 use echo::Shape;
 

@@ -81,6 +81,13 @@ pub struct ExitResult {
 }
 
 impl ExitResult {
+    /// The answer of a sample whose state stopped being finite inside the
+    /// network: NaN confidence, no probabilities ([`ExitResult::is_finite`]
+    /// is false).
+    pub fn overflowed(exit: usize) -> Self {
+        Self { exit, prediction: 0, confidence: f32::NAN, probabilities: vec![] }
+    }
+
     /// Whether the confidence and every probability are finite. A finite
     /// input too large for the weights overflows to infinity inside the
     /// network, and the exit then says NaN; such an answer must never leave
@@ -264,6 +271,33 @@ impl Executor {
                 break;
             }
             x.x = bundle.block(b).forward_masked(&x.x, x.mask.as_ref())?;
+            // A sample whose state stopped being finite leaves now, with a
+            // non-finite answer its caller turns into an overflow error
+            // ([`Executor::locate_overflow`]). Checked after every block, not
+            // only at the answer: a later ReLU turns NaN into 0 (`max(NaN,
+            // 0)`), and the answer would be finite but garbage, and depend on
+            // which kernel (batch size) ran. One reduction per block; the
+            // rows are looked at only when it is not finite.
+            if !x.x.sum_all()?.to_scalar::<f32>()?.is_finite() {
+                let rows = x.x.flatten_from(1)?.to_vec2::<f32>()?;
+                let mut keep = Vec::with_capacity(remaining.len());
+                for (row, values) in rows.iter().enumerate() {
+                    if values.iter().all(|v| v.is_finite()) {
+                        keep.push(row as u32);
+                    } else {
+                        exited[remaining[row]] = Some(ExitResult::overflowed(final_exit));
+                    }
+                }
+                if keep.len() < remaining.len() {
+                    if !keep.is_empty() {
+                        x = x.select(&keep)?;
+                    }
+                    remaining = keep.iter().map(|&r| remaining[r as usize]).collect();
+                }
+                if remaining.is_empty() {
+                    break;
+                }
+            }
             let Some(e) = bundle.exit_after(b) else { continue };
             let logits = forward_all_masked(bundle.exit_head(e), &x.x, x.mask.as_ref())?;
             // Softmax on the host: the logits come to the CPU anyway for the
@@ -455,6 +489,32 @@ mod tests {
         // Out-of-range blocks and a wrong length are errors, not answers.
         assert!(exec.locate_overflow(&[0.0; 392], 3..9).is_err());
         assert!(exec.locate_overflow(&[0.0; 10], 3..4).is_err());
+    }
+
+    #[test]
+    fn an_overflow_is_caught_where_it_happens_whatever_the_batch() {
+        // f32::MAX pixels overflow in conv1; a later ReLU (`max(NaN, 0)`)
+        // would turn the NaN into zeros and a finite, garbage answer, on one
+        // kernel and not another. Alone or beside a healthy input, the row
+        // that overflowed answers non-finite and the other is unaffected.
+        let exec = tiny(|_| {});
+        let big = vec![f32::MAX; 784];
+        let fine = vec![0.5; 784];
+        let alone = exec.run(&exec.batch_at(0, &big, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
+        assert!(!alone.exited[0].as_ref().unwrap().is_finite(), "{:?}", alone.exited[0]);
+        let both = [big.clone(), fine.clone()].concat();
+        for batch in [both, [fine.clone(), big].concat()] {
+            let out = exec.run(&exec.batch_at(0, &batch, 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2]).unwrap();
+            let finite: Vec<bool> = out.exited.iter().map(|r| r.as_ref().unwrap().is_finite()).collect();
+            assert_eq!(finite.iter().filter(|f| !**f).count(), 1, "{:?}", out.exited);
+        }
+        let healthy = exec.run(&exec.batch_at(0, &fine, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
+        let paired =
+            exec.run(&exec.batch_at(0, &[vec![f32::MAX; 784], fine].concat(), 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2])
+                .unwrap();
+        let (a, b) = (healthy.exited[0].as_ref().unwrap(), paired.exited[1].as_ref().unwrap());
+        assert_eq!((a.exit, a.prediction), (b.exit, b.prediction));
+        assert!((a.confidence - b.confidence).abs() < 1e-5);
     }
 
     #[test]

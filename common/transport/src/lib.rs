@@ -11,8 +11,11 @@
 //! - [`metrics`]: the Prometheus exporter installer.
 //! - [`status`]: one mapping between gRPC codes, QUIC error frames and the
 //!   edge's fallback reasons.
+//! - [`grpc_rules`]: the tower layer both gRPC servers (the cloud's and the
+//!   edge's local API) wear where tonic's defaults differ from gRPC's rules.
 
 pub mod frame;
+pub mod grpc_rules;
 pub mod metrics;
 pub mod quic;
 pub mod status;

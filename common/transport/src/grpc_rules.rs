@@ -1,5 +1,7 @@
-//! gRPC's rules where tonic's defaults differ, as a tower layer around the
-//! cloud's gRPC server (`Server::builder().layer(GrpcRulesLayer::for_cloud())`).
+//! gRPC's rules where tonic's defaults differ, as a tower layer around a
+//! gRPC server (`Server::builder().layer(GrpcRulesLayer::new(..))`): the
+//! cloud's `SplitInference` and the edge's local `Classify` API wear the same
+//! one.
 //!
 //! | request | tonic alone | with this layer |
 //! |---|---|---|
@@ -16,8 +18,8 @@
 //! the same bad request elsewhere. Statuses are rewritten only in
 //! trailers-only responses (status in the headers), which is how tonic
 //! answers a call that failed before or without a handler; a streaming
-//! call's own trailers are the service's (see
-//! [`crate::service::broken_stream`]).
+//! call's own trailers are the service's (the cloud's `InferStream` ends a
+//! broken stream with its own status).
 //!
 //! The deadline: tonic's own `grpc-timeout` timer sits outside every user
 //! layer and answers `CANCELLED` when it fires. This layer starts its own
@@ -33,11 +35,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use offramp_common::codec::echo;
+use offramp_base::echo;
 use tonic::body::Body;
 use tonic::codegen::http::{self, header, HeaderMap, HeaderValue, StatusCode};
 use tonic::codegen::Service;
-use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tower_layer::Layer;
 
@@ -65,13 +66,6 @@ impl GrpcRulesLayer {
         Self { rules: Arc::new(Rules { services: services.to_vec(), client_streaming: client_streaming.to_vec() }) }
     }
 
-    /// The cloud's server: `SplitInference` (whose `InferStream` streams
-    /// requests) and gRPC health (whose `Check` and `Watch` take one).
-    pub fn for_cloud() -> Self {
-        type Split = offramp_proto::split_inference_server::SplitInferenceServer<crate::service::CloudService>;
-        type Health = tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
-        Self::new(&[Split::NAME, Health::NAME], &["/offramp.v1.SplitInference/InferStream"])
-    }
 }
 
 impl<S> Layer<S> for GrpcRulesLayer {
@@ -304,6 +298,7 @@ mod tests {
     use offramp_proto::split_inference_server::{SplitInference, SplitInferenceServer};
     use prost::Message;
     use tokio_stream::wrappers::ReceiverStream;
+    use tonic::server::NamedService;
     use tonic::{Request, Response, Streaming};
 
     use super::*;
@@ -366,8 +361,15 @@ mod tests {
         framed(&pb::InferRequest { request_id: id, model_id: "m".into(), ..Default::default() }.encode_to_vec())
     }
 
+    /// The rules as the cloud's server sets them.
+    fn layer() -> GrpcRulesLayer {
+        type Split = SplitInferenceServer<Echo>;
+        type Health = tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+        GrpcRulesLayer::new(&[Split::NAME, Health::NAME], &["/offramp.v1.SplitInference/InferStream"])
+    }
+
     fn service() -> GrpcRules<SplitInferenceServer<Echo>> {
-        GrpcRulesLayer::for_cloud().layer(SplitInferenceServer::new(Echo).max_decoding_message_size(1024))
+        layer().layer(SplitInferenceServer::new(Echo).max_decoding_message_size(1024))
     }
 
     async fn call(path: &str, content_type: Option<&str>, chunks: Vec<Vec<u8>>) -> http::Response<Body> {
@@ -503,17 +505,13 @@ mod tests {
     async fn through_a_real_server_the_rules_hold() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // The server as `crate::serve` builds it, with the layer wired in.
+        // The server as the cloud builds it, with the layer wired in.
         let (_health, health_service) = tonic_health::server::health_reporter();
-        let auth = crate::auth::Auth::default();
-        let split_service = tonic::service::interceptor::InterceptedService::new(
-            SplitInferenceServer::new(Echo).max_decoding_message_size(1024),
-            move |req| auth.check(req),
-        );
+        let split_service = SplitInferenceServer::new(Echo).max_decoding_message_size(1024);
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(Some(256))
-            .layer(GrpcRulesLayer::for_cloud())
+            .layer(layer())
             .add_service(health_service)
             .add_service(split_service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
