@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adaptive;
 mod cloud_ops;
 mod docker;
 mod encoder;

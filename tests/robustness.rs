@@ -63,7 +63,8 @@ fn bad_requests(full: &Bundle, good: &pb::InferRequest) -> Vec<Case> {
         })
     };
     let obs = |exit, prediction, confidence| pb::ExitObservation { exit, prediction, confidence };
-    let history = |exits: Vec<pb::ExitObservation>| with(&|r| r.history = Some(pb::ExitHistory { exits: exits.clone() }));
+    let history =
+        |exits: Vec<pb::ExitObservation>| with(&|r| r.history = Some(pb::ExitHistory { exits: exits.clone() }));
     let rule = |exit, rule: &str, threshold| pb::ExitRuleSpec { exit, rule: rule.into(), threshold, patience: 0 };
     let rules = |specs: Vec<pb::ExitRuleSpec>| with(&|r| r.policy = specs.clone());
     let int8 = codec::encode(&values, &shape, pb::Encoding::Int8);
@@ -196,15 +197,15 @@ fn bad_requests(full: &Bundle, good: &pb::InferRequest) -> Vec<Case> {
             Code::InvalidArgument,
             "lists exit 1 twice",
         ),
-        case(
-            "100,000 rules",
-            rules(vec![rule(1, "never", 0.0); 100_000]),
-            Code::InvalidArgument,
-            "100000 rules",
-        ),
+        case("100,000 rules", rules(vec![rule(1, "never", 0.0); 100_000]), Code::InvalidArgument, "100000 rules"),
         case("unknown rule", rules(vec![rule(1, "x".repeat(5000).leak(), 0.5)]), Code::InvalidArgument, "unknown"),
         case("threshold above 1", rules(vec![rule(1, "max-prob", 2.0)]), Code::InvalidArgument, "outside [0, 1]"),
-        case("rule for an edge exit", rules(vec![rule(0, "always", 0.0)]), Code::InvalidArgument, "names exit 0, which is evaluated before the split"),
+        case(
+            "rule for an edge exit",
+            rules(vec![rule(0, "always", 0.0)]),
+            Code::InvalidArgument,
+            "names exit 0, which is evaluated before the split",
+        ),
     ]
 }
 
@@ -367,7 +368,10 @@ async fn http2_rules(addr: SocketAddr, unary: &str, message: &[u8], service: &st
         s
     };
     let s = refused(raw_call(addr, &format!("/{service}/Nope"), &[GRPC], one.clone()).await, "unknown method");
-    assert_eq!((s.code(), s.message()), (Code::Unimplemented, format!("unknown method \"Nope\" of service {service}").as_str()));
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::Unimplemented, format!("unknown method \"Nope\" of service {service}").as_str())
+    );
     let s = refused(raw_call(addr, "/evil.Service/Run", &[GRPC], one.clone()).await, "unknown service");
     assert_eq!(s.code(), Code::Unimplemented);
     assert!(s.message().starts_with("unknown service \"evil.Service\""), "{}", s.message());

@@ -20,6 +20,8 @@ use offramp_transport::tls::{ClientTls, ClientTlsArgs, TlsError};
 use offramp_transport::token::{Secret, TokenError};
 use serde::Serialize;
 
+use crate::adapt::BudgetConfig;
+use crate::plan::{Objective, PlanConfig};
 use crate::transport::{Credentials, TransportKind};
 
 /// The built-in defaults, defined once: [`EdgeConfig::new`] uses them, the
@@ -151,6 +153,30 @@ pub struct EdgeArgs {
     /// identity its token proves, when it has tokens) [default: edge].
     #[arg(long, env = "OFFRAMP_EDGE_ID")]
     pub edge_id: Option<String>,
+    /// Adapt the edge exits' thresholds while serving, keeping the estimated
+    /// accuracy loss against the full model within this budget (`1%`,
+    /// `0.01`); feedback from offloads and shadow requests (see
+    /// docs/architecture.md, "Adaptive thresholds"). Off by default.
+    #[arg(long, env = "OFFRAMP_ACCURACY_BUDGET", value_parser = units::parse_ratio)]
+    pub accuracy_budget: Option<f64>,
+    /// With --accuracy-budget: fraction of edge-answered inputs also sent to
+    /// the cloud in the background as feedback [default: 10%].
+    #[arg(long, env = "OFFRAMP_SHADOW_FRACTION", value_parser = units::parse_ratio)]
+    pub shadow_fraction: Option<f64>,
+    /// Re-plan the split point (any K up to the one this bundle holds) and
+    /// the encoding (f32, or int8 + LZ4) while serving, from measured costs:
+    /// edge compute, request bytes, RTT and goodput to the cloud, the
+    /// cloud's compute, exit rates (see docs/architecture.md, "Adaptive
+    /// split"). The cloud must serve every such split (one holding the whole
+    /// model does). Off by default.
+    #[arg(long, env = "OFFRAMP_ADAPTIVE_SPLIT")]
+    #[serde(default)]
+    pub adaptive_split: bool,
+    /// With --adaptive-split: take the route with the least offload among
+    /// those expected within this latency (`50ms`), instead of the fastest.
+    #[arg(long, env = "OFFRAMP_LATENCY_SLO", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub latency_slo: Option<Duration>,
 }
 
 impl EdgeArgs {
@@ -184,6 +210,10 @@ impl EdgeArgs {
             },
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             edge_id: self.edge_id.or(file.edge_id),
+            accuracy_budget: self.accuracy_budget.or(file.accuracy_budget),
+            shadow_fraction: self.shadow_fraction.or(file.shadow_fraction),
+            adaptive_split: self.adaptive_split || file.adaptive_split,
+            latency_slo: self.latency_slo.or(file.latency_slo),
         })
     }
 }
@@ -250,6 +280,11 @@ pub struct EdgeConfig {
     pub credentials: Credentials,
     pub metrics_listen: Option<SocketAddr>,
     pub edge_id: String,
+    /// Adaptive thresholds under an accuracy budget; `None`: the policy's
+    /// thresholds stay as configured.
+    pub accuracy_budget: Option<BudgetConfig>,
+    /// The split point and encoding re-planned live; `None`: fixed.
+    pub adaptive_split: Option<PlanConfig>,
 }
 
 impl EdgeConfig {
@@ -272,6 +307,8 @@ impl EdgeConfig {
             credentials: Credentials::default(),
             metrics_listen: None,
             edge_id: defaults::EDGE_ID.to_string(),
+            accuracy_budget: None,
+            adaptive_split: None,
         }
     }
 
@@ -305,6 +342,32 @@ impl EdgeConfig {
         };
         config.metrics_listen = args.metrics_listen;
         config.edge_id = args.edge_id.unwrap_or_else(|| defaults::EDGE_ID.to_string());
+        config.accuracy_budget = match (args.accuracy_budget, args.shadow_fraction) {
+            (Some(b), shadow) => {
+                let mut c = BudgetConfig::new(b);
+                c.shadow = shadow.unwrap_or(c.shadow);
+                Some(c)
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "shadow-fraction",
+                    rule: "only with --accuracy-budget",
+                    got: "no budget".into(),
+                })
+            }
+            (None, None) => None,
+        };
+        config.adaptive_split = match (args.adaptive_split, args.latency_slo) {
+            (true, slo) => Some(PlanConfig::new(slo.map_or(Objective::MinLatency, Objective::Slo))),
+            (false, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    flag: "latency-slo",
+                    rule: "only with --adaptive-split",
+                    got: "a fixed split".into(),
+                })
+            }
+            (false, None) => None,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -318,6 +381,16 @@ impl EdgeConfig {
             return Err(ConfigError::Invalid { flag: "connect-timeout", rule: "positive", got: "0s".into() });
         }
         BreakerSettings::try_new(self.breaker.failures, self.breaker.backoff, self.breaker.max_backoff)?;
+        if let Some(p) = &self.adaptive_split {
+            p.validate().map_err(|got| ConfigError::Invalid { flag: "latency-slo", rule: "valid settings", got })?;
+        }
+        if let Some(b) = &self.accuracy_budget {
+            b.validate().map_err(|got| ConfigError::Invalid {
+                flag: "accuracy-budget",
+                rule: "valid settings",
+                got,
+            })?;
+        }
         Ok(())
     }
 }

@@ -2,11 +2,13 @@
 //! the device, answers at the first confident exit, offloads the hidden state
 //! to a cloud otherwise, and always answers (offline fallback).
 
+pub mod adapt;
 pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod offload;
+pub mod plan;
 pub mod quic;
 pub mod report;
 pub mod run;

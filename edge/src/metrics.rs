@@ -15,6 +15,14 @@ pub fn install(addr: SocketAddr) -> Result<(), offramp_transport::metrics::Build
     describe_counter!("offramp_edge_bytes_down_total", Unit::Bytes, "Bytes received from the cloud");
     describe_counter!("offramp_edge_fallbacks_total", "Fallback answers by reason");
     describe_gauge!("offramp_edge_breaker_state", "Breaker state per endpoint: 0 closed, 1 half-open, 2 open");
+    describe_gauge!("offramp_edge_split", "Split point inputs take now (with --adaptive-split: the planner's choice)");
+    describe_gauge!("offramp_edge_route_int8", "1 when the planner's route sends int8 + LZ4, 0 for f32");
+    describe_counter!("offramp_edge_split_switches_total", "Routes the planner switched to");
+    describe_gauge!("offramp_edge_rtt_seconds", Unit::Seconds, "The planner's round-trip estimate to the cloud");
+    describe_gauge!("offramp_edge_goodput_bytes_per_second", "The planner's goodput estimate to the cloud");
+    describe_gauge!("offramp_edge_expected_latency_seconds", Unit::Seconds, "Planner's expected latency per route");
+    describe_gauge!("offramp_edge_threshold", "Threshold of each edge exit (with --accuracy-budget: the controller's)");
+    describe_counter!("offramp_edge_shadow_requests_total", "Shadow requests by outcome (answered, dropped, failed)");
     tracing::info!(%addr, "metrics listening");
     Ok(())
 }
@@ -29,6 +37,24 @@ pub fn record_answer(a: &Answer) {
     metrics::counter!("offramp_edge_bytes_down_total").increment(a.bytes_down);
     if let Some(r) = a.reason {
         metrics::counter!("offramp_edge_fallbacks_total", "reason" => r.as_str()).increment(1);
+    }
+}
+
+/// The planner's latest plan.
+pub fn record_plan(plan: &crate::plan::Plan) {
+    metrics::gauge!("offramp_edge_split").set(plan.route.split as f64);
+    metrics::gauge!("offramp_edge_route_int8").set(f64::from(plan.route.encoding == offramp_proto::Encoding::Int8));
+    if plan.switched {
+        metrics::counter!("offramp_edge_split_switches_total").increment(1);
+    }
+    if let Some(rtt) = plan.rtt_us {
+        metrics::gauge!("offramp_edge_rtt_seconds").set(rtt / 1e6);
+    }
+    if let Some(g) = plan.goodput_bps.filter(|g| g.is_finite()) {
+        metrics::gauge!("offramp_edge_goodput_bytes_per_second").set(g);
+    }
+    for e in &plan.estimates {
+        metrics::gauge!("offramp_edge_expected_latency_seconds", "route" => e.route.to_string()).set(e.expected_us / 1e6);
     }
 }
 

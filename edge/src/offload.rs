@@ -40,15 +40,22 @@ pub struct Offloaded {
 #[derive(Debug, Clone)]
 pub struct Expectation {
     pub model_id: String,
+    /// Every split this edge may offload at (one, or with
+    /// `--adaptive-split` every candidate), with its fingerprints.
+    pub splits: Vec<SplitExpectation>,
+    /// The hidden-state encodings this edge may send, each with the
+    /// lossless compression on top (`None`: none); the cloud must list them.
+    pub encodings: Vec<(pb::Encoding, pb::Compression)>,
+}
+
+/// The fingerprints of one split point.
+#[derive(Debug, Clone)]
+pub struct SplitExpectation {
     pub split: usize,
     /// Cloud-side fingerprint this edge expects at `split`.
     pub cloud_fingerprint: String,
     /// This edge's own fingerprint of blocks `[0, split)`.
     pub edge_fingerprint: String,
-    /// The hidden-state encoding this edge sends (the cloud must list it).
-    pub encoding: pb::Encoding,
-    /// Lossless compression on top (`None`: none).
-    pub compression: pb::Compression,
 }
 
 pub struct Endpoint {
@@ -104,34 +111,44 @@ fn check(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), St
         ));
     }
     let short = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.chars().take(12).collect() };
-    let Some(split) = info.splits.iter().find(|s| s.split as usize == expect.split) else {
-        let held: Vec<u32> = info.splits.iter().map(|s| s.split).collect();
-        return Err(format!(
-            "cloud {url} holds model {:?} and serves splits {held:?}, not split {} that this edge uses",
-            info.model_id, expect.split
-        ));
-    };
-    if info.model_id != expect.model_id || split.cloud_fingerprint != expect.cloud_fingerprint {
-        return Err(format!(
-            "cloud {url} holds model {:?} with cloud-side fingerprint {} at split {}, but this edge holds model {:?} \
-             expecting cloud-side fingerprint {} (edge side {}): edge and cloud were built from different weights",
-            info.model_id,
-            short(&split.cloud_fingerprint),
-            expect.split,
-            expect.model_id,
-            short(&expect.cloud_fingerprint),
-            short(&expect.edge_fingerprint),
-        ));
+    for want in &expect.splits {
+        let Some(split) = info.splits.iter().find(|s| s.split as usize == want.split) else {
+            let held: Vec<u32> = info.splits.iter().map(|s| s.split).collect();
+            return Err(format!(
+                "cloud {url} holds model {:?} and serves splits {held:?}, not split {} that this edge uses",
+                info.model_id, want.split
+            ));
+        };
+        if info.model_id != expect.model_id || split.cloud_fingerprint != want.cloud_fingerprint {
+            return Err(format!(
+                "cloud {url} holds model {:?} with cloud-side fingerprint {} at split {}, but this edge holds model \
+                 {:?} expecting cloud-side fingerprint {} (edge side {}): edge and cloud were built from different \
+                 weights",
+                info.model_id,
+                short(&split.cloud_fingerprint),
+                want.split,
+                expect.model_id,
+                short(&want.cloud_fingerprint),
+                short(&want.edge_fingerprint),
+            ));
+        }
+        if !split.edge_fingerprint.is_empty() && split.edge_fingerprint != want.edge_fingerprint {
+            return Err(format!(
+                "cloud {url} expects edge-side fingerprint {} at split {}, this edge holds {}: the edge's weights differ",
+                short(&split.edge_fingerprint),
+                want.split,
+                short(&want.edge_fingerprint)
+            ));
+        }
     }
-    if !split.edge_fingerprint.is_empty() && split.edge_fingerprint != expect.edge_fingerprint {
-        return Err(format!(
-            "cloud {url} expects edge-side fingerprint {} at split {}, this edge holds {}: the edge's weights differ",
-            short(&split.edge_fingerprint),
-            expect.split,
-            short(&expect.edge_fingerprint)
-        ));
+    for &(encoding, compression) in &expect.encodings {
+        check_encoding(url, info, encoding, compression)?;
     }
-    if !info.encodings.contains(&(expect.encoding as i32)) {
+    Ok(())
+}
+
+fn check_encoding(url: &str, info: &pb::ModelInfo, encoding: pb::Encoding, compression: pb::Compression) -> Result<(), String> {
+    if !info.encodings.contains(&(encoding as i32)) {
         let names: Vec<&str> = info
             .encodings
             .iter()
@@ -139,13 +156,13 @@ fn check(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), St
             .collect();
         return Err(format!(
             "cloud {url} accepts hidden-state encodings {names:?}, this edge sends {}: pick one of them with --encoding",
-            offramp_common::codec::encoding_name(expect.encoding)
+            offramp_common::codec::encoding_name(encoding)
         ));
     }
-    if expect.compression != pb::Compression::None && !info.compressions.contains(&(expect.compression as i32)) {
+    if compression != pb::Compression::None && !info.compressions.contains(&(compression as i32)) {
         return Err(format!(
             "cloud {url} does not accept {}-compressed hidden states (it lists {:?}): use --compression none",
-            offramp_common::codec::compression_name(expect.compression),
+            offramp_common::codec::compression_name(compression),
             info.compressions
         ));
     }
@@ -258,6 +275,22 @@ impl Offloader {
             crate::metrics::breaker_state(&ep.url, b.state());
         }
         a
+    }
+
+    /// Times a handshake call to the first usable endpoint (verified, breaker
+    /// not open): the planner's round-trip probe. The elapsed time and the
+    /// size of the answer, `None` when no endpoint answered in `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Option<(Duration, usize)> {
+        for ep in &self.endpoints {
+            if !matches!(ep.verified.get(), Some(Ok(()))) || ep.breaker_state() == BreakerState::Open {
+                continue;
+            }
+            let t = Instant::now();
+            if let Ok(info) = ep.transport.model_info(timeout).await {
+                return Some((t.elapsed(), prost::Message::encoded_len(&info)));
+            }
+        }
+        None
     }
 
     /// Sends `req` to the first endpoint that answers before `deadline`,

@@ -3,7 +3,7 @@
 //! fall back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use offramp_common::model::{ExitResult, Observation, Overflow, SplitSide};
@@ -12,9 +12,11 @@ use offramp_common::{codec, Bundle, Executor, ModelError, Policy};
 use offramp_proto as pb;
 use serde::Serialize;
 
+use crate::adapt::Controller;
 use crate::breaker::BreakerConfig;
 pub use crate::config::{EdgeConfig, FallbackMode};
-use crate::offload::{Expectation, Offloader, Reason};
+use crate::offload::{Expectation, Offloader, Reason, SplitExpectation};
+use crate::plan::{Planner, Profile, Route};
 use crate::transport::{ConnectConfig, Transport, TransportError};
 
 /// Why an edge could not start.
@@ -36,6 +38,8 @@ pub enum EdgeError {
     Endpoint { url: String, source: TransportError },
     #[error(transparent)]
     Handshake(#[from] crate::offload::HandshakeError),
+    #[error("profiling the device's blocks panicked: {0}")]
+    Profile(String),
     #[error("metrics exporter: {0}")]
     Metrics(#[from] offramp_transport::metrics::BuildError),
 }
@@ -100,6 +104,15 @@ pub struct Answer {
     pub endpoint: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probabilities: Vec<f32>,
+    /// The split point this answer was computed at.
+    pub split: usize,
+    /// The encoding its hidden state was sent in (offloaded answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    /// The thresholds of the edge exits this input was decided with (with
+    /// `--accuracy-budget`: the controller's at the time).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<f32>,
     /// Set (with `tier = error`) when the input overflowed the network: a
     /// finite input too large for the weights, whose answer would have been
     /// NaN. The input's fault, not the device's (the local API answers
@@ -113,12 +126,20 @@ pub struct Edge {
     pub config: EdgeConfig,
     exec: Executor,
     policy: Arc<Policy>,
-    split: usize,
-    offloader: Option<Offloader>,
-    /// Rules of the cloud-side exits, sent with every request.
-    cloud_policy: Vec<pb::ExitRuleSpec>,
-    cloud_fingerprint: String,
+    /// The split point and encoding inputs take now: fixed, or the
+    /// planner's choice (`--adaptive-split`).
+    route: Arc<RwLock<Route>>,
+    offloader: Option<Arc<Offloader>>,
+    /// The cloud-side fingerprint at each split `0..=N` (empty where the
+    /// bundle does not record it).
+    cloud_fingerprints: Vec<String>,
     next_id: AtomicU64,
+    /// The split planner (`--adaptive-split`) and its probe/plan task.
+    planner: Option<Arc<Mutex<Planner>>>,
+    planner_task: Option<tokio::task::AbortHandle>,
+    /// The accuracy-budget controller (`--accuracy-budget`), owning the
+    /// thresholds of the edge exits.
+    controller: Option<Arc<Controller>>,
 }
 
 impl Edge {
@@ -161,15 +182,25 @@ impl Edge {
             )));
         }
         let edge_fingerprint = bundle.fingerprint(SplitSide::Edge, split).unwrap_or_default();
-        let cloud_fingerprint = bundle.expected_fingerprint(SplitSide::Cloud, split).unwrap_or_default();
-        let cloud_exits = bundle.exits_in(split..n);
-        let cloud_policy = policy.to_wire(&cloud_exits);
-        let offloader = if split < n {
+        let cloud_fingerprints: Vec<String> =
+            (0..=n).map(|k| bundle.expected_fingerprint(SplitSide::Cloud, k).unwrap_or_default()).collect();
+        // The splits this edge may offload at: the configured one, or with
+        // --adaptive-split every one it holds the edge side of.
+        let candidates: Vec<usize> = match config.adaptive_split {
+            Some(_) => (0..=held.end).filter(|&k| bundle.serves(SplitSide::Edge, k)).collect(),
+            None => vec![split],
+        };
+        let offloaded: Vec<usize> = candidates.iter().copied().filter(|&k| k < n).collect();
+        let encodings = match config.adaptive_split {
+            Some(_) => vec![(pb::Encoding::F32, config.compression), (pb::Encoding::Int8, pb::Compression::Lz4)],
+            None => vec![(config.encoding, config.compression)],
+        };
+        let offloader = if !offloaded.is_empty() {
             if config.clouds.is_empty() {
                 tracing::warn!(split, "no --cloud given: every offload will fall back");
             }
-            if cloud_fingerprint.is_empty() {
-                return Err(EdgeError::NoCloudFingerprint(split));
+            if let Some(&k) = offloaded.iter().find(|&&k| cloud_fingerprints[k].is_empty()) {
+                return Err(EdgeError::NoCloudFingerprint(k));
             }
             let connect = ConnectConfig { connect_timeout: config.connect_timeout, ..Default::default() };
             let mut endpoints = Vec::new();
@@ -186,16 +217,20 @@ impl Edge {
             };
             let expect = Expectation {
                 model_id: bundle.model_id().to_string(),
-                split,
-                cloud_fingerprint: cloud_fingerprint.clone(),
-                edge_fingerprint: edge_fingerprint.clone(),
-                encoding: config.encoding,
-                compression: config.compression,
+                splits: offloaded
+                    .iter()
+                    .map(|&k| SplitExpectation {
+                        split: k,
+                        cloud_fingerprint: cloud_fingerprints[k].clone(),
+                        edge_fingerprint: bundle.fingerprint(SplitSide::Edge, k).unwrap_or_default(),
+                    })
+                    .collect(),
+                encodings,
             };
             let offloader = Offloader::new(endpoints, expect, breaker);
             let reachable = offloader.handshake_all(config.connect_timeout.max(Duration::from_millis(500))).await?;
             tracing::info!(reachable, endpoints = config.clouds.len(), "cloud handshake");
-            Some(offloader)
+            Some(Arc::new(offloader))
         } else {
             None
         };
@@ -204,14 +239,49 @@ impl Edge {
             edge_fingerprint = %edge_fingerprint.chars().take(12).collect::<String>(),
             "edge ready"
         );
+        let controller = config.accuracy_budget.map(|b| {
+            // Every exit the edge may run (with --adaptive-split, up to the
+            // deepest split it holds).
+            let deepest = candidates.iter().copied().max().unwrap_or(split);
+            let edge_exits = bundle.exits_in(0..deepest).len();
+            let c = Controller::new(b, &policy, edge_exits);
+            tracing::info!(budget = b.budget, shadow = b.shadow, thresholds = ?c.thresholds(), "accuracy budget on");
+            Arc::new(c)
+        });
+        let exec = Executor::new(Arc::new(bundle));
+        let start = Route { split, encoding: config.encoding };
+        let route = Arc::new(RwLock::new(start));
+        let (planner, planner_task) = match config.adaptive_split {
+            Some(plan) => {
+                let (e, c, cand) = (exec.clone(), config.compression, candidates.clone());
+                let profile = tokio::task::spawn_blocking(move || profile_device(&e, &cand, c))
+                    .await
+                    .map_err(|e| EdgeError::Profile(e.to_string()))??;
+                let mut start = start;
+                if !profile.routes.iter().any(|(r, _)| *r == start) {
+                    start = profile.routes.iter().find(|(r, _)| r.split == split).map_or(profile.routes[0].0, |r| r.0);
+                    *route.write().expect("route lock") = start;
+                }
+                tracing::info!(
+                    routes = profile.routes.len(), block_us = ?profile.block_us, objective = ?plan.objective,
+                    "adaptive split on"
+                );
+                let planner = Arc::new(Mutex::new(Planner::new(plan, profile, start)));
+                let task = tokio::spawn(plan_loop(planner.clone(), offloader.clone(), route.clone(), config.deadline));
+                (Some(planner), Some(task.abort_handle()))
+            }
+            None => (None, None),
+        };
         Ok(Self {
-            exec: Executor::new(Arc::new(bundle)),
+            controller,
+            exec,
             policy: Arc::new(policy),
-            split,
+            route,
             offloader,
-            cloud_policy,
-            cloud_fingerprint,
+            cloud_fingerprints,
             next_id: AtomicU64::new(0),
+            planner,
+            planner_task,
             config,
         })
     }
@@ -220,12 +290,46 @@ impl Edge {
         self.exec.bundle()
     }
 
+    /// The split point inputs take now.
     pub fn split(&self) -> usize {
-        self.split
+        self.route().split
+    }
+
+    /// The split point and encoding inputs take now.
+    pub fn route(&self) -> Route {
+        *self.route.read().expect("route lock")
+    }
+
+    /// The split planner, with `--adaptive-split`.
+    pub fn planner(&self) -> Option<&Arc<Mutex<Planner>>> {
+        self.planner.as_ref()
+    }
+
+    /// Compression on top of `encoding` on this edge's routes: the
+    /// planner's int8 routes use LZ4, everything else `--compression`.
+    fn compression_of(&self, encoding: pb::Encoding) -> pb::Compression {
+        if self.planner.is_some() && encoding == pb::Encoding::Int8 {
+            pb::Compression::Lz4
+        } else {
+            self.config.compression
+        }
     }
 
     pub fn offloader(&self) -> Option<&Offloader> {
-        self.offloader.as_ref()
+        self.offloader.as_deref()
+    }
+
+    /// The accuracy-budget controller, when one runs.
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.as_ref()
+    }
+
+    /// The policy the next input is decided with.
+    pub fn policy(&self) -> Arc<Policy> {
+        match &self.controller {
+            Some(c) => c.policy(),
+            None => self.policy.clone(),
+        }
     }
 
     /// Checks a raw input against the model (shape; token ids within the
@@ -277,6 +381,9 @@ impl Edge {
             retries: 0,
             endpoint: None,
             probabilities: vec![],
+            split: 0,
+            encoding: None,
+            thresholds: vec![],
             overflow: None,
         };
         let labels = self.bundle().labels();
@@ -288,7 +395,14 @@ impl Edge {
         };
 
         // Local blocks, off the async workers.
-        let (exec, policy, split) = (self.exec.clone(), self.policy.clone(), self.split);
+        let route = self.route();
+        let (exec, policy, split) = (self.exec.clone(), self.policy(), route.split);
+        let n = self.bundle().num_blocks();
+        // Rules of the cloud-side exits, sent with the request.
+        let cloud_policy = policy.to_wire(&self.bundle().exits_in(split..n));
+        answer.split = split;
+        answer.thresholds = edge_thresholds(&policy, self.bundle().exits_in(0..split).len());
+        let shadow_input = self.controller.as_ref().map(|_| input.clone());
         let local = tokio::task::spawn_blocking(move || -> Result<Local, ModelError> {
             let x = exec.batch_of(0, &[&input])?;
             let out = exec.run(&x, 0..split, &policy, vec![vec![]])?;
@@ -316,9 +430,22 @@ impl Edge {
         let (values, shape, history) = match local {
             Ok(Ok(Local::Exited(r))) => {
                 set_result(&mut answer, &r, Tier::Edge);
+                if let Some(p) = &self.planner {
+                    p.lock().expect("planner lock").observe_answer(r.exit);
+                }
+                if let (Some(c), Some(input)) = (&self.controller, shadow_input) {
+                    if let Some(guard) = c.take_shadow() {
+                        self.send_shadow(guard, input, r.exit, route);
+                    }
+                }
                 return finish(answer);
             }
-            Ok(Ok(Local::Continue { values, shape, history })) => (values, shape, history),
+            Ok(Ok(Local::Continue { values, shape, history })) => {
+                if let Some(p) = &self.planner {
+                    p.lock().expect("planner lock").observe_local(split, answer.edge_us as f64);
+                }
+                (values, shape, history)
+            }
             Ok(Ok(Local::Overflow(o))) => {
                 set_overflow(&mut answer, o);
                 return finish(answer);
@@ -335,24 +462,25 @@ impl Edge {
 
         // Offload. Token ids (a split at 0 of a text model) must arrive
         // exactly: they go as f32 whatever the configured encoding.
-        let encoding =
-            if self.split == 0 && self.bundle().takes_tokens() { pb::Encoding::F32 } else { self.config.encoding };
+        let encoding = if split == 0 && self.bundle().takes_tokens() { pb::Encoding::F32 } else { route.encoding };
         let mut hidden = codec::encode(&values, &shape, encoding);
-        codec::compress(&mut hidden, self.config.compression);
+        codec::compress(&mut hidden, self.compression_of(encoding));
         let req = pb::InferRequest {
             request_id: id,
             model_id: self.bundle().model_id().to_string(),
-            model_fingerprint: self.cloud_fingerprint.clone(),
-            split: self.split as u32,
+            model_fingerprint: self.cloud_fingerprints[split].clone(),
+            split: split as u32,
             hidden: Some(hidden),
             history: Some(history_to_wire(&history)),
             want_probabilities: self.config.probabilities,
             edge_id: self.config.edge_id.clone(),
-            policy: self.cloud_policy.clone(),
+            policy: cloud_policy,
         };
         answer.bytes_up = prost::Message::encoded_len(&req) as u64;
+        answer.encoding = Some(codec::encoding_name(encoding));
         let offloader = self.offloader.as_ref().expect("split < N has an offloader");
-        match offloader.offload(req, Instant::now() + deadline).await {
+        let sent = Instant::now();
+        match offloader.offload(req, sent + deadline).await {
             // A peer's non-finite answer is not passed on either (a cloud of
             // another version may send one): the local fallback answers.
             Ok(done) if !finite_response(&done.response) => {
@@ -363,10 +491,24 @@ impl Edge {
                     offloader.endpoints()[done.endpoint].url,
                     done.response.confidence
                 ));
-                self.fallback(&mut answer, values, &history).await;
+                self.fallback(&mut answer, split, values, &history).await;
             }
             Ok(done) => {
                 let r = done.response;
+                if let Some(c) = &self.controller {
+                    c.set_reachable(true);
+                    // Only the final exit's answer is the full model's.
+                    if r.exit as usize + 1 == self.bundle().num_exits() {
+                        c.observe(&history, r.prediction as usize, false);
+                    }
+                }
+                if let Some(p) = &self.planner {
+                    let mut p = p.lock().expect("planner lock");
+                    let cloud_us = (r.queue_us + r.compute_us) as f64;
+                    let route = Route { split, encoding };
+                    p.observe_offload(route, answer.bytes_up as f64, sent.elapsed().as_micros() as f64, cloud_us);
+                    p.observe_answer(r.exit as usize);
+                }
                 answer.tier = Tier::Cloud;
                 answer.prediction = Some(r.prediction);
                 answer.exit = Some(r.exit);
@@ -379,16 +521,95 @@ impl Edge {
                 answer.endpoint = Some(offloader.endpoints()[done.endpoint].url.clone());
             }
             Err(e) => {
+                if let Some(c) = &self.controller {
+                    if !matches!(e.reason, Reason::Rejected) {
+                        c.set_reachable(false);
+                    }
+                }
                 answer.retries = e.retries;
                 answer.reason = Some(e.reason);
                 answer.error = Some(e.message);
-                self.fallback(&mut answer, values, &history).await;
+                self.fallback(&mut answer, split, values, &history).await;
             }
         }
         finish(answer)
     }
 
-    async fn fallback(&self, answer: &mut Answer, hidden: Vec<f32>, history: &[Observation]) {
+    /// A shadow request (see [`crate::adapt`]) for an input that exited at
+    /// `exit` on the device: in the background, the edge blocks again with no
+    /// exit (to reach the state at K, and the observations of every edge
+    /// exit), then the cloud's final exit; its answer is feedback.
+    fn send_shadow(&self, guard: crate::adapt::ShadowGuard, input: Vec<f32>, exit: usize, route: Route) {
+        let Some(offloader) = self.offloader.clone() else { return };
+        let split = route.split;
+        if split >= self.bundle().num_blocks() {
+            return;
+        }
+        let (exec, controller, planner) = (self.exec.clone(), self.controller.clone(), self.planner.clone());
+        let num_exits = self.bundle().num_exits();
+        let base = pb::InferRequest {
+            request_id: u64::MAX - self.next_id.fetch_add(1, Ordering::Relaxed),
+            model_id: self.bundle().model_id().to_string(),
+            model_fingerprint: self.cloud_fingerprints[split].clone(),
+            split: split as u32,
+            want_probabilities: false,
+            edge_id: self.config.edge_id.clone(),
+            // The full model's answer: no cloud-side exit answers early.
+            policy: self
+                .bundle()
+                .exits_in(split..self.bundle().num_blocks())
+                .iter()
+                .map(|&e| pb::ExitRuleSpec { exit: e as u32, rule: "never".into(), threshold: 0.0, patience: 0 })
+                .collect(),
+            ..Default::default()
+        };
+        let encoding = if split == 0 && self.bundle().takes_tokens() { pb::Encoding::F32 } else { route.encoding };
+        let compression = self.compression_of(encoding);
+        let deadline = controller.as_ref().map(|c| c.config.shadow_deadline).unwrap_or_default();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let local = tokio::task::spawn_blocking(move || -> Result<_, ModelError> {
+                let x = exec.batch_of(0, &[&input])?;
+                let out = exec.run(&x, 0..split, &Policy::never(num_exits), vec![vec![]])?;
+                let history = out.histories.first().cloned().unwrap_or_default();
+                let (values, shape) = out.hidden_row(0)?;
+                Ok((values, shape, history))
+            })
+            .await;
+            let Ok(Ok((values, shape, history))) = local else { return };
+            if !values.iter().all(|v| v.is_finite()) {
+                return;
+            }
+            // Observations up to the exit that answered: the exits after it
+            // did not decide this input.
+            let history: Vec<Observation> = history.into_iter().filter(|o| o.exit <= exit).collect();
+            let mut hidden = codec::encode(&values, &shape, encoding);
+            codec::compress(&mut hidden, compression);
+            let req = pb::InferRequest { hidden: Some(hidden), history: Some(history_to_wire(&history)), ..base };
+            let bytes = prost::Message::encoded_len(&req) as f64;
+            let sent = Instant::now();
+            let outcome = match offloader.offload(req, sent + deadline).await {
+                Ok(done) if done.response.exit as usize + 1 == num_exits => {
+                    // The link and the cloud's compute are measured by
+                    // shadows too.
+                    if let Some(p) = &planner {
+                        let cloud_us = (done.response.queue_us + done.response.compute_us) as f64;
+                        let (route, total) = (Route { split, encoding }, sent.elapsed().as_micros() as f64);
+                        p.lock().expect("planner lock").observe_offload(route, bytes, total, cloud_us);
+                    }
+                    if let Some(c) = &controller {
+                        c.observe(&history, done.response.prediction as usize, true);
+                    }
+                    "answered"
+                }
+                Ok(_) => "not-final",
+                Err(_) => "failed",
+            };
+            metrics::counter!("offramp_edge_shadow_requests_total", "outcome" => outcome).increment(1);
+        });
+    }
+
+    async fn fallback(&self, answer: &mut Answer, split: usize, hidden: Vec<f32>, history: &[Observation]) {
         match self.config.fallback {
             FallbackMode::Fail => answer.tier = Tier::Error,
             FallbackMode::BestLocal => match history.last() {
@@ -401,12 +622,11 @@ impl Edge {
                 None => {
                     answer.tier = Tier::Error;
                     let e = answer.error.take().unwrap_or_default();
-                    answer.error = Some(format!("{e}; no local exit to fall back to at split {}", self.split));
+                    answer.error = Some(format!("{e}; no local exit to fall back to at split {split}"));
                 }
             },
             FallbackMode::LocalFull => {
-                let (exec, policy, split, history) =
-                    (self.exec.clone(), self.policy.clone(), self.split, history.to_vec());
+                let (exec, policy, history) = (self.exec.clone(), self.policy.clone(), history.to_vec());
                 let n = self.bundle().num_blocks();
                 let t = Instant::now();
                 let r = tokio::task::spawn_blocking(move || -> Result<Option<Local>, ModelError> {
@@ -442,6 +662,108 @@ impl Edge {
     }
 }
 
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(task) = &self.planner_task {
+            task.abort();
+        }
+    }
+}
+
+/// Measures this device for the planner: each block's compute at batch 1
+/// (median of 9 runs after a warm-up, on a seeded input: random pixels, or
+/// 32 token ids), and the request size at each candidate split in each
+/// encoding the planner may pick (f32 with `compression`, int8 + LZ4).
+fn profile_device(exec: &Executor, candidates: &[usize], compression: pb::Compression) -> Result<Profile, ModelError> {
+    let bundle = exec.bundle();
+    let n = bundle.num_blocks();
+    let deepest = candidates.iter().copied().max().unwrap_or(0);
+    let mut rng = offramp_common::rng::SplitMix64::new(0x5eed);
+    let input: Vec<f32> = match bundle.vocab_size() {
+        Some(vocab) if bundle.takes_tokens() => {
+            let tokens = bundle.shape_at(0)?[0].min(32);
+            (0..tokens).map(|_| (1 + rng.next_u64() as usize % (vocab - 1).max(1)) as f32).collect()
+        }
+        _ => {
+            let len: usize = bundle.shape_at(0)?.iter().product();
+            (0..len).map(|_| rng.next_f32()).collect()
+        }
+    };
+    let never = Policy::never(bundle.num_exits());
+    let mut states = vec![(input.clone(), bundle.shape_at(0)?.to_vec())];
+    let mut block_us = Vec::with_capacity(deepest);
+    for b in 0..deepest.min(n) {
+        let (values, _) = &states[b];
+        let x = exec.batch_of(b, &[values])?;
+        let mut times = Vec::with_capacity(9);
+        let mut out = exec.run(x.clone(), b..b + 1, &never, vec![vec![]])?;
+        for _ in 0..9 {
+            let t = Instant::now();
+            out = exec.run(x.clone(), b..b + 1, &never, vec![vec![]])?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        block_us.push(times[times.len() / 2]);
+        states.push(out.hidden_row(0)?);
+    }
+    let mut routes = Vec::new();
+    for &k in candidates {
+        if k >= n {
+            routes.push((Route { split: k, encoding: pb::Encoding::F32 }, 0.0));
+            continue;
+        }
+        let (values, shape) = &states[k];
+        let encodings: &[(pb::Encoding, pb::Compression)] = if k == 0 && bundle.takes_tokens() {
+            &[(pb::Encoding::F32, pb::Compression::None)]
+        } else {
+            &[(pb::Encoding::F32, compression), (pb::Encoding::Int8, pb::Compression::Lz4)]
+        };
+        for &(encoding, c) in encodings {
+            let mut hidden = codec::encode(values, shape, encoding);
+            codec::compress(&mut hidden, c);
+            // The rest of a request: ids, fingerprint, history, rules.
+            let bytes = prost::Message::encoded_len(&hidden) + bundle.model_id().len() + 96;
+            routes.push((Route { split: k, encoding }, bytes as f64));
+        }
+    }
+    let exits_after = bundle.manifest().exits.iter().map(|e| e.after_block).collect();
+    Ok(Profile { block_us, routes, exits_after, num_blocks: n })
+}
+
+/// The planner's background work: probe the round trip every
+/// `ping_every`, re-plan every `plan_every`, publish the route and the
+/// estimates (metrics, and a log event when the route changes).
+async fn plan_loop(
+    planner: Arc<Mutex<Planner>>,
+    offloader: Option<Arc<Offloader>>,
+    route: Arc<RwLock<Route>>,
+    probe_timeout: Duration,
+) {
+    let config = planner.lock().expect("planner lock").config;
+    let probe = async {
+        let Some(offloader) = offloader else { return };
+        let mut tick = tokio::time::interval(config.ping_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some((took, bytes)) = offloader.ping(probe_timeout).await {
+                planner.lock().expect("planner lock").observe_ping(took.as_secs_f64() * 1e6, bytes as f64);
+            }
+        }
+    };
+    let plan = async {
+        let mut tick = tokio::time::interval(config.plan_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let plan = planner.lock().expect("planner lock").plan();
+            *route.write().expect("route lock") = plan.route;
+            crate::metrics::record_plan(&plan);
+        }
+    };
+    tokio::join!(probe, plan);
+}
+
 enum Local {
     Exited(ExitResult),
     Continue {
@@ -452,6 +774,19 @@ enum Local {
     },
     /// The input overflowed the network: no finite answer.
     Overflow(Overflow),
+}
+
+/// The max-prob thresholds of the first `edge_exits` exits of `policy`
+/// (empty when any of them uses another rule).
+fn edge_thresholds(policy: &Policy, edge_exits: usize) -> Vec<f32> {
+    policy.rules()[..edge_exits.min(policy.num_exits())]
+        .iter()
+        .map(|r| match r {
+            offramp_common::policy::Rule::MaxProb { threshold } => Some(*threshold),
+            _ => None,
+        })
+        .collect::<Option<Vec<f32>>>()
+        .unwrap_or_default()
 }
 
 /// An error answer for an input that overflowed the network.

@@ -9,8 +9,8 @@ use offramp_common::codec;
 use offramp_common::codec::echo;
 use offramp_proto as pb;
 use offramp_proto::classify_server::{Classify, ClassifyServer};
-use tokio::net::TcpListener;
 use offramp_transport::grpc_rules::GrpcRulesLayer;
+use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
@@ -129,7 +129,10 @@ pub async fn serve(
         // per unary call, InvalidArgument for oversized or malformed bodies.
         .layer(GrpcRulesLayer::new(&[Local::NAME, Health::NAME], &[]))
         .add_service(health_service)
-        .add_service(ClassifyServer::new(ClassifyService { edge }).max_decoding_message_size(MAX_INPUT_BYTES + MAX_TEXT_BYTES + 4096))
+        .add_service(
+            ClassifyServer::new(ClassifyService { edge })
+                .max_decoding_message_size(MAX_INPUT_BYTES + MAX_TEXT_BYTES + 4096),
+        )
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), shutdown)
         .await
 }

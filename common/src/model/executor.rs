@@ -504,14 +504,20 @@ mod tests {
         assert!(!alone.exited[0].as_ref().unwrap().is_finite(), "{:?}", alone.exited[0]);
         let both = [big.clone(), fine.clone()].concat();
         for batch in [both, [fine.clone(), big].concat()] {
-            let out = exec.run(&exec.batch_at(0, &batch, 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2]).unwrap();
+            let out =
+                exec.run(&exec.batch_at(0, &batch, 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2]).unwrap();
             let finite: Vec<bool> = out.exited.iter().map(|r| r.as_ref().unwrap().is_finite()).collect();
             assert_eq!(finite.iter().filter(|f| !**f).count(), 1, "{:?}", out.exited);
         }
         let healthy = exec.run(&exec.batch_at(0, &fine, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
-        let paired =
-            exec.run(&exec.batch_at(0, &[vec![f32::MAX; 784], fine].concat(), 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2])
-                .unwrap();
+        let paired = exec
+            .run(
+                &exec.batch_at(0, &[vec![f32::MAX; 784], fine].concat(), 2).unwrap(),
+                0..4,
+                &Policy::never(3),
+                vec![vec![]; 2],
+            )
+            .unwrap();
         let (a, b) = (healthy.exited[0].as_ref().unwrap(), paired.exited[1].as_ref().unwrap());
         assert_eq!((a.exit, a.prediction), (b.exit, b.prediction));
         assert!((a.confidence - b.confidence).abs() < 1e-5);

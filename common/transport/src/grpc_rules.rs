@@ -65,7 +65,6 @@ impl GrpcRulesLayer {
     pub fn new(services: &[&'static str], client_streaming: &[&'static str]) -> Self {
         Self { rules: Arc::new(Rules { services: services.to_vec(), client_streaming: client_streaming.to_vec() }) }
     }
-
 }
 
 impl<S> Layer<S> for GrpcRulesLayer {

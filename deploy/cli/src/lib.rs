@@ -37,6 +37,10 @@ enum Command {
     /// Run a grid of split points x policies x links x transports x encodings,
     /// each cell a real cloud, link and edge; write CSV, records and plots.
     Experiment(experiment::ExperimentArgs),
+    /// The drift scenario: a stream of digits that turns noisy, blurred or
+    /// rotated partway, through a static-policy edge and an edge holding an
+    /// accuracy budget (--accuracy-budget); accuracy and exit rate per window.
+    Drift(offramp_lab::drift::DriftArgs),
     /// Load a cloud with simulated edges (open-loop Poisson arrivals).
     Load(load::LoadArgs),
     /// Write a small MNIST sample (at most 1,000 digits) for demos.
@@ -83,7 +87,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and experiments print their own report; keep the logs to
     // warnings unless asked.
-    let default_filter = if matches!(cli.command, Command::Demo(_) | Command::Experiment(_)) { "warn" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Demo(_) | Command::Experiment(_) | Command::Drift(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     telemetry::init_with_default(cli.log.log_format, default_filter);
     telemetry::exit_code(run(cli.command))
 }
@@ -122,6 +130,10 @@ fn run(command: Command) -> Result<()> {
             emit(&report, args.json, load::render)?;
         }
         Command::Demo(args) => runtime()?.block_on(demo::run(args))?,
+        Command::Drift(args) => {
+            let json = args.json;
+            emit(&runtime()?.block_on(offramp_lab::drift::run(args))?, json, |r| r.render())?
+        }
         Command::Eval(args) => emit(&eval::run(&args)?, args.json, |r| r.render())?,
         Command::Link(args) => offramp_link::cli::run(&args)?,
         Command::Calibrate(args) => emit(&calibrate::run(&args)?, args.json, |r| r.render())?,

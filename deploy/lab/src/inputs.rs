@@ -25,15 +25,19 @@ pub struct OffloadInputs {
     pub split: Option<usize>,
 }
 
+/// The first split point with an exit on the edge side (the block after
+/// the first exit), leaving the cloud at least one block.
+pub fn split_for_bundle(bundle: &Bundle) -> usize {
+    let first_exit = bundle.manifest().exits.first().map_or(0, |e| e.after_block);
+    (first_exit + 1).min(bundle.num_blocks().saturating_sub(1)).max(1)
+}
+
 impl OffloadInputs {
     /// `--split`, or the first split point with an exit on the edge side
     /// (the block after the first exit), leaving the cloud at least one
     /// block.
     pub fn split_for(&self, bundle: &Bundle) -> usize {
-        self.split.unwrap_or_else(|| {
-            let first_exit = bundle.manifest().exits.first().map_or(0, |e| e.after_block);
-            (first_exit + 1).min(bundle.num_blocks().saturating_sub(1)).max(1)
-        })
+        self.split.unwrap_or_else(|| split_for_bundle(bundle))
     }
 
     /// The bundle's directory (as found), the bundle, and at most `n` sample

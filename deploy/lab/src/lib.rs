@@ -5,6 +5,8 @@
 //!   real hidden states.
 //! - [`harness`]: the in-process cloud + links + edges all of them start.
 //! - [`demo`]: `offramp demo`, the bundled model through the split.
+//! - [`drift`]: `offramp drift`, the accuracy-budget controller against the
+//!   static policy on a stream that drifts.
 //! - [`experiment`]: `offramp experiment`, a grid of split points × policies
 //!   × links × transports × encodings, with CSV, records and plots.
 //! - [`load`]: `offramp load`, simulated edges against a cloud.
@@ -13,6 +15,7 @@
 //!   through the link emulator.
 
 pub mod demo;
+pub mod drift;
 pub mod experiment;
 pub mod harness;
 pub mod inputs;
