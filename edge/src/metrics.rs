@@ -54,7 +54,8 @@ pub fn record_plan(plan: &crate::plan::Plan) {
         metrics::gauge!("offramp_edge_goodput_bytes_per_second").set(g);
     }
     for e in &plan.estimates {
-        metrics::gauge!("offramp_edge_expected_latency_seconds", "route" => e.route.to_string()).set(e.expected_us / 1e6);
+        metrics::gauge!("offramp_edge_expected_latency_seconds", "route" => e.route.to_string())
+            .set(e.expected_us / 1e6);
     }
 }
 

@@ -147,7 +147,12 @@ fn check(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), St
     Ok(())
 }
 
-fn check_encoding(url: &str, info: &pb::ModelInfo, encoding: pb::Encoding, compression: pb::Compression) -> Result<(), String> {
+fn check_encoding(
+    url: &str,
+    info: &pb::ModelInfo,
+    encoding: pb::Encoding,
+    compression: pb::Compression,
+) -> Result<(), String> {
     if !info.encodings.contains(&(encoding as i32)) {
         let names: Vec<&str> = info
             .encodings

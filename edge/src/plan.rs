@@ -86,6 +86,9 @@ pub struct PlanConfig {
     pub ping_every: Duration,
     /// Answers the exit rates are counted over.
     pub exit_window: usize,
+    /// Offloads and probes the planner sees before its first switch (the
+    /// first requests carry connection set-up and cold caches).
+    pub warmup: usize,
 }
 
 impl PlanConfig {
@@ -95,8 +98,9 @@ impl PlanConfig {
             hysteresis: 0.1,
             confirm: 3,
             plan_every: Duration::from_millis(200),
-            ping_every: Duration::from_millis(250),
+            ping_every: Duration::from_secs(1),
             exit_window: 1000,
+            warmup: 20,
         }
     }
 
@@ -122,7 +126,9 @@ impl PlanConfig {
 /// A smoothed estimate with change detection: a slow EWMA is the estimate,
 /// a fast one follows recent samples; when the fast one stays more than
 /// `jump` (relative) away from the slow one for `persist` samples in a row,
-/// the link changed and the slow one is reset to the fast one.
+/// the link changed and the slow one is reset to the fast one. Until a
+/// weight reaches `1 / count` both are plain means, so the first sample
+/// (often an outlier: a connection being set up) does not linger.
 #[derive(Debug, Clone)]
 pub struct Tracker {
     slow: Option<f64>,
@@ -132,12 +138,23 @@ pub struct Tracker {
     jump: f64,
     persist: usize,
     run: usize,
+    count: u64,
     pub changes: u64,
 }
 
 impl Default for Tracker {
     fn default() -> Self {
-        Self { slow: None, fast: None, alpha_slow: 0.05, alpha_fast: 0.4, jump: 0.5, persist: 4, run: 0, changes: 0 }
+        Self {
+            slow: None,
+            fast: None,
+            alpha_slow: 0.05,
+            alpha_fast: 0.4,
+            jump: 0.5,
+            persist: 4,
+            run: 0,
+            count: 0,
+            changes: 0,
+        }
     }
 }
 
@@ -147,13 +164,15 @@ impl Tracker {
         if !x.is_finite() {
             return false;
         }
+        self.count += 1;
+        let mean = 1.0 / self.count as f64;
         let (Some(slow), Some(fast)) = (self.slow, self.fast) else {
             self.slow = Some(x);
             self.fast = Some(x);
             return false;
         };
-        let fast = fast + self.alpha_fast * (x - fast);
-        let slow = slow + self.alpha_slow * (x - slow);
+        let fast = fast + self.alpha_fast.max(mean) * (x - fast);
+        let slow = slow + self.alpha_slow.max(mean) * (x - slow);
         self.fast = Some(fast);
         // Relative to the larger of the two, with a floor so that estimates
         // near zero (a per-byte time on a fast link) do not flap on noise.
@@ -237,6 +256,9 @@ pub struct Planner {
     cloud: Vec<Option<Tracker>>,
     /// Measured request bytes per route.
     bytes: Vec<Option<Tracker>>,
+    /// Offloads (and shadows) and probes seen, for the warm-up.
+    offloads_seen: usize,
+    pings_seen: usize,
     /// Exit index of the last answers (`None`: none answered, an error).
     answers: VecDeque<usize>,
     exit_counts: Vec<usize>,
@@ -260,6 +282,8 @@ impl Planner {
             changed: false,
             cloud: vec![None; blocks + 1],
             bytes: vec![None; n_routes],
+            offloads_seen: 0,
+            pings_seen: 0,
             answers: VecDeque::new(),
             exit_counts: vec![0; exits],
             switches: 0,
@@ -279,6 +303,7 @@ impl Planner {
     pub fn observe_ping(&mut self, us: f64, bytes: f64) {
         self.changed |= self.ping.update(us);
         self.ping_bytes = bytes;
+        self.pings_seen += 1;
     }
 
     /// Round trip of an empty message: the probe's time less its bytes.
@@ -298,6 +323,7 @@ impl Planner {
     /// An offload on `route` of `bytes` took `total_us` from send to answer,
     /// `cloud_us` of which the cloud spent queued and computing.
     pub fn observe_offload(&mut self, route: Route, bytes: f64, total_us: f64, cloud_us: f64) {
+        self.offloads_seen += 1;
         if let Some(t) = self.cloud.get_mut(route.split) {
             t.get_or_insert_with(Tracker::default).update(cloud_us);
         }
@@ -305,12 +331,12 @@ impl Planner {
             self.bytes[i].get_or_insert_with(Tracker::default).update(bytes);
         }
         let network = (total_us - cloud_us).max(0.0);
-        // The slope between the probe and this offload; sizes too close to
-        // tell apart give no sample.
+        // The slope between the probe and this offload (either may be the
+        // larger); sizes too close to tell apart give no sample.
         if let Some(ping) = self.ping.value() {
             let extra = bytes - self.ping_bytes;
-            if extra >= 64.0 {
-                self.changed |= self.per_byte.update((network - ping).max(0.0) / extra);
+            if extra.abs() >= 256.0 {
+                self.changed |= self.per_byte.update(((network - ping) / extra).max(0.0));
             }
         }
     }
@@ -391,9 +417,8 @@ impl Planner {
 
     /// The route the objective prefers, among `estimates`.
     fn best(&self, estimates: &[RouteEstimate]) -> RouteEstimate {
-        let fastest = || {
-            estimates.iter().min_by(|a, b| a.expected_us.total_cmp(&b.expected_us)).cloned().expect("routes")
-        };
+        let fastest =
+            || estimates.iter().min_by(|a, b| a.expected_us.total_cmp(&b.expected_us)).cloned().expect("routes");
         match self.config.objective {
             Objective::MinLatency => fastest(),
             Objective::Slo(slo) => {
@@ -431,8 +456,9 @@ impl Planner {
             }
         };
         let changed = std::mem::take(&mut self.changed);
+        let warm = self.offloads_seen >= self.config.warmup && self.pings_seen >= 2;
         let mut switched = false;
-        if best.route != self.current && better {
+        if best.route != self.current && better && warm {
             let wins = match self.challenger {
                 Some((r, n)) if r == best.route => n + 1,
                 _ => 1,
@@ -490,6 +516,7 @@ mod tests {
     fn planner(objective: Objective) -> Planner {
         let mut c = PlanConfig::new(objective);
         c.confirm = 2;
+        c.warmup = 5;
         Planner::new(c, profile(), route(0, F32))
     }
 
@@ -617,6 +644,22 @@ mod tests {
             switched |= p.plan().switched;
         }
         assert!(switched && p.current() == route(3, INT8), "{}", p.current());
+    }
+
+    #[test]
+    fn the_probe_and_offloads_separate_rtt_from_goodput() {
+        // rtt 2 ms, 10 µs per byte; a 1,000-byte probe; offloads of 3,000
+        // and of 500 bytes (smaller than the probe) both give the slope.
+        for bytes in [3000.0, 500.0] {
+            let mut p = planner(Objective::MinLatency);
+            for _ in 0..30 {
+                p.observe_ping(2000.0 + 1000.0 * 10.0, 1000.0);
+                p.observe_offload(route(0, F32), bytes, 2000.0 + bytes * 10.0 + 300.0, 300.0);
+            }
+            assert!((p.rtt_us().unwrap() - 2000.0).abs() < 1.0, "{:?}", p.rtt_us());
+            let g = p.plan().goodput_bps.unwrap();
+            assert!((g - 1e5).abs() < 1.0, "{g}");
+        }
     }
 
     #[test]
