@@ -104,3 +104,61 @@ async fn the_threshold_controller_learns_from_offloads_and_shadows() {
     drop(edge);
     topology.stop().await.unwrap();
 }
+
+/// `offramp experiment` with `[adaptive]`: an adaptive cell beside the fixed
+/// ones over a stepping trace, with its timeline written and plotted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiments_run_adaptive_cells_beside_fixed_ones() {
+    use offramp_lab::experiment::{run, ExperimentArgs};
+
+    use crate::support::models::{default_model, repo};
+    use crate::support::tmp;
+
+    let dir = tmp("adaptive-experiment");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("step.tput"), "1\t100\n2\t1\n").unwrap();
+    let config = dir.join("exp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+model = "{}"
+data = "{}"
+subset = "sample"
+splits = [3]
+inputs = [60]
+[adaptive]
+max_split = 4
+[[policy]]
+name = "p999"
+rule = "max-prob"
+threshold = 0.999
+[[link]]
+name = "step"
+delay = "2ms"
+up_trace = "{}"
+down_trace = "{}"
+"#,
+            default_model().display(),
+            repo().join("models/mnist-sample").display(),
+            dir.join("step.tput").display(),
+            dir.join("step.tput").display(),
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let results = run(&ExperimentArgs { config, out: out.clone() }).await.unwrap();
+    let modes: Vec<(&str, usize)> = results.iter().map(|r| (r.mode.as_str(), r.split)).collect();
+    assert_eq!(modes, vec![("fixed", 0), ("fixed", 3), ("fixed", 5), ("adaptive", 4)]);
+    let adaptive = &results[3];
+    assert_eq!((adaptive.n, adaptive.fallbacks), (60, 0), "{adaptive:?}");
+    let name = &adaptive.cell;
+    assert!(name.starts_with("adaptive-p999-step"), "{name}");
+    let timeline = std::fs::read_to_string(out.join(format!("timeline-{name}.csv"))).unwrap();
+    let mut lines = timeline.lines();
+    assert_eq!(lines.next().unwrap(), "t_s,split,encoding,rtt_ms,estimated_mbit,link_up_mbit");
+    assert!(lines.count() >= 1, "{timeline}");
+    assert!(out.join(format!("timeline-{name}.svg")).exists());
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains(",mode,") && csv.contains(",adaptive,"), "{csv}");
+}

@@ -312,6 +312,11 @@ impl Planner {
         self.ping.value().map(|p| (p - self.ping_bytes * per_byte).max(0.0))
     }
 
+    /// Estimated goodput, bytes per second (`None` before any offload).
+    pub fn goodput_bps(&self) -> Option<f64> {
+        self.per_byte.value().map(|p| if p > 0.0 { 1e6 / p } else { f64::INFINITY })
+    }
+
     /// An input ran blocks `0..split` on the device in `us`.
     pub fn observe_local(&mut self, split: usize, us: f64) {
         let profiled: f64 = self.profile.block_us[..split.min(self.profile.block_us.len())].iter().sum();
@@ -479,13 +484,7 @@ impl Planner {
         } else {
             self.challenger = None;
         }
-        Plan {
-            route: self.current,
-            switched,
-            rtt_us: self.rtt_us(),
-            goodput_bps: self.per_byte.value().map(|p| if p > 0.0 { 1e6 / p } else { f64::INFINITY }),
-            estimates,
-        }
+        Plan { route: self.current, switched, rtt_us: self.rtt_us(), goodput_bps: self.goodput_bps(), estimates }
     }
 }
 

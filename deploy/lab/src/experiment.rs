@@ -6,7 +6,10 @@
 //! (one row per cell and exit), `records/<cell>.jsonl`
 //! (every answer), `cells.json`, and SVG plots: latency CDF per cell, accuracy
 //! vs mean latency with the Pareto front, tier and exit shares, bytes per
-//! request.
+//! request. With `[adaptive]`, adaptive cells run beside the fixed-K ones:
+//! the edge holds blocks `0..max_split` and re-plans its split and encoding
+//! live (`--adaptive-split`); each writes `timeline-<cell>.csv` and
+//! `timeline-<cell>.svg` (chosen K, estimated and trace bandwidth over time).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +21,7 @@ use offramp_common::data::{Dataset, Subset};
 use offramp_common::policy::Rule;
 use offramp_common::stats::Summary;
 use offramp_common::{codec, units, Bundle, Policy};
+use offramp_edge::plan::{Objective, PlanConfig};
 use offramp_edge::run::run_dataset;
 use offramp_edge::transport::TransportKind;
 use offramp_edge::{Answer, Tier};
@@ -69,6 +73,33 @@ pub struct ExperimentConfig {
     pub links: Vec<LinkSpec>,
     #[serde(default)]
     pub seed: u64,
+    /// Adaptive cells (the split re-planned live) beside the fixed ones.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveSpec>,
+}
+
+/// Adaptive cells: the deepest split the edge holds, and an optional
+/// latency objective (`"50ms"`; default: the least expected latency).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveSpec {
+    pub max_split: usize,
+    #[serde(default)]
+    pub latency_slo: Option<String>,
+}
+
+/// One sample of an adaptive cell's planner.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineRow {
+    /// Seconds since the link started.
+    pub t_s: f64,
+    pub split: usize,
+    pub encoding: &'static str,
+    pub rtt_ms: Option<f64>,
+    /// The planner's goodput estimate.
+    pub estimated_mbit: Option<f64>,
+    /// What the link's uplink carried over the last half second.
+    pub link_up_mbit: Option<f64>,
 }
 
 fn default_model() -> PathBuf {
@@ -161,6 +192,8 @@ impl LinkSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
     pub cell: String,
+    /// `fixed`, or `adaptive` (then `split` is the deepest it may take).
+    pub mode: String,
     pub split: usize,
     pub policy: String,
     pub link: String,
@@ -184,6 +217,8 @@ pub struct CellResult {
     pub bound_mean_ms: f64,
     /// Measured mean latency / bound mean.
     pub measured_over_bound: f64,
+    /// Route changes of an adaptive cell (0 for fixed ones).
+    pub switches: u64,
 }
 
 pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
@@ -209,6 +244,24 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     let encodings: Vec<_> =
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
     let deadline = units::parse_duration(&cfg.deadline).map_err(anyhow::Error::msg)?;
+    let adaptive = match &cfg.adaptive {
+        Some(a) => {
+            if a.max_split == 0 || a.max_split > n_blocks {
+                bail!("adaptive max_split must be in 1..={n_blocks} (the deepest split the edge holds)");
+            }
+            let objective = match &a.latency_slo {
+                Some(s) => Objective::Slo(units::parse_duration(s).map_err(anyhow::Error::msg)?),
+                None => Objective::MinLatency,
+            };
+            Some((a.max_split, objective))
+        }
+        None => None,
+    };
+    // Fixed split points, then the adaptive cells.
+    let mut modes: Vec<Option<usize>> = splits.iter().copied().map(Some).collect();
+    if adaptive.is_some() {
+        modes.push(None);
+    }
     let max_inputs = cfg.inputs.iter().copied().max().unwrap_or(0);
     let mut data = Dataset::for_bundle(&paths::find(&cfg.data)?, cfg.subset, cfg.val_size, &bundle)?;
     data.truncate(max_inputs);
@@ -218,7 +271,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     let policies = policies(&cfg, &bundle, &args.out.join("policies"))?;
 
     let mut cells = Vec::new();
-    for &k in &splits {
+    for &k in &modes {
         for (pname, policy) in &policies {
             for link in &cfg.links {
                 for &transport in &transports {
@@ -245,20 +298,40 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     let mut latencies: Vec<(String, Vec<f64>)> = Vec::new();
     for (i, (k, pname, policy, link, transport, enc, n)) in cells.into_iter().enumerate() {
         let tname = transport_name(transport);
-        let name = format!("k{k}-{pname}-{}-{tname}-{}-n{n}", link.name, codec::encoding_name(enc));
+        let kname = k.map_or("adaptive".to_string(), |k| format!("k{k}"));
+        let name = format!("{kname}-{pname}-{}-{tname}-{}-n{n}", link.name, codec::encoding_name(enc));
         bar.set_message(name.clone());
         let mut subset = data.clone();
         subset.truncate(n);
         let built = link.build(cfg.seed.wrapping_add(i as u64))?;
-        let cell = Cell { bundle: &bundle, split: k, policy, link: &built, transport, encoding: enc, deadline };
-        let answers = run_cell(cell, cfg.concurrency, &subset).await.with_context(|| format!("cell {name}"))?;
+        let adaptive_cell = if k.is_none() { adaptive } else { None };
+        let split = k.or(adaptive_cell.map(|a| a.0)).expect("a fixed split or adaptive");
+        let cell = Cell {
+            bundle: &bundle,
+            split,
+            adaptive: adaptive_cell.map(|a| a.1),
+            policy,
+            link: &built,
+            transport,
+            encoding: enc,
+            deadline,
+        };
+        let (answers, timeline, switches) =
+            run_cell(cell, cfg.concurrency, &subset).await.with_context(|| format!("cell {name}"))?;
+        if k.is_none() {
+            write_timeline(&args.out, &name, &timeline)?;
+        }
         let mut rec =
             std::io::BufWriter::new(std::fs::File::create(args.out.join("records").join(format!("{name}.jsonl")))?);
         for a in &answers {
             serde_json::to_writer(&mut rec, a)?;
             rec.write_all(b"\n")?;
         }
-        let r = cell_result(&name, k, &pname, &link.name, tname, enc, &answers, &built, bundle.num_exits());
+        let mut r = cell_result(&name, split, &pname, &link.name, tname, enc, &answers, &built, bundle.num_exits());
+        if k.is_none() {
+            r.mode = "adaptive".into();
+            r.switches = switches;
+        }
         csv.serialize(CsvRow::from(&r))?;
         csv.flush()?;
         for (exit, &share) in r.exit_shares.iter().enumerate() {
@@ -278,7 +351,9 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
 /// One cell of the grid.
 struct Cell<'a> {
     bundle: &'a Bundle,
+    /// The split, or with `adaptive` the deepest the edge holds.
     split: usize,
+    adaptive: Option<Objective>,
     policy: Policy,
     link: &'a LinkConfig,
     transport: TransportKind,
@@ -302,20 +377,94 @@ fn transport_name(t: TransportKind) -> &'static str {
 }
 
 /// A real cloud, link and edge for one cell (both sides hold the whole
-/// model, so K = 0 and K = N run like any other split).
-async fn run_cell(cell: Cell<'_>, concurrency: usize, data: &Dataset) -> Result<Vec<Answer>> {
+/// model, so K = 0 and K = N run like any other split; an adaptive edge
+/// holds blocks `0..split`). The answers, an adaptive cell's planner
+/// timeline (sampled every 250 ms) and its route changes.
+async fn run_cell(cell: Cell<'_>, concurrency: usize, data: &Dataset) -> Result<(Vec<Answer>, Vec<TimelineRow>, u64)> {
     let quic = cell.transport == TransportKind::Quic;
     let cloud = cloud_config(cell.bundle.clone(), Some(&cell.policy));
     let topology = Topology::start(cloud, quic, Some(cell.link)).await?;
-    let mut cfg = topology.edge_config(cell.bundle.clone(), cell.split, cell.transport)?;
+    let edge_bundle = match cell.adaptive {
+        Some(_) => cell.bundle.split(cell.split)?.0,
+        None => cell.bundle.clone(),
+    };
+    let mut cfg = topology.edge_config(edge_bundle, cell.split, cell.transport)?;
     cfg.policy = Some(cell.policy);
     cfg.encoding = cell.encoding;
     cfg.deadline = cell.deadline;
+    cfg.adaptive_split = cell.adaptive.map(PlanConfig::new);
     let edge = topology.edge(cfg).await?;
+    let link = if quic { topology.quic_link.as_ref() } else { topology.grpc_link.as_ref() };
+    let (epoch, up) = match link {
+        Some(l) => (l.epoch(), Some(l.config().0.rate.clone())),
+        None => (std::time::Instant::now(), None),
+    };
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = cell.adaptive.map(|_| {
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let mut rows = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stopped => break,
+                }
+                let t = epoch.elapsed().as_secs_f64();
+                let route = edge.route();
+                let (rtt, goodput) = match edge.planner() {
+                    Some(p) => {
+                        let p = p.lock().expect("planner lock");
+                        (p.rtt_us(), p.goodput_bps())
+                    }
+                    None => (None, None),
+                };
+                rows.push(TimelineRow {
+                    t_s: t,
+                    split: route.split,
+                    encoding: codec::encoding_name(route.encoding),
+                    rtt_ms: rtt.map(|r| r / 1e3),
+                    estimated_mbit: goodput.filter(|g| g.is_finite()).map(|g| g * 8.0 / 1e6),
+                    link_up_mbit: up
+                        .as_ref()
+                        .and_then(|r| r.capacity_bytes((t - 0.5).max(0.0), t.max(0.5)))
+                        .map(|b| b * 8.0 / 0.5 / 1e6),
+                });
+            }
+            rows
+        })
+    });
     let answers = run_dataset(edge.clone(), data, concurrency, |_| {}).await;
+    let _ = stop.send(());
+    let timeline = match sampler {
+        Some(s) => s.await.context("timeline sampler")?,
+        None => vec![],
+    };
+    let switches = edge.planner().map_or(0, |p| p.lock().expect("planner lock").switches);
     drop(edge);
     topology.stop().await?;
-    Ok(answers)
+    Ok((answers, timeline, switches))
+}
+
+/// An adaptive cell's timeline: CSV and a plot of the chosen K and the
+/// estimated against the trace's bandwidth over time.
+fn write_timeline(out: &Path, name: &str, rows: &[TimelineRow]) -> Result<()> {
+    let mut w = csv::Writer::from_path(out.join(format!("timeline-{name}.csv")))?;
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    let series = |f: &dyn Fn(&TimelineRow) -> Option<f64>| {
+        rows.iter().filter_map(|r| f(r).map(|v| (r.t_s, v))).collect::<Vec<_>>()
+    };
+    Plot::new(format!("{name}: bandwidth and chosen split over time"), "seconds since the link started", "Mbit/s, K")
+        .series(Series::line("link uplink (trace, Mbit/s)", series(&|r| r.link_up_mbit)))
+        .series(Series::line("planner's estimate (Mbit/s)", series(&|r| r.estimated_mbit)))
+        .series(Series::line_points("chosen K", series(&|r| Some(r.split as f64))))
+        .series(Series::points("int8 route (K)", series(&|r| (r.encoding == "int8").then_some(r.split as f64))))
+        .y_log(false)
+        .save(out.join(format!("timeline-{name}.svg")))?;
+    Ok(())
 }
 
 /// The experiment's policies by name, each also written to `policy_dir` so
@@ -397,6 +546,7 @@ fn cell_result(
     let correct = answers.iter().filter(|a| a.label.is_some() && a.prediction == a.label).count();
     CellResult {
         cell: name.to_string(),
+        mode: "fixed".into(),
         split: k,
         policy: policy.to_string(),
         link: link.to_string(),
@@ -417,6 +567,7 @@ fn cell_result(
         fallbacks: answers.iter().filter(|a| a.tier == Tier::Fallback).count(),
         bound_mean_ms: bound_mean,
         measured_over_bound: if bound_mean > 0.0 { s.mean / bound_mean } else { 0.0 },
+        switches: 0,
     }
 }
 
@@ -426,6 +577,7 @@ fn cell_result(
 #[derive(Debug, Serialize)]
 struct CsvRow<'a> {
     cell: &'a str,
+    mode: &'a str,
     split: usize,
     policy: &'a str,
     link: &'a str,
@@ -445,6 +597,7 @@ struct CsvRow<'a> {
     fallbacks: usize,
     bound_mean_ms: f64,
     measured_over_bound: f64,
+    switches: u64,
 }
 
 /// A row of exit_shares.csv.
@@ -459,6 +612,7 @@ impl<'a> From<&'a CellResult> for CsvRow<'a> {
     fn from(r: &'a CellResult) -> Self {
         Self {
             cell: &r.cell,
+            mode: &r.mode,
             split: r.split,
             policy: &r.policy,
             link: &r.link,
@@ -478,6 +632,7 @@ impl<'a> From<&'a CellResult> for CsvRow<'a> {
             fallbacks: r.fallbacks,
             bound_mean_ms: r.bound_mean_ms,
             measured_over_bound: r.measured_over_bound,
+            switches: r.switches,
         }
     }
 }
