@@ -184,6 +184,9 @@ impl Controller {
             shadows_sent: 0,
             shadows_dropped: 0,
         };
+        for (e, t) in state.thresholds.iter().enumerate() {
+            metrics::gauge!("offramp_edge_threshold", "exit" => e.to_string()).set(*t as f64);
+        }
         let policy = Arc::new(Self::policy_of(&base, &state.thresholds));
         Self { config, base, edge_exits, state: Mutex::new(state), policy: RwLock::new(policy), in_flight: 0.into() }
     }

@@ -422,6 +422,33 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_flags_build_their_settings_and_refuse_half_pairs() {
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/b-lenet-mnist");
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["edge", "--model", model];
+            argv.extend_from_slice(extra);
+            EdgeConfig::from_args(Cli::try_parse_from(argv).unwrap().args)
+        };
+        let c = parse(&["--accuracy-budget", "1%", "--shadow-fraction", "0.2", "--adaptive-split"]).unwrap();
+        let b = c.accuracy_budget.unwrap();
+        assert!((b.budget - 0.01).abs() < 1e-12 && (b.shadow - 0.2).abs() < 1e-12, "{b:?}");
+        assert_eq!(c.adaptive_split.unwrap().objective, Objective::MinLatency);
+        let c = parse(&["--adaptive-split", "--latency-slo", "50ms"]).unwrap();
+        assert_eq!(c.adaptive_split.unwrap().objective, Objective::Slo(Duration::from_millis(50)));
+        assert!(parse(&[]).unwrap().adaptive_split.is_none());
+        let e = parse(&["--latency-slo", "50ms"]).unwrap_err().to_string();
+        assert!(e.contains("--latency-slo must be only with --adaptive-split"), "{e}");
+        let e = parse(&["--shadow-fraction", "0.2"]).unwrap_err().to_string();
+        assert!(e.contains("--shadow-fraction must be only with --accuracy-budget"), "{e}");
+        // Over 100% the flag parser refuses; 0 the settings do.
+        assert!(Cli::try_parse_from(["edge", "--accuracy-budget", "150%"]).is_err());
+        let e = parse(&["--accuracy-budget", "0%"]).unwrap_err().to_string();
+        assert!(e.contains("accuracy budget 0 must be in (0, 1)"), "{e}");
+        let e = parse(&["--adaptive-split", "--latency-slo", "0ms"]).unwrap_err().to_string();
+        assert!(e.contains("latency objective must be positive"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_refused_not_clamped() {
         let e = BreakerSettings::try_new(0, defaults::BREAKER_BACKOFF, defaults::BREAKER_MAX_BACKOFF).unwrap_err();
         assert!(e.to_string().contains("--breaker-failures must be at least 1"), "{e}");

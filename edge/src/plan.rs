@@ -472,6 +472,7 @@ impl Planner {
                 tracing::info!(
                     from = %self.current, to = %best.route,
                     expected_from_us = current.expected_us, expected_to_us = best.expected_us,
+                    rtt_us = self.rtt_us(), goodput_bps = self.goodput_bps(),
                     link_change = changed, "split re-planned"
                 );
                 self.current = best.route;
