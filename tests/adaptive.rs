@@ -127,6 +127,7 @@ data = "{}"
 subset = "sample"
 splits = [3]
 inputs = [60]
+interval = "10ms"
 [adaptive]
 max_split = 4
 [[policy]]

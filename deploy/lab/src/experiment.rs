@@ -65,6 +65,12 @@ pub struct ExperimentConfig {
     pub encodings: Vec<String>,
     #[serde(default = "one")]
     pub concurrency: usize,
+    /// Paced arrivals: one input every `interval` (`"100ms"`), one at a time
+    /// (an input that takes longer delays the next), so every cell covers
+    /// the same stretch of a time-varying link. Default: back to back, with
+    /// `concurrency` in flight.
+    #[serde(default)]
+    pub interval: Option<String>,
     #[serde(default = "default_deadline")]
     pub deadline: String,
     #[serde(default, rename = "policy")]
@@ -240,6 +246,13 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     if cfg.concurrency == 0 {
         bail!("concurrency must be at least 1");
     }
+    let interval = match &cfg.interval {
+        Some(i) => Some(units::parse_duration(i).map_err(|e| anyhow::anyhow!("interval: {e}"))?),
+        None => None,
+    };
+    if interval.is_some_and(|i| i.is_zero()) || (interval.is_some() && cfg.concurrency > 1) {
+        bail!("interval must be positive, and paced arrivals run one at a time (concurrency = 1)");
+    }
     let transports = cfg.transports.iter().map(|t| parse_transport(t)).collect::<Result<Vec<_>>>()?;
     let encodings: Vec<_> =
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
@@ -317,7 +330,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
             deadline,
         };
         let (answers, timeline, switches) =
-            run_cell(cell, cfg.concurrency, &subset).await.with_context(|| format!("cell {name}"))?;
+            run_cell(cell, cfg.concurrency, interval, &subset).await.with_context(|| format!("cell {name}"))?;
         if k.is_none() {
             write_timeline(&args.out, &name, &timeline)?;
         }
@@ -380,7 +393,12 @@ fn transport_name(t: TransportKind) -> &'static str {
 /// model, so K = 0 and K = N run like any other split; an adaptive edge
 /// holds blocks `0..split`). The answers, an adaptive cell's planner
 /// timeline (sampled every 250 ms) and its route changes.
-async fn run_cell(cell: Cell<'_>, concurrency: usize, data: &Dataset) -> Result<(Vec<Answer>, Vec<TimelineRow>, u64)> {
+async fn run_cell(
+    cell: Cell<'_>,
+    concurrency: usize,
+    interval: Option<Duration>,
+    data: &Dataset,
+) -> Result<(Vec<Answer>, Vec<TimelineRow>, u64)> {
     let quic = cell.transport == TransportKind::Quic;
     let cloud = cloud_config(cell.bundle.clone(), Some(&cell.policy));
     let topology = Topology::start(cloud, quic, Some(cell.link)).await?;
@@ -434,7 +452,21 @@ async fn run_cell(cell: Cell<'_>, concurrency: usize, data: &Dataset) -> Result<
             rows
         })
     });
-    let answers = run_dataset(edge.clone(), data, concurrency, |_| {}).await;
+    let answers = match interval {
+        None => run_dataset(edge.clone(), data, concurrency, |_| {}).await,
+        Some(interval) => {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut answers = Vec::with_capacity(data.len());
+            for i in 0..data.len() {
+                tick.tick().await;
+                let mut a = edge.classify(Some((data.offset + i) as u64), data.image(i).to_vec()).await;
+                a.label = Some(data.labels[i] as u32);
+                answers.push(a);
+            }
+            answers
+        }
+    };
     let _ = stop.send(());
     let timeline = match sampler {
         Some(s) => s.await.context("timeline sampler")?,

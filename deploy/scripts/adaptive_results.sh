@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The adaptive-control results in the README (docs/results/drift and
+# docs/results/adaptive): the drift scenario under four drifts (the
+# accuracy-budget controller against the calibrated static policy), then the
+# adaptive-split experiment over the step and LTE traces.
+# Usage: deploy/scripts/adaptive_results.sh [MNIST dir, default ../shared/data/mnist]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mnist=${1:-../shared/data/mnist}
+bin=${OFFRAMP_BIN:-target/release/offramp}
+[ -x "$bin" ] || { echo "build first: cargo build --release -p offramp (or set OFFRAMP_BIN)" >&2; exit 1; }
+mkdir -p docs/results/drift
+for d in "noise 0.4" "noise 0.25" "rotate 30" "blur 1"; do
+  set -- $d
+  name=$1; [ "$1 $2" = "noise 0.25" ] && name=noise-0.25
+  echo "drift: $1 $2" >&2
+  "$bin" drift --data "$mnist" --drift "$1" --strength "$2" --out "docs/results/drift/$name" > "docs/results/drift/$name.txt"
+done
+mkdir -p docs/results/adaptive
+echo "experiment: deploy/experiments/adaptive.toml (20 cells of 40 s)" >&2
+"$bin" experiment --config deploy/experiments/adaptive.toml --out docs/results/adaptive > docs/results/adaptive/summary.txt
+# The per-answer records are large; the summary, CSVs and plots stay.
+rm -rf docs/results/adaptive/records
