@@ -102,6 +102,45 @@ async fn an_imported_encoder_split_at_every_k_answers_text_like_the_whole_model(
     }
 }
 
+/// An encoder edge with `--adaptive-split`: the planner profiles the token
+/// model (token ids at K = 0 go as f32 only), and whatever route it takes,
+/// the answers are the whole model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_edge_that_replans_its_split_answers_like_the_whole_model() {
+    let dir = tiny_bundle("enc-adaptive");
+    let full = Bundle::load(&dir).unwrap();
+    let n = full.num_blocks();
+    let encoder = full.text_encoder().unwrap().clone();
+    let exec = Executor::new(Arc::new(full.clone()));
+    let never = Policy::never(full.num_exits());
+    let cloud = CloudHandle::start(CloudConfig::new(full.clone())).await.unwrap();
+    let (edge_b, _) = full.split(n - 1).unwrap();
+    let mut config = EdgeConfig::new(edge_b, Some(0), vec![cloud.url()]);
+    config.policy = Some(never.clone());
+    config.adaptive_split = Some(offramp_edge::plan::PlanConfig::new(offramp_edge::plan::Objective::MinLatency));
+    let edge = Edge::start(config).await.unwrap();
+    let routes: Vec<String> =
+        edge.planner().unwrap().lock().unwrap().profile().routes.iter().map(|(r, _)| r.to_string()).collect();
+    assert_eq!(routes, ["K=0 f32", "K=1 f32", "K=1 int8", "K=2 f32", "K=2 int8"]);
+    let mut splits = std::collections::BTreeSet::new();
+    for round in 0..40 {
+        for text in TEXTS {
+            let a = edge.classify_text(None, text, Duration::from_secs(5)).await.unwrap();
+            let row = encoder.encode(text).unwrap();
+            let whole = exec.run(exec.batch_of(0, &[&row]).unwrap(), 0..n, &never, vec![vec![]]).unwrap();
+            let whole = whole.exited[0].clone().unwrap();
+            assert_eq!(a.tier, Tier::Cloud, "round {round} {text:?}: {a:?}");
+            assert_eq!(a.prediction, Some(whole.prediction as u32), "{a:?}");
+            // int8 routes quantize the state: close, not equal.
+            assert!((a.confidence - whole.confidence).abs() < 0.05, "{a:?} against {whole:?}");
+            splits.insert((a.split, a.encoding));
+        }
+    }
+    assert!(!splits.is_empty());
+    drop(edge);
+    cloud.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cloud_batches_sequences_of_different_lengths_like_batch_one() {
     let dir = tiny_bundle("enc-batch");

@@ -2,7 +2,8 @@
 # The adaptive-control results in the README (docs/results/drift and
 # docs/results/adaptive): the drift scenario under four drifts (the
 # accuracy-budget controller against the calibrated static policy), then the
-# adaptive-split experiment over the step and LTE traces.
+# adaptive-split experiment over the step and LTE traces, and its companion
+# with the fixed splits in int8 + LZ4.
 # Usage: deploy/scripts/adaptive_results.sh [MNIST dir, default ../shared/data/mnist]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,3 +22,7 @@ echo "experiment: deploy/experiments/adaptive.toml (20 cells of 40 s)" >&2
 "$bin" experiment --config deploy/experiments/adaptive.toml --out docs/results/adaptive > docs/results/adaptive/summary.txt
 # The per-answer records are large; the summary, CSVs and plots stay.
 rm -rf docs/results/adaptive/records
+echo "experiment: deploy/experiments/adaptive-int8.toml (the fixed splits in int8 + LZ4)" >&2
+mkdir -p docs/results/adaptive-int8
+"$bin" experiment --config deploy/experiments/adaptive-int8.toml --out docs/results/adaptive-int8 > docs/results/adaptive-int8/summary.txt
+rm -rf docs/results/adaptive-int8/records

@@ -63,6 +63,10 @@ pub struct ExperimentConfig {
     pub transports: Vec<String>,
     #[serde(default = "default_encodings")]
     pub encodings: Vec<String>,
+    /// Lossless compression on top of every cell's encoding (`none`, `lz4`;
+    /// an adaptive edge's int8 routes use LZ4 whatever this says).
+    #[serde(default)]
+    pub compression: Option<String>,
     #[serde(default = "one")]
     pub concurrency: usize,
     /// Paced arrivals: one input every `interval` (`"100ms"`), one at a time
@@ -257,6 +261,10 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     let encodings: Vec<_> =
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
     let deadline = units::parse_duration(&cfg.deadline).map_err(anyhow::Error::msg)?;
+    let compression = match &cfg.compression {
+        Some(c) => codec::parse_compression(c).map_err(anyhow::Error::msg)?,
+        None => offramp_proto::Compression::None,
+    };
     let adaptive = match &cfg.adaptive {
         Some(a) => {
             if a.max_split == 0 || a.max_split > n_blocks {
@@ -327,6 +335,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
             link: &built,
             transport,
             encoding: enc,
+            compression,
             deadline,
         };
         let (answers, timeline, switches) =
@@ -371,6 +380,7 @@ struct Cell<'a> {
     link: &'a LinkConfig,
     transport: TransportKind,
     encoding: offramp_proto::Encoding,
+    compression: offramp_proto::Compression,
     deadline: Duration,
 }
 
@@ -409,6 +419,7 @@ async fn run_cell(
     let mut cfg = topology.edge_config(edge_bundle, cell.split, cell.transport)?;
     cfg.policy = Some(cell.policy);
     cfg.encoding = cell.encoding;
+    cfg.compression = cell.compression;
     cfg.deadline = cell.deadline;
     cfg.adaptive_split = cell.adaptive.map(PlanConfig::new);
     let edge = topology.edge(cfg).await?;
