@@ -500,19 +500,18 @@ mod tests {
         let exec = tiny(|_| {});
         let big = vec![f32::MAX; 784];
         let fine = vec![0.5; 784];
-        let alone = exec.run(&exec.batch_at(0, &big, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
+        let alone = exec.run(exec.batch_at(0, &big, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
         assert!(!alone.exited[0].as_ref().unwrap().is_finite(), "{:?}", alone.exited[0]);
         let both = [big.clone(), fine.clone()].concat();
         for batch in [both, [fine.clone(), big].concat()] {
-            let out =
-                exec.run(&exec.batch_at(0, &batch, 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2]).unwrap();
+            let out = exec.run(exec.batch_at(0, &batch, 2).unwrap(), 0..4, &Policy::never(3), vec![vec![]; 2]).unwrap();
             let finite: Vec<bool> = out.exited.iter().map(|r| r.as_ref().unwrap().is_finite()).collect();
             assert_eq!(finite.iter().filter(|f| !**f).count(), 1, "{:?}", out.exited);
         }
-        let healthy = exec.run(&exec.batch_at(0, &fine, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
+        let healthy = exec.run(exec.batch_at(0, &fine, 1).unwrap(), 0..4, &Policy::never(3), vec![vec![]]).unwrap();
         let paired = exec
             .run(
-                &exec.batch_at(0, &[vec![f32::MAX; 784], fine].concat(), 2).unwrap(),
+                exec.batch_at(0, &[vec![f32::MAX; 784], fine].concat(), 2).unwrap(),
                 0..4,
                 &Policy::never(3),
                 vec![vec![]; 2],

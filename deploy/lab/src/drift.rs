@@ -217,7 +217,7 @@ pub fn transform(image: &[f32], drift: Drift, strength: f32, seed: u64) -> Vec<f
             out
         }
         Drift::Rotate => {
-            let sign = if seed % 2 == 0 { 1.0 } else { -1.0 };
+            let sign = if seed.is_multiple_of(2) { 1.0 } else { -1.0 };
             let (s, c) = (sign * strength.to_radians()).sin_cos();
             let mid = (SIDE as f32 - 1.0) / 2.0;
             let mut out = vec![0.0; image.len()];
