@@ -328,6 +328,10 @@ async fn the_local_classify_api_answers_applications() {
             .into_inner();
         correct += usize::from(r.prediction == data.labels[i] as u32);
         assert_eq!(r.label, r.prediction.to_string());
+        // What the answer was decided with: the split and the branch's
+        // threshold (the test policy's), and the encoding of an offload.
+        assert_eq!((r.split, r.thresholds.as_slice()), (1, &[0.999f32][..]), "{r:?}");
+        assert_eq!(r.encoding, if r.tier == "cloud" { "f32" } else { "" }, "{r:?}");
         tiers.insert(r.tier);
     }
     assert!(correct >= 58, "{correct}/60");

@@ -63,6 +63,9 @@ impl Classify for ClassifyService {
             reason: a.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
             latency_us: a.latency_us,
             probabilities: if req.want_probabilities { a.probabilities } else { vec![] },
+            split: a.split as u32,
+            thresholds: a.thresholds,
+            encoding: a.encoding.unwrap_or_default().to_string(),
         }))
     }
 }
