@@ -9,6 +9,7 @@ use offramp_common::Bundle;
 use offramp_edge::config::BreakerSettings;
 use offramp_edge::offload::Reason;
 use offramp_edge::run::{run_dataset, summarize};
+use offramp_edge::transport::TransportKind;
 use offramp_edge::{Edge, EdgeConfig, FallbackMode, Tier};
 
 use crate::support::*;
@@ -22,11 +23,24 @@ fn config(bundle: Bundle, clouds: Vec<String>, deadline_ms: u64) -> EdgeConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_killed_mid_run_every_input_answered_once() {
-    let dir = tmp("kill");
+    cloud_killed_mid_run(TransportKind::Grpc).await;
+}
+
+/// The same over one persistent stream: its breaking fails every request
+/// waiting on it at once, and they fall back within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_offload_stream_falls_back_within_the_deadline() {
+    cloud_killed_mid_run(TransportKind::GrpcStream).await;
+}
+
+async fn cloud_killed_mid_run(transport: TransportKind) {
+    let dir = tmp(&format!("kill-{transport:?}"));
     let (_, cloud_dir) = split_default(1, &dir);
     let mut cloud = CloudProcess::start(&cloud_dir, &[]);
     let deadline = Duration::from_millis(300);
-    let edge = Arc::new(Edge::start(config(split_bundles(1).0, vec![cloud.url()], 300)).await.unwrap());
+    let mut cfg = config(split_bundles(1).0, vec![cloud.url()], 300);
+    cfg.transport = transport;
+    let edge = Arc::new(Edge::start(cfg).await.unwrap());
     let data = inputs(2500);
     // When each answer completed, and which tier gave it.
     let mut completed: Vec<(Instant, Tier)> = Vec::with_capacity(data.len());
@@ -140,12 +154,25 @@ async fn offloading_resumes_after_the_cloud_restarts_on_the_same_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_endpoints_one_killed_all_go_to_the_survivor() {
-    let dir = tmp("failover");
+    failover(TransportKind::Grpc).await;
+}
+
+/// Failover when the persistent stream to one endpoint breaks: the requests
+/// waiting on it go to the other endpoint within their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_offload_stream_fails_over_to_the_other_endpoint() {
+    failover(TransportKind::GrpcStream).await;
+}
+
+async fn failover(transport: TransportKind) {
+    let dir = tmp(&format!("failover-{transport:?}"));
     let (_, cloud_dir) = split_default(1, &dir);
     let mut a = CloudProcess::start(&cloud_dir, &[]);
     let b = CloudProcess::start(&cloud_dir, &[]);
     let urls = vec![a.url(), b.url()];
-    let edge = Arc::new(Edge::start(config(split_bundles(1).0, urls.clone(), 1000)).await.unwrap());
+    let mut cfg = config(split_bundles(1).0, urls.clone(), 1000);
+    cfg.transport = transport;
+    let edge = Arc::new(Edge::start(cfg).await.unwrap());
     let mut count = 0;
     let answers = run_dataset(edge.clone(), &inputs(1200), 4, |_| {
         count += 1;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use candle_core::{Device, Tensor};
@@ -210,4 +211,76 @@ fn edge_and_cloud_processes_over_grpc() {
     for key in ["p50", "p90", "p99"] {
         assert!(s["latency_us"][key].as_f64().unwrap() > 0.0);
     }
+}
+
+/// The persistent offload stream (`--transport grpc-stream`) from the edge's
+/// transport: many requests, concurrent, on one stream; a bad one fails only
+/// its own answer; each request's `timeout_us` is the cloud's deadline for
+/// it (a request still queued past it is dropped, answered
+/// `DeadlineExceeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offload_stream_carries_many_requests_and_survives_a_bad_one() {
+    use offramp_edge::transport::{ConnectConfig, Transport, TransportKind};
+    use tonic::Code;
+
+    let full = default_bundle();
+    let (_, cloud_bundle) = split_bundles(1);
+    let mut config = offramp_cloud::CloudConfig::new(cloud_bundle);
+    // A long batch wait: a lone request waits 300 ms for company.
+    config.batch.max_batch = 64;
+    config.batch.batch_wait = Duration::from_millis(300);
+    let cloud = offramp_cloud::CloudHandle::start(config).await.unwrap();
+    let t = Transport::new(TransportKind::GrpcStream, &cloud.url(), &ConnectConfig::default(), &Default::default())
+        .unwrap();
+    let t = std::sync::Arc::new(t);
+    let reqs = requests(&full, 1, 48);
+    // Concurrent: the batch fills and goes before the wait.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, r) in reqs.iter().cloned().enumerate() {
+        let (t, mut r) = (t.clone(), r);
+        if i == 20 {
+            r.split = 9; // out of range: refused on its own
+        }
+        r.request_id = 7; // callers' ids may repeat: the stream keeps them apart
+        tasks.spawn(async move { (i, t.infer(r, Duration::from_secs(5)).await) });
+    }
+    let mut ok = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = joined.unwrap();
+        if i == 20 {
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().contains("split index 9 out of range"), "{e}");
+        } else {
+            assert_eq!(r.unwrap().request_id, 7, "the caller's id comes back");
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 47);
+    // Alone, the request waits 300 ms for a batch; its 50 ms timeout
+    // passes first. The edge stops waiting; so does the cloud.
+    let e = t.infer(reqs[0].clone(), Duration::from_millis(50)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    // And the stream still serves.
+    assert!(t.infer(reqs[1].clone(), Duration::from_secs(5)).await.is_ok());
+    // The cloud's side of the deadline, seen by a plain stream client that
+    // keeps waiting: the answer is DeadlineExceeded, at the request's
+    // deadline, not after the batch wait.
+    let mut client = offramp_proto::split_inference_client::SplitInferenceClient::connect(cloud.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = client.infer_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let started = std::time::Instant::now();
+    tx.send(pb::InferRequest { timeout_us: 50_000, ..reqs[2].clone() }).await.unwrap();
+    let m = answers.message().await.unwrap().unwrap();
+    let waited = started.elapsed();
+    match m.result {
+        Some(pb::infer_stream_response::Result::Error(e)) => {
+            assert_eq!(Code::from(e.code), Code::DeadlineExceeded, "{e:?}");
+            assert!(e.message.contains("deadline of 50000 µs passed"), "{e:?}");
+        }
+        other => panic!("expected a deadline error, got {other:?}"),
+    }
+    assert!(waited < Duration::from_millis(290), "answered after {waited:?}: the batch wait, not the deadline");
+    drop(tx);
+    cloud.stop().await.unwrap();
 }

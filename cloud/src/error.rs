@@ -50,6 +50,10 @@ pub enum CloudError {
     Unavailable(&'static str),
     #[error("compute failed: {0}")]
     Internal(String),
+    /// A stream request's own deadline (`timeout_us`) passed before its
+    /// answer was ready; it was dropped (before compute if still queued).
+    #[error("deadline of {0} µs passed before the answer was ready")]
+    DeadlineExceeded(u64),
 }
 
 /// Why a request's exit history (what the edge's exits said before the
@@ -94,6 +98,7 @@ impl CloudError {
             CloudError::Overloaded(_) => Code::ResourceExhausted,
             CloudError::Unavailable(_) => Code::Unavailable,
             CloudError::Internal(_) => Code::Internal,
+            CloudError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use offramp_common::codec;
@@ -204,7 +205,17 @@ async fn answer_one(state: Arc<CloudState>, caller: Caller, req: pb::InferReques
     let span = caller.span(&req, "grpc-stream");
     async move {
         let id = req.request_id;
-        let result = match state.infer(&req, &caller).await {
+        // The request's own deadline: past it the caller has stopped
+        // waiting, and dropping the future drops the request from the
+        // batcher's queue before compute.
+        let answer = state.infer(&req, &caller);
+        let answer = match req.timeout_us {
+            0 => answer.await,
+            us => tokio::time::timeout(Duration::from_micros(us), answer)
+                .await
+                .unwrap_or_else(|_| Err(CloudError::DeadlineExceeded(us))),
+        };
+        let result = match answer {
             Ok(r) => pb::infer_stream_response::Result::Response(r),
             Err(e) => {
                 let s: Status = e.into();

@@ -6,6 +6,7 @@ pub mod adapt;
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod grpc_stream;
 pub mod metrics;
 pub mod offload;
 pub mod plan;

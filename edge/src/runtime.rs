@@ -475,6 +475,8 @@ impl Edge {
             want_probabilities: self.config.probabilities,
             edge_id: self.config.edge_id.clone(),
             policy: cloud_policy,
+            // Set by the stream transport, which needs it.
+            timeout_us: 0,
         };
         answer.bytes_up = prost::Message::encoded_len(&req) as u64;
         answer.encoding = Some(codec::encoding_name(encoding));

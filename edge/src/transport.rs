@@ -68,9 +68,12 @@ pub struct Credentials {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
-    /// gRPC over HTTP/2 (http:// or https:// URLs).
+    /// gRPC over HTTP/2 (http:// or https:// URLs), one unary call per offload.
     #[default]
     Grpc,
+    /// gRPC over HTTP/2, every offload on one persistent `InferStream` per
+    /// endpoint (no HTTP/2 stream set up per request).
+    GrpcStream,
     /// QUIC streams with TLS 1.3 (quic://host:port URLs; needs --ca).
     Quic,
 }
@@ -79,6 +82,8 @@ pub enum TransportKind {
 #[derive(Debug, Clone)]
 pub enum Transport {
     Grpc(GrpcClient),
+    /// The handshake over unary calls, offloads over the stream.
+    GrpcStream(GrpcClient, Arc<crate::grpc_stream::StreamClient>),
     Quic(Arc<crate::quic::QuicClient>),
 }
 
@@ -87,6 +92,13 @@ impl Transport {
     pub fn new(kind: TransportKind, url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
         match kind {
             TransportKind::Grpc => Self::grpc(url, c, creds),
+            TransportKind::GrpcStream => match Self::grpc(url, c, creds)? {
+                Transport::Grpc(client) => {
+                    let stream = crate::grpc_stream::StreamClient::new(client.clone());
+                    Ok(Transport::GrpcStream(client, Arc::new(stream)))
+                }
+                other => Ok(other),
+            },
             TransportKind::Quic => Self::quic(url, c, creds),
         }
     }
@@ -125,7 +137,7 @@ impl Transport {
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {
         match self {
             Transport::Quic(client) => client.model_info(timeout).await,
-            Transport::Grpc(client) => {
+            Transport::Grpc(client) | Transport::GrpcStream(client, _) => {
                 let mut req = tonic::Request::new(pb::ModelInfoRequest {});
                 req.set_timeout(timeout);
                 match tokio::time::timeout(timeout, client.clone().get_model_info(req)).await {
@@ -141,6 +153,7 @@ impl Transport {
     pub async fn infer(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
         match self {
             Transport::Quic(client) => client.infer(&req, timeout).await,
+            Transport::GrpcStream(_, stream) => stream.infer(req, timeout).await,
             Transport::Grpc(client) => {
                 let mut r = tonic::Request::new(req);
                 r.set_timeout(timeout);

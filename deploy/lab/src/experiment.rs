@@ -387,14 +387,16 @@ struct Cell<'a> {
 fn parse_transport(t: &str) -> Result<TransportKind> {
     match t {
         "grpc" => Ok(TransportKind::Grpc),
+        "grpc-stream" => Ok(TransportKind::GrpcStream),
         "quic" => Ok(TransportKind::Quic),
-        other => bail!("unknown transport {other:?} (expected grpc or quic)"),
+        other => bail!("unknown transport {other:?} (expected grpc, grpc-stream or quic)"),
     }
 }
 
 fn transport_name(t: TransportKind) -> &'static str {
     match t {
         TransportKind::Grpc => "grpc",
+        TransportKind::GrpcStream => "grpc-stream",
         TransportKind::Quic => "quic",
     }
 }

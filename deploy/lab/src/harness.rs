@@ -58,7 +58,7 @@ impl Topology {
     /// The URL an edge uses for `kind`, through the link when there is one.
     pub fn url(&self, kind: TransportKind) -> Result<String> {
         Ok(match kind {
-            TransportKind::Grpc => {
+            TransportKind::Grpc | TransportKind::GrpcStream => {
                 format!("http://{}", self.grpc_link.as_ref().map_or(self.cloud.addr, LinkHandle::local_addr))
             }
             TransportKind::Quic => {

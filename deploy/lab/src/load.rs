@@ -150,6 +150,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
                 want_probabilities: false,
                 edge_id: format!("load-{}", (sent as usize) % args.edges),
                 policy: vec![],
+                timeout_us: 0,
             };
             let (tally, deadline) = (tally.clone(), args.deadline);
             tasks.spawn(async move {

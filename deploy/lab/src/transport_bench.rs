@@ -115,6 +115,7 @@ fn requests(
                 want_probabilities: false,
                 edge_id: "bench".into(),
                 policy: vec![],
+                timeout_us: 0,
             }
         })
         .collect())
