@@ -96,7 +96,9 @@ pub struct EdgeArgs {
     #[arg(long = "cloud", env = "OFFRAMP_CLOUD", value_delimiter = ',')]
     #[serde(default, rename = "cloud")]
     pub clouds: Vec<String>,
-    /// Transport to the cloud: grpc, or quic (TLS 1.3 always: needs --ca) [default: grpc].
+    /// Transport to the cloud: grpc-stream (gRPC, every offload on one
+    /// persistent stream per endpoint), grpc (gRPC, one unary call per
+    /// offload), or quic (TLS 1.3 always: needs --ca) [default: grpc-stream].
     #[arg(long, env = "OFFRAMP_TRANSPORT", value_enum)]
     pub transport: Option<TransportKind>,
     /// Exit policy TOML (default: the bundle's policy.toml, else final exit only).
@@ -296,7 +298,7 @@ impl EdgeConfig {
             split,
             policy: None,
             clouds,
-            transport: TransportKind::Grpc,
+            transport: TransportKind::GrpcStream,
             encoding: pb::Encoding::F32,
             compression: pb::Compression::None,
             deadline: defaults::DEADLINE,

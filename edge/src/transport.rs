@@ -69,10 +69,10 @@ pub struct Credentials {
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
     /// gRPC over HTTP/2 (http:// or https:// URLs), one unary call per offload.
-    #[default]
     Grpc,
     /// gRPC over HTTP/2, every offload on one persistent `InferStream` per
-    /// endpoint (no HTTP/2 stream set up per request).
+    /// endpoint (no HTTP/2 stream set up per request): the default.
+    #[default]
     GrpcStream,
     /// QUIC streams with TLS 1.3 (quic://host:port URLs; needs --ca).
     Quic,

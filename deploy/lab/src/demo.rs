@@ -60,7 +60,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
     let topology = Topology::start(cloud_config(cloud_b, Some(&policy)), false, None).await?;
     eprintln!("  cloud  grpc listening on {} (blocks {}..{n})", topology.cloud.addr, split);
-    let mut cfg = topology.edge_config(edge_b, split, TransportKind::Grpc)?;
+    let mut cfg = topology.edge_config(edge_b, split, TransportKind::GrpcStream)?;
     cfg.encoding = args.encoding;
     cfg.policy = Some(policy);
     let edge = topology.edge(cfg).await?;

@@ -319,7 +319,7 @@ pub async fn run(args: DriftArgs) -> Result<DriftReport> {
 
     let (edge_b, cloud_b) = bundle.split(split)?;
     let topology = Topology::start(cloud_config(cloud_b, Some(&policy)), false, None).await?;
-    let mut cfg = topology.edge_config(edge_b, split, TransportKind::Grpc)?;
+    let mut cfg = topology.edge_config(edge_b, split, TransportKind::GrpcStream)?;
     cfg.policy = Some(policy);
     let fixed = answers(topology.edge(cfg.clone()).await?, &data, args.interval, "static").await;
     cfg.accuracy_budget = Some(budget);

@@ -78,7 +78,11 @@ impl Topology {
     pub fn edge_config(&self, bundle: Bundle, split: usize, kind: TransportKind) -> Result<EdgeConfig> {
         let mut config = EdgeConfig::new(bundle, Some(split), vec![self.url(kind)?]);
         config.transport = kind;
-        config.credentials = self.credentials.clone();
+        // The self-signed certificate is the QUIC listener's; gRPC here is
+        // plain HTTP/2.
+        if kind == TransportKind::Quic {
+            config.credentials = self.credentials.clone();
+        }
         config.connect_timeout = config.connect_timeout.max(self.rtt * 4);
         Ok(config)
     }

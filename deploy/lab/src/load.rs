@@ -12,7 +12,7 @@ use offramp_common::model::SplitSide;
 use offramp_common::rng::SplitMix64;
 use offramp_common::stats::Summary;
 use offramp_common::{codec, units};
-use offramp_edge::transport::{ConnectConfig, Credentials, Transport};
+use offramp_edge::transport::{ConnectConfig, Credentials, Transport, TransportKind};
 use offramp_proto as pb;
 use offramp_transport::tls::ClientTls;
 use offramp_transport::token::Secret;
@@ -46,7 +46,12 @@ pub struct LoadArgs {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: offramp_transport::tls::ClientTlsArgs,
-    /// Sample this process's resident memory once a second (the cloud's pid).
+    /// Transport: grpc (a unary call per request), grpc-stream (one
+    /// persistent stream per edge) or quic (a quic:// URL; needs --ca).
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub transport: TransportKind,
+    /// The cloud's pid: sample its resident memory once a second and measure
+    /// its CPU time over the window (all threads, from /proc).
     #[arg(long)]
     pub cloud_pid: Option<u32>,
     #[arg(long, default_value_t = 7)]
@@ -71,6 +76,25 @@ pub struct LoadReport {
     /// Resident memory of `--cloud-pid` in KiB, sampled each second.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cloud_rss_kib: Vec<u64>,
+    /// The cloud's CPU time (all threads) per completed request, µs
+    /// (`--cloud-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_cpu_us_per_request: Option<f64>,
+    /// The cloud's own compute per completed request, µs: each answer's
+    /// batch compute time divided by its batch size, averaged.
+    pub cloud_compute_us_per_request: f64,
+}
+
+/// CPU time of every thread of `pid`, in ns (the first field of each
+/// thread's schedstat).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -93,7 +117,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
         token: args.token_file.as_deref().map(Secret::from_file).transpose()?,
     };
     let edges: Vec<Transport> = (0..args.edges)
-        .map(|_| Transport::grpc(&args.cloud, &ConnectConfig::default(), &creds))
+        .map(|_| Transport::new(args.transport, &args.cloud, &ConnectConfig::default(), &creds))
         .collect::<Result<_, _>>()?;
     // Connect every edge before the clock starts.
     for e in &edges {
@@ -107,6 +131,8 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
         latencies: Vec<f64>,
         status: BTreeMap<String, u64>,
         batch_sum: u64,
+        /// Σ compute_us / batch_size.
+        compute_share_us: f64,
     }
     let tally = Arc::new(Mutex::new(Tally::default()));
     let rss = Arc::new(Mutex::new(Vec::new()));
@@ -129,6 +155,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut rng = SplitMix64::new(args.seed);
+    let cpu_before = args.cloud_pid.and_then(cpu_ns);
     let start = Instant::now();
     let end = start + args.duration;
     let mut next = start;
@@ -162,6 +189,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
                     Ok(resp) => {
                         g.latencies.push(us);
                         g.batch_sum += resp.batch_size as u64;
+                        g.compute_share_us += resp.compute_us as f64 / resp.batch_size.max(1) as f64;
                         *g.status.entry("Ok".into()).or_default() += 1;
                     }
                     Err(s) => *g.status.entry(format!("{:?}", s.code())).or_default() += 1,
@@ -176,6 +204,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    let cpu_after = args.cloud_pid.and_then(cpu_ns);
     bar.finish_and_clear();
     if let Some(s) = sampler {
         s.abort();
@@ -194,6 +223,11 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
         status_counts: g.status.clone(),
         mean_batch_size: if completed == 0 { 0.0 } else { g.batch_sum as f64 / completed as f64 },
         cloud_rss_kib: rss.lock().expect("rss lock").clone(),
+        cloud_cpu_us_per_request: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) if completed > 0 => Some(b.saturating_sub(a) as f64 / 1e3 / completed as f64),
+            _ => None,
+        },
+        cloud_compute_us_per_request: if completed == 0 { 0.0 } else { g.compute_share_us / completed as f64 },
     };
     Ok(report)
 }
@@ -219,6 +253,14 @@ pub fn render(r: &LoadReport) -> String {
         (r.cloud_rss_kib.first(), r.cloud_rss_kib.last(), r.cloud_rss_kib.iter().max())
     {
         s.push_str(&format!("cloud RSS KiB: first {first}, last {last}, max {max}\n"));
+    }
+    match r.cloud_cpu_us_per_request {
+        Some(cpu) => s.push_str(&format!(
+            "cloud CPU per request {cpu:.1} µs, its compute per request {:.1} µs: {:.2}× compute\n",
+            r.cloud_compute_us_per_request,
+            cpu / r.cloud_compute_us_per_request.max(1e-9)
+        )),
+        None => s.push_str(&format!("cloud compute per request {:.1} µs\n", r.cloud_compute_us_per_request)),
     }
     s
 }

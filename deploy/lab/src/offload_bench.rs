@@ -1,14 +1,21 @@
-//! `offramp bench offload`: the offload path on loopback (edge → gRPC →
-//! cloud → edge) and its transport overhead = end-to-end latency − edge
-//! compute − cloud compute, beside a bare gRPC round trip measured in the
-//! same run.
+//! `offramp bench offload`: the offload path on loopback (edge → transport →
+//! cloud → edge) over each transport (gRPC unary, the persistent gRPC
+//! stream, QUIC), and its transport overhead = end-to-end latency − edge
+//! compute − cloud compute, beside two baselines measured in the same run:
+//! a bare gRPC round trip (the handshake call, no tensor, no compute) and the
+//! floor, a request of the same size and a 64-byte answer over one plain
+//! loopback TCP connection (blocking sockets, no framing), plus a memcpy of
+//! the payload.
 //!
-//! Build with `--release`. Numbers from one run on a shared machine are noisy;
-//! compare ratios measured in the same run.
+//! Transports run interleaved, a third of the requests at a time, so that a
+//! noisy neighbour hits them alike. Build with `--release`; compare the
+//! ratios measured in one run.
 
+use std::io::{Read, Write};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use clap::ValueEnum;
 use offramp_common::policy::Rule;
 use offramp_common::stats::Summary;
 use offramp_common::Policy;
@@ -20,16 +27,32 @@ use crate::harness::{cloud_config, Topology};
 pub struct OffloadArgs {
     #[command(flatten)]
     pub inputs: crate::inputs::OffloadInputs,
-    /// Requests (sequential, one in flight: latency, not throughput); they
-    /// cycle through the sample inputs.
+    /// Requests per transport (sequential, one in flight: latency, not
+    /// throughput); they cycle through the sample inputs.
     #[arg(long, default_value_t = 1000)]
     pub requests: usize,
+    /// Transports to measure (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,grpc-stream,quic")]
+    pub transports: Vec<TransportKind>,
     #[arg(long)]
     pub json: bool,
 }
 
 fn line(name: &str, s: &Summary) -> String {
-    format!("{name:<28} p50 {:>9.1} µs  p90 {:>9.1}  p99 {:>9.1}  mean {:>9.1}", s.p50, s.p90, s.p99, s.mean)
+    format!("{name:<34} p50 {:>9.1} µs  p90 {:>9.1}  p99 {:>9.1}  mean {:>9.1}", s.p50, s.p90, s.p99, s.mean)
+}
+
+/// One transport's measurements (microseconds).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathReport {
+    pub transport: String,
+    pub end_to_end_us: Summary,
+    pub edge_us: Summary,
+    pub cloud_compute_us: Summary,
+    /// End to end − edge compute − cloud compute.
+    pub overhead_us: Summary,
+    /// Overhead p50 ÷ the floor's p50.
+    pub overhead_over_floor: f64,
 }
 
 /// What `bench offload` measured (microseconds).
@@ -39,27 +62,39 @@ pub struct OffloadReport {
     pub requests: usize,
     /// Distinct sample inputs the requests cycle through.
     pub distinct_inputs: usize,
-    pub end_to_end_us: Summary,
-    pub edge_us: Summary,
-    pub cloud_compute_us: Summary,
-    /// End to end − edge compute − cloud compute.
-    pub overhead_us: Summary,
+    /// Mean size of an offload request (protobuf message).
+    pub request_bytes: usize,
+    pub paths: Vec<PathReport>,
     /// The handshake RPC (no tensor, no compute) on a connection of its own.
     pub bare_grpc_round_trip_us: Summary,
+    /// `request_bytes` out and 64 bytes back over one loopback TCP connection.
+    pub raw_tcp_floor_us: Summary,
+    /// Copying `request_bytes` once.
+    pub memcpy_us: Summary,
 }
 
 impl OffloadReport {
     pub fn render(&self) -> String {
         let mut s = format!(
-            "offload path on loopback, split K = {}, {} sequential requests over {} sample inputs:\n",
-            self.split, self.requests, self.distinct_inputs
+            "offload path on loopback, split K = {}, {} sequential requests per transport over {} sample inputs, \
+             {} bytes per request:\n",
+            self.split, self.requests, self.distinct_inputs, self.request_bytes
         );
+        for p in &self.paths {
+            for (name, v) in [
+                ("end to end", &p.end_to_end_us),
+                ("edge compute", &p.edge_us),
+                ("cloud compute", &p.cloud_compute_us),
+                ("transport overhead", &p.overhead_us),
+            ] {
+                s.push_str(&format!("  {}\n", line(&format!("{}: {name}", p.transport), v)));
+            }
+            s.push_str(&format!("  {:<34} {:.1}× the raw-TCP floor (p50)\n", "", p.overhead_over_floor));
+        }
         for (name, v) in [
-            ("end to end", &self.end_to_end_us),
-            ("edge compute", &self.edge_us),
-            ("cloud compute", &self.cloud_compute_us),
-            ("transport overhead", &self.overhead_us),
             ("bare gRPC round trip", &self.bare_grpc_round_trip_us),
+            ("raw TCP floor (same bytes)", &self.raw_tcp_floor_us),
+            ("memcpy of the payload", &self.memcpy_us),
         ] {
             s.push_str(&format!("  {}\n", line(name, v)));
         }
@@ -67,35 +102,107 @@ impl OffloadReport {
     }
 }
 
+/// The floor: `bytes` out and 64 bytes back, `n` times, over one loopback
+/// TCP connection with blocking sockets (no framing, no protocol).
+fn raw_tcp_floor(bytes: usize, n: usize) -> Result<Vec<f64>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let (mut buf, answer) = (vec![0u8; bytes], [7u8; 64]);
+        loop {
+            match s.read_exact(&mut buf) {
+                Ok(()) => s.write_all(&answer)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let (request, mut answer) = (vec![1u8; bytes], [0u8; 64]);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 100 {
+        let t = Instant::now();
+        c.write_all(&request)?;
+        c.read_exact(&mut answer)?;
+        if i >= 100 {
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(c);
+    server.join().map_err(|_| anyhow::anyhow!("floor server panicked"))??;
+    Ok(times)
+}
+
+fn memcpy(bytes: usize, n: usize) -> Vec<f64> {
+    let src = vec![3u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Samples {
+    total: Vec<f64>,
+    edge: Vec<f64>,
+    cloud: Vec<f64>,
+    overhead: Vec<f64>,
+    bytes: Vec<u64>,
+}
+
 pub async fn offload(args: &OffloadArgs) -> Result<OffloadReport> {
     anyhow::ensure!(args.requests > 0, "--requests must be at least 1");
+    anyhow::ensure!(!args.transports.is_empty(), "--transports names none");
     let (_, bundle, data) = args.inputs.load(args.requests)?;
     let k = args.inputs.split_for(&bundle);
     // Every input goes to the cloud: exits before K never fire.
     let never = Policy::uniform(Rule::Never, bundle.num_exits());
     let (edge_b, cloud_b) = bundle.split(k)?;
-    let topology = Topology::start(cloud_config(cloud_b, Some(&never)), false, None).await?;
-    let mut cfg = topology.edge_config(edge_b, k, TransportKind::Grpc)?;
-    cfg.policy = Some(never);
-    let edge = topology.edge(cfg).await?;
-    let (mut total, mut overhead, mut edge_us, mut cloud_us) = (vec![], vec![], vec![], vec![]);
-    // A warm-up pass over the sample, then `requests` measured ones cycling
-    // through it.
-    let warm_up = data.len();
-    for r in 0..warm_up + args.requests {
-        let i = r % data.len();
-        let a = edge.classify(None, data.image(i).to_vec()).await;
-        anyhow::ensure!(a.tier == offramp_edge::Tier::Cloud, "input {i} was not offloaded: {:?}", a.error);
-        if r < warm_up {
-            continue;
+    let quic = args.transports.contains(&TransportKind::Quic);
+    let topology = Topology::start(cloud_config(cloud_b, Some(&never)), quic, None).await?;
+    let mut edges = Vec::new();
+    for &t in &args.transports {
+        let mut cfg = topology.edge_config(edge_b.clone(), k, t)?;
+        cfg.policy = Some(never.clone());
+        cfg.transport = t;
+        let edge = topology.edge(cfg).await.with_context(|| format!("edge over {t:?}"))?;
+        // A warm-up pass over the sample.
+        for i in 0..data.len() {
+            edge.classify(None, data.image(i).to_vec()).await;
         }
-        total.push(a.latency_us as f64);
-        edge_us.push(a.edge_us as f64);
-        cloud_us.push(a.cloud_compute_us as f64);
-        overhead.push(a.latency_us.saturating_sub(a.edge_us + a.cloud_compute_us) as f64);
+        edges.push(edge);
     }
-    // Baseline: a bare gRPC round trip (the handshake RPC: no tensor, no
-    // compute thread) on a connection of its own.
+    let mut samples: Vec<Samples> = args.transports.iter().map(|_| Samples::default()).collect();
+    let rounds = 3.min(args.requests);
+    let mut r = 0;
+    for round in 0..rounds {
+        let share = args.requests / rounds + usize::from(round < args.requests % rounds);
+        for (edge, s) in edges.iter().zip(samples.iter_mut()) {
+            for j in 0..share {
+                let i = (r + j) % data.len();
+                let a = edge.classify(None, data.image(i).to_vec()).await;
+                anyhow::ensure!(a.tier == offramp_edge::Tier::Cloud, "input {i} was not offloaded: {:?}", a.error);
+                s.total.push(a.latency_us as f64);
+                s.edge.push(a.edge_us as f64);
+                s.cloud.push(a.cloud_compute_us as f64);
+                s.overhead.push(a.latency_us.saturating_sub(a.edge_us + a.cloud_compute_us) as f64);
+                s.bytes.push(a.bytes_up);
+            }
+        }
+        r += share;
+    }
+    let bytes = samples.iter().flat_map(|s| s.bytes.iter()).sum::<u64>() as usize
+        / samples.iter().map(|s| s.bytes.len()).sum::<usize>().max(1);
+    // Baselines: a bare gRPC round trip on a connection of its own, the raw
+    // TCP floor for the same bytes, a memcpy of them.
     let probe = Transport::grpc(&topology.url(TransportKind::Grpc)?, &ConnectConfig::default(), &Default::default())?;
     let mut rtt = Vec::with_capacity(args.requests);
     for i in 0..args.requests + 100 {
@@ -105,16 +212,35 @@ pub async fn offload(args: &OffloadArgs) -> Result<OffloadReport> {
             rtt.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    drop(edge);
+    let n = args.requests;
+    let floor = tokio::task::spawn_blocking(move || raw_tcp_floor(bytes, n)).await??;
+    let floor = Summary::of(&floor);
+    drop(edges);
     topology.stop().await?;
+    let paths = args
+        .transports
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| {
+            let overhead = Summary::of(&s.overhead);
+            PathReport {
+                transport: t.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()),
+                end_to_end_us: Summary::of(&s.total),
+                edge_us: Summary::of(&s.edge),
+                cloud_compute_us: Summary::of(&s.cloud),
+                overhead_over_floor: if floor.p50 > 0.0 { overhead.p50 / floor.p50 } else { 0.0 },
+                overhead_us: overhead,
+            }
+        })
+        .collect();
     Ok(OffloadReport {
         split: k,
         requests: args.requests,
         distinct_inputs: data.len(),
-        end_to_end_us: Summary::of(&total),
-        edge_us: Summary::of(&edge_us),
-        cloud_compute_us: Summary::of(&cloud_us),
-        overhead_us: Summary::of(&overhead),
+        request_bytes: bytes,
+        paths,
         bare_grpc_round_trip_us: Summary::of(&rtt),
+        raw_tcp_floor_us: floor,
+        memcpy_us: Summary::of(&memcpy(bytes, args.requests)),
     })
 }
