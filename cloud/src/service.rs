@@ -213,7 +213,7 @@ async fn answer_one(state: Arc<CloudState>, caller: Caller, req: pb::InferReques
             0 => answer.await,
             us => tokio::time::timeout(Duration::from_micros(us), answer)
                 .await
-                .unwrap_or_else(|_| Err(CloudError::DeadlineExceeded(us))),
+                .unwrap_or(Err(CloudError::DeadlineExceeded(us))),
         };
         let result = match answer {
             Ok(r) => pb::infer_stream_response::Result::Response(r),
