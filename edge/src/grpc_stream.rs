@@ -72,7 +72,11 @@ impl StreamClient {
 
     /// The open stream, or a new one (waiting at most until `deadline`).
     async fn live(&self, deadline: Instant) -> Result<Arc<Live>, Status> {
-        let mut current = self.live.lock().await;
+        // Another caller may be opening the stream: wait for it only as long
+        // as this request's own deadline allows.
+        let mut current = tokio::time::timeout_at(deadline.into(), self.live.lock())
+            .await
+            .map_err(|_| Status::deadline_exceeded("offload deadline passed waiting for the stream to open"))?;
         if let Some(live) = current.as_ref().filter(|l| !l.broken.load(Ordering::Acquire)) {
             return Ok(live.clone());
         }
@@ -99,11 +103,19 @@ impl StreamClient {
         let (reply, answer) = oneshot::channel();
         live.pending.lock().expect("pending lock").insert(id, reply);
         // A request that cannot be queued because the stream's writer is
-        // gone: the stream is broken.
-        if live.tx.send(req).await.is_err() {
-            let status = Status::unavailable("the offload stream closed");
-            live.break_with(&status);
-            return Err(status);
+        // gone: the stream is broken. A full queue (HTTP/2 flow control
+        // holding the writer back) is waited on within the deadline.
+        match tokio::time::timeout_at(deadline.into(), live.tx.send(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                let status = Status::unavailable("the offload stream closed");
+                live.break_with(&status);
+                return Err(status);
+            }
+            Err(_) => {
+                live.pending.lock().expect("pending lock").remove(&id);
+                return Err(Status::deadline_exceeded("offload deadline passed queueing on the stream"));
+            }
         }
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(Ok(mut r))) => {
