@@ -26,3 +26,7 @@ echo "experiment: deploy/experiments/adaptive-int8.toml (the fixed splits in int
 mkdir -p docs/results/adaptive-int8
 "$bin" experiment --config deploy/experiments/adaptive-int8.toml --out docs/results/adaptive-int8 > docs/results/adaptive-int8/summary.txt
 rm -rf docs/results/adaptive-int8/records
+echo "experiment: deploy/experiments/adaptive-oboe.toml (two Oboe throughput traces, int8 + LZ4)" >&2
+mkdir -p docs/results/adaptive-oboe
+"$bin" experiment --config deploy/experiments/adaptive-oboe.toml --out docs/results/adaptive-oboe > docs/results/adaptive-oboe/summary.txt
+rm -rf docs/results/adaptive-oboe/records
