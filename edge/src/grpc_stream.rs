@@ -102,6 +102,12 @@ impl StreamClient {
         req.timeout_us = deadline.saturating_duration_since(Instant::now()).as_micros().max(1) as u64;
         let (reply, answer) = oneshot::channel();
         live.pending.lock().expect("pending lock").insert(id, reply);
+        // The stream may have broken since it was handed out: its reader
+        // drained the waiters already and would never answer this one.
+        if live.broken.load(Ordering::Acquire) {
+            live.pending.lock().expect("pending lock").remove(&id);
+            return Err(Status::unavailable("the offload stream broke"));
+        }
         // A request that cannot be queued because the stream's writer is
         // gone: the stream is broken. A full queue (HTTP/2 flow control
         // holding the writer back) is waited on within the deadline.
