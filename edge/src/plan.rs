@@ -403,6 +403,7 @@ impl Planner {
         let scale = self.edge_scale.value().unwrap_or(1.0);
         let rtt = self.rtt_us().unwrap_or(0.0);
         let per_byte = self.per_byte.value().unwrap_or(0.0);
+        let reach: Vec<f64> = (0..=self.profile.num_blocks).map(|b| self.reach(b)).collect();
         self.profile
             .routes
             .iter()
@@ -410,10 +411,10 @@ impl Planner {
             .map(|(i, &(route, profiled_bytes))| {
                 let k = route.split;
                 let edge: f64 =
-                    self.profile.block_us.iter().take(k).enumerate().map(|(b, us)| us * scale * self.reach(b)).sum();
+                    self.profile.block_us.iter().take(k).enumerate().map(|(b, us)| us * scale * reach[b]).sum();
                 let bytes = self.bytes[i].as_ref().and_then(|t| t.value()).unwrap_or(profiled_bytes);
                 let (offload_fraction, cloud_us) =
-                    if k >= self.profile.num_blocks { (0.0, 0.0) } else { (self.reach(k), self.cloud_us(k)) };
+                    if k >= self.profile.num_blocks { (0.0, 0.0) } else { (reach[k], self.cloud_us(k)) };
                 let expected_us = edge + offload_fraction * (rtt + bytes * per_byte + cloud_us);
                 RouteEstimate { route, expected_us, offload_fraction, bytes, cloud_us }
             })

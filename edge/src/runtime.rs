@@ -133,6 +133,8 @@ pub struct Edge {
     /// The cloud-side fingerprint at each split `0..=N` (empty where the
     /// bundle does not record it).
     cloud_fingerprints: Vec<String>,
+    /// The exits after each split `0..=N` (evaluated in the cloud).
+    cloud_exits: Vec<Vec<usize>>,
     next_id: AtomicU64,
     /// The split planner (`--adaptive-split`) and its probe/plan task.
     planner: Option<Arc<Mutex<Planner>>>,
@@ -248,6 +250,7 @@ impl Edge {
             tracing::info!(budget = b.budget, shadow = b.shadow, thresholds = ?c.thresholds(), "accuracy budget on");
             Arc::new(c)
         });
+        let cloud_exits = (0..=n).map(|k| bundle.exits_in(k..n)).collect();
         let exec = Executor::new(Arc::new(bundle));
         let start = Route { split, encoding: config.encoding };
         let route = Arc::new(RwLock::new(start));
@@ -279,6 +282,7 @@ impl Edge {
             route,
             offloader,
             cloud_fingerprints,
+            cloud_exits,
             next_id: AtomicU64::new(0),
             planner,
             planner_task,
@@ -303,6 +307,17 @@ impl Edge {
     /// The split planner, with `--adaptive-split`.
     pub fn planner(&self) -> Option<&Arc<Mutex<Planner>>> {
         self.planner.as_ref()
+    }
+
+    /// The encoding a state on `route` crosses in: token ids (a split at 0
+    /// of a text model) must arrive exactly, so they go as f32 whatever the
+    /// route says.
+    fn wire_encoding(&self, route: Route) -> pb::Encoding {
+        if route.split == 0 && self.bundle().takes_tokens() {
+            pb::Encoding::F32
+        } else {
+            route.encoding
+        }
     }
 
     /// Compression on top of `encoding` on this edge's routes: the
@@ -397,11 +412,11 @@ impl Edge {
         // Local blocks, off the async workers.
         let route = self.route();
         let (exec, policy, split) = (self.exec.clone(), self.policy(), route.split);
-        let n = self.bundle().num_blocks();
         // Rules of the cloud-side exits, sent with the request.
-        let cloud_policy = policy.to_wire(&self.bundle().exits_in(split..n));
+        let cloud_exits = &self.cloud_exits[split];
+        let cloud_policy = policy.to_wire(cloud_exits);
         answer.split = split;
-        answer.thresholds = edge_thresholds(&policy, self.bundle().exits_in(0..split).len());
+        answer.thresholds = edge_thresholds(&policy, self.bundle().num_exits() - cloud_exits.len());
         let shadow_input = self.controller.as_ref().map(|_| input.clone());
         let local = tokio::task::spawn_blocking(move || -> Result<Local, ModelError> {
             let x = exec.batch_of(0, &[&input])?;
@@ -460,9 +475,8 @@ impl Edge {
             }
         };
 
-        // Offload. Token ids (a split at 0 of a text model) must arrive
-        // exactly: they go as f32 whatever the configured encoding.
-        let encoding = if split == 0 && self.bundle().takes_tokens() { pb::Encoding::F32 } else { route.encoding };
+        // Offload.
+        let encoding = self.wire_encoding(route);
         let mut hidden = codec::encode(&values, &shape, encoding);
         codec::compress(&mut hidden, self.compression_of(encoding));
         let req = pb::InferRequest {
@@ -557,15 +571,13 @@ impl Edge {
             want_probabilities: false,
             edge_id: self.config.edge_id.clone(),
             // The full model's answer: no cloud-side exit answers early.
-            policy: self
-                .bundle()
-                .exits_in(split..self.bundle().num_blocks())
+            policy: self.cloud_exits[split]
                 .iter()
                 .map(|&e| pb::ExitRuleSpec { exit: e as u32, rule: "never".into(), threshold: 0.0, patience: 0 })
                 .collect(),
             ..Default::default()
         };
-        let encoding = if split == 0 && self.bundle().takes_tokens() { pb::Encoding::F32 } else { route.encoding };
+        let encoding = self.wire_encoding(route);
         let compression = self.compression_of(encoding);
         let deadline = controller.as_ref().map(|c| c.config.shadow_deadline).unwrap_or_default();
         tokio::spawn(async move {
