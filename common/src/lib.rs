@@ -8,12 +8,15 @@
 //! - [`policy`]: exit policies (max-probability, entropy, margin, patience).
 //! - [`codec`]: the hidden-state wire codec (f32, f16, bf16, int8).
 //! - [`data`]: datasets (MNIST IDX).
+//! - [`decoder`]: generative decoders (llama GGUF) split between edge and
+//!   cloud, with KV caches per session.
 //!
 //! It re-exports [`offramp_base`]'s `config`, `net`, `paths`, `rng`, `stats`, `telemetry` and
 //! `units`, which carry no model code.
 
 pub mod codec;
 pub mod data;
+pub mod decoder;
 pub mod model;
 pub mod policy;
 

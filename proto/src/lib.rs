@@ -20,5 +20,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// sequences at the splits marked `SplitFingerprint.sequence`.
 pub const FEATURE_TOKEN_SEQUENCES: &str = "token-sequences";
 
+/// `ModelInfo.features` entry: the server also serves `SplitGeneration`
+/// (decoder sessions).
+pub const FEATURE_GENERATION: &str = "generation";
+
 /// Default gRPC port of the cloud service.
 pub const DEFAULT_CLOUD_PORT: u16 = 50051;

@@ -1,0 +1,36 @@
+//! Generative decoders (llama-architecture GGUF models) split between an edge
+//! and a cloud.
+//!
+//! - [`bundle`]: the decoder bundle (`decoder.json` + a GGUF file + the
+//!   tokenizer), importing one from a GGUF file, per-split fingerprints and
+//!   cutting it into an edge and a cloud side.
+//! - [`model`]: the forward pass over any range of layers, for one session or
+//!   many at once (the cloud batches decode steps across sessions), with the
+//!   exits (final norm + tied LM head over a shallower layer's state).
+//! - [`cache`]: a session's KV cache for the layers one side holds.
+//! - [`tokenizer`]: the GGUF's byte-level BPE vocabulary as a `tokenizers`
+//!   tokenizer, and the chat template.
+//! - [`sample`]: greedy and seeded temperature sampling, identical on both
+//!   sides (the edge draws the random number, whoever holds the logits uses it).
+//!
+//! Weights stay quantized as the GGUF stores them (candle's quantized
+//! matmul); only the embedding rows a step needs are dequantized.
+
+pub mod bundle;
+pub mod cache;
+mod config;
+mod error;
+pub mod model;
+pub mod sample;
+pub mod tiny;
+pub mod tokenizer;
+
+pub use bundle::{DecoderBundle, DecoderManifest, ExitPoint, Holds, DECODER_MANIFEST};
+pub use cache::KvCache;
+pub use config::DecoderConfig;
+pub use error::DecoderError;
+pub use model::{DecoderModel, SessionStep};
+pub use tokenizer::{ChatMessage, DecoderTokenizer};
+
+#[cfg(test)]
+mod tests;
