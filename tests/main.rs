@@ -9,6 +9,7 @@ mod docker;
 mod encoder;
 mod experiment;
 mod fallback;
+mod generation;
 mod quic;
 mod robustness;
 mod split_path;

@@ -20,6 +20,8 @@ use offramp_proto as pb;
 use offramp_transport::tls::{Identity, ServerTls, ServerTlsArgs, TlsError};
 use offramp_transport::token::{TokenError, TokenTable};
 
+pub use crate::generation::SessionLimits;
+
 /// The built-in defaults, defined once: [`CloudConfig::new`] uses them, the
 /// flags' help shows them (a test checks the two agree).
 pub mod defaults {
@@ -152,6 +154,26 @@ pub struct CloudArgs {
     #[arg(long, env = "OFFRAMP_DRAIN_TIMEOUT", value_parser = units::parse_duration)]
     #[serde(default, deserialize_with = "units::serde::duration")]
     pub drain_timeout: Option<Duration>,
+    /// Decoders: most generation sessions open at once [default: 64].
+    #[arg(long, env = "OFFRAMP_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Decoders: most positions (prompt + generated tokens) one session may
+    /// reach [default: 2048].
+    #[arg(long, env = "OFFRAMP_MAX_SESSION_TOKENS")]
+    pub max_session_tokens: Option<usize>,
+    /// Decoders: a session with no message for this long is closed [default: 60s].
+    #[arg(long, env = "OFFRAMP_SESSION_TTL", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub session_ttl: Option<Duration>,
+    /// Decoders: memory all sessions' KV caches may reserve; a session
+    /// reserves what its longest length needs when it opens [default: 2GiB].
+    #[arg(long, env = "OFFRAMP_KV_BUDGET", value_parser = units::parse_bytes)]
+    #[serde(default, deserialize_with = "units::serde::bytes")]
+    pub kv_budget: Option<usize>,
+    /// Decoders: most decode steps (of different sessions) in one forward
+    /// pass [default: 16].
+    #[arg(long, env = "OFFRAMP_MAX_DECODE_BATCH")]
+    pub max_decode_batch: Option<usize>,
 }
 
 impl CloudArgs {
@@ -185,6 +207,11 @@ impl CloudArgs {
             },
             encodings: if self.encodings.is_empty() { file.encodings } else { self.encodings },
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
+            max_sessions: self.max_sessions.or(file.max_sessions),
+            max_session_tokens: self.max_session_tokens.or(file.max_session_tokens),
+            session_ttl: self.session_ttl.or(file.session_ttl),
+            kv_budget: self.kv_budget.or(file.kv_budget),
+            max_decode_batch: self.max_decode_batch.or(file.max_decode_batch),
         })
     }
 }
@@ -263,12 +290,20 @@ pub struct CloudConfig {
     /// Accepted hidden-state encodings (never empty).
     pub encodings: Vec<pb::Encoding>,
     pub drain_timeout: Duration,
+    /// Bounds on decoder generation sessions.
+    pub sessions: SessionLimits,
 }
 
 impl CloudConfig {
     /// A cloud for `bundle` on a free loopback port, with the defaults.
     pub fn new(bundle: Bundle) -> Self {
         Self::for_sources(vec![ModelSource::Loaded(Arc::new(bundle))])
+    }
+
+    /// Serving the bundles in `dirs` (classifier or decoder bundles), loaded
+    /// when the server starts; everything else at its default.
+    pub fn from_dirs(dirs: Vec<PathBuf>) -> Self {
+        Self::for_sources(dirs.into_iter().map(ModelSource::Dir).collect())
     }
 
     fn for_sources(models: Vec<ModelSource>) -> Self {
@@ -284,6 +319,7 @@ impl CloudConfig {
             quic: None,
             encodings: codec::ENCODINGS.to_vec(),
             drain_timeout: defaults::DRAIN_TIMEOUT,
+            sessions: SessionLimits::default(),
         }
     }
 
@@ -327,6 +363,14 @@ impl CloudConfig {
             config.encodings = args.encodings;
         }
         config.drain_timeout = args.drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT);
+        let d = SessionLimits::default();
+        config.sessions = SessionLimits {
+            max_sessions: args.max_sessions.unwrap_or(d.max_sessions),
+            max_tokens: args.max_session_tokens.unwrap_or(d.max_tokens),
+            idle_ttl: args.session_ttl.unwrap_or(d.idle_ttl),
+            kv_budget: args.kv_budget.unwrap_or(d.kv_budget),
+            max_batch: args.max_decode_batch.unwrap_or(d.max_batch),
+        };
         config.validate()?;
         Ok(config)
     }
@@ -340,6 +384,21 @@ impl CloudConfig {
             return Err(ConfigError::NoEncoding);
         }
         BatchConfig::try_new(self.batch.max_batch, self.batch.batch_wait, self.batch.max_queue, self.batch.workers)?;
+        let s = &self.sessions;
+        for (flag, got) in
+            [("max-sessions", s.max_sessions), ("max-session-tokens", s.max_tokens), ("max-decode-batch", s.max_batch)]
+        {
+            if got == 0 {
+                return Err(ConfigError::Zero { flag, got });
+            }
+        }
+        if s.idle_ttl.is_zero() {
+            return Err(ConfigError::Value {
+                flag: "--session-ttl",
+                value: "0s".into(),
+                detail: "must be positive".into(),
+            });
+        }
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod models;
 pub mod quic;
 pub mod service;
@@ -92,6 +93,7 @@ pub async fn serve(
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     let service = CloudService::default();
     let loaded = service.loaded.clone();
+    let generation_service = service::GenerationService { loaded: loaded.clone() };
 
     // Shutdown: health NOT_SERVING and new work refused at once, then the
     // server stops accepting and in-flight requests get `drain_timeout`.
@@ -119,6 +121,14 @@ pub async fn serve(
     };
     tokio::spawn(drain_started);
 
+    let generation_service = {
+        let auth = auth.clone();
+        tonic::service::interceptor::InterceptedService::new(
+            offramp_proto::split_generation_server::SplitGenerationServer::new(generation_service)
+                .max_decoding_message_size(max_message),
+            move |req| auth.check(req),
+        )
+    };
     let split_service = tonic::service::interceptor::InterceptedService::new(
         SplitInferenceServer::new(service).max_decoding_message_size(max_message),
         move |req| auth.check(req),
@@ -139,6 +149,7 @@ pub async fn serve(
         .layer(grpc_rules())
         .add_service(health_service)
         .add_service(split_service)
+        .add_service(generation_service)
         .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), {
             let mut rx = stop_rx.clone();
             async move {
@@ -193,14 +204,19 @@ fn start_quic(
 /// Loads the models and starts the compute threads (blocking: run off the
 /// async workers).
 fn load_state(config: &CloudConfig) -> Result<Arc<CloudState>, ServeError> {
-    let registry = Registry::load(&config.models, config.policy.as_ref())?;
+    let mut registry = Registry::load(&config.models, config.policy.as_ref())?;
     let batcher = Batcher::start(config.batch).map_err(ServeError::Workers)?;
+    let decoders = std::mem::take(&mut registry.decoders);
+    let generation =
+        generation::Generation::start(decoders, config.sessions, config.max_payload, config.encodings.clone())
+            .map_err(ServeError::Workers)?;
     Ok(Arc::new(CloudState {
         registry,
         batcher,
         max_payload_bytes: config.max_payload,
         encodings: config.encodings.clone(),
         draining: false.into(),
+        generation: Arc::new(generation),
     }))
 }
 
@@ -271,13 +287,17 @@ impl Drop for CloudHandle {
 }
 
 /// The gRPC rules layer for the cloud's server: `SplitInference` (whose
-/// `InferStream` streams requests) and gRPC health (whose `Check` and
-/// `Watch` take one request).
+/// `InferStream` streams requests), `SplitGeneration` (whose `Generate`
+/// does) and gRPC health (whose `Check` and `Watch` take one request).
 fn grpc_rules() -> offramp_transport::grpc_rules::GrpcRulesLayer {
     use tonic::server::NamedService;
     type Health = tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
     offramp_transport::grpc_rules::GrpcRulesLayer::new(
-        &[SplitInferenceServer::<CloudService>::NAME, Health::NAME],
-        &["/offramp.v1.SplitInference/InferStream"],
+        &[
+            SplitInferenceServer::<CloudService>::NAME,
+            offramp_proto::split_generation_server::SplitGenerationServer::<service::GenerationService>::NAME,
+            Health::NAME,
+        ],
+        &["/offramp.v1.SplitInference/InferStream", "/offramp.v1.SplitGeneration/Generate"],
     )
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use offramp_common::codec::echo;
+use offramp_common::decoder::DecoderBundle;
 use offramp_common::model::{Observation, SplitSide};
 use offramp_common::policy::{PolicyError, PolicyFile};
 use offramp_common::{codec, Bundle, Executor, ModelError, Policy};
@@ -21,6 +22,8 @@ pub enum LoadError {
     Bundle { dir: PathBuf, source: ModelError },
     #[error("model {model}: {source}")]
     Policy { model: String, source: PolicyError },
+    #[error("loading decoder bundle {}: {source}", dir.display())]
+    Decoder { dir: PathBuf, source: offramp_common::decoder::DecoderError },
     #[error("model {0:?} given twice")]
     Duplicate(String),
     #[error("no model given: pass --model DIR")]
@@ -49,9 +52,21 @@ pub struct ValidRequest {
     pub policy: Arc<Policy>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     models: BTreeMap<String, Arc<ModelSlot>>,
+    /// Decoder bundles (generation sessions; [`crate::generation`]),
+    /// handed to the generation engine at start.
+    pub decoders: Vec<crate::generation::DecoderSlot>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .field("decoders", &self.decoders.iter().map(|d| &d.id).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Registry {
@@ -59,7 +74,20 @@ impl Registry {
     /// overrides the bundles' own policies.
     pub fn load(sources: &[ModelSource], policy: Option<&PolicyFile>) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
+        let mut decoders: Vec<crate::generation::DecoderSlot> = Vec::new();
         for source in sources {
+            if let ModelSource::Dir(dir) = source {
+                if DecoderBundle::is_decoder(dir) {
+                    let load = || crate::generation::DecoderSlot::load(DecoderBundle::open(dir)?);
+                    let slot = load().map_err(|source| LoadError::Decoder { dir: dir.clone(), source })?;
+                    tracing::info!(model = %slot.id, from = %dir.display(), held = ?slot.bundle.holds(), "loaded decoder");
+                    if decoders.iter().any(|d| d.id == slot.id) {
+                        return Err(LoadError::Duplicate(slot.id));
+                    }
+                    decoders.push(slot);
+                    continue;
+                }
+            }
             let (bundle, origin) = match source {
                 ModelSource::Dir(dir) => (
                     Arc::new(Bundle::load(dir).map_err(|source| LoadError::Bundle { dir: dir.clone(), source })?),
@@ -97,10 +125,10 @@ impl Registry {
                 return Err(LoadError::Duplicate(id));
             }
         }
-        if models.is_empty() {
+        if models.is_empty() && decoders.is_empty() {
             return Err(LoadError::NoModel);
         }
-        Ok(Self { models })
+        Ok(Self { models, decoders })
     }
 
     pub fn models(&self) -> impl Iterator<Item = &Arc<ModelSlot>> {
@@ -296,6 +324,7 @@ pub(crate) mod testing {
             max_payload_bytes: 1 << 20,
             encodings: codec::ENCODINGS.to_vec(),
             draining: false.into(),
+            generation: Default::default(),
         }
     }
 

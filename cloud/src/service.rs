@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::auth::Caller;
 use crate::batcher::Batcher;
 use crate::error::CloudError;
+use crate::generation::Generation;
 use crate::models::Registry;
 
 /// Shared state of a running cloud.
@@ -28,6 +29,8 @@ pub struct CloudState {
     pub encodings: Vec<pb::Encoding>,
     /// Set on shutdown: new work is refused with `Unavailable`.
     pub draining: AtomicBool,
+    /// Decoder sessions (empty when the cloud holds no decoder).
+    pub generation: Arc<Generation>,
 }
 
 impl CloudState {
@@ -148,6 +151,48 @@ impl SplitInference for CloudService {
         let (tx, rx) = mpsc::channel(64);
         let state = self.state()?.clone();
         tokio::spawn(answer_stream(state, caller, incoming, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The `SplitGeneration` service (decoder sessions).
+#[derive(Clone, Default)]
+pub struct GenerationService {
+    pub loaded: Arc<std::sync::OnceLock<Arc<CloudState>>>,
+}
+
+impl GenerationService {
+    fn generation(&self) -> Result<Arc<Generation>, Status> {
+        let state = loaded(&self.loaded)?;
+        if state.draining.load(Ordering::Relaxed) {
+            return Err(CloudError::Unavailable("shutting down").into());
+        }
+        if state.generation.is_empty() {
+            return Err(Status::unimplemented("this cloud holds no decoder (start it with --model <decoder bundle>)"));
+        }
+        Ok(state.generation.clone())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::split_generation_server::SplitGeneration for GenerationService {
+    async fn get_decoder_info(
+        &self,
+        _request: Request<pb::ModelInfoRequest>,
+    ) -> Result<Response<pb::DecoderInfo>, Status> {
+        Ok(Response::new(self.generation()?.info()))
+    }
+
+    type GenerateStream = ReceiverStream<Result<pb::GenerateResponse, Status>>;
+
+    async fn generate(
+        &self,
+        request: Request<Streaming<pb::GenerateRequest>>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let caller = Caller::of(&request);
+        let generation = self.generation()?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(generation.serve(caller, request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

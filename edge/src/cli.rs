@@ -30,6 +30,9 @@ enum Command {
     Run(run::RunArgs),
     /// Serve the local Classify API for applications on the device.
     Serve(serve::ServeArgs),
+    /// Generate text with a decoder bundle split at layer K (tokens stream
+    /// as they come).
+    Generate(crate::generate::args::GenerateArgs),
 }
 
 /// The `offramp-edge` binary: parse, set up logging, run; an error is printed
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
 
 async fn run_command(command: Command) -> Result<()> {
     match command {
+        Command::Generate(args) => crate::generate::args::run(args).await?,
         Command::Run(args) => {
             let config = EdgeConfig::from_args(args.edge)?;
             let mut data = Dataset::for_bundle(&args.data, args.subset, args.val_size, &config.bundle)

@@ -1,11 +1,13 @@
 //! The Offramp edge runtime: runs blocks `[0, K)` of a multi-exit network on
 //! the device, answers at the first confident exit, offloads the hidden state
-//! to a cloud otherwise, and always answers (offline fallback).
+//! to a cloud otherwise, and always answers (offline fallback); and for
+//! decoders, generation split at layer K ([`generate`]).
 
 pub mod adapt;
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod generate;
 pub mod grpc_stream;
 pub mod metrics;
 pub mod offload;

@@ -106,26 +106,8 @@ impl Transport {
     /// A lazily connecting gRPC client: nothing is dialled until the first
     /// call, and a broken connection is re-dialled on the next call.
     pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
-        if url.starts_with("quic://") {
-            return Err(TransportError::QuicUrl(url.to_string()));
-        }
-        let mut endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| TransportError::BadUrl { url: url.to_string(), detail: e.to_string() })?
-            .connect_timeout(c.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(c.keepalive_interval)
-            .keep_alive_timeout(c.keepalive_timeout)
-            .keep_alive_while_idle(true);
-        if let Some(tls) = &creds.tls {
-            if !url.starts_with("https://") {
-                return Err(TransportError::NotHttps(url.to_string()));
-            }
-            endpoint = endpoint
-                .tls_config(tls.tonic())
-                .map_err(|e| TransportError::Tls { url: url.to_string(), detail: e.to_string() })?;
-        }
-        let interceptor = BearerInterceptor::new(creds.token.as_ref())?;
-        let client = SplitInferenceClient::with_interceptor(endpoint.connect_lazy(), interceptor);
+        let (channel, interceptor) = grpc_channel(url, c, creds)?;
+        let client = SplitInferenceClient::with_interceptor(channel, interceptor);
         Ok(Transport::Grpc(client.max_decoding_message_size(MAX_ANSWER_BYTES)))
     }
 
@@ -164,4 +146,34 @@ impl Transport {
             }
         }
     }
+}
+
+/// A lazily connecting gRPC channel to `url` with the edge's TLS settings,
+/// and the interceptor that adds its bearer token (shared by the
+/// classification and generation clients).
+pub fn grpc_channel(
+    url: &str,
+    c: &ConnectConfig,
+    creds: &Credentials,
+) -> Result<(Channel, BearerInterceptor), TransportError> {
+    if url.starts_with("quic://") {
+        return Err(TransportError::QuicUrl(url.to_string()));
+    }
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| TransportError::BadUrl { url: url.to_string(), detail: e.to_string() })?
+        .connect_timeout(c.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(c.keepalive_interval)
+        .keep_alive_timeout(c.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    if let Some(tls) = &creds.tls {
+        if !url.starts_with("https://") {
+            return Err(TransportError::NotHttps(url.to_string()));
+        }
+        endpoint = endpoint
+            .tls_config(tls.tonic())
+            .map_err(|e| TransportError::Tls { url: url.to_string(), detail: e.to_string() })?;
+    }
+    let interceptor = BearerInterceptor::new(creds.token.as_ref())?;
+    Ok((endpoint.connect_lazy(), interceptor))
 }

@@ -141,3 +141,24 @@ pub fn edge_config(bundle: Bundle, k: usize, clouds: Vec<String>) -> offramp_edg
     c.policy = Some(policy);
     c
 }
+
+/// The tiny seeded decoder (6 layers, exits after layers 2 and 4) imported
+/// as a whole-model bundle in `dir/whole`, with its edge and cloud sides for
+/// split `k` in `dir/edge-K` and `dir/cloud-K` when asked.
+pub fn tiny_decoder(dir: &Path) -> PathBuf {
+    use offramp_common::decoder::tiny::{write_tiny_gguf, TinySpec};
+    let gguf = dir.join("tiny.gguf");
+    write_tiny_gguf(&gguf, TinySpec::default()).expect("tiny GGUF");
+    let whole = dir.join("whole");
+    offramp_common::decoder::DecoderBundle::import(&gguf, &whole, None, &[2, 4], 512).expect("import tiny");
+    whole
+}
+
+/// The sides of split `k` of a decoder bundle: `(edge, cloud)` directories.
+pub fn split_decoder(whole: &Path, k: usize) -> (PathBuf, PathBuf) {
+    let parent = whole.parent().unwrap();
+    let (e, c) = (parent.join(format!("edge-{k}")), parent.join(format!("cloud-{k}")));
+    let b = offramp_common::decoder::DecoderBundle::open(whole).unwrap();
+    b.split(k, &e, Some(&c)).expect("split the decoder");
+    (e, c)
+}

@@ -137,9 +137,13 @@ impl DecoderBundle {
         let json = std::fs::read(&tok_path).map_err(|e| DecoderError::io(&tok_path, e))?;
         let digest = hex(&Sha256::digest(&json));
         if digest != manifest.tokenizer.sha256 {
-            return Err(bad(format!("{} has digest {digest}, the manifest says {}", manifest.tokenizer.file, manifest.tokenizer.sha256)));
+            return Err(bad(format!(
+                "{} has digest {digest}, the manifest says {}",
+                manifest.tokenizer.file, manifest.tokenizer.sha256
+            )));
         }
-        let tokenizer = Arc::new(DecoderTokenizer::from_json(&json, manifest.chat_template.as_deref(), manifest.config.eos)?);
+        let tokenizer =
+            Arc::new(DecoderTokenizer::from_json(&json, manifest.chat_template.as_deref(), manifest.config.eos)?);
         Ok(Self { manifest, dir, tokenizer })
     }
 
@@ -161,7 +165,10 @@ impl DecoderBundle {
             if got != want {
                 return Err(DecoderError::Bundle {
                     dir: self.dir.clone(),
-                    detail: format!("{what} in {} do not match the manifest's digest (corrupt or mixed bundle)", path.display()),
+                    detail: format!(
+                        "{what} in {} do not match the manifest's digest (corrupt or mixed bundle)",
+                        path.display()
+                    ),
                 });
             }
             Ok(())
@@ -278,14 +285,23 @@ impl DecoderBundle {
 
     /// Imports a llama-architecture GGUF file as a bundle in `out`, with exits
     /// after `exits` layers.
-    pub fn import(gguf: &Path, out: &Path, model_id: Option<&str>, exits: &[usize], context: usize) -> Result<Self, DecoderError> {
+    pub fn import(
+        gguf: &Path,
+        out: &Path,
+        model_id: Option<&str>,
+        exits: &[usize],
+        context: usize,
+    ) -> Result<Self, DecoderError> {
         let (content, mut file) = read_content(gguf)?;
         let config = DecoderConfig::from_gguf(&content.metadata, context)?;
         let n = config.layers;
         let mut exit_points = Vec::new();
         for &e in exits {
             if e == 0 || e >= n {
-                return Err(DecoderError::Split { split: e, detail: format!("an exit must sit after layers 1..{} of this {n}-layer model", n - 1) });
+                return Err(DecoderError::Split {
+                    split: e,
+                    detail: format!("an exit must sit after layers 1..{} of this {n}-layer model", n - 1),
+                });
             }
             if !exit_points.iter().any(|x: &ExitPoint| x.layer == e) {
                 exit_points.push(ExitPoint { layer: e, threshold: None, calibration: String::new() });
@@ -340,18 +356,25 @@ impl DecoderBundle {
             return Err(DecoderError::Split { split: k, detail: "only a whole-model bundle can be split".into() });
         }
         if k > n {
-            return Err(DecoderError::Split { split: k, detail: format!("the model has {n} layers (K must be 0..={n})") });
+            return Err(DecoderError::Split {
+                split: k,
+                detail: format!("the model has {n} layers (K must be 0..={n})"),
+            });
         }
         let (content, mut file) = read_content(&self.weights_path())?;
-        let json = std::fs::read(self.dir.join(&self.manifest.tokenizer.file)).map_err(|e| DecoderError::io(&self.dir, e))?;
-        let edge_names: Vec<String> =
-            std::iter::once(EMBEDDINGS.to_string()).chain(head_names(&content)).chain((0..k).flat_map(layer_names)).collect();
+        let json =
+            std::fs::read(self.dir.join(&self.manifest.tokenizer.file)).map_err(|e| DecoderError::io(&self.dir, e))?;
+        let edge_names: Vec<String> = std::iter::once(EMBEDDINGS.to_string())
+            .chain(head_names(&content))
+            .chain((0..k).flat_map(layer_names))
+            .collect();
         let mut edge = self.manifest.clone();
         edge.holds = Holds { start: 0, end: k, embeddings: true, head: true };
         write_gguf(&content, &mut file, &edge_out.join(DECODER_WEIGHTS), &edge_names)?;
         write_side(edge_out, &edge, &json)?;
         if k < n {
-            let out = cloud_out.ok_or_else(|| DecoderError::Split { split: k, detail: "no folder given for the cloud side".into() })?;
+            let out = cloud_out
+                .ok_or_else(|| DecoderError::Split { split: k, detail: "no folder given for the cloud side".into() })?;
             let mut names: Vec<String> = head_names(&content);
             names.extend((k..n).flat_map(layer_names));
             let mut cloud = self.manifest.clone();
@@ -372,16 +395,20 @@ impl DecoderBundle {
 }
 
 fn default_model_id(md: &HashMap<String, Value>, path: &Path) -> String {
-    let name = md.get("general.basename").and_then(|v| v.to_string().ok()).cloned().or_else(|| {
-        path.file_stem().map(|s| s.to_string_lossy().into_owned())
-    });
+    let name = md
+        .get("general.basename")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()));
     let size = md.get("general.size_label").and_then(|v| v.to_string().ok()).cloned();
     let tune = md.get("general.finetune").and_then(|v| v.to_string().ok()).cloned();
     let mut id = name.unwrap_or_else(|| "decoder".into()).to_lowercase();
     if let Some(s) = size {
         id = format!("{id}-{}", s.to_lowercase());
     }
-    if tune.is_some_and(|t| t.to_lowercase().contains("instruct")) || path.to_string_lossy().to_lowercase().contains("instruct") {
+    if tune.is_some_and(|t| t.to_lowercase().contains("instruct"))
+        || path.to_string_lossy().to_lowercase().contains("instruct")
+    {
         id.push_str("-instruct");
     }
     id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
@@ -408,7 +435,9 @@ fn read_tensor(content: &Content, file: &mut std::fs::File, name: &str) -> Resul
     if !content.tensor_infos.contains_key(name) {
         return Err(DecoderError::Tensor { name: name.into(), detail: "missing from the GGUF file".into() });
     }
-    content.tensor(file, name, &Device::Cpu).map_err(|e| DecoderError::Tensor { name: name.into(), detail: e.to_string() })
+    content
+        .tensor(file, name, &Device::Cpu)
+        .map_err(|e| DecoderError::Tensor { name: name.into(), detail: e.to_string() })
 }
 
 /// SHA-256 over each tensor's name, storage type, shape and bytes.
@@ -436,7 +465,8 @@ fn write_gguf(content: &Content, file: &mut std::fs::File, out: &Path, names: &[
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let f = std::fs::File::create(out).map_err(|e| DecoderError::io(out, e))?;
     let mut w = BufWriter::new(f);
-    gguf_file::write(&mut w, &metadata, &refs).map_err(|e| DecoderError::Gguf { path: out.to_path_buf(), detail: e.to_string() })?;
+    gguf_file::write(&mut w, &metadata, &refs)
+        .map_err(|e| DecoderError::Gguf { path: out.to_path_buf(), detail: e.to_string() })?;
     use std::io::Write;
     w.flush().map_err(|e| DecoderError::io(out, e))
 }

@@ -79,10 +79,16 @@ impl DecoderConfig {
             return bad("llama.*", format!("a zero size in {self:?}"));
         }
         if self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
-            return bad("llama.attention.head_count", format!("{} heads do not divide hidden {} evenly", self.heads, self.hidden));
+            return bad(
+                "llama.attention.head_count",
+                format!("{} heads do not divide hidden {} evenly", self.heads, self.hidden),
+            );
         }
         if self.heads % self.kv_heads != 0 {
-            return bad("llama.attention.head_count_kv", format!("{} KV heads do not divide {} heads", self.kv_heads, self.heads));
+            return bad(
+                "llama.attention.head_count_kv",
+                format!("{} KV heads do not divide {} heads", self.kv_heads, self.heads),
+            );
         }
         if !(self.rms_eps > 0.0 && self.rope_base > 0.0) {
             return bad("llama.rope.freq_base", "epsilon and RoPE base must be positive".into());

@@ -27,6 +27,8 @@ pub mod tokenizer;
 
 pub use bundle::{DecoderBundle, DecoderManifest, ExitPoint, Holds, DECODER_MANIFEST};
 pub use cache::KvCache;
+/// The tensor type states travel in (candle's).
+pub use candle_core::Tensor;
 pub use config::DecoderConfig;
 pub use error::DecoderError;
 pub use model::{DecoderModel, SessionStep};

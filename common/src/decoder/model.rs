@@ -100,7 +100,10 @@ impl DecoderModel {
         let device = Device::Cpu;
         let mut read = |name: &str| -> Result<QTensor, DecoderError> {
             if !content.tensor_infos.contains_key(name) {
-                return Err(DecoderError::Tensor { name: name.into(), detail: format!("missing from {}", path.display()) });
+                return Err(DecoderError::Tensor {
+                    name: name.into(),
+                    detail: format!("missing from {}", path.display()),
+                });
             }
             content
                 .tensor(&mut file, name, &device)
@@ -231,11 +234,15 @@ impl DecoderModel {
                         out.extend(block[2..].iter().map(|&q| d * (q as i8) as f32));
                     }
                 }
-                GgmlDType::F32 => {
-                    out.extend(data[id * h * 4..(id + 1) * h * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                }
+                GgmlDType::F32 => out.extend(
+                    data[id * h * 4..(id + 1) * h * 4]
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
                 GgmlDType::F16 => out.extend(
-                    data[id * h * 2..(id + 1) * h * 2].chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                    data[id * h * 2..(id + 1) * h * 2]
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
                 ),
                 other => unreachable!("{other:?} embeddings are dequantized at load"),
             }

@@ -114,7 +114,10 @@ pub fn write_tiny_gguf(path: &Path, spec: TinySpec) -> Result<(), DecoderError> 
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
         ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
         ("tokenizer.ggml.token_type", Value::Array(types)),
-        ("tokenizer.ggml.merges", Value::Array(MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect())),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ("tokenizer.chat_template", Value::String(template.into())),
@@ -125,7 +128,8 @@ pub fn write_tiny_gguf(path: &Path, spec: TinySpec) -> Result<(), DecoderError> 
         std::fs::create_dir_all(parent).map_err(|e| DecoderError::io(parent, e))?;
     }
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| DecoderError::io(path, e))?);
-    gguf_file::write(&mut f, &md_refs, &refs).map_err(|e| DecoderError::Gguf { path: path.to_path_buf(), detail: e.to_string() })?;
+    gguf_file::write(&mut f, &md_refs, &refs)
+        .map_err(|e| DecoderError::Gguf { path: path.to_path_buf(), detail: e.to_string() })?;
     use std::io::Write;
     f.flush().map_err(|e| DecoderError::io(path, e))
 }

@@ -52,7 +52,8 @@ pub(crate) fn json_from_gguf(md: &HashMap<String, Value>) -> Result<Vec<u8>, Dec
         None => vec![1; tokens.len()],
     };
     let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str).unwrap_or("default");
-    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let byte_level =
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let pre_tokenizer = match pre {
         "smollm" | "qwen2" | "deepseek-llm" | "starcoder" => serde_json::json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level]}),
@@ -154,7 +155,8 @@ impl std::fmt::Debug for DecoderTokenizer {
 
 impl DecoderTokenizer {
     pub fn from_json(json: &[u8], chat_template: Option<&str>, eos: u32) -> Result<Self, DecoderError> {
-        let tokenizer = Tokenizer::from_bytes(json).map_err(|e| DecoderError::Tokenizer(format!("not a tokenizer.json: {e}")))?;
+        let tokenizer =
+            Tokenizer::from_bytes(json).map_err(|e| DecoderError::Tokenizer(format!("not a tokenizer.json: {e}")))?;
         let chat = chat_template.and_then(ChatFormat::from_template);
         let mut stops = vec![eos];
         if chat.is_some() {
@@ -187,10 +189,9 @@ impl DecoderTokenizer {
     /// The prompt ids of a conversation, rendered with the model's chat
     /// template.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, DecoderError> {
-        let chat = self
-            .chat
-            .as_ref()
-            .ok_or_else(|| DecoderError::Tokenizer("this model has no chat template that Offramp understands (ChatML)".into()))?;
+        let chat = self.chat.as_ref().ok_or_else(|| {
+            DecoderError::Tokenizer("this model has no chat template that Offramp understands (ChatML)".into())
+        })?;
         self.encode(&chat.render(messages))
     }
 

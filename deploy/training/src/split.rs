@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use offramp_common::decoder::bundle::DECODER_WEIGHTS;
+use offramp_common::decoder::DecoderBundle;
 use offramp_common::model::SplitSide;
 use offramp_common::Bundle;
 
@@ -52,6 +54,9 @@ impl SplitReport {
 }
 
 pub fn run(args: &SplitArgs) -> Result<SplitReport> {
+    if DecoderBundle::is_decoder(&args.model) {
+        return split_decoder(args);
+    }
     let bundle = Bundle::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
     let (edge, cloud) = bundle.split(args.at)?;
     edge.save(&args.edge_out).with_context(|| format!("writing {}", args.edge_out.display()))?;
@@ -73,5 +78,26 @@ pub fn run(args: &SplitArgs) -> Result<SplitReport> {
         cloud_weight_bytes: size(&args.cloud_out),
         edge_fingerprint: bundle.fingerprint(SplitSide::Edge, k).unwrap_or_default(),
         cloud_fingerprint: bundle.fingerprint(SplitSide::Cloud, k).unwrap_or_default(),
+    })
+}
+
+/// A decoder bundle: the edge side gets the embeddings, layers `0..K` and
+/// the final norm + LM head its exits read; the cloud side layers `K..N`
+/// and the head. At K = N there is no cloud side.
+fn split_decoder(args: &SplitArgs) -> Result<SplitReport> {
+    let bundle = DecoderBundle::open(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
+    let k = args.at;
+    let n = bundle.num_layers();
+    bundle.split(k, &args.edge_out, (k < n).then_some(args.cloud_out.as_path()))?;
+    let size = |dir: &PathBuf| std::fs::metadata(dir.join(DECODER_WEIGHTS)).map(|m| m.len()).unwrap_or(0);
+    Ok(SplitReport {
+        split: k,
+        num_blocks: n,
+        edge_dir: args.edge_out.clone(),
+        cloud_dir: args.cloud_out.clone(),
+        edge_weight_bytes: size(&args.edge_out),
+        cloud_weight_bytes: if k < n { size(&args.cloud_out) } else { 0 },
+        edge_fingerprint: bundle.edge_fingerprint(k),
+        cloud_fingerprint: if k < n { bundle.cloud_fingerprint(k) } else { String::new() },
     })
 }

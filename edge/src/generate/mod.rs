@@ -1,0 +1,741 @@
+//! Generation with a decoder split between this device and a cloud.
+//!
+//! The edge embeds tokens and runs layers `0..K` with its own KV cache; the
+//! layer-K states of every position go to the cloud's session
+//! ([`link::CloudSession`]), which runs layers `K..N` with its cache. Modes,
+//! one code path:
+//!
+//! - `split`: every token is the cloud's answer (the output equals the whole
+//!   model's).
+//! - `early-exit`: the edge emits its exit's token when the exit is
+//!   confident; the states still go to the cloud, without waiting, so the
+//!   cloud's cache has no holes and later offloads are exact.
+//! - `all-cloud` (K = 0) and `all-edge` (K = N).
+//!
+//! When the cloud is slow or gone the edge answers with its deepest exit
+//! (tier `fallback`, with the reason) and keeps every layer-K state; when a
+//! cloud is reachable again (the same replica or another `--cloud`) it opens
+//! a new session and replays those states, so the session continues exactly
+//! where it was.
+
+pub mod args;
+pub mod link;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use offramp_common::codec;
+use offramp_common::decoder::model::{last_row, rows, top1};
+use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::{
+    DecoderBundle, DecoderError, DecoderModel, DecoderTokenizer, KvCache, SessionStep, Tensor,
+};
+use offramp_common::rng::SplitMix64;
+use offramp_proto as pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::transport::{ConnectConfig, Credentials, TransportError};
+use link::{CloudSession, GenerationClient, SessionSpec, StepReply};
+
+/// How a session uses the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every token from the cloud (layer-K state of each token crosses).
+    Split,
+    /// The edge's exit answers when confident; the cloud otherwise.
+    EarlyExit,
+    /// K = 0: the edge only embeds tokens.
+    AllCloud,
+    /// K = N: no cloud.
+    AllEdge,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Split => "split",
+            Mode::EarlyExit => "early-exit",
+            Mode::AllCloud => "all-cloud",
+            Mode::AllEdge => "all-edge",
+        }
+    }
+}
+
+/// Who produced a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Edge,
+    Cloud,
+    Fallback,
+}
+
+/// Why generation could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Decoder(#[from] DecoderError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Config(String),
+    #[error("the edge's compute task failed: {0}")]
+    Join(String),
+}
+
+/// Settings of a decoder edge.
+#[derive(Debug, Clone)]
+pub struct GenerateConfig {
+    pub mode: Mode,
+    /// Split point for `split` and `early-exit` (ignored by the baselines).
+    pub split: usize,
+    pub clouds: Vec<String>,
+    pub connect: ConnectConfig,
+    pub credentials: Credentials,
+    pub encoding: pb::Encoding,
+    /// How long one token waits for the cloud before the edge answers.
+    pub deadline: Duration,
+    /// How often a lost cloud is tried again.
+    pub retry_every: Duration,
+    /// Early-exit threshold (top-1 probability at the exit); default: the
+    /// bundle's calibrated one.
+    pub threshold: Option<f32>,
+    pub edge_id: String,
+}
+
+impl GenerateConfig {
+    pub fn new(mode: Mode, split: usize, clouds: Vec<String>) -> Self {
+        Self {
+            mode,
+            split,
+            clouds,
+            connect: ConnectConfig::default(),
+            credentials: Credentials::default(),
+            encoding: pb::Encoding::F32,
+            deadline: Duration::from_secs(2),
+            retry_every: Duration::from_millis(500),
+            threshold: None,
+            edge_id: "edge".into(),
+        }
+    }
+}
+
+/// Per generation.
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// Also ask the cloud for its token where the edge answered, to measure
+    /// agreement with the whole model (costs no waiting).
+    pub agreement: bool,
+    /// Keep going past end-of-turn tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        Self { max_tokens: 128, sampling: Sampling::Greedy, seed: 0, agreement: false, ignore_eos: false }
+    }
+}
+
+/// One generated token, as it is emitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenEvent {
+    pub index: usize,
+    pub position: usize,
+    pub token: u32,
+    pub text: String,
+    pub tier: Tier,
+    /// The exit layer that answered (edge and fallback tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<usize>,
+    /// Probability of the token (the exit's, or the whole model's).
+    pub probability: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub latency_us: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Cloud tokens: how many sessions' steps shared the forward pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_batch: Option<u32>,
+}
+
+/// What a generation did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub mode: String,
+    pub split: usize,
+    pub encoding: String,
+    pub prompt_tokens: usize,
+    pub tokens: usize,
+    pub elapsed_s: f64,
+    pub tokens_per_s: f64,
+    /// Decode speed after the first token.
+    pub decode_tokens_per_s: f64,
+    pub time_to_first_token_ms: f64,
+    pub edge_tokens: usize,
+    pub cloud_tokens: usize,
+    pub fallback_tokens: usize,
+    /// Waits for a cloud answer per token.
+    pub round_trips_per_token: f64,
+    pub bytes_up_per_token: f64,
+    pub bytes_down_per_token: f64,
+    pub sessions_opened: usize,
+    /// Positions re-sent to rebuild a cloud cache after a reconnect.
+    pub replayed_positions: usize,
+    /// Of the tokens the edge emitted itself, the share the whole model
+    /// (the cloud) would have chosen too (`--agreement`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_agreement: Option<f64>,
+    /// Of all tokens, the share equal to the whole model's choice at that
+    /// position (cloud tokens agree by definition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+}
+
+impl Summary {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{} tokens in {:.2}s: {:.1} tokens/s ({:.1} after the first), first token {:.0} ms\n\
+             tiers: {} edge, {} cloud, {} fallback; {:.2} round trips/token; {:.0} B up, {:.0} B down per token ({}, K={})\n",
+            self.tokens,
+            self.elapsed_s,
+            self.tokens_per_s,
+            self.decode_tokens_per_s,
+            self.time_to_first_token_ms,
+            self.edge_tokens,
+            self.cloud_tokens,
+            self.fallback_tokens,
+            self.round_trips_per_token,
+            self.bytes_up_per_token,
+            self.bytes_down_per_token,
+            self.encoding,
+            self.split
+        );
+        if self.sessions_opened > 1 || self.replayed_positions > 0 {
+            s.push_str(&format!(
+                "cloud sessions opened: {}, positions replayed: {}\n",
+                self.sessions_opened, self.replayed_positions
+            ));
+        }
+        if let (Some(a), Some(e)) = (self.agreement, self.edge_agreement) {
+            s.push_str(&format!(
+                "agreement with the whole model: {:.1}% of tokens ({:.1}% of edge tokens)\n",
+                a * 100.0,
+                e * 100.0
+            ));
+        }
+        s
+    }
+}
+
+/// A generation's output.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub events: Vec<TokenEvent>,
+    pub summary: Summary,
+}
+
+/// A device holding the edge side of a decoder.
+pub struct DecoderEdge {
+    bundle: DecoderBundle,
+    model: Arc<DecoderModel>,
+    config: GenerateConfig,
+    split: usize,
+    /// The deepest exit at or before the split, and its threshold.
+    exit: Option<usize>,
+    threshold: Option<f32>,
+    clients: Vec<(String, GenerationClient)>,
+}
+
+impl std::fmt::Debug for DecoderEdge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecoderEdge").field("model", &self.bundle.model_id()).field("split", &self.split).finish()
+    }
+}
+
+impl DecoderEdge {
+    /// Loads the edge side and checks the settings against it.
+    pub fn new(bundle: DecoderBundle, config: GenerateConfig) -> Result<Self, GenerateError> {
+        let n = bundle.num_layers();
+        let split = match config.mode {
+            Mode::AllCloud => 0,
+            Mode::AllEdge => n,
+            Mode::Split | Mode::EarlyExit => config.split,
+        };
+        if split > n {
+            return Err(GenerateError::Config(format!(
+                "--split {split}: {} has {n} layers (K in 0..={n})",
+                bundle.model_id()
+            )));
+        }
+        if !bundle.serves_edge(split) {
+            let h = bundle.holds();
+            return Err(GenerateError::Config(format!(
+                "{} holds layers {}..{}{}; split {split} needs the embeddings and layers 0..{split}{}",
+                bundle.dir().display(),
+                h.start,
+                h.end,
+                if bundle.manifest().holds.embeddings { "" } else { " without the embeddings" },
+                if split == n { " and the LM head" } else { "" }
+            )));
+        }
+        let exit = bundle.exits_within(split).last().map(|e| e.layer);
+        let threshold = config.threshold.or_else(|| {
+            exit.and_then(|l| bundle.manifest().exits.iter().find(|e| e.layer == l).and_then(|e| e.threshold))
+        });
+        if config.mode == Mode::EarlyExit {
+            let Some(layer) = exit else {
+                return Err(GenerateError::Config(format!(
+                    "early-exit needs an exit at or before layer {split}; {} has exits after layers {:?}",
+                    bundle.model_id(),
+                    bundle.manifest().exits.iter().map(|e| e.layer).collect::<Vec<_>>()
+                )));
+            };
+            if threshold.is_none() {
+                return Err(GenerateError::Config(format!(
+                    "early-exit needs a threshold for the exit after layer {layer}: pass --threshold, or calibrate the bundle \
+                     (`offramp calibrate-decoder`)"
+                )));
+            }
+        }
+        if config.mode != Mode::AllEdge && config.clouds.is_empty() {
+            return Err(GenerateError::Config(format!("mode {} needs a cloud: pass --cloud URL", config.mode.name())));
+        }
+        if let Some(t) = threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(GenerateError::Config(format!("--threshold {t}: a top-1 probability is in [0, 1]")));
+            }
+        }
+        let clients = config
+            .clouds
+            .iter()
+            .map(|url| Ok((url.clone(), link::client(url, &config.connect, &config.credentials)?)))
+            .collect::<Result<Vec<_>, TransportError>>()?;
+        let model = Arc::new(bundle.model()?);
+        Ok(Self { bundle, model, config, split, exit, threshold, clients })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<DecoderTokenizer> {
+        self.bundle.tokenizer()
+    }
+
+    pub fn bundle(&self) -> &DecoderBundle {
+        &self.bundle
+    }
+
+    pub fn split(&self) -> usize {
+        self.split
+    }
+
+    pub fn threshold(&self) -> Option<f32> {
+        self.threshold
+    }
+
+    /// Generates up to `opts.max_tokens` tokens after `prompt`, calling
+    /// `on_token` as each is emitted.
+    pub async fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenOptions,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generated, GenerateError> {
+        if prompt.is_empty() {
+            return Err(GenerateError::Config("the prompt has no tokens".into()));
+        }
+        let c = self.bundle.config().clone();
+        let max_positions = prompt.len() + opts.max_tokens;
+        if max_positions > c.context {
+            return Err(GenerateError::Config(format!(
+                "prompt ({} tokens) + --max-tokens {} exceed the model's context of {}",
+                prompt.len(),
+                opts.max_tokens,
+                c.context
+            )));
+        }
+        let started = Instant::now();
+        let mode = self.config.mode;
+        let k = self.split;
+        let n = c.layers;
+        let tok = self.bundle.tokenizer().clone();
+        let spec = SessionSpec {
+            model_id: self.bundle.model_id().to_string(),
+            split: k,
+            cloud_fingerprint: self.bundle.cloud_fingerprint(k),
+            max_positions,
+            encoding: self.config.encoding,
+            edge_id: self.config.edge_id.clone(),
+        };
+        let mut rng = SplitMix64::new(opts.seed);
+        let mut cache = Some(KvCache::new(&c, 0..k));
+        let mut states: Vec<f32> = Vec::with_capacity(max_positions * c.hidden);
+        let mut cloud = CloudState::new(self.clients.len());
+        let mut input: Vec<u32> = prompt.to_vec();
+        let mut pos = 0usize;
+        let mut text = tokenizers_stream();
+        let mut out = Vec::with_capacity(opts.max_tokens);
+        let mut events = Vec::with_capacity(opts.max_tokens);
+        let mut checks: Vec<(usize, u32, oneshot::Receiver<StepReply>)> = Vec::new();
+        let mut summary = Summary {
+            mode: mode.name().into(),
+            split: k,
+            encoding: codec::encoding_name(self.config.encoding).into(),
+            prompt_tokens: prompt.len(),
+            ..Summary::default()
+        };
+        let mut first_token_at = None;
+        for index in 0..opts.max_tokens {
+            let t0 = Instant::now();
+            let t = input.len();
+            // Layers 0..K here (and the exit's state, tapped on the way).
+            let (back, step) = {
+                let model = self.model.clone();
+                let mut cache = cache.take().expect("cache returned each step");
+                let (ids, exit) = (std::mem::take(&mut input), self.exit);
+                tokio::task::spawn_blocking(move || {
+                    let r = edge_layers(&model, &mut cache, &ids, pos, k, exit);
+                    (cache, r)
+                })
+                .await
+                .map_err(|e| GenerateError::Join(e.to_string()))?
+            };
+            cache = Some(back);
+            let step = step?;
+            states.extend_from_slice(&step.state_k);
+            pos += t;
+            let uniform = rng.next_f32();
+            let mut bytes_up = 0u64;
+            let down_before = cloud.bytes_down();
+            let mut local: Option<(u32, f32)> = None;
+            let local_choice = |this: &Self, tap: &Tensor| -> Result<(u32, f32, f32), GenerateError> {
+                let logits = rows(&this.model.logits(tap)?)?.remove(0);
+                let (_, p_top) = top1(&logits);
+                let (token, p) = opts.sampling.choose(&logits, uniform);
+                Ok((token, p, p_top))
+            };
+            let want = match opts.sampling {
+                Sampling::Greedy => pb::Want::Argmax,
+                Sampling::Temperature(_) => pb::Want::Sample,
+            };
+            let temperature = match opts.sampling {
+                Sampling::Temperature(t) => t,
+                Sampling::Greedy => 0.0,
+            };
+            let mut cloud_batch = None;
+            let emitted: (u32, f32, Tier, Option<usize>, Option<String>) = if k == n {
+                let (token, p, _) = local_choice(self, &step.tap)?;
+                (token, p, Tier::Edge, Some(n), None)
+            } else {
+                let confident = if mode == Mode::EarlyExit {
+                    let (token, p, p_top) = local_choice(self, &step.tap)?;
+                    local = Some((token, p));
+                    p_top >= self.threshold.unwrap_or(1.0)
+                } else {
+                    false
+                };
+                if confident {
+                    let (token, p) = local.expect("computed above");
+                    // Keep the cloud's cache whole without waiting for it.
+                    let ask = if opts.agreement { want } else { pb::Want::None };
+                    match cloud.sync(self, &spec, &states, pos, t, ask, temperature, uniform).await {
+                        Ok((sent, Some(rx))) => {
+                            bytes_up += sent;
+                            checks.push((index, token, rx));
+                        }
+                        Ok((sent, None)) => bytes_up += sent,
+                        Err(_) => {}
+                    }
+                    (token, p, Tier::Edge, self.exit, None)
+                } else {
+                    let answer = match cloud.sync(self, &spec, &states, pos, t, want, temperature, uniform).await {
+                        Ok((sent, Some(rx))) => {
+                            bytes_up += sent;
+                            summary.round_trips_per_token += 1.0;
+                            match tokio::time::timeout(self.config.deadline, rx).await {
+                                Ok(Ok(Ok(r))) => Ok(r),
+                                Ok(Ok(Err(reason))) => Err(reason),
+                                Ok(Err(_)) => Err("the session ended".to_string()),
+                                Err(_) => Err(format!("no answer within the deadline of {:?}", self.config.deadline)),
+                            }
+                        }
+                        Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
+                        Err(reason) => Err(reason),
+                    };
+                    match answer {
+                        Ok(r) => {
+                            cloud_batch = Some(r.batch_size);
+                            (r.token, r.probability, Tier::Cloud, None, None)
+                        }
+                        Err(reason) => {
+                            cloud.lost(&reason, self.config.retry_every);
+                            let (token, p) = match local {
+                                Some(l) => l,
+                                None => {
+                                    let (token, p, _) = local_choice(self, &step.tap)?;
+                                    (token, p)
+                                }
+                            };
+                            (token, p, Tier::Fallback, Some(self.exit.unwrap_or(k)), Some(reason))
+                        }
+                    }
+                }
+            };
+            let (token, probability, tier, exit, reason) = emitted;
+            match tier {
+                Tier::Edge => summary.edge_tokens += 1,
+                Tier::Cloud => summary.cloud_tokens += 1,
+                Tier::Fallback => summary.fallback_tokens += 1,
+            }
+            let bytes_down = cloud.bytes_down().saturating_sub(down_before);
+            summary.bytes_up_per_token += bytes_up as f64;
+            summary.bytes_down_per_token += bytes_down as f64;
+            let piece = text.push(&tok, token);
+            let event = TokenEvent {
+                index,
+                position: pos,
+                token,
+                text: piece,
+                tier,
+                exit,
+                probability,
+                reason,
+                latency_us: t0.elapsed().as_micros() as u64,
+                bytes_up,
+                bytes_down,
+                endpoint: if tier == Tier::Cloud { cloud.endpoint() } else { None },
+                cloud_batch,
+            };
+            on_token(&event);
+            events.push(event);
+            out.push(token);
+            first_token_at.get_or_insert_with(|| started.elapsed());
+            if tok.is_stop(token) && !opts.ignore_eos {
+                break;
+            }
+            input = vec![token];
+        }
+        let elapsed = started.elapsed();
+        let tokens = out.len();
+        if !checks.is_empty() || (opts.agreement && mode != Mode::AllEdge) {
+            let mut agree = 0usize;
+            let mut answered = 0usize;
+            for (index, token, rx) in checks {
+                if let Ok(Ok(Ok(r))) = tokio::time::timeout(self.config.deadline, rx).await {
+                    answered += 1;
+                    if r.token == token {
+                        agree += 1;
+                    }
+                    let _ = index;
+                }
+            }
+            summary.edge_agreement = Some(if answered > 0 { agree as f64 / answered as f64 } else { 1.0 });
+            let disagree = answered - agree;
+            summary.agreement = Some(if tokens > 0 { 1.0 - disagree as f64 / tokens as f64 } else { 1.0 });
+        }
+        summary.tokens = tokens;
+        summary.elapsed_s = elapsed.as_secs_f64();
+        summary.tokens_per_s = tokens as f64 / elapsed.as_secs_f64().max(1e-9);
+        let ttft = first_token_at.unwrap_or(elapsed);
+        summary.time_to_first_token_ms = ttft.as_secs_f64() * 1e3;
+        if tokens > 1 {
+            summary.decode_tokens_per_s = (tokens - 1) as f64 / (elapsed - ttft).as_secs_f64().max(1e-9);
+        }
+        if tokens > 0 {
+            summary.round_trips_per_token /= tokens as f64;
+            summary.bytes_up_per_token /= tokens as f64;
+            summary.bytes_down_per_token /= tokens as f64;
+        }
+        summary.sessions_opened = cloud.opened;
+        summary.replayed_positions = cloud.replayed;
+        let text = tok.decode(&out)?;
+        Ok(Generated { tokens: out, text, events, summary })
+    }
+}
+
+fn tokenizers_stream() -> offramp_common::decoder::tokenizer::TextStream {
+    offramp_common::decoder::tokenizer::TextStream::default()
+}
+
+/// What the edge's layers produced for one step.
+struct EdgeStep {
+    /// Layer-K states of the step's positions, row-major.
+    state_k: Vec<f32>,
+    /// The last position's state at the exit layer (or at K when there is
+    /// no exit at or before K): what a local answer reads.
+    tap: Tensor,
+}
+
+fn edge_layers(
+    model: &DecoderModel,
+    cache: &mut KvCache,
+    ids: &[u32],
+    pos: usize,
+    k: usize,
+    exit: Option<usize>,
+) -> Result<EdgeStep, GenerateError> {
+    let x = model.embed(ids)?;
+    let tap_at = exit.filter(|&e| e < k).unwrap_or(k);
+    let mut steps = [SessionStep { cache, x, pos }];
+    let tapped = model.run(0..k, &mut steps, &[tap_at])?;
+    let [s] = steps;
+    let state_k = s.x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(DecoderError::from)?;
+    let tap = last_row(&tapped[0][0])?;
+    Ok(EdgeStep { state_k, tap })
+}
+
+/// The edge's side of its cloud sessions: the live one, where its cache
+/// stands, when to try again after a loss.
+struct CloudState {
+    session: Option<CloudSession>,
+    /// Positions the live session's cache holds.
+    synced: usize,
+    /// Endpoint to try first next time.
+    next_endpoint: usize,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+    request_id: u64,
+    opened: usize,
+    replayed: usize,
+    /// Response bytes of sessions already dropped.
+    bytes_down_done: u64,
+    endpoints: usize,
+}
+
+impl CloudState {
+    fn new(endpoints: usize) -> Self {
+        Self {
+            session: None,
+            synced: 0,
+            next_endpoint: 0,
+            retry_at: None,
+            last_error: None,
+            request_id: 0,
+            opened: 0,
+            replayed: 0,
+            bytes_down_done: 0,
+            endpoints,
+        }
+    }
+
+    fn bytes_down(&self) -> u64 {
+        self.bytes_down_done + self.session.as_ref().map_or(0, |s| s.bytes_down())
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        self.session.as_ref().map(|s| s.endpoint.clone())
+    }
+
+    /// The live session is gone: drop it, try again after `retry`, starting
+    /// with the next endpoint.
+    fn lost(&mut self, reason: &str, retry: Duration) {
+        if let Some(s) = self.session.take() {
+            tracing::warn!(endpoint = %s.endpoint, reason, "cloud session lost; the edge answers until it is back");
+            self.bytes_down_done += s.bytes_down();
+            self.next_endpoint = (self.next_endpoint + 1) % self.endpoints.max(1);
+        }
+        self.last_error = Some(reason.to_string());
+        self.retry_at = Some(Instant::now() + retry);
+    }
+
+    /// A live session, opening one (and replaying nothing yet) if due.
+    async fn ensure(&mut self, edge: &DecoderEdge, spec: &SessionSpec) -> Result<(), String> {
+        if let Some(s) = &self.session {
+            match s.broken() {
+                None => return Ok(()),
+                Some(reason) => self.lost(&reason, Duration::ZERO),
+            }
+        }
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                return Err(self.last_error.clone().unwrap_or_else(|| "the cloud is unreachable".into()));
+            }
+        }
+        let mut errors = Vec::new();
+        for i in 0..edge.clients.len() {
+            let idx = (self.next_endpoint + i) % edge.clients.len();
+            let (url, client) = &edge.clients[idx];
+            let timeout = edge.config.connect.connect_timeout + edge.config.deadline;
+            match CloudSession::open(url, client, spec, timeout).await {
+                Ok(s) => {
+                    if self.opened > 0 {
+                        tracing::info!(endpoint = %url, "cloud session reopened; replaying the layer-K states");
+                    }
+                    self.session = Some(s);
+                    self.synced = 0;
+                    self.next_endpoint = idx;
+                    self.retry_at = None;
+                    self.opened += 1;
+                    return Ok(());
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        let reason = format!("no cloud session: {}", errors.join("; "));
+        self.last_error = Some(reason.clone());
+        self.retry_at = Some(Instant::now() + edge.config.retry_every);
+        Err(reason)
+    }
+
+    /// Sends the states the cloud lacks (`synced..pos`: a replay after a
+    /// reconnect, else this step's), the last chunk asking for `want`.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync(
+        &mut self,
+        edge: &DecoderEdge,
+        spec: &SessionSpec,
+        states: &[f32],
+        pos: usize,
+        step_rows: usize,
+        want: pb::Want,
+        temperature: f32,
+        uniform: f32,
+    ) -> Result<(u64, Option<oneshot::Receiver<StepReply>>), String> {
+        self.ensure(edge, spec).await?;
+        let hidden = edge.bundle.config().hidden;
+        let session = self.session.as_ref().expect("ensured");
+        let max_rows = session.max_rows;
+        let mut sent = 0u64;
+        let mut reply = None;
+        let mut start = self.synced;
+        // Positions before this step's own are a replay (a new session, or
+        // catching up after the edge answered alone).
+        self.replayed += (pos - self.synced).saturating_sub(step_rows);
+        while start < pos {
+            let end = (start + max_rows).min(pos);
+            let last = end == pos;
+            let tensor = codec::encode(&states[start * hidden..end * hidden], &[end - start, hidden], spec.encoding);
+            self.request_id += 1;
+            let step = pb::DecodeStep {
+                request_id: self.request_id,
+                position: start as u32,
+                hidden: Some(tensor),
+                want: if last { want as i32 } else { pb::Want::None as i32 },
+                temperature,
+                uniform,
+            };
+            match session.send(step) {
+                Ok((size, rx)) => {
+                    sent += size as u64;
+                    if last {
+                        reply = rx;
+                    }
+                }
+                Err(reason) => {
+                    self.lost(&reason, edge.config.retry_every);
+                    return Err(reason);
+                }
+            }
+            start = end;
+        }
+        self.synced = pos;
+        Ok((sent, reply))
+    }
+}
