@@ -8,6 +8,7 @@ mod mnist;
 mod text;
 
 pub use mnist::{read_idx_images, read_idx_labels, write_idx, DataError, Subset};
+pub use text::read_labelled_lines;
 
 /// Samples and labels in memory.
 #[derive(Debug, Clone)]

@@ -55,6 +55,10 @@ enum Command {
     /// Choose per-exit thresholds within an accuracy budget on a validation
     /// split and write them as a policy file.
     Calibrate(calibrate::CalibrateArgs),
+    /// Decoder exits: thresholds for a target token agreement with the whole
+    /// model, from text it generates itself (label-free); written to the
+    /// bundle's decoder.json.
+    CalibrateDecoder(offramp_training::calibrate_decoder::CalibrateDecoderArgs),
     /// Hidden-state encodings at split K: bytes per offloaded request,
     /// accuracy change against f32 and codec speed.
     CodecEval(codec_eval::CodecEvalArgs),
@@ -80,6 +84,9 @@ enum BenchWhat {
     /// A transformer encoder bundle: full model and one layer at batch 1,
     /// throughput at batch 32, against ONNX Runtime on the same weights.
     Encoder(bench_encoder::EncoderArgs),
+    /// A decoder bundle's CPU decode speed at batch 1 against llama.cpp on
+    /// the same GGUF (same run, alternating).
+    Decoder(offramp_training::bench_decoder::DecoderBenchArgs),
     /// Transport overhead of the offload path on loopback.
     Offload(offload_bench::OffloadArgs),
     /// gRPC against QUIC through the link emulator (delay, loss).
@@ -118,6 +125,9 @@ fn run(command: Command) -> Result<()> {
             let report = bench_encoder::run(&a)?;
             emit(&report, a.json, |r| r.render())?;
         }
+        Command::Bench(BenchWhat::Decoder(a)) => {
+            emit(&offramp_training::bench_decoder::run(&a)?, a.json, |r| r.render())?
+        }
         Command::Bench(BenchWhat::Offload(a)) => {
             let report = runtime()?.block_on(offload_bench::offload(&a))?;
             emit(&report, a.json, |r| r.render())?;
@@ -143,6 +153,9 @@ fn run(command: Command) -> Result<()> {
         Command::Eval(args) => emit(&eval::run(&args)?, args.json, |r| r.render())?,
         Command::Link(args) => offramp_link::cli::run(&args)?,
         Command::Calibrate(args) => emit(&calibrate::run(&args)?, args.json, |r| r.render())?,
+        Command::CalibrateDecoder(args) => {
+            emit(&offramp_training::calibrate_decoder::run(&args)?, args.json, |r| r.render())?
+        }
         Command::CodecEval(args) => emit(&codec_eval::evaluate(&args)?, args.json, |r| r.render())?,
     }
     Ok(())

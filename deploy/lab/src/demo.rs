@@ -29,10 +29,26 @@ pub struct DemoArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Decoder bundles: the user's message (default: a short question).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Decoder bundles: most tokens to generate.
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let model_dir = paths::find(&args.inputs.model)?;
+    if offramp_common::decoder::DecoderBundle::is_decoder(&model_dir) {
+        return crate::demo_decoder::run(
+            &model_dir,
+            args.inputs.split,
+            args.prompt.as_deref(),
+            args.max_tokens,
+            args.json,
+        )
+        .await;
+    }
     let bundle = Bundle::load(&model_dir).with_context(|| format!("loading the demo model {}", model_dir.display()))?;
     let n = bundle.num_blocks();
     let split = args.inputs.split_for(&bundle);

@@ -15,6 +15,7 @@
 //!   through the link emulator.
 
 pub mod demo;
+pub mod demo_decoder;
 pub mod drift;
 pub mod experiment;
 pub mod harness;

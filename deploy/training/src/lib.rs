@@ -7,12 +7,16 @@
 //! - [`simulate`]: per-exit probabilities for a dataset, and policies
 //!   replayed over them without re-running the network.
 //! - [`calibrate`]: per-exit thresholds within an accuracy budget.
+//! - [`calibrate_decoder`]: decoder exit thresholds for a target agreement
+//!   with the whole model, on text the model generates itself.
 //! - [`codec_eval`]: bytes, accuracy change and speed of each encoding at K.
 //! - [`import_hf`]: `offramp import hf`, a BERT-family checkpoint as a bundle.
 //! - [`import_gguf`]: `offramp import gguf`, a llama GGUF as a decoder bundle.
 //! - [`split`]: cut a bundle at K.
 //! - [`sample`]: a small MNIST sample for demos.
 //! - [`bench`]: `offramp bench blocks`, compute speed per block and kernel.
+//! - [`bench_decoder`]: `offramp bench decoder`, decode speed against
+//!   llama.cpp on the same GGUF.
 //! - [`bench_encoder`]: `offramp bench encoder`, a transformer encoder
 //!   against ONNX Runtime.
 //!
@@ -20,8 +24,10 @@
 //! not carry training code or candle-nn.
 
 pub mod bench;
+pub mod bench_decoder;
 pub mod bench_encoder;
 pub mod calibrate;
+pub mod calibrate_decoder;
 pub mod codec_eval;
 pub mod eval;
 pub mod import_gguf;
