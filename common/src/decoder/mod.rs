@@ -21,6 +21,7 @@ pub mod cache;
 mod config;
 mod error;
 pub mod model;
+mod q4;
 pub mod sample;
 pub mod tiny;
 pub mod tokenizer;

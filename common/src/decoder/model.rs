@@ -31,14 +31,37 @@ pub struct SessionStep<'a> {
 
 struct LayerWeights {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A projection: Q4_1 through [`super::q4`], other storage types through
+/// candle's `QMatMul`.
+enum Linear {
+    Q41(super::q4::Q41Matrix),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(t: QTensor) -> Result<Self, DecoderError> {
+        Ok(match super::q4::Q41Matrix::from_qtensor(&t)? {
+            Some(m) => Self::Q41(m),
+            None => Self::Candle(QMatMul::from_qtensor(t)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, DecoderError> {
+        match self {
+            Self::Q41(m) => m.forward(x),
+            Self::Candle(m) => Ok(m.forward(x)?),
+        }
+    }
 }
 
 /// Token embeddings: rows dequantized on lookup (the table stays as the GGUF
@@ -128,7 +151,7 @@ impl DecoderModel {
                 Ok(t)
             };
             let norm = |t: QTensor| t.dequantize(&device);
-            let mm = |t: QTensor| QMatMul::from_qtensor(t);
+            let mm = Linear::new;
             layers[i] = Some(LayerWeights {
                 attn_norm: norm(get("attn_norm", &[h])?)?,
                 wq: mm(get("attn_q", &[h, h])?)?,
