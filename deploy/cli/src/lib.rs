@@ -87,6 +87,10 @@ enum BenchWhat {
     /// A decoder bundle's CPU decode speed at batch 1 against llama.cpp on
     /// the same GGUF (same run, alternating).
     Decoder(offramp_training::bench_decoder::DecoderBenchArgs),
+    /// A decoder split at K through the link emulator at several RTTs: every
+    /// mode and encoding, tokens/s, time to first token, bytes and round
+    /// trips per token, early-exit agreement.
+    Generation(offramp_lab::generation_bench::GenerationBenchArgs),
     /// Transport overhead of the offload path on loopback.
     Offload(offload_bench::OffloadArgs),
     /// gRPC against QUIC through the link emulator (delay, loss).
@@ -127,6 +131,10 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Bench(BenchWhat::Decoder(a)) => {
             emit(&offramp_training::bench_decoder::run(&a)?, a.json, |r| r.render())?
+        }
+        Command::Bench(BenchWhat::Generation(a)) => {
+            let report = runtime()?.block_on(offramp_lab::generation_bench::run(&a))?;
+            emit(&report, a.json, |r| r.render())?
         }
         Command::Bench(BenchWhat::Offload(a)) => {
             let report = runtime()?.block_on(offload_bench::offload(&a))?;

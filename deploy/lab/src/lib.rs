@@ -18,6 +18,7 @@ pub mod demo;
 pub mod demo_decoder;
 pub mod drift;
 pub mod experiment;
+pub mod generation_bench;
 pub mod harness;
 pub mod inputs;
 pub mod load;
