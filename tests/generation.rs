@@ -386,3 +386,68 @@ async fn bad_session_messages_get_clear_errors_and_the_session_survives_a_bad_st
     assert_eq!(tokens, vec![(4, 2), (5, 3)]);
     assert!(got.iter().all(|m| m.is_ok()), "the stream ended cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_adapters_trained_by_self_distillation_are_calibrated_and_carried_to_the_edge() {
+    use offramp_training::calibrate_decoder::{run as calibrate, CalibrateDecoderArgs};
+    use offramp_training::train_exits::{run as train, TrainExitsArgs};
+    let dir = tmp("gen-train");
+    // Strong layers: the shallow exits disagree with the last layer, as in
+    // a real model, so there is something to learn.
+    let spec = offramp_common::decoder::tiny::TinySpec { layer_scale: 4.0, ..Default::default() };
+    let whole = tiny_decoder_with(&dir, spec);
+    // Questions in the `label text` format of the TREC file.
+    let subjects = ["the moon", "a river", "the cat", "42 ships", "the answer", "rain", "a tree", "the sea"];
+    let lines: Vec<String> =
+        (0..40).map(|i| format!("{} What is {} made of {} ?", i % 6, subjects[i % 8], i)).collect();
+    let prompts_file = dir.join("questions.txt");
+    std::fs::write(&prompts_file, lines.join("\n")).unwrap();
+    let r = train(&TrainExitsArgs {
+        model: whole.clone(),
+        prompts_file: prompts_file.clone(),
+        prompts: 16,
+        skip: 0,
+        tokens: 24,
+        val_fraction: 0.25,
+        rank: 16,
+        epochs: 40,
+        batch: 64,
+        lr: 1e-2,
+        teacher_top: 8,
+        seed: 1,
+        json: false,
+    })
+    .unwrap();
+    assert_eq!(r.exits.len(), 2);
+    for e in &r.exits {
+        eprintln!("{e:?}");
+        assert!(e.agreement_before < 0.9, "the bare exit disagrees often: {e:?}");
+        assert!(e.train_agreement_after > e.agreement_before + 0.1, "the adapter fits its exit: {e:?}");
+    }
+    let c = calibrate(&CalibrateDecoderArgs {
+        model: whole.clone(),
+        prompts_file,
+        prompts: 8,
+        tokens: 16,
+        target: 0.9,
+        dry_run: false,
+        json: false,
+    })
+    .unwrap();
+    assert!(c.written && c.exits.iter().all(|e| e.agreement >= 0.9), "{c:?}");
+    let bundle = DecoderBundle::open(&whole).unwrap();
+    assert!(bundle.manifest().exits.iter().all(|e| e.threshold.is_some()));
+    assert!(bundle.model().unwrap().has_adapter(4));
+    // The edge side of a split carries the adapters and the thresholds; the
+    // cloud side does not need them.
+    let (edge4, cloud4) = split_decoder(&whole, 4);
+    assert!(DecoderBundle::open(&edge4).unwrap().model().unwrap().has_adapter(4));
+    assert!(DecoderBundle::open(&cloud4).unwrap().manifest().adapters.is_none());
+    let cloud = decoder_cloud(vec![cloud4], |_| {}).await;
+    let e = edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |_| {});
+    assert_eq!(e.threshold(), bundle.manifest().exits[1].threshold);
+    let ids = bundle.tokenizer().encode("the answer is").unwrap();
+    let g = e.generate(&ids, &greedy(16), |_| {}).await.unwrap();
+    assert_eq!(g.tokens.len(), 16);
+    assert_cloud_tokens_exact(&whole_model(&whole), &ids, &g);
+}

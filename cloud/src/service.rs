@@ -37,11 +37,16 @@ impl CloudState {
     /// The handshake answer: one model per answer, the first (clouds usually
     /// serve one).
     pub fn model_info(&self) -> Result<pb::ModelInfo, CloudError> {
-        self.registry
+        let mut info = self
+            .registry
             .info(self.max_payload_bytes, &self.encodings)
             .into_iter()
             .next()
-            .ok_or(CloudError::Unavailable("holding no model"))
+            .ok_or(CloudError::Unavailable("holding no classifier (its decoders answer GetDecoderInfo)"))?;
+        if !self.generation.is_empty() {
+            info.features.push(pb::FEATURE_GENERATION.to_string());
+        }
+        Ok(info)
     }
 
     /// Validates, queues and computes one request from `caller`.

@@ -21,4 +21,9 @@ fn describe() {
     describe_counter!("offramp_cloud_bytes_received_total", Unit::Bytes, "Hidden-state payload bytes received");
     describe_counter!("offramp_cloud_bytes_sent_total", Unit::Bytes, "Response bytes sent");
     describe_gauge!("offramp_cloud_queue_depth", "Requests queued or computing");
+    describe_gauge!("offramp_cloud_sessions", "Generation sessions open");
+    describe_gauge!("offramp_cloud_kv_cache_bytes", Unit::Bytes, "KV cache bytes reserved by open sessions");
+    describe_counter!("offramp_cloud_generated_tokens_total", "Tokens the cloud chose for edges");
+    describe_histogram!("offramp_cloud_decode_batch_size", "Decode steps (sessions) per forward pass");
+    describe_histogram!("offramp_cloud_decode_seconds", Unit::Seconds, "Time of a batched decode forward pass");
 }

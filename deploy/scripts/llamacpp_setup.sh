@@ -8,7 +8,7 @@
 # Idempotent: each step is skipped when its result is already there.
 # Env: VENV, MODELS, PYTHON (default python3), LLAMA_CPP_PYTHON_VERSION
 # (default 0.3.36; "latest" = newest), JOBS (default nproc), CMAKE_ARGS.
-# Usage: deploy/scripts/llamacpp_setup.sh   (build ~5 min on 2 idle cores)
+# Usage: deploy/scripts/llamacpp_setup.sh   (build 5-8 min on 2 cores)
 #
 # Why AMX is off: this VM's CPU advertises AMX, so -march=native compiles
 # ggml's AMX kernels, and llama_decode then dies with SIGILL on tileloadd

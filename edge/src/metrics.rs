@@ -9,6 +9,7 @@ pub fn install(addr: SocketAddr) -> Result<(), offramp_transport::metrics::Build
     offramp_transport::metrics::install(addr, &buckets, &[])?;
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("offramp_edge_requests_total", "Answers by tier (edge, cloud, fallback, error) and exit");
+    describe_counter!("offramp_edge_generated_tokens_total", "Generated tokens by tier (edge, cloud, fallback)");
     describe_histogram!("offramp_edge_latency_seconds", Unit::Seconds, "End-to-end latency per input, by tier");
     describe_histogram!("offramp_edge_compute_seconds", Unit::Seconds, "Local compute per input");
     describe_counter!("offramp_edge_bytes_up_total", Unit::Bytes, "Bytes offloaded to the cloud");

@@ -146,9 +146,14 @@ pub fn edge_config(bundle: Bundle, k: usize, clouds: Vec<String>) -> offramp_edg
 /// as a whole-model bundle in `dir/whole`, with its edge and cloud sides for
 /// split `k` in `dir/edge-K` and `dir/cloud-K` when asked.
 pub fn tiny_decoder(dir: &Path) -> PathBuf {
-    use offramp_common::decoder::tiny::{write_tiny_gguf, TinySpec};
+    tiny_decoder_with(dir, offramp_common::decoder::tiny::TinySpec::default())
+}
+
+/// [`tiny_decoder`] with another shape or weight scale.
+pub fn tiny_decoder_with(dir: &Path, spec: offramp_common::decoder::tiny::TinySpec) -> PathBuf {
+    use offramp_common::decoder::tiny::write_tiny_gguf;
     let gguf = dir.join("tiny.gguf");
-    write_tiny_gguf(&gguf, TinySpec::default()).expect("tiny GGUF");
+    write_tiny_gguf(&gguf, spec).expect("tiny GGUF");
     let whole = dir.join("whole");
     offramp_common::decoder::DecoderBundle::import(&gguf, &whole, None, &[2, 4], 512).expect("import tiny");
     whole

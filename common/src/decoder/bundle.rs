@@ -89,9 +89,16 @@ pub struct DecoderManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
     pub exits: Vec<ExitPoint>,
+    /// Trained exit adapters (`offramp train-exits`): a safetensors file with
+    /// `exit.<layer>.a` and `exit.<layer>.b` per adapted exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<TokenizerSpec>,
     pub holds: Holds,
     pub digests: Digests,
 }
+
+/// File name of a bundle's exit adapters.
+pub const ADAPTERS_FILE: &str = "adapters.safetensors";
 
 /// A decoder bundle on disk, its manifest read and checked; weights load
 /// with [`DecoderBundle::model`].
@@ -153,7 +160,50 @@ impl DecoderBundle {
         let path = self.weights_path();
         let h = &self.manifest.holds;
         self.verify(&path)?;
-        DecoderModel::load(&path, &self.manifest.config, h.start..h.end, h.embeddings, h.head)
+        let mut model = DecoderModel::load(&path, &self.manifest.config, h.start..h.end, h.embeddings, h.head)?;
+        if let (Some(spec), true) = (&self.manifest.adapters, h.head) {
+            let file = self.dir.join(&spec.file);
+            let bytes = std::fs::read(&file).map_err(|e| DecoderError::io(&file, e))?;
+            if hex(&Sha256::digest(&bytes)) != spec.sha256 {
+                return Err(DecoderError::Bundle {
+                    dir: self.dir.clone(),
+                    detail: format!("{} does not match its digest", spec.file),
+                });
+            }
+            let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+            for e in &self.manifest.exits {
+                if let (Some(a), Some(b)) =
+                    (tensors.get(&format!("exit.{}.a", e.layer)), tensors.get(&format!("exit.{}.b", e.layer)))
+                {
+                    model.set_adapter(e.layer, a.clone(), b.clone())?;
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// Writes trained exit adapters (`layer → (A, B)`) into the bundle.
+    pub fn save_adapters(
+        &mut self,
+        adapters: &[(usize, candle_core::Tensor, candle_core::Tensor)],
+    ) -> Result<(), DecoderError> {
+        let mut map = HashMap::new();
+        for (layer, a, b) in adapters {
+            map.insert(format!("exit.{layer}.a"), a.clone());
+            map.insert(format!("exit.{layer}.b"), b.clone());
+        }
+        let file = self.dir.join(ADAPTERS_FILE);
+        candle_core::safetensors::save(&map, &file)?;
+        let bytes = std::fs::read(&file).map_err(|e| DecoderError::io(&file, e))?;
+        self.manifest.adapters =
+            Some(TokenizerSpec { file: ADAPTERS_FILE.into(), sha256: hex(&Sha256::digest(&bytes)) });
+        self.write_manifest()
+    }
+
+    fn write_manifest(&self) -> Result<(), DecoderError> {
+        let path = self.dir.join(DECODER_MANIFEST);
+        let text = serde_json::to_string_pretty(&self.manifest).expect("manifest serializes");
+        std::fs::write(&path, text + "\n").map_err(|e| DecoderError::io(&path, e))
     }
 
     fn verify(&self, path: &Path) -> Result<(), DecoderError> {
@@ -277,6 +327,9 @@ impl DecoderBundle {
         h.update((k as u64).to_le_bytes());
         h.update(m.tokenizer.sha256.as_bytes());
         h.update(m.digests.embeddings.as_bytes());
+        if let Some(a) = &m.adapters {
+            h.update(a.sha256.as_bytes());
+        }
         for d in &m.digests.layers[..k.min(m.config.layers)] {
             h.update(d.as_bytes());
         }
@@ -340,6 +393,7 @@ impl DecoderBundle {
             tokenizer: TokenizerSpec { file: TOKENIZER_FILE.into(), sha256: hex(&Sha256::digest(&tokenizer_json)) },
             chat_template,
             exits: exit_points,
+            adapters: None,
             holds: Holds { start: 0, end: n, embeddings: true, head: true },
             digests,
         };
@@ -372,12 +426,18 @@ impl DecoderBundle {
         edge.holds = Holds { start: 0, end: k, embeddings: true, head: true };
         write_gguf(&content, &mut file, &edge_out.join(DECODER_WEIGHTS), &edge_names)?;
         write_side(edge_out, &edge, &json)?;
+        if let Some(a) = &self.manifest.adapters {
+            let to = edge_out.join(&a.file);
+            std::fs::copy(self.dir.join(&a.file), &to).map_err(|e| DecoderError::io(&to, e))?;
+        }
         if k < n {
             let out = cloud_out
                 .ok_or_else(|| DecoderError::Split { split: k, detail: "no folder given for the cloud side".into() })?;
             let mut names: Vec<String> = head_names(&content);
             names.extend((k..n).flat_map(layer_names));
             let mut cloud = self.manifest.clone();
+            // The cloud answers with the whole model; exit adapters stay on the edge.
+            cloud.adapters = None;
             cloud.holds = Holds { start: k, end: n, embeddings: false, head: true };
             write_gguf(&content, &mut file, &out.join(DECODER_WEIGHTS), &names)?;
             write_side(out, &cloud, &json)?;
@@ -388,9 +448,7 @@ impl DecoderBundle {
     /// Rewrites `decoder.json` with new exit thresholds.
     pub fn save_exits(&mut self, exits: Vec<ExitPoint>) -> Result<(), DecoderError> {
         self.manifest.exits = exits;
-        let path = self.dir.join(DECODER_MANIFEST);
-        let text = serde_json::to_string_pretty(&self.manifest).expect("manifest serializes");
-        std::fs::write(&path, text + "\n").map_err(|e| DecoderError::io(&path, e))
+        self.write_manifest()
     }
 }
 

@@ -80,6 +80,8 @@ pub struct DecoderModel {
     embeddings: Option<Embeddings>,
     norm: Option<Tensor>,
     head: Option<QMatMul>,
+    /// Exit adapters by layer: `h + (h·A)·B` before the final norm and head.
+    adapters: std::collections::BTreeMap<usize, (Tensor, Tensor)>,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -196,7 +198,50 @@ impl DecoderModel {
             _ => None,
         };
         let (cos, sin) = rope_tables(config, &device)?;
-        Ok(Self { config: config.clone(), holds, layers, embeddings, norm, head, cos, sin, device })
+        Ok(Self {
+            config: config.clone(),
+            holds,
+            layers,
+            embeddings,
+            norm,
+            head,
+            adapters: Default::default(),
+            cos,
+            sin,
+            device,
+        })
+    }
+
+    /// Adds the exit adapter for `layer` (`a`: `[hidden, r]`, `b`: `[r, hidden]`).
+    pub fn set_adapter(&mut self, layer: usize, a: Tensor, b: Tensor) -> Result<(), DecoderError> {
+        let h = self.config.hidden;
+        let (ah, r) = a.dims2()?;
+        let (br, bh) = b.dims2()?;
+        if ah != h || bh != h || br != r {
+            return Err(DecoderError::Tensor {
+                name: format!("exit {layer} adapter"),
+                detail: format!("A {:?} and B {:?} do not make a rank-r map of width {h}", a.dims(), b.dims()),
+            });
+        }
+        self.adapters.insert(layer, (a, b));
+        Ok(())
+    }
+
+    /// Whether the exit after `layer` has an adapter.
+    pub fn has_adapter(&self, layer: usize) -> bool {
+        self.adapters.contains_key(&layer)
+    }
+
+    /// Logits of the exit after `layer` over states at that layer: its
+    /// adapter (if trained), then the final norm and LM head.
+    pub fn exit_logits(&self, layer: usize, x: &Tensor) -> Result<Tensor, DecoderError> {
+        match self.adapters.get(&layer) {
+            Some((a, b)) => {
+                let x = x.contiguous()?;
+                self.logits(&(&x + x.matmul(a)?.matmul(b)?)?)
+            }
+            None => self.logits(x),
+        }
     }
 
     pub fn config(&self) -> &DecoderConfig {

@@ -21,11 +21,15 @@ pub struct TinySpec {
     pub kv_heads: usize,
     pub ffn: usize,
     pub seed: u64,
+    /// Scale of the layers' projections (larger: the layers move the
+    /// residual stream further from the embedding, and shallow exits agree
+    /// less with the last layer).
+    pub layer_scale: f32,
 }
 
 impl Default for TinySpec {
     fn default() -> Self {
-        Self { layers: 6, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, seed: 7 }
+        Self { layers: 6, hidden: 64, heads: 4, kv_heads: 2, ffn: 128, seed: 7, layer_scale: 1.0 }
     }
 }
 
@@ -80,7 +84,7 @@ pub fn write_tiny_gguf(path: &Path, spec: TinySpec) -> Result<(), DecoderError> 
     };
     let h = spec.hidden;
     let kvd = spec.kv_heads * (h / spec.heads);
-    let s = 1.0 / (h as f32).sqrt();
+    let s = spec.layer_scale / (h as f32).sqrt();
     let mut tensors: Vec<(String, QTensor)> = vec![
         ("token_embd.weight".into(), q(dense(vocab, h, 1.0), GgmlDType::Q8_0)?),
         ("output_norm.weight".into(), ones(h)?),
@@ -95,7 +99,10 @@ pub fn write_tiny_gguf(path: &Path, spec: TinySpec) -> Result<(), DecoderError> 
         tensors.push((name("ffn_norm"), ones(h)?));
         tensors.push((name("ffn_gate"), q(dense(spec.ffn, h, s), GgmlDType::Q4_1)?));
         tensors.push((name("ffn_up"), q(dense(spec.ffn, h, s), GgmlDType::Q4_1)?));
-        tensors.push((name("ffn_down"), q(dense(h, spec.ffn, 1.0 / (spec.ffn as f32).sqrt()), GgmlDType::Q4_1)?));
+        tensors.push((
+            name("ffn_down"),
+            q(dense(h, spec.ffn, spec.layer_scale / (spec.ffn as f32).sqrt()), GgmlDType::Q4_1)?,
+        ));
     }
     let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
     let md: Vec<(&str, Value)> = vec![

@@ -27,6 +27,10 @@ enum Command {
     /// Import a pretrained checkpoint as a bundle.
     #[command(subcommand)]
     Import(ImportWhat),
+    /// Decoders: train a low-rank adapter per exit by self-distillation
+    /// against the whole model's next-token distribution, on text the model
+    /// generates itself (label-free).
+    TrainExits(offramp_training::train_exits::TrainExitsArgs),
     /// Cut a bundle at K into an edge bundle (blocks 0..K) and a cloud bundle (K..N).
     Split(split::SplitArgs),
     /// Run a cloud and an edge on loopback with the bundled model and sample.
@@ -161,6 +165,7 @@ fn run(command: Command) -> Result<()> {
         Command::Eval(args) => emit(&eval::run(&args)?, args.json, |r| r.render())?,
         Command::Link(args) => offramp_link::cli::run(&args)?,
         Command::Calibrate(args) => emit(&calibrate::run(&args)?, args.json, |r| r.render())?,
+        Command::TrainExits(args) => emit(&offramp_training::train_exits::run(&args)?, args.json, |r| r.render())?,
         Command::CalibrateDecoder(args) => {
             emit(&offramp_training::calibrate_decoder::run(&args)?, args.json, |r| r.render())?
         }

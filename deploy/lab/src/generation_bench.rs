@@ -164,7 +164,8 @@ pub async fn run(args: &GenerationBenchArgs) -> Result<GenerationBenchReport> {
     let mut cells = Vec::new();
     let mut threshold = args.threshold;
     for &rtt in &args.rtts {
-        let cloud = CloudHandle::start(CloudConfig::from_dirs(vec![args.model.clone()])).await.context("starting the cloud")?;
+        let cloud =
+            CloudHandle::start(CloudConfig::from_dirs(vec![args.model.clone()])).await.context("starting the cloud")?;
         let mut dir = DirectionConfig { delay: rtt / 2, ..DirectionConfig::default() };
         if args.rate > 0.0 {
             dir = dir.with_rate_bps(args.rate);
@@ -182,8 +183,13 @@ pub async fn run(args: &GenerationBenchArgs) -> Result<GenerationBenchReport> {
                 if mode == Mode::EarlyExit {
                     threshold = edge.threshold();
                 }
-                let opts = GenOptions { max_tokens: args.max_tokens, agreement: mode == Mode::EarlyExit, ..GenOptions::default() };
-                let (mut tokens, mut secs, mut rt, mut up, mut down, mut edge_n, mut fallback) = (0, 0.0, 0.0, 0.0, 0.0, 0, 0);
+                let opts = GenOptions {
+                    max_tokens: args.max_tokens,
+                    agreement: mode == Mode::EarlyExit,
+                    ..GenOptions::default()
+                };
+                let (mut tokens, mut secs, mut rt, mut up, mut down, mut edge_n, mut fallback) =
+                    (0, 0.0, 0.0, 0.0, 0.0, 0, 0);
                 let (mut ttft, mut itl, mut agree_w) = (Vec::new(), Vec::new(), (0.0, 0usize));
                 for p in &prompts {
                     let g = edge.generate(p, &opts, |_| {}).await?;
@@ -269,7 +275,12 @@ fn write(out: &std::path::Path, r: &GenerationBenchReport) -> Result<()> {
     keys.sort();
     keys.dedup();
     for (mode, enc) in keys {
-        let pts = r.cells.iter().filter(|c| c.mode == mode && c.encoding == enc).map(|c| (c.rtt_ms, c.tokens_per_s)).collect();
+        let pts = r
+            .cells
+            .iter()
+            .filter(|c| c.mode == mode && c.encoding == enc)
+            .map(|c| (c.rtt_ms, c.tokens_per_s))
+            .collect();
         plot = plot.series(Series::line_points(format!("{mode} ({enc})"), pts));
     }
     plot.save(out.join("tokens-per-s.svg"))?;

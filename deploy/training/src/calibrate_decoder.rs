@@ -116,9 +116,13 @@ pub fn observe(model: &DecoderModel, exits: &[usize], prompt: &[u32], tokens: us
         let last = |v: &offramp_common::decoder::Tensor| v.narrow(0, t - 1, 1);
         let mut states = taps[0].iter().map(last).collect::<Result<Vec<_>, _>>()?;
         states.push(last(&s.x)?);
-        let logits = rows(&model.logits(&offramp_common::decoder::Tensor::cat(&states, 0)?)?)?;
-        let (full, _) = top1(logits.last().expect("the whole model's row"));
-        out.push(logits[..exits.len()].iter().map(|r| top1(r)).map(|(tok, p)| (p, tok == full)).collect());
+        let full = top1(&rows(&model.logits(&states[exits.len()])?)?[0]).0;
+        let mut o = Vec::with_capacity(exits.len());
+        for (e, state) in exits.iter().zip(&states) {
+            let (tok, p) = top1(&rows(&model.exit_logits(*e, state)?)?[0]);
+            o.push((p, tok == full));
+        }
+        out.push(o);
         pos += t;
         x = model.embed(&[full])?;
     }

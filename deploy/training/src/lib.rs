@@ -3,6 +3,8 @@
 //! bundles, export data samples and benchmark compute.
 //!
 //! - [`train`]: `offramp train`, all exits jointly.
+//! - [`train_exits`]: `offramp train-exits`, a decoder's exit adapters by
+//!   self-distillation.
 //! - [`eval`]: `offramp eval` (+ `--sweep`), and the `--data` option group.
 //! - [`simulate`]: per-exit probabilities for a dataset, and policies
 //!   replayed over them without re-running the network.
@@ -37,3 +39,4 @@ pub mod simulate;
 pub mod split;
 pub mod train;
 pub mod train_encoder;
+pub mod train_exits;

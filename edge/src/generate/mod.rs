@@ -416,7 +416,14 @@ impl DecoderEdge {
             let down_before = cloud.bytes_down();
             let mut local: Option<(u32, f32)> = None;
             let local_choice = |this: &Self, tap: &Tensor| -> Result<(u32, f32, f32), GenerateError> {
-                let logits = rows(&this.model.logits(tap)?)?.remove(0);
+                let logits = match this.exit.filter(|&e| e < k) {
+                    Some(e) => this.model.exit_logits(e, tap)?,
+                    None if k == n => this.model.logits(tap)?,
+                    // The exit at K itself (adapter if trained), or the bare
+                    // head over layer K when there is none.
+                    None => this.model.exit_logits(k, tap)?,
+                };
+                let logits = rows(&logits)?.remove(0);
                 let (_, p_top) = top1(&logits);
                 let (token, p) = opts.sampling.choose(&logits, uniform);
                 Ok((token, p, p_top))
@@ -489,11 +496,21 @@ impl DecoderEdge {
                 }
             };
             let (token, probability, tier, exit, reason) = emitted;
-            match tier {
-                Tier::Edge => summary.edge_tokens += 1,
-                Tier::Cloud => summary.cloud_tokens += 1,
-                Tier::Fallback => summary.fallback_tokens += 1,
-            }
+            let tier_name = match tier {
+                Tier::Edge => {
+                    summary.edge_tokens += 1;
+                    "edge"
+                }
+                Tier::Cloud => {
+                    summary.cloud_tokens += 1;
+                    "cloud"
+                }
+                Tier::Fallback => {
+                    summary.fallback_tokens += 1;
+                    "fallback"
+                }
+            };
+            metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier_name).increment(1);
             let bytes_down = cloud.bytes_down().saturating_sub(down_before);
             summary.bytes_up_per_token += bytes_up as f64;
             summary.bytes_down_per_token += bytes_down as f64;
