@@ -239,12 +239,11 @@ async fn session_limits_are_refused_by_name_and_the_edge_falls_back() {
     let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
     let (edge3, cloud3) = split_decoder(&whole, 3);
     let ids = tok.encode(PROMPTS[0]).unwrap();
-    let cases: [(&str, Box<dyn Fn(&mut CloudConfig)>); 2] = [
-        ("tokens per session", Box::new(|c: &mut CloudConfig| c.sessions.max_tokens = 8)),
-        ("KV cache budget", Box::new(|c: &mut CloudConfig| c.sessions.kv_budget = 1024)),
-    ];
+    type Tune = fn(&mut CloudConfig);
+    let cases: [(&str, Tune); 2] =
+        [("tokens per session", |c| c.sessions.max_tokens = 8), ("KV cache budget", |c| c.sessions.kv_budget = 1024)];
     for (limit, tune) in cases {
-        let cloud = decoder_cloud(vec![cloud3.clone()], |c| tune(c)).await;
+        let cloud = decoder_cloud(vec![cloud3.clone()], tune).await;
         let e = edge(&edge3, Mode::Split, 3, vec![cloud.url()], |c| c.retry_every = Duration::from_secs(60));
         let g = e.generate(&ids, &greedy(5), |_| {}).await.unwrap();
         assert_eq!(g.tokens.len(), 5);
@@ -450,4 +449,49 @@ async fn exit_adapters_trained_by_self_distillation_are_calibrated_and_carried_t
     let g = e.generate(&ids, &greedy(16), |_| {}).await.unwrap();
     assert_eq!(g.tokens.len(), 16);
     assert_cloud_tokens_exact(&whole_model(&whole), &ids, &g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generate_command_streams_json_records_and_names_bad_flags() {
+    let dir = tmp("gen-cli");
+    let whole = tiny_decoder(&dir);
+    let (edge3, cloud3) = split_decoder(&whole, 3);
+    let cloud = CloudProcess::start(&cloud3, &[]);
+    let url = cloud.url();
+    let edge3s = edge3.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(edge_binary())
+            .args(["generate", "--model", &edge3s, "--split", "3", "--cloud", &url, "--prompt", "the answer is"])
+            .args(["--max-tokens", "8", "--ignore-eos", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 9, "8 token records and a summary");
+    for (i, r) in lines[..8].iter().enumerate() {
+        assert_eq!(r["index"], i);
+        assert_eq!(r["tier"], "cloud");
+        assert!(r["latency_us"].as_u64().unwrap() > 0 && r["bytes_up"].as_u64().unwrap() > 0);
+    }
+    let s = &lines[8]["summary"];
+    assert_eq!(s["tokens"], 8);
+    assert!(s["tokens_per_s"].as_f64().unwrap() > 0.0 && s["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
+    // Early-exit without a calibrated threshold, and no prompt: clear errors.
+    for (args, says) in [
+        (vec!["--mode", "early-exit", "--prompt", "x"], "needs a threshold"),
+        (vec!["--cloud", "http://127.0.0.1:9"], "give a prompt"),
+        (vec!["--split", "9", "--prompt", "x"], "has 6 layers"),
+    ] {
+        let out = std::process::Command::new(edge_binary())
+            .args(["generate", "--model", edge3.to_str().unwrap(), "--cloud", "http://127.0.0.1:9"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -78,13 +78,13 @@ impl DecoderConfig {
         if self.layers == 0 || self.hidden == 0 || self.heads == 0 || self.kv_heads == 0 || self.vocab == 0 {
             return bad("llama.*", format!("a zero size in {self:?}"));
         }
-        if self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             return bad(
                 "llama.attention.head_count",
                 format!("{} heads do not divide hidden {} evenly", self.heads, self.hidden),
             );
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad(
                 "llama.attention.head_count_kv",
                 format!("{} KV heads do not divide {} heads", self.kv_heads, self.heads),

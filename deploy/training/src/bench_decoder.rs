@@ -125,14 +125,12 @@ fn one_run(model: &DecoderModel, prompt: &[u32], new_tokens: usize) -> Result<(f
     let prefill = t0.elapsed().as_secs_f64();
     let mut out = vec![token];
     let t1 = Instant::now();
-    let mut pos = prompt.len();
-    for _ in 0..new_tokens {
+    for pos in prompt.len()..prompt.len() + new_tokens {
         let mut steps = [SessionStep { cache: &mut cache, x: model.embed(&[token])?, pos }];
         model.run(model.holds(), &mut steps, &[])?;
         let [s] = steps;
         token = top1(&rows(&model.logits(&s.x)?)?[0]).0;
         out.push(token);
-        pos += 1;
     }
     let decode = t1.elapsed().as_secs_f64();
     Ok((prompt.len() as f64 / prefill, new_tokens as f64 / decode, out))
@@ -172,7 +170,7 @@ pub fn run(args: &DecoderBenchArgs) -> Result<DecoderBenchReport> {
             .output()
             .with_context(|| format!("running {}", python.display()))?;
         anyhow::ensure!(out.status.success(), "llama.cpp run failed: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(serde_json::from_slice(&out.stdout).context("llama.cpp's JSON")?)
+        serde_json::from_slice(&out.stdout).context("llama.cpp's JSON")
     };
     // Warm-up (both), then alternate one timed run each.
     one_run(&model, &prompt, args.new_tokens.min(16))?;
