@@ -107,7 +107,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and experiments print their own report; keep the logs to
     // warnings unless asked.
-    let default_filter = if matches!(cli.command, Command::Demo(_) | Command::Experiment(_) | Command::Drift(_)) {
+    let default_filter = if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Experiment(_) | Command::Drift(_) | Command::Bench(BenchWhat::Generation(_))
+    ) {
         "warn"
     } else {
         "info"

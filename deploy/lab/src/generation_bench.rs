@@ -74,8 +74,8 @@ pub struct Cell {
     pub bytes_down_per_token: f64,
     pub edge_share: f64,
     pub fallback_tokens: usize,
-    /// Share of tokens equal to the whole model's choice (early-exit).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Share of tokens equal to the whole model's choice (early-exit; empty
+    /// in the CSV for the other modes, whose tokens are the whole model's).
     pub agreement: Option<f64>,
 }
 
