@@ -3,8 +3,10 @@ use std::path::PathBuf;
 /// What went wrong with a decoder bundle, its GGUF file or a forward pass.
 #[derive(Debug, thiserror::Error)]
 pub enum DecoderError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error is part of the message, not a separate source (an
+    /// error chain would print it twice).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: not a readable GGUF file: {detail}", path.display())]
     Gguf { path: PathBuf, detail: String },
     #[error("GGUF metadata {key:?}: {detail}")]
@@ -34,8 +36,8 @@ pub enum DecoderError {
 }
 
 impl DecoderError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Self::Io { path: path.into(), error }
     }
 
     pub(crate) fn meta(key: &str, detail: impl std::fmt::Display) -> Self {
