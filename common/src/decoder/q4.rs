@@ -66,6 +66,35 @@ impl Q41Matrix {
         Ok(Some(Self { rows, cols, d, m, qs }))
     }
 
+    /// `out[j]` = output row `r0 + j` for activation row `i` (the CPU's
+    /// instruction set picked once per call, not per row).
+    fn fill(&self, q: &Q8Rows, i: usize, r0: usize, out: &mut [f32]) {
+        let nb = self.cols / QK;
+        let x0 = i * nb;
+        let (xq, xd, xs) = (&q.qs[x0..x0 + nb], &q.d[x0..x0 + nb], &q.s[x0..x0 + nb]);
+        let w = |r: usize| {
+            let w0 = (r0 + r) * nb;
+            (&self.qs[w0..w0 + nb], &self.d[w0..w0 + nb], &self.m[w0..w0 + nb])
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            simd.vectorize(
+                #[inline(always)]
+                || {
+                    for (r, v) in out.iter_mut().enumerate() {
+                        let (wq, wd, wm) = w(r);
+                        *v = dot_avx2(simd, wq, wd, wm, xq, xd, xs);
+                    }
+                },
+            );
+            return;
+        }
+        for (r, v) in out.iter_mut().enumerate() {
+            let (wq, wd, wm) = w(r);
+            *v = dot_scalar(wq, wd, wm, xq, xd, xs);
+        }
+    }
+
     /// `x · Wᵀ` for `x` of shape `[t, cols]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, DecoderError> {
         let (t, cols) = x.dims2()?;
@@ -76,32 +105,15 @@ impl Q41Matrix {
         let nb = cols / QK;
         let q = quantize(&xs, nb);
         let mut out = vec![0f32; t * self.rows];
-        let row = |r: usize, i: usize| -> f32 {
-            let (w0, x0) = (r * nb, i * nb);
-            dot(
-                &self.qs[w0..w0 + nb],
-                &self.d[w0..w0 + nb],
-                &self.m[w0..w0 + nb],
-                &q.qs[x0..x0 + nb],
-                &q.d[x0..x0 + nb],
-                &q.s[x0..x0 + nb],
-            )
-        };
         let macs = t * self.rows * cols;
         if macs >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
             let chunk = self.rows.div_ceil(rayon::current_num_threads() * 4).max(16);
             for (i, out_row) in out.chunks_mut(self.rows).enumerate() {
-                out_row.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-                    for (j, v) in o.iter_mut().enumerate() {
-                        *v = row(c * chunk + j, i);
-                    }
-                });
+                out_row.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| self.fill(&q, i, c * chunk, o));
             }
         } else {
             for (i, out_row) in out.chunks_mut(self.rows).enumerate() {
-                for (r, v) in out_row.iter_mut().enumerate() {
-                    *v = row(r, i);
-                }
+                self.fill(&q, i, 0, out_row);
             }
         }
         Ok(Tensor::from_vec(out, (t, self.rows), &Device::Cpu)?)
@@ -129,18 +141,6 @@ fn quantize(xs: &[f32], nb: usize) -> Q8Rows {
         q.qs.push(qs);
     }
     q
-}
-
-#[inline]
-fn dot(wq: &[[u8; 16]], wd: &[f32], wm: &[f32], xq: &[[i8; 32]], xd: &[f32], xs: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V3::try_new() {
-        return simd.vectorize(
-            #[inline(always)]
-            || dot_avx2(simd, wq, wd, wm, xq, xd, xs),
-        );
-    }
-    dot_scalar(wq, wd, wm, xq, xd, xs)
 }
 
 fn dot_scalar(wq: &[[u8; 16]], wd: &[f32], wm: &[f32], xq: &[[i8; 32]], xd: &[f32], xs: &[f32]) -> f32 {
