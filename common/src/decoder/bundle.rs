@@ -23,7 +23,7 @@ use super::config::DecoderConfig;
 use super::error::DecoderError;
 use super::model::{layer_tensor, DecoderModel, EMBEDDINGS, LAYER_TENSORS, OUTPUT, OUTPUT_NORM};
 use super::tokenizer::{json_from_gguf, DecoderTokenizer};
-use crate::model::TokenizerSpec;
+use crate::model::{hex, TokenizerSpec};
 
 /// File name of a decoder bundle's manifest (a classifier bundle has
 /// `manifest.json` instead).
@@ -536,8 +536,4 @@ fn write_side(dir: &Path, manifest: &DecoderManifest, tokenizer_json: &[u8]) -> 
     let path = dir.join(DECODER_MANIFEST);
     let text = serde_json::to_string_pretty(manifest).expect("manifest serializes");
     std::fs::write(&path, text + "\n").map_err(|e| DecoderError::io(&path, e))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -22,7 +22,6 @@ pub struct KvCache {
     capacity: usize,
     kv_heads: usize,
     head_dim: usize,
-    context: usize,
 }
 
 /// Positions added per growth step.
@@ -38,7 +37,6 @@ impl KvCache {
             capacity: 0,
             kv_heads: config.kv_heads,
             head_dim: config.head_dim(),
-            context: config.context,
         }
     }
 
@@ -75,7 +73,7 @@ impl KvCache {
         let t = k.dim(1)?;
         let need = self.len + t;
         if need > self.capacity {
-            self.grow(need.min(self.context.max(need)), k.device())?;
+            self.grow(need, k.device())?;
         }
         let slot = self.layers[layer - self.start].as_mut().expect("grown above");
         slot.k.slice_set(&k.contiguous()?, 1, self.len)?;

@@ -662,7 +662,7 @@ impl Bundle {
 }
 
 /// Lower-case hex of a digest.
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -11,6 +11,7 @@ mod layer;
 pub mod manifest;
 mod tokenizer;
 
+pub(crate) use bundle::hex;
 pub use bundle::{Bundle, SplitSide};
 pub use error::ModelError;
 pub use executor::{argmax, softmax_in_place, Batch, Executor, ExitResult, Observation, Overflow, RunOutput};

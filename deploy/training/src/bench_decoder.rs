@@ -150,13 +150,9 @@ pub fn run(args: &DecoderBenchArgs) -> Result<DecoderBenchReport> {
     let bundle = DecoderBundle::open(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
     anyhow::ensure!(bundle.holds() == (0..bundle.num_layers()), "the benchmark needs the whole model");
     let model = bundle.model()?;
-    let mut base = bundle.tokenizer().encode(PROMPT_TEXT)?;
-    let mut prompt = Vec::with_capacity(args.prompt_tokens);
-    while prompt.len() < args.prompt_tokens {
-        prompt.append(&mut base.clone());
-    }
-    prompt.truncate(args.prompt_tokens);
-    base.clear();
+    // The prompt text's tokens, repeated to the length asked for.
+    let base = bundle.tokenizer().encode(PROMPT_TEXT)?;
+    let prompt: Vec<u32> = base.iter().copied().cycle().take(args.prompt_tokens).collect();
     let llama = |runs: usize| -> Result<serde_json::Value> {
         let python = args.llama_cpp_python.as_ref().expect("checked");
         let script = offramp_common::paths::find(std::path::Path::new("deploy/scripts/llamacpp_decode.py"))?;

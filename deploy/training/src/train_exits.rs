@@ -156,8 +156,7 @@ pub fn run(args: &TrainExitsArgs) -> Result<TrainExitsReport> {
     let (val, train) = order.split_at(n_val);
     // 2. The frozen head, dequantized once for training.
     let dev = Device::Cpu;
-    let head = bundle_head(&bundle)?;
-    let norm = bundle_norm(&bundle)?;
+    let (norm, head) = frozen_head(&bundle)?;
     let eps = model.config().rms_eps as f64;
     let mut report = Vec::new();
     let mut trained = Vec::new();
@@ -259,17 +258,14 @@ fn top_k_probs(logits: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
     (idx, p)
 }
 
-fn read(bundle: &DecoderBundle, name: &str) -> Result<Tensor> {
+/// The frozen final norm and LM head (`output.weight`, or the tied
+/// embeddings), dequantized, from one read of the GGUF file.
+fn frozen_head(bundle: &DecoderBundle) -> Result<(Tensor, Tensor)> {
     let path = bundle.weights_path();
-    let mut f = std::fs::File::open(&path)?;
+    let mut f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let c = candle_core::quantized::gguf_file::Content::read(&mut f)?;
-    Ok(c.tensor(&mut f, name, &Device::Cpu)?.dequantize(&Device::Cpu)?)
-}
-
-fn bundle_head(bundle: &DecoderBundle) -> Result<Tensor> {
-    read(bundle, "output.weight").or_else(|_| read(bundle, "token_embd.weight"))
-}
-
-fn bundle_norm(bundle: &DecoderBundle) -> Result<Tensor> {
-    read(bundle, "output_norm.weight")
+    let mut read =
+        |name: &str| -> Result<Tensor> { Ok(c.tensor(&mut f, name, &Device::Cpu)?.dequantize(&Device::Cpu)?) };
+    let head = if c.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+    Ok((read("output_norm.weight")?, read(head)?))
 }

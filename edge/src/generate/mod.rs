@@ -380,10 +380,10 @@ impl DecoderEdge {
         let mut cloud = CloudState::new(self.clients.len());
         let mut input: Vec<u32> = prompt.to_vec();
         let mut pos = 0usize;
-        let mut text = tokenizers_stream();
+        let mut text = offramp_common::decoder::tokenizer::TextStream::default();
         let mut out = Vec::with_capacity(opts.max_tokens);
         let mut events = Vec::with_capacity(opts.max_tokens);
-        let mut checks: Vec<(usize, u32, oneshot::Receiver<StepReply>)> = Vec::new();
+        let mut checks: Vec<(u32, oneshot::Receiver<StepReply>)> = Vec::new();
         let mut summary = Summary {
             mode: mode.name().into(),
             split: k,
@@ -455,7 +455,7 @@ impl DecoderEdge {
                     match cloud.sync(self, &spec, &states, pos, t, ask, temperature, uniform).await {
                         Ok((sent, Some(rx))) => {
                             bytes_up += sent;
-                            checks.push((index, token, rx));
+                            checks.push((token, rx));
                         }
                         Ok((sent, None)) => bytes_up += sent,
                         Err(_) => {}
@@ -544,13 +544,12 @@ impl DecoderEdge {
         if !checks.is_empty() || (opts.agreement && mode != Mode::AllEdge) {
             let mut agree = 0usize;
             let mut answered = 0usize;
-            for (index, token, rx) in checks {
+            for (token, rx) in checks {
                 if let Ok(Ok(Ok(r))) = tokio::time::timeout(self.config.deadline, rx).await {
                     answered += 1;
                     if r.token == token {
                         agree += 1;
                     }
-                    let _ = index;
                 }
             }
             summary.edge_agreement = Some(if answered > 0 { agree as f64 / answered as f64 } else { 1.0 });
@@ -575,10 +574,6 @@ impl DecoderEdge {
         let text = tok.decode(&out)?;
         Ok(Generated { tokens: out, text, events, summary })
     }
-}
-
-fn tokenizers_stream() -> offramp_common::decoder::tokenizer::TextStream {
-    offramp_common::decoder::tokenizer::TextStream::default()
 }
 
 /// What the edge's layers produced for one step.
