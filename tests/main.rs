@@ -10,6 +10,8 @@ mod encoder;
 mod experiment;
 mod fallback;
 mod generation;
+mod http_api;
 mod quic;
 mod robustness;
+mod speculative;
 mod split_path;

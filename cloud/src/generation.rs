@@ -11,7 +11,7 @@
 //! answers `ResourceExhausted` naming it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 use offramp_common::codec::{self, echo};
 use offramp_common::decoder::model::{rows, top1};
 use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::speculative::{self, DraftToCheck, SparseDist};
 use offramp_common::decoder::{DecoderBundle, DecoderModel, KvCache, SessionStep};
 use offramp_proto as pb;
 use pb::generate_request::Msg;
@@ -95,6 +96,9 @@ struct SessionCell {
     id: u64,
     split: usize,
     cache: Mutex<KvCache>,
+    /// A verify step's drafts were rejected: speculative steps sent after
+    /// it are discarded until one that is not speculative arrives.
+    discarding: AtomicBool,
 }
 
 struct Job {
@@ -106,12 +110,17 @@ struct Job {
     want: pb::Want,
     temperature: f32,
     uniform: f32,
+    /// WANT_VERIFY: one draft per position.
+    drafts: Vec<DraftToCheck>,
+    speculative: bool,
     enqueued: Instant,
     out: mpsc::UnboundedSender<Outcome>,
 }
 
 enum Outcome {
     Token(u64, pb::StepResult),
+    /// The step was refused before it touched the cache; the session goes on.
+    Refused(u64, Status),
     /// The step could not be applied; the session ends.
     Failed(u64, Status),
 }
@@ -290,7 +299,7 @@ impl Generation {
         let need = cache.bytes_at(max_positions);
         let _admitted = self.admit(need)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cell = Arc::new(SessionCell { id, split: k, cache: Mutex::new(cache) });
+        let cell = Arc::new(SessionCell { id, split: k, cache: Mutex::new(cache), discarding: AtomicBool::new(false) });
         tracing::info!(session = id, edge = caller.label(), model = %slot.id, split = k, max_positions, "session opened");
         let opened = pb::GenerateResponse {
             request_id: 0,
@@ -308,6 +317,9 @@ impl Generation {
                 while let Some(outcome) = out_rx.recv().await {
                     let (request_id, result) = match outcome {
                         Outcome::Token(id, step) => (id, Ok(pb::generate_response::Result::Step(step))),
+                        Outcome::Refused(id, status) => {
+                            (id, Ok(error_response(id, &status).result.expect("error responses carry a result")))
+                        }
                         Outcome::Failed(id, status) => (id, Err(status)),
                     };
                     match result {
@@ -326,7 +338,6 @@ impl Generation {
             }
         };
         let read = async {
-            let mut next_pos = 0usize;
             loop {
                 let msg = match tokio::time::timeout(ttl, inbound.next()).await {
                     Err(_) => return Err(idle(ttl)),
@@ -343,9 +354,8 @@ impl Generation {
                     }
                     None => return Err(Status::invalid_argument("an empty GenerateRequest (neither open nor step)")),
                 };
-                match self.validate(&step, next_pos, max_positions, config.hidden) {
-                    Ok((x, t, want)) => {
-                        next_pos += t;
+                match self.validate(&step, max_positions, config.hidden, config.vocab) {
+                    Ok((x, t, want, drafts)) => {
                         let job = Job {
                             session: cell.clone(),
                             request_id: step.request_id,
@@ -355,6 +365,8 @@ impl Generation {
                             want,
                             temperature: step.temperature,
                             uniform: step.uniform,
+                            drafts,
+                            speculative: step.speculative,
                             enqueued: Instant::now(),
                             out: out_tx.clone(),
                         };
@@ -407,13 +419,15 @@ impl Generation {
         })
     }
 
+    /// Checks a step before it is queued (its position against the cache
+    /// is checked by the engine, which knows where verification left it).
     fn validate(
         &self,
         step: &pb::DecodeStep,
-        next_pos: usize,
         max_positions: usize,
         hidden: usize,
-    ) -> Result<(Vec<f32>, usize, pb::Want), Status> {
+        vocab: usize,
+    ) -> Result<(Vec<f32>, usize, pb::Want, Vec<DraftToCheck>), Status> {
         let want = pb::Want::try_from(step.want)
             .map_err(|_| Status::invalid_argument(format!("unknown want {}", step.want)))?;
         if want == pb::Want::Sample && !(step.temperature > 0.0 && step.temperature.is_finite()) {
@@ -422,14 +436,17 @@ impl Generation {
                 step.temperature
             )));
         }
+        if !(step.temperature >= 0.0 && step.temperature.is_finite()) {
+            return Err(Status::invalid_argument(format!(
+                "temperature must be finite and non-negative (got {})",
+                step.temperature
+            )));
+        }
         if !(0.0..=1.0).contains(&step.uniform) {
             return Err(Status::invalid_argument(format!("uniform must be in [0, 1] (got {})", step.uniform)));
         }
-        if step.position as usize != next_pos {
-            return Err(Status::invalid_argument(format!(
-                "the step starts at position {} but the session's cache holds {next_pos} positions (steps must be contiguous)",
-                step.position
-            )));
+        if want != pb::Want::Verify && (!step.drafts.is_empty() || step.speculative) {
+            return Err(Status::invalid_argument("drafts and `speculative` belong to WANT_VERIFY steps"));
         }
         let tensor =
             step.hidden.as_ref().ok_or_else(|| Status::invalid_argument("the step has no hidden-state tensor"))?;
@@ -452,16 +469,18 @@ impl Generation {
                 )))
             }
         };
-        if next_pos + t > max_positions {
+        let start = step.position as usize;
+        if start + t > max_positions {
             return Err(Status::resource_exhausted(format!(
-                "positions {next_pos}..{} run past the session's {max_positions} positions (max tokens per session)",
-                next_pos + t
+                "positions {start}..{} run past the session's {max_positions} positions (max tokens per session)",
+                start + t
             )));
         }
         if values.iter().any(|v| !v.is_finite()) {
             return Err(Status::invalid_argument("the hidden state holds a non-finite value"));
         }
-        Ok((values, t, want))
+        let drafts = if want == pb::Want::Verify { check_drafts(step, t, vocab)? } else { Vec::new() };
+        Ok((values, t, want, drafts))
     }
 
     fn admit(&self, need: usize) -> Result<Admitted<'_>, Status> {
@@ -506,6 +525,49 @@ impl Drop for Admitted<'_> {
         self.generation.live.fetch_sub(1, Ordering::AcqRel);
         self.generation.gauges();
     }
+}
+
+/// The drafts of a WANT_VERIFY step: one per position, sampled ones with
+/// their distribution when the step samples (temperature > 0).
+fn check_drafts(step: &pb::DecodeStep, t: usize, vocab: usize) -> Result<Vec<DraftToCheck>, Status> {
+    if step.drafts.len() != t {
+        return Err(Status::invalid_argument(format!(
+            "WANT_VERIFY needs one draft per position: {} drafts for {t} positions",
+            step.drafts.len()
+        )));
+    }
+    let sampled = step.temperature > 0.0;
+    step.drafts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let bad = |m: String| Status::invalid_argument(format!("draft {i}: {m}"));
+            if d.token as usize >= vocab {
+                return Err(bad(format!("token {} is outside the vocabulary of {vocab}", d.token)));
+            }
+            let q = if sampled {
+                let q = SparseDist { tokens: d.q_tokens.clone(), probs: d.q_probs.clone() };
+                q.check(vocab).map_err(bad)?;
+                if q.prob(d.token) <= 0.0 {
+                    return Err(bad(format!("token {} has no probability under its draft distribution", d.token)));
+                }
+                for u in [d.accept_uniform, d.residual_uniform] {
+                    if !(0.0..=1.0).contains(&u) {
+                        return Err(bad(format!("uniform numbers must be in [0, 1] (got {u})")));
+                    }
+                }
+                Some(q)
+            } else {
+                None
+            };
+            Ok(DraftToCheck {
+                token: d.token,
+                q,
+                accept_uniform: d.accept_uniform,
+                residual_uniform: d.residual_uniform,
+            })
+        })
+        .collect()
 }
 
 fn idle(ttl: Duration) -> Status {
@@ -570,6 +632,38 @@ fn engine(model: Arc<DecoderModel>, mut rx: mpsc::UnboundedReceiver<Job>, max_ba
 
 fn run_batch(model: &DecoderModel, batch: Vec<Job>) {
     let started = Instant::now();
+    // Before compute: speculative steps on rejected drafts are discarded,
+    // steps that do not start where their session's cache ends are refused.
+    let batch: Vec<Job> = batch
+        .into_iter()
+        .filter(|job| {
+            let cell = &job.session;
+            if job.want == pb::Want::Verify && job.speculative && cell.discarding.load(Ordering::Relaxed) {
+                let cached = cell.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
+                let _ = job.out.send(Outcome::Token(
+                    job.request_id,
+                    pb::StepResult { position: job.pos as u32, cached: cached as u32, discarded: true, ..Default::default() },
+                ));
+                return false;
+            }
+            cell.discarding.store(false, Ordering::Relaxed);
+            let cached = cell.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if job.pos != cached {
+                let _ = job.out.send(Outcome::Refused(
+                    job.request_id,
+                    Status::invalid_argument(format!(
+                        "the step starts at position {} but the session's cache holds {cached} positions (steps must be contiguous)",
+                        job.pos
+                    )),
+                ));
+                return false;
+            }
+            true
+        })
+        .collect();
+    if batch.is_empty() {
+        return;
+    }
     let k = batch[0].session.split;
     let n = model.config().layers;
     let size = batch.len();
@@ -582,8 +676,6 @@ fn run_batch(model: &DecoderModel, batch: Vec<Job>) {
         model.run(k..n, &mut steps, &[])?;
         Ok(steps.into_iter().map(|s| s.x).collect())
     })();
-    let cached: Vec<usize> = guards.iter().map(|g| g.len()).collect();
-    drop(guards);
     let outs = match result {
         Ok(outs) => outs,
         Err(e) => {
@@ -594,30 +686,54 @@ fn run_batch(model: &DecoderModel, batch: Vec<Job>) {
             return;
         }
     };
-    // The head runs only for steps that want a token, on their last rows.
+    // The head runs only for steps that want a token: on their last rows,
+    // or on every row of a verify step.
     let wanted: Vec<usize> = (0..size).filter(|&i| batch[i].want != pb::Want::None).collect();
-    let mut tokens: BTreeMap<usize, (u32, f32)> = BTreeMap::new();
+    let head_rows = |i: usize| if batch[i].want == pb::Want::Verify { batch[i].t } else { 1 };
+    let mut answers: BTreeMap<usize, speculative::Verdict> = BTreeMap::new();
     let mut failed: BTreeMap<usize, String> = BTreeMap::new();
     if !wanted.is_empty() {
         let last = wanted
             .iter()
-            .map(|&i| outs[i].narrow(0, batch[i].t - 1, 1))
+            .map(|&i| outs[i].narrow(0, batch[i].t - head_rows(i), head_rows(i)))
             .collect::<Result<Vec<_>, _>>()
             .and_then(|v| offramp_common::decoder::Tensor::cat(&v, 0));
         match last.map_err(Into::into).and_then(|x| model.logits(&x)).and_then(|l| rows(&l)) {
             Ok(logits) => {
-                for (&i, row) in wanted.iter().zip(logits) {
-                    if row.iter().any(|v| !v.is_finite()) {
+                let mut logits = logits.into_iter();
+                for &i in &wanted {
+                    let job = &batch[i];
+                    let job_rows: Vec<Vec<f32>> = logits.by_ref().take(head_rows(i)).collect();
+                    if job_rows.iter().flatten().any(|v| !v.is_finite()) {
                         failed
                             .insert(i, "the logits are not finite (the hidden state overflowed in layers K..N)".into());
                         continue;
                     }
-                    let j = &batch[i];
-                    let choice = match j.want {
-                        pb::Want::Sample => Sampling::Temperature(j.temperature).choose(&row, j.uniform),
-                        _ => top1(&row),
+                    let verdict = match job.want {
+                        pb::Want::Verify => {
+                            let t = (job.temperature > 0.0).then_some(job.temperature);
+                            speculative::verify(&job_rows, &job.drafts, t)
+                        }
+                        want => {
+                            let (token, probability) = match want {
+                                pb::Want::Sample => {
+                                    Sampling::Temperature(job.temperature).choose(&job_rows[0], job.uniform)
+                                }
+                                _ => top1(&job_rows[0]),
+                            };
+                            speculative::Verdict { accepted: 0, token, probability }
+                        }
                     };
-                    tokens.insert(i, choice);
+                    if job.want == pb::Want::Verify {
+                        // Keep the positions whose inputs were right: the
+                        // step's first and those of the accepted drafts.
+                        let keep = job.pos + (verdict.accepted + 1).min(job.t);
+                        guards[i].truncate(keep);
+                        if verdict.accepted < job.t {
+                            job.session.discarding.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    answers.insert(i, verdict);
                 }
             }
             Err(e) => {
@@ -627,25 +743,35 @@ fn run_batch(model: &DecoderModel, batch: Vec<Job>) {
             }
         }
     }
+    let cached: Vec<usize> = guards.iter().map(|g| g.len()).collect();
+    drop(guards);
     let compute_us = started.elapsed().as_micros() as u64;
     metrics::histogram!("offramp_cloud_decode_batch_size").record(size as f64);
     metrics::histogram!("offramp_cloud_decode_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("offramp_cloud_generated_tokens_total").increment(tokens.len() as u64);
+    let emitted: usize = answers
+        .iter()
+        .map(|(&i, v)| if batch[i].want == pb::Want::Verify { (v.accepted + 1).min(batch[i].t) } else { 1 })
+        .sum();
+    metrics::counter!("offramp_cloud_generated_tokens_total").increment(emitted as u64);
     for (i, job) in batch.iter().enumerate() {
         if let Some(reason) = failed.remove(&i) {
             let _ = job.out.send(Outcome::Failed(job.request_id, Status::new(Code::InvalidArgument, reason)));
-        } else if let Some(&(token, probability)) = tokens.get(&i) {
+        } else if let Some(v) = answers.get(&i) {
             let queue_us = started.duration_since(job.enqueued).as_micros() as u64;
+            let position =
+                if job.want == pb::Want::Verify { job.pos + (v.accepted + 1).min(job.t) } else { job.pos + job.t };
             let _ = job.out.send(Outcome::Token(
                 job.request_id,
                 pb::StepResult {
-                    position: (job.pos + job.t) as u32,
-                    token,
-                    probability,
+                    position: position as u32,
+                    token: v.token,
+                    probability: v.probability,
                     queue_us,
                     compute_us,
                     batch_size: size as u32,
                     cached: cached[i] as u32,
+                    accepted: v.accepted as u32,
+                    discarded: false,
                 },
             ));
         }

@@ -28,7 +28,9 @@ struct Cli {
 enum Command {
     /// Classify a dataset through the split; print answers and a summary.
     Run(run::RunArgs),
-    /// Serve the local Classify API for applications on the device.
+    /// Serve the local API for applications on the device: Classify (gRPC)
+    /// for a classifier, or with --http-listen the OpenAI-compatible HTTP
+    /// API for a decoder.
     Serve(serve::ServeArgs),
     /// Generate text with a decoder bundle split at layer K (tokens stream
     /// as they come).
@@ -74,6 +76,16 @@ async fn run_command(command: Command) -> Result<()> {
             } else {
                 print!("{}", summary.render());
             }
+        }
+        Command::Serve(args) if args.http.http_listen.is_some() => {
+            let addr = args.http.http_listen.expect("checked");
+            let (edge, defaults) = args.http.edge(args.edge)?;
+            tracing::info!(listen = %addr, model = edge.bundle().model_id(), split = edge.split(), "starting offramp-edge serve (HTTP API)");
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            println!("OpenAI-compatible API listening on http://{}/v1", listener.local_addr()?);
+            let state = crate::http::HttpState::new(edge, defaults);
+            crate::http::serve(listener, state, offramp_common::net::shutdown_signal()).await?;
         }
         Command::Serve(args) => {
             let config = EdgeConfig::from_args(args.edge)?;

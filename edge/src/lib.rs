@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod grpc_stream;
+pub mod http;
 pub mod metrics;
 pub mod offload;
 pub mod plan;

@@ -24,6 +24,8 @@ pub struct ServeArgs {
     /// Listen address of the local API (loopback by default).
     #[arg(long, env = "OFFRAMP_EDGE_LISTEN", default_value = "127.0.0.1:50061")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub http: crate::http::args::HttpArgs,
 }
 
 /// Largest input payload the local API decodes.

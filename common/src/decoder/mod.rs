@@ -12,6 +12,8 @@
 //!   tokenizer, and the chat template.
 //! - [`sample`]: greedy and seeded temperature sampling, identical on both
 //!   sides (the edge draws the random number, whoever holds the logits uses it).
+//! - [`speculative`]: checking the edge's drafts against the full model
+//!   (greedy and speculative sampling).
 //!
 //! Weights stay quantized as the GGUF stores them (candle's quantized
 //! matmul); only the embedding rows a step needs are dequantized.
@@ -23,6 +25,7 @@ mod error;
 pub mod model;
 mod q4;
 pub mod sample;
+pub mod speculative;
 pub mod tiny;
 pub mod tokenizer;
 

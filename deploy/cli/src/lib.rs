@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use offramp_common::telemetry::{self, LogArgs};
 use offramp_lab::{demo, experiment, load, offload_bench, transport_bench};
@@ -153,8 +153,16 @@ fn run(command: Command) -> Result<()> {
         }
         Command::ExportSample(args) => print!("{}", sample::run(&args)?.render()),
         Command::Experiment(args) => {
-            let results = runtime()?.block_on(experiment::run(&args))?;
-            print!("{}", experiment::render(&results, &args.out));
+            let text =
+                std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+            if offramp_lab::generation_experiment::is_generation(&text) {
+                use offramp_lab::generation_experiment as generation;
+                let cells = runtime()?.block_on(generation::run(&args.config, &text, &args.out))?;
+                print!("{}", generation::render(&cells, &args.out));
+            } else {
+                let results = runtime()?.block_on(experiment::run(&args))?;
+                print!("{}", experiment::render(&results, &args.out));
+            }
         }
         Command::Load(args) => {
             let report = runtime()?.block_on(load::run(&args))?;

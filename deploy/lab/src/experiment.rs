@@ -10,6 +10,9 @@
 //! the edge holds blocks `0..max_split` and re-plans its split and encoding
 //! live (`--adaptive-split`); each writes `timeline-<cell>.csv` and
 //! `timeline-<cell>.svg` (chosen K, estimated and trace bandwidth over time).
+//!
+//! An experiment whose `model` is a decoder bundle runs generation cells
+//! instead ([`crate::generation_experiment`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -171,7 +174,7 @@ pub struct LinkSpec {
 }
 
 impl LinkSpec {
-    fn build(&self, seed: u64) -> Result<LinkConfig> {
+    pub fn build(&self, seed: u64) -> Result<LinkConfig> {
         let e = |m: &dyn std::fmt::Display| anyhow::anyhow!("link {:?}: {m}", self.name);
         let mut dir = DirectionConfig::default();
         if let Some(d) = &self.delay {

@@ -19,6 +19,7 @@ pub mod demo_decoder;
 pub mod drift;
 pub mod experiment;
 pub mod generation_bench;
+pub mod generation_experiment;
 pub mod harness;
 pub mod inputs;
 pub mod load;

@@ -31,7 +31,9 @@ pub struct GenerateArgs {
     #[arg(long = "cloud", env = "OFFRAMP_CLOUD", value_delimiter = ',')]
     pub clouds: Vec<String>,
     /// split: every token from the cloud; early-exit: the edge's exit
-    /// answers when confident; all-cloud (K = 0); all-edge (K = N).
+    /// answers when confident; speculative: the edge drafts, the cloud
+    /// verifies several drafts per round trip (same output as split);
+    /// all-cloud (K = 0); all-edge (K = N).
     #[arg(long, value_enum, default_value = "split")]
     pub mode: Mode,
     /// The prompt (with --chat: the user's message).
@@ -54,6 +56,8 @@ pub struct GenerateArgs {
     /// the bundle's calibrated threshold).
     #[arg(long)]
     pub threshold: Option<f32>,
+    #[command(flatten)]
+    pub speculative: SpeculativeArgs,
     /// Encoding of the layer-K states on the wire: f32, f16, bf16, int8
     /// (only f32 keeps the output exactly the whole model's).
     #[arg(long, value_parser = codec::parse_encoding, default_value = "f32")]
@@ -84,6 +88,30 @@ pub struct GenerateArgs {
     pub edge_id: String,
 }
 
+/// Flags of `--mode speculative` (shared by `generate` and `serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpeculativeArgs {
+    /// speculative: most drafts per verification (the length adapts below
+    /// it to the measured acceptance rate and round trip).
+    #[arg(long, default_value_t = 4)]
+    pub draft: usize,
+    /// speculative: always draft --draft tokens (no adaptation).
+    #[arg(long)]
+    pub fixed_draft: bool,
+    /// speculative: most verifications in flight; the edge drafts on while
+    /// they are (1: wait for each).
+    #[arg(long, default_value_t = 3)]
+    pub pipeline: usize,
+}
+
+impl SpeculativeArgs {
+    pub fn apply(&self, config: &mut GenerateConfig) {
+        config.draft = self.draft;
+        config.adapt_draft = !self.fixed_draft;
+        config.pipeline = self.pipeline;
+    }
+}
+
 impl GenerateArgs {
     /// The edge these flags describe (the bundle is loaded here).
     pub fn edge(&self) -> Result<DecoderEdge> {
@@ -96,6 +124,7 @@ impl GenerateArgs {
         config.retry_every = self.retry_every;
         config.threshold = self.threshold;
         config.edge_id = self.edge_id.clone();
+        self.speculative.apply(&mut config);
         config.connect = ConnectConfig::default();
         config.credentials = Credentials {
             tls: ClientTls::load(&self.tls)?,
@@ -117,6 +146,7 @@ impl GenerateArgs {
             seed: self.seed,
             agreement: self.agreement,
             ignore_eos: self.ignore_eos,
+            ..GenOptions::default()
         })
     }
 }

@@ -10,6 +10,11 @@
 //! - `early-exit`: the edge emits its exit's token when the exit is
 //!   confident; the states still go to the cloud, without waiting, so the
 //!   cloud's cache has no holes and later offloads are exact.
+//! - `speculative`: the edge drafts a few tokens with its exit and the
+//!   cloud verifies them in one pass, keeping the prefix the whole model
+//!   agrees with (greedy: exactly its tokens; sampled: its distribution).
+//!   While a verification is in flight the edge drafts on as if all were
+//!   accepted ([`speculative`]).
 //! - `all-cloud` (K = 0) and `all-edge` (K = N).
 //!
 //! When the cloud is slow or gone the edge answers with its deepest exit
@@ -20,6 +25,7 @@
 
 pub mod args;
 pub mod link;
+mod speculative;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +56,9 @@ pub enum Mode {
     AllCloud,
     /// K = N: no cloud.
     AllEdge,
+    /// The edge drafts with its exit, the cloud verifies several drafts per
+    /// round trip (output identical to `split`).
+    Speculative,
 }
 
 impl Mode {
@@ -59,6 +68,7 @@ impl Mode {
             Mode::EarlyExit => "early-exit",
             Mode::AllCloud => "all-cloud",
             Mode::AllEdge => "all-edge",
+            Mode::Speculative => "speculative",
         }
     }
 }
@@ -103,6 +113,14 @@ pub struct GenerateConfig {
     /// bundle's calibrated one.
     pub threshold: Option<f32>,
     pub edge_id: String,
+    /// speculative: most drafts per verification.
+    pub draft: usize,
+    /// speculative: adapt the draft length to the measured acceptance rate
+    /// and round trip (else always `draft`).
+    pub adapt_draft: bool,
+    /// speculative: most verifications in flight at once (1: wait for each
+    /// before drafting on).
+    pub pipeline: usize,
 }
 
 impl GenerateConfig {
@@ -118,6 +136,9 @@ impl GenerateConfig {
             retry_every: Duration::from_millis(500),
             threshold: None,
             edge_id: "edge".into(),
+            draft: 4,
+            adapt_draft: true,
+            pipeline: 3,
         }
     }
 }
@@ -133,11 +154,27 @@ pub struct GenOptions {
     pub agreement: bool,
     /// Keep going past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
+    /// This generation's mode instead of the edge's (one that runs at the
+    /// edge's split: split, early-exit or speculative).
+    pub mode: Option<Mode>,
+    /// speculative: most drafts per verification instead of the edge's.
+    pub draft: Option<usize>,
+    /// How long a token waits for the cloud, instead of the edge's.
+    pub deadline: Option<Duration>,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        Self { max_tokens: 128, sampling: Sampling::Greedy, seed: 0, agreement: false, ignore_eos: false }
+        Self {
+            max_tokens: 128,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            agreement: false,
+            ignore_eos: false,
+            mode: None,
+            draft: None,
+            deadline: None,
+        }
     }
 }
 
@@ -197,6 +234,18 @@ pub struct Summary {
     /// position (cloud tokens agree by definition).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agreement: Option<f64>,
+    /// speculative: drafts the cloud checked, and the share it accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drafts_verified: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acceptance_rate: Option<f64>,
+    /// speculative: mean drafts per verification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_draft_length: Option<f64>,
+    /// speculative: drafts thrown away: those after a rejected one in its
+    /// block, and those drafted ahead on a verification that then rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drafts_discarded: Option<usize>,
 }
 
 impl Summary {
@@ -222,6 +271,14 @@ impl Summary {
             s.push_str(&format!(
                 "cloud sessions opened: {}, positions replayed: {}\n",
                 self.sessions_opened, self.replayed_positions
+            ));
+        }
+        if let (Some(v), Some(a), Some(m), Some(d)) =
+            (self.drafts_verified, self.acceptance_rate, self.mean_draft_length, self.drafts_discarded)
+        {
+            s.push_str(&format!(
+                "speculative: {v} drafts verified, {:.1}% accepted, {m:.2} per verification, {d} thrown away\n",
+                a * 100.0
             ));
         }
         if let (Some(a), Some(e)) = (self.agreement, self.edge_agreement) {
@@ -269,7 +326,7 @@ impl DecoderEdge {
         let split = match config.mode {
             Mode::AllCloud => 0,
             Mode::AllEdge => n,
-            Mode::Split | Mode::EarlyExit => config.split,
+            Mode::Split | Mode::EarlyExit | Mode::Speculative => config.split,
         };
         if split > n {
             return Err(GenerateError::Config(format!(
@@ -307,6 +364,19 @@ impl DecoderEdge {
                 )));
             }
         }
+        if config.mode == Mode::Speculative {
+            if split >= n {
+                return Err(GenerateError::Config(format!(
+                    "speculative needs layers after the split to verify with: --split {split} of {n} layers"
+                )));
+            }
+            if config.draft == 0 {
+                return Err(GenerateError::Config("--draft must be at least 1".into()));
+            }
+            if config.pipeline == 0 {
+                return Err(GenerateError::Config("--pipeline must be at least 1".into()));
+            }
+        }
         if config.mode != Mode::AllEdge && config.clouds.is_empty() {
             return Err(GenerateError::Config(format!("mode {} needs a cloud: pass --cloud URL", config.mode.name())));
         }
@@ -324,6 +394,36 @@ impl DecoderEdge {
         Ok(Self { bundle, model, config, split, exit, threshold, clients })
     }
 
+    /// Whether `mode` can run on this edge as loaded (at its split).
+    pub fn check_mode(&self, mode: Mode) -> Result<(), GenerateError> {
+        if self.runs(mode) {
+            return Ok(());
+        }
+        let (k, n) = (self.split, self.bundle.config().layers);
+        let runs: Vec<&str> = [Mode::Split, Mode::EarlyExit, Mode::Speculative, Mode::AllCloud, Mode::AllEdge]
+            .into_iter()
+            .filter(|&m| self.runs(m))
+            .map(Mode::name)
+            .collect();
+        Err(GenerateError::Config(format!(
+            "mode {} does not run on this edge (split {k} of {n} layers{}); it runs: {}",
+            mode.name(),
+            if self.clients.is_empty() { ", no cloud" } else { "" },
+            runs.join(", ")
+        )))
+    }
+
+    fn runs(&self, mode: Mode) -> bool {
+        let (k, n) = (self.split, self.bundle.config().layers);
+        let fits = match mode {
+            Mode::AllCloud => k == 0,
+            Mode::AllEdge => k == n,
+            Mode::Split | Mode::Speculative => k < n,
+            Mode::EarlyExit => k < n && self.exit.is_some() && self.threshold.is_some(),
+        };
+        fits && (mode == Mode::AllEdge || !self.clients.is_empty())
+    }
+
     pub fn tokenizer(&self) -> &Arc<DecoderTokenizer> {
         self.bundle.tokenizer()
     }
@@ -334,6 +434,11 @@ impl DecoderEdge {
 
     pub fn split(&self) -> usize {
         self.split
+    }
+
+    /// The mode generations run in unless they name another.
+    pub fn mode(&self) -> Mode {
+        self.config.mode
     }
 
     pub fn threshold(&self) -> Option<f32> {
@@ -361,19 +466,22 @@ impl DecoderEdge {
                 c.context
             )));
         }
+        let mode = opts.mode.unwrap_or(self.config.mode);
+        if mode != self.config.mode {
+            self.check_mode(mode)?;
+        }
+        if opts.draft == Some(0) {
+            return Err(GenerateError::Config("the draft length must be at least 1".into()));
+        }
+        let deadline = opts.deadline.unwrap_or(self.config.deadline);
+        if mode == Mode::Speculative {
+            return speculative::generate(self, prompt, opts, on_token).await;
+        }
         let started = Instant::now();
-        let mode = self.config.mode;
         let k = self.split;
         let n = c.layers;
         let tok = self.bundle.tokenizer().clone();
-        let spec = SessionSpec {
-            model_id: self.bundle.model_id().to_string(),
-            split: k,
-            cloud_fingerprint: self.bundle.cloud_fingerprint(k),
-            max_positions,
-            encoding: self.config.encoding,
-            edge_id: self.config.edge_id.clone(),
-        };
+        let spec = self.session_spec(max_positions);
         let mut rng = SplitMix64::new(opts.seed);
         let mut cache = Some(KvCache::new(&c, 0..k));
         let mut states: Vec<f32> = Vec::with_capacity(max_positions * c.hidden);
@@ -416,14 +524,7 @@ impl DecoderEdge {
             let down_before = cloud.bytes_down();
             let mut local: Option<(u32, f32)> = None;
             let local_choice = |this: &Self, tap: &Tensor| -> Result<(u32, f32, f32), GenerateError> {
-                let logits = match this.exit.filter(|&e| e < k) {
-                    Some(e) => this.model.exit_logits(e, tap)?,
-                    None if k == n => this.model.logits(tap)?,
-                    // The exit at K itself (adapter if trained), or the bare
-                    // head over layer K when there is none.
-                    None => this.model.exit_logits(k, tap)?,
-                };
-                let logits = rows(&logits)?.remove(0);
+                let logits = this.local_logits(tap)?;
                 let (_, p_top) = top1(&logits);
                 let (token, p) = opts.sampling.choose(&logits, uniform);
                 Ok((token, p, p_top))
@@ -452,7 +553,7 @@ impl DecoderEdge {
                     let (token, p) = local.expect("computed above");
                     // Keep the cloud's cache whole without waiting for it.
                     let ask = if opts.agreement { want } else { pb::Want::None };
-                    match cloud.sync(self, &spec, &states, pos, t, ask, temperature, uniform).await {
+                    match cloud.sync(self, &spec, &states, pos, t, t, Ask::token(ask, temperature, uniform)).await {
                         Ok((sent, Some(rx))) => {
                             bytes_up += sent;
                             checks.push((token, rx));
@@ -462,20 +563,22 @@ impl DecoderEdge {
                     }
                     (token, p, Tier::Edge, self.exit, None)
                 } else {
-                    let answer = match cloud.sync(self, &spec, &states, pos, t, want, temperature, uniform).await {
-                        Ok((sent, Some(rx))) => {
-                            bytes_up += sent;
-                            summary.round_trips_per_token += 1.0;
-                            match tokio::time::timeout(self.config.deadline, rx).await {
-                                Ok(Ok(Ok(r))) => Ok(r),
-                                Ok(Ok(Err(reason))) => Err(reason),
-                                Ok(Err(_)) => Err("the session ended".to_string()),
-                                Err(_) => Err(format!("no answer within the deadline of {:?}", self.config.deadline)),
+                    let answer =
+                        match cloud.sync(self, &spec, &states, pos, t, t, Ask::token(want, temperature, uniform)).await
+                        {
+                            Ok((sent, Some(rx))) => {
+                                bytes_up += sent;
+                                summary.round_trips_per_token += 1.0;
+                                match tokio::time::timeout(deadline, rx).await {
+                                    Ok(Ok(Ok(r))) => Ok(r),
+                                    Ok(Ok(Err(reason))) => Err(reason),
+                                    Ok(Err(_)) => Err("the session ended".to_string()),
+                                    Err(_) => Err(format!("no answer within the deadline of {deadline:?}")),
+                                }
                             }
-                        }
-                        Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
-                        Err(reason) => Err(reason),
-                    };
+                            Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
+                            Err(reason) => Err(reason),
+                        };
                     match answer {
                         Ok(r) => {
                             cloud_batch = Some(r.batch_size);
@@ -545,7 +648,7 @@ impl DecoderEdge {
             let mut agree = 0usize;
             let mut answered = 0usize;
             for (token, rx) in checks {
-                if let Ok(Ok(Ok(r))) = tokio::time::timeout(self.config.deadline, rx).await {
+                if let Ok(Ok(Ok(r))) = tokio::time::timeout(deadline, rx).await {
                     answered += 1;
                     if r.token == token {
                         agree += 1;
@@ -556,23 +659,71 @@ impl DecoderEdge {
             let disagree = answered - agree;
             summary.agreement = Some(if tokens > 0 { 1.0 - disagree as f64 / tokens as f64 } else { 1.0 });
         }
-        summary.tokens = tokens;
-        summary.elapsed_s = elapsed.as_secs_f64();
-        summary.tokens_per_s = tokens as f64 / elapsed.as_secs_f64().max(1e-9);
-        let ttft = first_token_at.unwrap_or(elapsed);
-        summary.time_to_first_token_ms = ttft.as_secs_f64() * 1e3;
-        if tokens > 1 {
-            summary.decode_tokens_per_s = (tokens - 1) as f64 / (elapsed - ttft).as_secs_f64().max(1e-9);
-        }
-        if tokens > 0 {
-            summary.round_trips_per_token /= tokens as f64;
-            summary.bytes_up_per_token /= tokens as f64;
-            summary.bytes_down_per_token /= tokens as f64;
-        }
-        summary.sessions_opened = cloud.opened;
-        summary.replayed_positions = cloud.replayed;
+        summary.finish(tokens, elapsed, first_token_at, &cloud);
         let text = tok.decode(&out)?;
         Ok(Generated { tokens: out, text, events, summary })
+    }
+
+    /// The session the edge asks a cloud for.
+    fn session_spec(&self, max_positions: usize) -> SessionSpec {
+        SessionSpec {
+            model_id: self.bundle.model_id().to_string(),
+            split: self.split,
+            cloud_fingerprint: self.bundle.cloud_fingerprint(self.split),
+            max_positions,
+            encoding: self.config.encoding,
+            edge_id: self.config.edge_id.clone(),
+        }
+    }
+
+    fn local_head(&self) -> LocalHead {
+        LocalHead { exit: self.exit, split: self.split, layers: self.bundle.config().layers }
+    }
+
+    fn local_logits(&self, tap: &Tensor) -> Result<Vec<f32>, GenerateError> {
+        self.local_head().logits(&self.model, tap)
+    }
+}
+
+/// The edge's own head for the next token: its deepest exit at or before K
+/// (with its adapter), the bare head over layer K when there is none, or
+/// the whole model's head when K = N.
+#[derive(Debug, Clone, Copy)]
+struct LocalHead {
+    exit: Option<usize>,
+    split: usize,
+    layers: usize,
+}
+
+impl LocalHead {
+    fn logits(self, model: &DecoderModel, tap: &Tensor) -> Result<Vec<f32>, GenerateError> {
+        let logits = match self.exit.filter(|&e| e < self.split) {
+            Some(e) => model.exit_logits(e, tap)?,
+            None if self.split == self.layers => model.logits(tap)?,
+            None => model.exit_logits(self.split, tap)?,
+        };
+        Ok(rows(&logits)?.remove(0))
+    }
+}
+
+impl Summary {
+    /// Per-token averages and rates once `tokens` were emitted.
+    fn finish(&mut self, tokens: usize, elapsed: Duration, first_token_at: Option<Duration>, cloud: &CloudState) {
+        self.tokens = tokens;
+        self.elapsed_s = elapsed.as_secs_f64();
+        self.tokens_per_s = tokens as f64 / elapsed.as_secs_f64().max(1e-9);
+        let ttft = first_token_at.unwrap_or(elapsed);
+        self.time_to_first_token_ms = ttft.as_secs_f64() * 1e3;
+        if tokens > 1 {
+            self.decode_tokens_per_s = (tokens - 1) as f64 / (elapsed - ttft).as_secs_f64().max(1e-9);
+        }
+        if tokens > 0 {
+            self.round_trips_per_token /= tokens as f64;
+            self.bytes_up_per_token /= tokens as f64;
+            self.bytes_down_per_token /= tokens as f64;
+        }
+        self.sessions_opened = cloud.opened;
+        self.replayed_positions = cloud.replayed;
     }
 }
 
@@ -601,6 +752,21 @@ fn edge_layers(
     let state_k = s.x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(DecoderError::from)?;
     let tap = last_row(&tapped[0][0])?;
     Ok(EdgeStep { state_k, tap })
+}
+
+/// What the last step of a sync asks of the cloud.
+struct Ask {
+    want: pb::Want,
+    temperature: f32,
+    uniform: f32,
+    drafts: Vec<pb::Draft>,
+    speculative: bool,
+}
+
+impl Ask {
+    fn token(want: pb::Want, temperature: f32, uniform: f32) -> Self {
+        Self { want, temperature, uniform, drafts: Vec::new(), speculative: false }
+    }
 }
 
 /// The edge's side of its cloud sessions: the live one, where its cache
@@ -635,6 +801,19 @@ impl CloudState {
             bytes_down_done: 0,
             endpoints,
         }
+    }
+
+    /// Whether the cloud may be asked now: a live session, or a retry due.
+    fn due(&self) -> bool {
+        match &self.session {
+            Some(_) => true,
+            None => self.retry_at.is_none_or(|at| Instant::now() >= at),
+        }
+    }
+
+    /// Most positions one step may carry on the live session.
+    fn max_rows(&self) -> Option<usize> {
+        self.session.as_ref().map(|s| s.max_rows)
     }
 
     fn bytes_down(&self) -> u64 {
@@ -696,8 +875,11 @@ impl CloudState {
         Err(reason)
     }
 
-    /// Sends the states the cloud lacks (`synced..pos`: a replay after a
-    /// reconnect, else this step's), the last chunk asking for `want`.
+    /// Sends the states the cloud lacks up to `pos`: `synced..pos - tail`
+    /// (a replay after a reconnect, or the prompt) as steps that want
+    /// nothing, then the last `tail` positions, whose last chunk carries
+    /// `ask` (a verify step's `tail` fits one chunk). Of those positions,
+    /// the last `fresh` were never sent before (the rest count as replayed).
     #[allow(clippy::too_many_arguments)]
     async fn sync(
         &mut self,
@@ -705,10 +887,9 @@ impl CloudState {
         spec: &SessionSpec,
         states: &[f32],
         pos: usize,
-        step_rows: usize,
-        want: pb::Want,
-        temperature: f32,
-        uniform: f32,
+        tail: usize,
+        fresh: usize,
+        ask: Ask,
     ) -> Result<(u64, Option<oneshot::Receiver<StepReply>>), String> {
         self.ensure(edge, spec).await?;
         let hidden = edge.bundle.config().hidden;
@@ -717,21 +898,25 @@ impl CloudState {
         let mut sent = 0u64;
         let mut reply = None;
         let mut start = self.synced;
-        // Positions before this step's own are a replay (a new session, or
-        // catching up after the edge answered alone).
-        self.replayed += (pos - self.synced).saturating_sub(step_rows);
+        self.replayed += (pos - self.synced).saturating_sub(fresh);
+        let tail_start = pos.saturating_sub(tail).max(self.synced);
+        let mut ask = Some(ask);
         while start < pos {
-            let end = (start + max_rows).min(pos);
+            let bound = if start < tail_start { tail_start } else { pos };
+            let end = (start + max_rows).min(bound);
             let last = end == pos;
             let tensor = codec::encode(&states[start * hidden..end * hidden], &[end - start, hidden], spec.encoding);
             self.request_id += 1;
+            let a = if last { ask.take().expect("one last chunk") } else { Ask::token(pb::Want::None, 0.0, 0.0) };
             let step = pb::DecodeStep {
                 request_id: self.request_id,
                 position: start as u32,
                 hidden: Some(tensor),
-                want: if last { want as i32 } else { pb::Want::None as i32 },
-                temperature,
-                uniform,
+                want: a.want as i32,
+                temperature: a.temperature,
+                uniform: a.uniform,
+                drafts: a.drafts,
+                speculative: a.speculative,
             };
             match session.send(step) {
                 Ok((size, rx)) => {

@@ -1,0 +1,424 @@
+//! `offramp-edge serve --http-listen`: the OpenAI-compatible HTTP API of a
+//! device holding a decoder.
+//!
+//! `POST /v1/chat/completions` (the model's chat template), `POST
+//! /v1/completions` and `GET /v1/models`, non-streaming or streaming as
+//! server-sent events, served by axum. Each request is one generation
+//! through the split ([`crate::generate::DecoderEdge`]) in the server's mode
+//! or the one the request names (`mode`, `draft`, `deadline_ms` are extra
+//! request fields). Every response carries `usage` and, as the extension
+//! field `offramp`, the tokens by tier and the generation's summary. Errors
+//! are OpenAI's error JSON with a 4xx/5xx status; a bad request never takes
+//! the server down. A client that goes away mid-stream stops its generation.
+
+pub mod args;
+pub mod openai;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::ChatMessage;
+use offramp_transport::token::Secret;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::generate::{DecoderEdge, GenOptions, GenerateError, Generated, Mode, Summary, TokenEvent};
+use openai::{ApiError, ChatRequest, Common, CompletionRequest, Usage};
+
+/// Server-side defaults of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct HttpDefaults {
+    /// Tokens generated when a request gives no `max_tokens`.
+    pub max_tokens: usize,
+    /// Temperature when a request gives none (0: greedy).
+    pub temperature: f32,
+    /// Generations running at once; more requests wait their turn.
+    pub concurrency: usize,
+    /// Bearer token every request must carry (none: loopback trust).
+    pub token: Option<Secret>,
+}
+
+impl Default for HttpDefaults {
+    fn default() -> Self {
+        Self { max_tokens: 256, temperature: 0.0, concurrency: 4, token: None }
+    }
+}
+
+/// What the handlers share.
+pub struct HttpState {
+    edge: Arc<DecoderEdge>,
+    defaults: HttpDefaults,
+    permits: Semaphore,
+    next_id: AtomicU64,
+}
+
+impl HttpState {
+    pub fn new(edge: DecoderEdge, defaults: HttpDefaults) -> Arc<Self> {
+        let permits = Semaphore::new(defaults.concurrency.max(1));
+        Arc::new(Self { edge: Arc::new(edge), defaults, permits, next_id: AtomicU64::new(1) })
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(|| async {
+            ApiError::invalid("unknown route; this server serves /v1/models, /v1/chat/completions and /v1/completions")
+                .with(StatusCode::NOT_FOUND, "not_found")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::invalid("method not allowed: GET /v1/models, POST /v1/chat/completions, POST /v1/completions")
+                .with(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.defaults.token else { return Ok(()) };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time in the token's length.
+    let want = token.expose().as_bytes();
+    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("missing or wrong API key (Authorization: Bearer ...)")
+            .with(StatusCode::UNAUTHORIZED, "invalid_api_key"))
+    }
+}
+
+async fn models(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let b = state.edge.bundle();
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": b.model_id(),
+            "object": "model",
+            "created": 0,
+            "owned_by": "offramp",
+            "offramp": {
+                "layers": b.config().layers,
+                "split": state.edge.split(),
+                "context": b.config().context,
+                "mode": state.edge.mode().name(),
+            },
+        }],
+    }))
+    .into_response()
+}
+
+/// Which endpoint a generation answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+async fn chat(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = |body: Result<Bytes, BytesRejection>| -> Result<(Vec<u32>, Common), ApiError> {
+        authorize(&state, &headers)?;
+        let req: ChatRequest = parse(body)?;
+        req.common.check()?;
+        if req.messages.is_empty() {
+            return Err(ApiError::param("messages", "at least one message is needed"));
+        }
+        let mut messages = Vec::with_capacity(req.messages.len());
+        for (i, m) in req.messages.iter().enumerate() {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(ApiError::param(
+                        &format!("messages[{i}].role"),
+                        &format!("{other:?} is not supported (system, developer, user, assistant)"),
+                    ))
+                }
+            };
+            messages.push(ChatMessage { role: role.into(), content: m.text(i)? });
+        }
+        let ids = state.edge.tokenizer().encode_chat(&messages).map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok((ids, req.common))
+    };
+    match run(body) {
+        Ok((ids, common)) => respond(state, Kind::Chat, ids, common, None).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = |body: Result<Bytes, BytesRejection>| -> Result<(Vec<u32>, Common, Option<String>), ApiError> {
+        authorize(&state, &headers)?;
+        let req: CompletionRequest = parse(body)?;
+        req.common.check()?;
+        let text = req.prompt_text()?;
+        let ids = state.edge.tokenizer().encode(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok((ids, req.common, req.echo.unwrap_or(false).then_some(text)))
+    };
+    match run(body) {
+        Ok((ids, common, echo)) => respond(state, Kind::Completion, ids, common, echo).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body
+        .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")).with(e.status(), "bad_body"))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not a valid request: {e}")))
+}
+
+/// The generation options a request asks for, checked against the edge.
+fn options(state: &HttpState, common: &Common, prompt_len: usize) -> Result<GenOptions, ApiError> {
+    if let Some(model) = common.model.as_deref() {
+        let id = state.edge.bundle().model_id();
+        if !model.is_empty() && model != id {
+            return Err(ApiError::param("model", &format!("this server serves {id:?}, not {model:?}"))
+                .with(StatusCode::NOT_FOUND, "model_not_found"));
+        }
+    }
+    let max_tokens = common.limit().unwrap_or(state.defaults.max_tokens);
+    if max_tokens == 0 {
+        return Err(ApiError::param("max_tokens", "must be at least 1"));
+    }
+    let context = state.edge.bundle().config().context;
+    if prompt_len == 0 {
+        return Err(ApiError::param("prompt", "the prompt has no tokens"));
+    }
+    if prompt_len + max_tokens > context {
+        return Err(ApiError::param(
+            "max_tokens",
+            &format!(
+                "the prompt ({prompt_len} tokens) + max_tokens {max_tokens} exceed the model's context of {context}"
+            ),
+        )
+        .with(StatusCode::BAD_REQUEST, "context_length_exceeded"));
+    }
+    let ext = &common.offramp;
+    let mode = match ext.mode.as_deref() {
+        None => None,
+        Some(name) => {
+            let mode = <Mode as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+                ApiError::param(
+                    "mode",
+                    &format!("{name:?} is not a mode (split, early-exit, speculative, all-cloud, all-edge)"),
+                )
+            })?;
+            state.edge.check_mode(mode).map_err(|e| ApiError::param("mode", &e.to_string()))?;
+            Some(mode)
+        }
+    };
+    if ext.draft == Some(0) {
+        return Err(ApiError::param("draft", "must be at least 1"));
+    }
+    if ext.deadline_ms == Some(0) {
+        return Err(ApiError::param("deadline_ms", "must be at least 1"));
+    }
+    Ok(GenOptions {
+        max_tokens,
+        sampling: Sampling::from_temperature(common.temperature.unwrap_or(state.defaults.temperature)),
+        seed: common.seed.unwrap_or_else(|| state.next_id.load(Ordering::Relaxed)),
+        agreement: false,
+        ignore_eos: false,
+        mode,
+        draft: ext.draft,
+        deadline: ext.deadline_ms.map(Duration::from_millis),
+    })
+}
+
+async fn respond(state: Arc<HttpState>, kind: Kind, ids: Vec<u32>, common: Common, echo: Option<String>) -> Response {
+    let opts = match options(&state, &common, ids.len()) {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let meta = Meta {
+        id: format!("{}-{n}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        model: state.edge.bundle().model_id().to_string(),
+        kind,
+        prompt_tokens: ids.len(),
+    };
+    if common.stream.unwrap_or(false) {
+        return stream(state, meta, ids, opts, echo);
+    }
+    let _permit = state.permits.acquire().await.expect("the semaphore is never closed");
+    let edge = state.edge.clone();
+    let task = tokio::spawn(async move { edge.generate(&ids, &opts, |_| {}).await });
+    let g = match task.await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => return generate_error(e).into_response(),
+        Err(e) => {
+            return ApiError::invalid(format!("the generation failed: {e}"))
+                .with(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                .into_response()
+        }
+    };
+    let text = format!("{}{}", echo.unwrap_or_default(), g.text);
+    let finish = finish_reason(&state.edge, &g);
+    let choice = match kind {
+        Kind::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": text },
+            "finish_reason": finish,
+            "logprobs": null,
+        }),
+        Kind::Completion => json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null }),
+    };
+    Json(json!({
+        "id": meta.id,
+        "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [choice],
+        "usage": usage(meta.prompt_tokens, g.tokens.len()),
+        "offramp": extension(&g.summary),
+    }))
+    .into_response()
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+    prompt_tokens: usize,
+}
+
+impl Meta {
+    fn chunk(&self, delta_or_text: Value, finish: Option<&str>) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => json!({ "index": 0, "delta": delta_or_text, "finish_reason": finish, "logprobs": null }),
+            Kind::Completion => json!({ "index": 0, "text": delta_or_text, "finish_reason": finish, "logprobs": null }),
+        };
+        json!({
+            "id": self.id,
+            "object": if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        })
+    }
+}
+
+/// Aborts the generation when the response stream is dropped (the client
+/// went away).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn stream(state: Arc<HttpState>, meta: Meta, ids: Vec<u32>, opts: GenOptions, echo: Option<String>) -> Response {
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let first = match meta.kind {
+        Kind::Chat => meta.chunk(json!({ "role": "assistant", "content": "" }), None),
+        Kind::Completion => meta.chunk(json!(echo.unwrap_or_default()), None),
+    };
+    let _ = tx.send(first);
+    let task = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = state.permits.acquire().await.expect("the semaphore is never closed");
+            let tokenizer = state.edge.tokenizer().clone();
+            let on_token = |e: &TokenEvent| {
+                if e.text.is_empty() || tokenizer.is_stop(e.token) {
+                    return;
+                }
+                let piece = match meta.kind {
+                    Kind::Chat => json!({ "content": e.text }),
+                    Kind::Completion => json!(e.text),
+                };
+                let _ = tx.send(meta.chunk(piece, None));
+            };
+            match state.edge.generate(&ids, &opts, on_token).await {
+                Ok(g) => {
+                    let empty = if meta.kind == Kind::Chat { json!({}) } else { json!("") };
+                    let mut last = meta.chunk(empty, Some(finish_reason(&state.edge, &g)));
+                    last["usage"] = serde_json::to_value(usage(meta.prompt_tokens, g.tokens.len())).unwrap_or_default();
+                    last["offramp"] = extension(&g.summary);
+                    let _ = tx.send(last);
+                }
+                Err(e) => {
+                    let _ = tx.send(generate_error(e).body());
+                }
+            }
+        })
+    };
+    let guard = AbortOnDrop(task.abort_handle());
+    let events = UnboundedReceiverStream::new(rx)
+        .map(move |v| {
+            let _ = &guard;
+            Ok::<_, Infallible>(Event::default().data(v.to_string()))
+        })
+        .chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) }));
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn finish_reason(edge: &DecoderEdge, g: &Generated) -> &'static str {
+    match g.tokens.last() {
+        Some(&t) if edge.tokenizer().is_stop(t) => "stop",
+        _ => "length",
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Usage {
+    Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+}
+
+/// The `offramp` extension field: tokens by tier, and the summary.
+fn extension(s: &Summary) -> Value {
+    json!({
+        "tokens_by_tier": { "edge": s.edge_tokens, "cloud": s.cloud_tokens, "fallback": s.fallback_tokens },
+        "summary": s,
+    })
+}
+
+fn generate_error(e: GenerateError) -> ApiError {
+    match e {
+        GenerateError::Config(m) => ApiError::invalid(m),
+        GenerateError::Decoder(d) => ApiError::invalid(d.to_string()),
+        e => ApiError::invalid(e.to_string()).with(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
