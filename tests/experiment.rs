@@ -135,3 +135,91 @@ rate = "20mbit"
         check_well_formed(&std::fs::read_to_string(out.join(plot)).unwrap()).unwrap();
     }
 }
+
+/// An experiment whose model is a decoder runs generation cells: modes ×
+/// draft lengths × links, results.csv with the issue's columns, the ratio
+/// of speculative to split, and both plots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_experiment_runs_generation_cells_and_writes_results_and_plots() {
+    let dir = tmp("experiment-gen");
+    let whole = tiny_decoder_with(
+        &dir.join("model"),
+        offramp_common::decoder::tiny::TinySpec { layer_scale: 1.5, ..Default::default() },
+    );
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "0 what is the answer ?\n1 where are the cats ?\n2 how many were there ?\n").unwrap();
+    let config = dir.join("gen.toml");
+    let text = format!(
+        r#"
+model = "{}"
+split = 3
+modes = ["split", "speculative", "all-cloud"]
+drafts = [1, 3]
+prompts_file = "{}"
+skip = 1
+prompts = 2
+max_tokens = 8
+
+[[link]]
+name = "near"
+
+[[link]]
+name = "far"
+delay = "5ms"
+"#,
+        whole.display(),
+        prompts.display()
+    );
+    std::fs::write(&config, &text).unwrap();
+    assert!(offramp_lab::generation_experiment::is_generation(&text));
+    let out = dir.join("out");
+    let cells = offramp_lab::generation_experiment::run(&config, &text, &out).await.unwrap();
+    // (split + speculative × 2 drafts + all-cloud) × 2 links.
+    assert_eq!(cells.len(), 8);
+    let (header, rows) = read_csv(&out.join("results.csv"));
+    for col in [
+        "link",
+        "rtt_ms",
+        "mode",
+        "draft",
+        "encoding",
+        "tokens_per_s",
+        "ttft_ms_p50",
+        "itl_ms_p50",
+        "itl_ms_p99",
+        "round_trips_per_token",
+        "acceptance_rate",
+        "bytes_up_per_token",
+        "agreement",
+    ] {
+        assert!(header.iter().any(|h| h == col), "{col} in {header:?}");
+    }
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        assert_eq!(r["tokens"], "16", "2 prompts x 8 tokens: {r:?}");
+        assert!(r["tokens_per_s"].parse::<f64>().unwrap() > 0.0);
+        let rt: f64 = r["round_trips_per_token"].parse().unwrap();
+        match r["mode"].as_str() {
+            "speculative" => {
+                assert!(!r["acceptance_rate"].is_empty());
+                if r["draft"] == "1" {
+                    assert!((rt - 1.0).abs() < 1e-9, "one draft: one round trip per token ({r:?})");
+                }
+            }
+            _ => {
+                assert!(r["acceptance_rate"].is_empty() && r["draft"].is_empty());
+                assert!((rt - 1.0).abs() < 1e-9, "{r:?}");
+            }
+        }
+        assert_eq!(r["agreement"], "1.0", "greedy exact modes agree with the whole model: {r:?}");
+    }
+    assert_eq!(rows.iter().filter(|r| r["link"] == "far").map(|r| r["rtt_ms"].as_str()).next(), Some("10.0"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["speculative_over_split"].as_array().unwrap().len(), 4, "{json}");
+    for plot in ["tokens-per-s.svg", "itl-cdf.svg"] {
+        check_well_formed(&std::fs::read_to_string(out.join(plot)).unwrap()).unwrap();
+    }
+    let rendered = offramp_lab::generation_experiment::render(&cells, &out);
+    assert!(rendered.contains("speculative (draft <= 3)"), "{rendered}");
+}
