@@ -41,24 +41,29 @@ struct LayerWeights {
     down: Linear,
 }
 
-/// A projection: Q4_1 through [`super::q4`], other storage types through
-/// candle's `QMatMul`.
+/// A projection: Q4_1 and Q8_0 through [`super::q4`], other storage types
+/// through candle's `QMatMul`.
 enum Linear {
     Q41(super::q4::Q41Matrix),
+    Q80(super::q4::Q80Matrix),
     Candle(QMatMul),
 }
 
 impl Linear {
     fn new(t: QTensor) -> Result<Self, DecoderError> {
-        Ok(match super::q4::Q41Matrix::from_qtensor(&t)? {
-            Some(m) => Self::Q41(m),
-            None => Self::Candle(QMatMul::from_qtensor(t)?),
-        })
+        if let Some(m) = super::q4::Q41Matrix::from_qtensor(&t)? {
+            return Ok(Self::Q41(m));
+        }
+        if let Some(m) = super::q4::Q80Matrix::from_qtensor(&t)? {
+            return Ok(Self::Q80(m));
+        }
+        Ok(Self::Candle(QMatMul::from_qtensor(t)?))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, DecoderError> {
         match self {
             Self::Q41(m) => m.forward(x),
+            Self::Q80(m) => m.forward(x),
             Self::Candle(m) => Ok(m.forward(x)?),
         }
     }
@@ -79,7 +84,7 @@ pub struct DecoderModel {
     layers: Vec<Option<LayerWeights>>,
     embeddings: Option<Embeddings>,
     norm: Option<Tensor>,
-    head: Option<QMatMul>,
+    head: Option<Linear>,
     /// Exit adapters by layer: `h + (h·A)·B` before the final norm and head.
     adapters: std::collections::BTreeMap<usize, (Tensor, Tensor)>,
     cos: Tensor,
@@ -179,9 +184,13 @@ impl DecoderModel {
             let head = if content.tensor_infos.contains_key(OUTPUT) {
                 let o = read(OUTPUT)?;
                 expect(OUTPUT, &o, &[config.vocab, h])?;
-                QMatMul::from_qtensor(o)?
+                Linear::new(o)?
             } else {
-                QMatMul::from_arc(table.clone().expect("read above"))?
+                let table = table.clone().expect("read above");
+                match super::q4::Q80Matrix::from_qtensor(&table)? {
+                    Some(m) => Linear::Q80(m),
+                    None => Linear::Candle(QMatMul::from_arc(table)?),
+                }
             };
             (Some(n.dequantize(&device)?), Some(head))
         } else {
@@ -326,7 +335,7 @@ impl DecoderModel {
             _ => return Err(self.not_held("the final norm and LM head")),
         };
         let x = candle_nn::ops::rms_norm(&x.contiguous()?, norm, self.config.rms_eps)?;
-        Ok(head.forward(&x)?)
+        head.forward(&x)
     }
 
     /// Runs layers `layers` over every step (batched across sessions) and

@@ -37,12 +37,16 @@ pub struct GenerationBenchArgs {
     pub rtts: Vec<Duration>,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all-cloud,split,early-exit,speculative")]
     pub modes: Vec<Mode>,
-    /// speculative: the most drafts per verification, one cell each.
-    #[arg(long, value_delimiter = ',', default_value = "4")]
+    /// speculative: the most drafts ahead of the last verified token, one
+    /// cell each.
+    #[arg(long, value_delimiter = ',', default_value = "6")]
     pub drafts: Vec<usize>,
     /// speculative: always draft the full length (no adaptation).
     #[arg(long)]
     pub fixed_draft: bool,
+    /// speculative: most verifications in flight (1: stop and wait).
+    #[arg(long, default_value_t = 8)]
+    pub pipeline: usize,
     #[arg(long, value_delimiter = ',', value_parser = codec::parse_encoding, default_value = "f32")]
     pub encodings: Vec<offramp_proto::Encoding>,
     /// Link rate each way (0: unlimited).
@@ -198,6 +202,7 @@ pub struct CellPlan {
     pub modes: Vec<Mode>,
     pub drafts: Vec<usize>,
     pub adapt_draft: bool,
+    pub pipeline: usize,
     pub encodings: Vec<offramp_proto::Encoding>,
     pub threshold: Option<f32>,
     pub max_tokens: usize,
@@ -240,6 +245,7 @@ pub async fn run_cells(
                     config.deadline = Duration::from_secs(5) + rtt * 4;
                     config.connect.connect_timeout = config.connect.connect_timeout.max(rtt * 4);
                     config.adapt_draft = plan.adapt_draft;
+                    config.pipeline = plan.pipeline;
                     if let Some(d) = draft {
                         config.draft = d;
                     }
@@ -385,6 +391,7 @@ pub async fn run(args: &GenerationBenchArgs) -> Result<GenerationBenchReport> {
         modes: args.modes.clone(),
         drafts: args.drafts.clone(),
         adapt_draft: !args.fixed_draft,
+        pipeline: args.pipeline,
         encodings: args.encodings.clone(),
         threshold: args.threshold,
         max_tokens: args.max_tokens,

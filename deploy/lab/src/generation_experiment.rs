@@ -41,6 +41,9 @@ pub struct GenerationExperiment {
     /// speculative: adapt the draft length below the most (default true).
     #[serde(default = "yes")]
     pub adapt_draft: bool,
+    /// speculative: most verifications in flight (1: stop and wait).
+    #[serde(default = "default_pipeline")]
+    pub pipeline: usize,
     #[serde(default = "default_encodings")]
     pub encodings: Vec<String>,
     /// Question file (label and question per line); prompts are taken after
@@ -67,6 +70,9 @@ fn default_modes() -> Vec<String> {
 }
 fn default_drafts() -> Vec<usize> {
     vec![4]
+}
+fn default_pipeline() -> usize {
+    8
 }
 fn yes() -> bool {
     true
@@ -122,6 +128,9 @@ pub async fn run(config: &Path, text: &str, out: &Path) -> Result<Vec<Cell>> {
     if cfg.drafts.is_empty() || cfg.drafts.contains(&0) {
         bail!("drafts: at least one draft length, each at least 1");
     }
+    if cfg.pipeline == 0 {
+        bail!("pipeline: at least 1");
+    }
     let encodings =
         cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
     let links = cfg
@@ -143,6 +152,7 @@ pub async fn run(config: &Path, text: &str, out: &Path) -> Result<Vec<Cell>> {
         modes,
         drafts: cfg.drafts.clone(),
         adapt_draft: cfg.adapt_draft,
+        pipeline: cfg.pipeline,
         encodings,
         threshold: cfg.threshold,
         max_tokens: cfg.max_tokens,

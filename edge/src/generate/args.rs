@@ -91,16 +91,16 @@ pub struct GenerateArgs {
 /// Flags of `--mode speculative` (shared by `generate` and `serve`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SpeculativeArgs {
-    /// speculative: most drafts per verification (the length adapts below
-    /// it to the measured acceptance rate and round trip).
-    #[arg(long, default_value_t = 4)]
+    /// speculative: most tokens drafted ahead of the last verified one
+    /// (adapting below it to the measured acceptance rate and round trip).
+    #[arg(long, default_value_t = 6)]
     pub draft: usize,
-    /// speculative: always draft --draft tokens (no adaptation).
+    /// speculative: send blocks of exactly --draft drafts (no adaptation).
     #[arg(long)]
     pub fixed_draft: bool,
     /// speculative: most verifications in flight; the edge drafts on while
-    /// they are (1: wait for each).
-    #[arg(long, default_value_t = 3)]
+    /// they are (1: send a block and wait for its answer).
+    #[arg(long, default_value_t = 8)]
     pub pipeline: usize,
 }
 

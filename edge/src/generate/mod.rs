@@ -113,7 +113,8 @@ pub struct GenerateConfig {
     /// bundle's calibrated one.
     pub threshold: Option<f32>,
     pub edge_id: String,
-    /// speculative: most drafts per verification.
+    /// speculative: most drafts per verification, and most drafted ahead
+    /// of the last verified token.
     pub draft: usize,
     /// speculative: adapt the draft length to the measured acceptance rate
     /// and round trip (else always `draft`).
@@ -136,9 +137,9 @@ impl GenerateConfig {
             retry_every: Duration::from_millis(500),
             threshold: None,
             edge_id: "edge".into(),
-            draft: 4,
+            draft: 6,
             adapt_draft: true,
-            pipeline: 3,
+            pipeline: 8,
         }
     }
 }

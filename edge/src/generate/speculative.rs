@@ -15,10 +15,16 @@
 //! drafting the next block as if every draft were accepted and sends it
 //! marked `speculative` (at most `pipeline` blocks in flight); when a
 //! verification rejects, the blocks after it are thrown away on both sides.
-//! The block length adapts: the edge keeps a running estimate of the
-//! acceptance rate `a` per draft, of its time per draft `d` and of the wait
-//! for a verification `w`, and picks the `n <= --draft` that maximises the
-//! expected tokens per block over its time, `(1 + a + ... + a^(n-1)) / (n d + w)`.
+//! It stops drafting ahead once the chance that every verification in
+//! flight accepts all its drafts (`a^rows`) falls below 10%.
+//! The drafting adapts to a running estimate of the acceptance rate `a` per
+//! draft, of the edge's time per draft `d` and of the wait for a
+//! verification `w`. Pipelined (`--pipeline` > 1), every draft leaves as
+//! soon as it is made (a block of one) and the edge drafts at most
+//! `min(--draft, ceil(w / d) + 1)` tokens ahead of the last verified one:
+//! enough to cover the round trip. Without pipelining it sends blocks of the
+//! `n <= --draft` that maximises the expected tokens per block over its
+//! time, `(1 + a + ... + a^(n-1)) / (n d + w)`, and waits for each.
 //!
 //! When the cloud is slow or gone the edge answers alone with its exit (tier
 //! `fallback`, as in the other modes); once a cloud is back the states are
@@ -39,6 +45,10 @@ use super::link::StepReply;
 use super::{
     edge_layers, Ask, CloudState, DecoderEdge, GenOptions, GenerateError, Generated, Summary, Tier, TokenEvent,
 };
+
+/// Draft ahead of the verifications in flight only while the chance that
+/// they all accept is at least this.
+const AHEAD_MIN_SURVIVAL: f64 = 0.1;
 
 /// A run of drafts verified together.
 struct Block {
@@ -79,6 +89,16 @@ impl DraftControl {
         Self { max, adapt, accepted: 1.0, rejected: 1.0, draft_s: None, wait_s: None }
     }
 
+    /// Pipelined: most drafts in flight unverified — enough to cover the
+    /// wait for a verification, at most `max`.
+    fn ahead(&self) -> usize {
+        match (self.adapt, self.draft_s, self.wait_s) {
+            (true, Some(d), Some(w)) if d > 0.0 => ((w / d).ceil() as usize + 1).clamp(1, self.max),
+            (true, _, _) => self.max,
+            (false, _, _) => usize::MAX,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.accepted / (self.accepted + self.rejected)
     }
@@ -94,8 +114,13 @@ impl DraftControl {
         self.draft_s = Some(ewma(self.draft_s, took.as_secs_f64()));
     }
 
-    /// Drafts in the next block.
-    fn length(&self) -> usize {
+    /// Drafts in the next block. Pipelined and adaptive: one, so each
+    /// draft leaves as soon as it is made and a rejection is seen one round
+    /// trip after its draft (how far ahead to draft is [`Self::ahead`]).
+    fn length(&self, pipelined: bool) -> usize {
+        if self.adapt && pipelined {
+            return 1;
+        }
         let (Some(d), Some(w), true) = (self.draft_s, self.wait_s, self.adapt) else {
             return self.max;
         };
@@ -159,7 +184,7 @@ impl<F: FnMut(&TokenEvent)> Emitter<'_, F> {
             Tier::Fallback => "fallback",
         };
         metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier_name).increment(1);
-        self.summary.bytes_up_per_token += bytes_up as f64;
+        // Bytes up are counted when sent (speculation thrown away included).
         self.summary.bytes_down_per_token += bytes_down as f64;
         let now = Instant::now();
         let event = TokenEvent {
@@ -242,6 +267,7 @@ pub(super) async fn generate(
     let mut current: Option<Block> = None;
     let (mut verified, mut accepted_total, mut verifications, mut discarded) = (0usize, 0usize, 0usize, 0usize);
     let mut go = true;
+    let mut down_seen = 0u64;
     while go {
         // Answers that are in, oldest first.
         while go {
@@ -258,12 +284,21 @@ pub(super) async fn generate(
             match reply {
                 Ok(r) if !r.discarded => {
                     let a = (r.accepted as usize).min(block.rows());
+                    tracing::debug!(
+                        start = block.start,
+                        rows = block.rows(),
+                        accepted = a,
+                        wait_ms = block.sent_at.expect("sent").elapsed().as_secs_f64() * 1e3,
+                        cloud_compute_us = r.compute_us,
+                        cloud_queue_us = r.queue_us,
+                        in_flight = sent.len(),
+                        "verified"
+                    );
                     ctl.observe_block(a, block.rows(), block.sent_at.expect("sent").elapsed());
                     verified += block.rows();
                     accepted_total += a;
                     verifications += 1;
                     em.summary.round_trips_per_token += 1.0;
-                    let down = cloud.bytes_down();
                     let mut up = block.bytes_up;
                     for i in 0..a {
                         let d = &block.drafts[i];
@@ -307,7 +342,10 @@ pub(super) async fn generate(
                         current = None;
                         input = vec![r.token];
                     }
-                    em.summary.bytes_down_per_token += cloud.bytes_down().saturating_sub(down) as f64;
+                    // Answers (discarded ones too) counted as they arrive.
+                    let down = cloud.bytes_down();
+                    em.summary.bytes_down_per_token += down.saturating_sub(down_seen) as f64;
+                    down_seen = down;
                 }
                 Ok(_) => {
                     let reason = "the cloud discarded a verification the edge still waited for".to_string();
@@ -348,7 +386,13 @@ pub(super) async fn generate(
         let ahead = sent.iter().map(Block::rows).sum::<usize>() + current.as_ref().map_or(0, Block::rows);
         let budget = opts.max_tokens.saturating_sub(em.out.len() + ahead);
         let alone = sent.is_empty() && current.is_none() && !cloud.due();
-        if budget > 0 && (sent.len() < edge.config.pipeline || alone) {
+        // Drafting ahead of verifications pays only while they are likely
+        // to accept everything in flight; past that it burns the device's
+        // CPU (and delays reading an answer by up to a draft).
+        let unverified = sent.iter().map(Block::rows).sum::<usize>();
+        let worth_it = sent.is_empty()
+            || (unverified < ctl.ahead() && ctl.rate().powi(unverified as i32) >= AHEAD_MIN_SURVIVAL);
+        if budget > 0 && ((sent.len() < edge.config.pipeline && worth_it) || alone) {
             // One edge step: layers 0..K over the input, then the exit.
             let pos = cache.as_ref().expect("cache returned each step").len();
             let t = input.len();
@@ -374,6 +418,7 @@ pub(super) async fn generate(
             cache = Some(back);
             let d = step?;
             ctl.observe_draft(took.elapsed());
+            tracing::debug!(position = next, draft_ms = took.elapsed().as_secs_f64() * 1e3, "drafted");
             states.extend_from_slice(&d.state_k);
             input = vec![d.token];
             if alone {
@@ -400,7 +445,8 @@ pub(super) async fn generate(
                 residual_uniform: u[2],
             });
             block.probs.push(d.probability);
-            let full = block.rows() >= ctl.length().min(cloud.max_rows().unwrap_or(usize::MAX)) || budget == 1;
+            let length = ctl.length(edge.config.pipeline > 1);
+            let full = block.rows() >= length.min(cloud.max_rows().unwrap_or(usize::MAX)) || budget == 1;
             if full {
                 let mut block = current.take().expect("drafting a block");
                 let end = block.start + block.rows();
@@ -415,6 +461,7 @@ pub(super) async fn generate(
                 match cloud.sync(edge, &spec, &states, end, block.rows(), fresh, ask).await {
                     Ok((bytes, Some(rx))) => {
                         unsent_prompt = 0;
+                        em.summary.bytes_up_per_token += bytes as f64;
                         block.rx = Some(rx);
                         block.sent_at = Some(Instant::now());
                         block.bytes_up = bytes;
@@ -527,18 +574,25 @@ mod tests {
     #[test]
     fn draft_length_grows_with_acceptance_and_wait() {
         let mut c = DraftControl::new(8, true);
-        assert_eq!(c.length(), 8, "no measurements yet: the most");
+        assert_eq!(c.length(false), 8, "no measurements yet: the most");
+        assert_eq!(c.length(true), 1, "pipelined: each draft leaves at once");
+        assert_eq!(c.ahead(), 8);
         c.observe_draft(Duration::from_millis(20));
         c.observe_block(0, 4, Duration::from_millis(5));
         c.observe_block(0, 4, Duration::from_millis(5));
         c.observe_block(0, 4, Duration::from_millis(5));
-        let short = c.length();
+        let short = c.length(false);
         assert_eq!(short, 1, "drafts that are always rejected and a near link: one at a time");
         for _ in 0..20 {
             c.observe_block(4, 4, Duration::from_millis(200));
         }
-        assert!(c.length() >= 6, "accepted drafts and a far link: long blocks (got {})", c.length());
+        assert!(c.length(false) >= 6, "accepted drafts and a far link: long blocks (got {})", c.length(false));
+        assert_eq!(c.ahead(), 8, "a 200 ms wait covers 10 drafts of 20 ms; at most --draft");
+        let mut near = DraftControl::new(8, true);
+        near.observe_draft(Duration::from_millis(20));
+        near.observe_block(1, 1, Duration::from_millis(50));
+        assert_eq!(near.ahead(), 4, "ceil(50 / 20) + 1");
         let fixed = DraftControl { adapt: false, ..DraftControl::new(3, false) };
-        assert_eq!(fixed.length(), 3);
+        assert_eq!(fixed.length(true), 3);
     }
 }
