@@ -64,7 +64,10 @@ const PROMPTS: [&str; 3] = ["the answer is", "in 1999 there were 42 cats", "re: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_all_cloud_and_all_edge_decode_exactly_the_whole_models_greedy_output() {
     let dir = tmp("gen-equal");
-    let whole = tiny_decoder(&dir);
+    // Layers that move the state: the exits disagree with the last layer,
+    // so a mode answering from an exit instead would show.
+    let whole =
+        tiny_decoder_with(&dir, offramp_common::decoder::tiny::TinySpec { layer_scale: 3.0, ..Default::default() });
     let full = whole_model(&whole);
     let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
     let cloud = decoder_cloud(vec![whole.clone()], |_| {}).await;

@@ -686,9 +686,9 @@ impl DecoderEdge {
     }
 }
 
-/// The edge's own head for the next token: its deepest exit at or before K
-/// (with its adapter), the bare head over layer K when there is none, or
-/// the whole model's head when K = N.
+/// The edge's own head for the next token: the whole model's head when
+/// K = N, else its deepest exit at or before K (with its adapter), or the
+/// bare head over layer K when there is none.
 #[derive(Debug, Clone, Copy)]
 struct LocalHead {
     exit: Option<usize>,
@@ -699,8 +699,9 @@ struct LocalHead {
 impl LocalHead {
     fn logits(self, model: &DecoderModel, tap: &Tensor) -> Result<Vec<f32>, GenerateError> {
         let logits = match self.exit.filter(|&e| e < self.split) {
+            // K = N: the whole model's own head over the last layer.
+            _ if self.split == self.layers => model.logits(tap)?,
             Some(e) => model.exit_logits(e, tap)?,
-            None if self.split == self.layers => model.logits(tap)?,
             None => model.exit_logits(self.split, tap)?,
         };
         Ok(rows(&logits)?.remove(0))
@@ -746,7 +747,8 @@ fn edge_layers(
     exit: Option<usize>,
 ) -> Result<EdgeStep, GenerateError> {
     let x = model.embed(ids)?;
-    let tap_at = exit.filter(|&e| e < k).unwrap_or(k);
+    // K = N answers with the last layer; otherwise the exit is tapped.
+    let tap_at = if k == model.config().layers { k } else { exit.filter(|&e| e < k).unwrap_or(k) };
     let mut steps = [SessionStep { cache, x, pos }];
     let tapped = model.run(0..k, &mut steps, &[tap_at])?;
     let [s] = steps;

@@ -390,8 +390,8 @@ pub(super) async fn generate(
         // to accept everything in flight; past that it burns the device's
         // CPU (and delays reading an answer by up to a draft).
         let unverified = sent.iter().map(Block::rows).sum::<usize>();
-        let worth_it = sent.is_empty()
-            || (unverified < ctl.ahead() && ctl.rate().powi(unverified as i32) >= AHEAD_MIN_SURVIVAL);
+        let worth_it =
+            sent.is_empty() || (unverified < ctl.ahead() && ctl.rate().powi(unverified as i32) >= AHEAD_MIN_SURVIVAL);
         if budget > 0 && ((sent.len() < edge.config.pipeline && worth_it) || alone) {
             // One edge step: layers 0..K over the input, then the exit.
             let pos = cache.as_ref().expect("cache returned each step").len();

@@ -362,18 +362,25 @@ fn stream(state: Arc<HttpState>, meta: Meta, ids: Vec<u32>, opts: GenOptions, ec
         tokio::spawn(async move {
             let _permit = state.permits.acquire().await.expect("the semaphore is never closed");
             let tokenizer = state.edge.tokenizer().clone();
+            let piece = |text: &str| match meta.kind {
+                Kind::Chat => json!({ "content": text }),
+                Kind::Completion => json!(text),
+            };
+            let mut streamed = String::new();
             let on_token = |e: &TokenEvent| {
                 if e.text.is_empty() || tokenizer.is_stop(e.token) {
                     return;
                 }
-                let piece = match meta.kind {
-                    Kind::Chat => json!({ "content": e.text }),
-                    Kind::Completion => json!(e.text),
-                };
-                let _ = tx.send(meta.chunk(piece, None));
+                streamed.push_str(&e.text);
+                let _ = tx.send(meta.chunk(piece(&e.text), None));
             };
             match state.edge.generate(&ids, &opts, on_token).await {
                 Ok(g) => {
+                    // Bytes held back waiting for the rest of a character
+                    // that never came (the generation ended mid-character).
+                    if let Some(tail) = g.text.strip_prefix(streamed.as_str()).filter(|t| !t.is_empty()) {
+                        let _ = tx.send(meta.chunk(piece(tail), None));
+                    }
                     let empty = if meta.kind == Kind::Chat { json!({}) } else { json!("") };
                     let mut last = meta.chunk(empty, Some(finish_reason(&state.edge, &g)));
                     last["usage"] = serde_json::to_value(usage(meta.prompt_tokens, g.tokens.len())).unwrap_or_default();
