@@ -2,32 +2,23 @@
 //! (in-process on 127.0.0.1:0, and real processes killed and restarted),
 //! the edge's session driver, and the whole model as the reference.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use offramp_cloud::{CloudConfig, CloudHandle};
-use offramp_common::decoder::model::{rows, top1};
-use offramp_common::decoder::{DecoderBundle, DecoderModel, KvCache, SessionStep};
-use offramp_edge::generate::{DecoderEdge, GenOptions, GenerateConfig, Generated, Mode, Tier};
+use offramp_common::decoder::model::top1;
+use offramp_common::decoder::{DecoderBundle, DecoderModel};
+use offramp_edge::generate::{GenOptions, Generated, Mode, Tier};
 use offramp_proto as pb;
 use offramp_proto::split_generation_client::SplitGenerationClient;
 use tonic::Code;
 
 use crate::support::*;
 
-fn whole_model(whole: &Path) -> DecoderModel {
-    DecoderBundle::open(whole).unwrap().model().unwrap()
-}
-
 /// The whole model's greedy choice after each prefix of `sequence`:
 /// `choices[i]` is its token for position `i + 1`.
 fn full_choices(model: &DecoderModel, sequence: &[u32]) -> Vec<u32> {
-    let mut cache = KvCache::new(model.config(), model.holds());
-    let mut steps = [SessionStep { cache: &mut cache, x: model.embed(sequence).unwrap(), pos: 0 }];
-    model.run(model.holds(), &mut steps, &[]).unwrap();
-    let [s] = steps;
-    rows(&model.logits(&s.x).unwrap()).unwrap().iter().map(|r| top1(r).0).collect()
+    full_logits(model, sequence).iter().map(|r| top1(r).0).collect()
 }
 
 /// Every cloud token equals the whole model's choice given the sequence as
@@ -49,18 +40,6 @@ async fn decoder_cloud(dirs: Vec<std::path::PathBuf>, tune: impl FnOnce(&mut Clo
     CloudHandle::start(cfg).await.unwrap()
 }
 
-fn edge(dir: &Path, mode: Mode, k: usize, clouds: Vec<String>, tune: impl FnOnce(&mut GenerateConfig)) -> DecoderEdge {
-    let mut c = GenerateConfig::new(mode, k, clouds);
-    tune(&mut c);
-    DecoderEdge::new(DecoderBundle::open(dir).unwrap(), c).unwrap()
-}
-
-fn greedy(n: usize) -> GenOptions {
-    GenOptions { max_tokens: n, ignore_eos: true, ..GenOptions::default() }
-}
-
-const PROMPTS: [&str; 3] = ["the answer is", "in 1999 there were 42 cats", "re: on the"];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_all_cloud_and_all_edge_decode_exactly_the_whole_models_greedy_output() {
     let dir = tmp("gen-equal");
@@ -74,11 +53,11 @@ async fn split_all_cloud_and_all_edge_decode_exactly_the_whole_models_greedy_out
     let (edge3, _) = split_decoder(&whole, 3);
     let (edge0, _) = split_decoder(&whole, 0);
     let edges = [
-        (Mode::Split, edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {})),
-        (Mode::AllCloud, edge(&edge0, Mode::AllCloud, 0, vec![cloud.url()], |_| {})),
-        (Mode::AllEdge, edge(&whole, Mode::AllEdge, 6, vec![], |_| {})),
+        (Mode::Split, decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {})),
+        (Mode::AllCloud, decoder_edge(&edge0, Mode::AllCloud, 0, vec![cloud.url()], |_| {})),
+        (Mode::AllEdge, decoder_edge(&whole, Mode::AllEdge, 6, vec![], |_| {})),
     ];
-    for prompt in PROMPTS {
+    for prompt in DECODER_PROMPTS {
         let ids = tok.encode(prompt).unwrap();
         let reference = full.generate_greedy(&ids, 24, |_| false).unwrap();
         for (mode, e) in &edges {
@@ -94,7 +73,7 @@ async fn split_all_cloud_and_all_edge_decode_exactly_the_whole_models_greedy_out
     }
     // The prompt's states went in one step: the first token's upload holds
     // every prompt position.
-    let ids = tok.encode(PROMPTS[1]).unwrap();
+    let ids = tok.encode(DECODER_PROMPTS[1]).unwrap();
     let g = edges[0].1.generate(&ids, &greedy(3), |_| {}).await.unwrap();
     let row = 4 * DecoderBundle::open(&whole).unwrap().config().hidden as u64;
     assert!(g.events[0].bytes_up >= ids.len() as u64 * row, "{:?}", g.events[0]);
@@ -109,10 +88,10 @@ async fn early_exit_streams_every_state_so_later_cloud_tokens_stay_exact() {
     let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
     let cloud = decoder_cloud(vec![whole.clone()], |_| {}).await;
     let (edge4, _) = split_decoder(&whole, 4);
-    let ids = tok.encode(PROMPTS[0]).unwrap();
+    let ids = tok.encode(DECODER_PROMPTS[0]).unwrap();
     // First pass with threshold 0: every token is the exit's; its
     // confidences give a threshold that splits the tokens between tiers.
-    let all_local = edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |c| c.threshold = Some(0.0));
+    let all_local = decoder_edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |c| c.threshold = Some(0.0));
     let g = all_local.generate(&ids, &GenOptions { agreement: true, ..greedy(40) }, |_| {}).await.unwrap();
     assert!(g.events.iter().all(|e| e.tier == Tier::Edge && e.exit == Some(4)));
     assert_eq!(g.summary.round_trips_per_token, 0.0, "nothing waited for the cloud");
@@ -130,7 +109,7 @@ async fn early_exit_streams_every_state_so_later_cloud_tokens_stay_exact() {
     probs.sort_by(f32::total_cmp);
     let median = probs[probs.len() / 2];
 
-    let mixed = edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |c| c.threshold = Some(median));
+    let mixed = decoder_edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |c| c.threshold = Some(median));
     let g = mixed.generate(&ids, &greedy(40), |_| {}).await.unwrap();
     let (edge_n, cloud_n) = (g.summary.edge_tokens, g.summary.cloud_tokens);
     assert!(edge_n > 0 && cloud_n > 0, "both tiers answered: {edge_n} edge, {cloud_n} cloud");
@@ -147,13 +126,13 @@ async fn cloud_killed_and_restarted_mid_generation_the_session_continues_exactly
     let (edge3, cloud3) = split_decoder(&whole, 3);
     let mut cloud = Some(CloudProcess::start(&cloud3, &[]));
     let url = cloud.as_ref().unwrap().url();
-    let e = edge(&edge3, Mode::Split, 3, vec![url], |c| {
+    let e = decoder_edge(&edge3, Mode::Split, 3, vec![url], |c| {
         c.deadline = Duration::from_millis(300);
         // Tokens of the tiny model take well under a millisecond: try the
         // cloud again at every token.
         c.retry_every = Duration::ZERO;
     });
-    let ids = tok.encode(PROMPTS[1]).unwrap();
+    let ids = tok.encode(DECODER_PROMPTS[1]).unwrap();
     let mut killed: Option<CloudProcess> = None;
     let g = e
         .generate(&ids, &greedy(60), |ev| {
@@ -194,8 +173,8 @@ async fn a_lost_replica_hands_the_session_to_another_which_continues_it() {
     let (edge3, cloud3) = split_decoder(&whole, 3);
     let mut a = CloudProcess::start(&cloud3, &[]);
     let b = CloudProcess::start(&cloud3, &[]);
-    let e = edge(&edge3, Mode::Split, 3, vec![a.url(), b.url()], |c| c.deadline = Duration::from_millis(500));
-    let ids = tok.encode(PROMPTS[2]).unwrap();
+    let e = decoder_edge(&edge3, Mode::Split, 3, vec![a.url(), b.url()], |c| c.deadline = Duration::from_millis(500));
+    let ids = tok.encode(DECODER_PROMPTS[2]).unwrap();
     let g = e
         .generate(&ids, &greedy(30), |ev| {
             if ev.index == 8 {
@@ -220,10 +199,10 @@ async fn concurrent_sessions_are_batched_and_answer_as_alone() {
     let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
     let (edge2, cloud2) = split_decoder(&whole, 2);
     let cloud = decoder_cloud(vec![cloud2], |_| {}).await;
-    let e = Arc::new(edge(&edge2, Mode::Split, 2, vec![cloud.url()], |_| {}));
+    let e = Arc::new(decoder_edge(&edge2, Mode::Split, 2, vec![cloud.url()], |_| {}));
     let mut tasks = Vec::new();
     for i in 0..6 {
-        let (e, ids) = (e.clone(), tok.encode(PROMPTS[i % 3]).unwrap());
+        let (e, ids) = (e.clone(), tok.encode(DECODER_PROMPTS[i % 3]).unwrap());
         tasks.push(tokio::spawn(async move { (ids.clone(), e.generate(&ids, &greedy(40), |_| {}).await.unwrap()) }));
     }
     let mut batched = 0;
@@ -241,13 +220,13 @@ async fn session_limits_are_refused_by_name_and_the_edge_falls_back() {
     let whole = tiny_decoder(&dir);
     let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
     let (edge3, cloud3) = split_decoder(&whole, 3);
-    let ids = tok.encode(PROMPTS[0]).unwrap();
+    let ids = tok.encode(DECODER_PROMPTS[0]).unwrap();
     type Tune = fn(&mut CloudConfig);
     let cases: [(&str, Tune); 2] =
         [("tokens per session", |c| c.sessions.max_tokens = 8), ("KV cache budget", |c| c.sessions.kv_budget = 1024)];
     for (limit, tune) in cases {
         let cloud = decoder_cloud(vec![cloud3.clone()], tune).await;
-        let e = edge(&edge3, Mode::Split, 3, vec![cloud.url()], |c| c.retry_every = Duration::from_secs(60));
+        let e = decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |c| c.retry_every = Duration::from_secs(60));
         let g = e.generate(&ids, &greedy(5), |_| {}).await.unwrap();
         assert_eq!(g.tokens.len(), 5);
         assert!(g.events.iter().all(|e| e.tier == Tier::Fallback), "{limit}");
@@ -276,7 +255,7 @@ async fn session_limits_are_refused_by_name_and_the_edge_falls_back() {
     let mut held =
         client.generate(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
     assert!(matches!(held.message().await.unwrap().unwrap().result, Some(pb::generate_response::Result::Opened(_))));
-    let e = edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {});
+    let e = decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {});
     let g = e.generate(&ids, &greedy(2), |_| {}).await.unwrap();
     let reason = g.events[0].reason.clone().unwrap();
     assert!(reason.contains("maximum of 1 sessions"), "{reason}");
@@ -448,7 +427,7 @@ async fn exit_adapters_trained_by_self_distillation_are_calibrated_and_carried_t
     assert!(DecoderBundle::open(&edge4).unwrap().model().unwrap().has_adapter(4));
     assert!(DecoderBundle::open(&cloud4).unwrap().manifest().adapters.is_none());
     let cloud = decoder_cloud(vec![cloud4], |_| {}).await;
-    let e = edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |_| {});
+    let e = decoder_edge(&edge4, Mode::EarlyExit, 4, vec![cloud.url()], |_| {});
     assert_eq!(e.threshold(), bundle.manifest().exits[1].threshold);
     let ids = bundle.tokenizer().encode("the answer is").unwrap();
     let g = e.generate(&ids, &greedy(16), |_| {}).await.unwrap();

@@ -2,14 +2,12 @@
 //! 127.0.0.1:0 in front of a decoder edge, a real cloud behind it, and a
 //! real HTTP client (hyper's).
 
-use std::path::Path;
-
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use offramp_common::decoder::{ChatMessage, DecoderBundle};
-use offramp_edge::generate::{DecoderEdge, GenerateConfig, Mode};
+use offramp_edge::generate::{DecoderEdge, Mode};
 use offramp_edge::http::{HttpDefaults, HttpState};
 use offramp_transport::token::Secret;
 use serde_json::{json, Value};
@@ -54,10 +52,6 @@ impl Api {
     }
 }
 
-fn edge(dir: &Path, mode: Mode, k: usize, clouds: Vec<String>) -> DecoderEdge {
-    DecoderEdge::new(DecoderBundle::open(dir).unwrap(), GenerateConfig::new(mode, k, clouds)).unwrap()
-}
-
 /// Chat and text completions, non-streaming and streamed as server-sent
 /// events, in the server's mode and in the one a request names: the text is
 /// the whole model's greedy answer in every case, with usage counts and the
@@ -73,7 +67,8 @@ async fn chat_and_completions_stream_and_not_with_usage_and_tiers() {
     let tok = bundle.tokenizer().clone();
     let (edge3, cloud3) = split_decoder(&whole, 3);
     let cloud = offramp_cloud::CloudHandle::start(offramp_cloud::CloudConfig::from_dirs(vec![cloud3])).await.unwrap();
-    let api = Api::start(edge(&edge3, Mode::Split, 3, vec![cloud.url()]), HttpDefaults::default()).await;
+    let api =
+        Api::start(decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {}), HttpDefaults::default()).await;
 
     let (status, models) = api.call("GET", "/v1/models", None, None).await;
     assert_eq!(status, 200, "{models}");
@@ -165,7 +160,7 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let (edge3, cloud3) = split_decoder(&whole, 3);
     let cloud = offramp_cloud::CloudHandle::start(offramp_cloud::CloudConfig::from_dirs(vec![cloud3])).await.unwrap();
     let defaults = HttpDefaults { token: Some(Secret::new("sesame")), ..HttpDefaults::default() };
-    let api = Api::start(edge(&edge3, Mode::Split, 3, vec![cloud.url()]), defaults).await;
+    let api = Api::start(decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {}), defaults).await;
     let chat = |extra: Value| {
         let mut b = json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 4 });
         for (k, v) in extra.as_object().unwrap() {

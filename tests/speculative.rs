@@ -5,41 +5,19 @@
 use std::path::Path;
 use std::time::Duration;
 
-use offramp_common::decoder::model::{rows, top1};
+use offramp_common::decoder::model::top1;
 use offramp_common::decoder::speculative::softmax;
 use offramp_common::decoder::tiny::TinySpec;
-use offramp_common::decoder::{DecoderBundle, DecoderModel, KvCache, SessionStep};
+use offramp_common::decoder::{DecoderBundle, KvCache, SessionStep};
 use offramp_edge::generate::{DecoderEdge, GenOptions, GenerateConfig, Mode, Tier};
 use offramp_proto as pb;
 use offramp_proto::split_generation_client::SplitGenerationClient;
 
 use crate::support::*;
 
-fn whole_model(whole: &Path) -> DecoderModel {
-    DecoderBundle::open(whole).unwrap().model().unwrap()
-}
-
-/// The whole model's logits after each prefix of `sequence` (row `i`: the
-/// next token after position `i`).
-fn full_logits(model: &DecoderModel, sequence: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = KvCache::new(model.config(), model.holds());
-    let mut steps = [SessionStep { cache: &mut cache, x: model.embed(sequence).unwrap(), pos: 0 }];
-    model.run(model.holds(), &mut steps, &[]).unwrap();
-    let [s] = steps;
-    rows(&model.logits(&s.x).unwrap()).unwrap()
-}
-
 fn edge(dir: &Path, k: usize, clouds: Vec<String>, tune: impl FnOnce(&mut GenerateConfig)) -> DecoderEdge {
-    let mut c = GenerateConfig::new(Mode::Speculative, k, clouds);
-    tune(&mut c);
-    DecoderEdge::new(DecoderBundle::open(dir).unwrap(), c).unwrap()
+    decoder_edge(dir, Mode::Speculative, k, clouds, tune)
 }
-
-fn greedy(n: usize) -> GenOptions {
-    GenOptions { max_tokens: n, ignore_eos: true, ..GenOptions::default() }
-}
-
-const PROMPTS: [&str; 3] = ["the answer is", "in 1999 there were 42 cats", "re: on the"];
 
 /// Greedy speculative output is the whole model's, token for token, for
 /// several draft lengths, with and without pipelining, on a model whose
@@ -67,7 +45,7 @@ async fn speculative_greedy_output_is_the_whole_models_for_every_draft_length() 
                 c.pipeline = pipeline;
                 c.adapt_draft = adapt;
             });
-            for prompt in PROMPTS {
+            for prompt in DECODER_PROMPTS {
                 let ids = tok.encode(prompt).unwrap();
                 let reference = full.generate_greedy(&ids, 30, |_| false).unwrap();
                 let g = e.generate(&ids, &greedy(30), |_| {}).await.unwrap();
@@ -232,7 +210,7 @@ async fn speculative_sampling_matches_the_whole_models_distribution() {
         c.pipeline = 1;
     });
     let temperature = 1.0;
-    let ids = tok.encode(PROMPTS[0]).unwrap();
+    let ids = tok.encode(DECODER_PROMPTS[0]).unwrap();
     // Exact marginals of tokens 1 and 2 under the whole model.
     let p1 = softmax(full_logits(&full, &ids).last().unwrap(), temperature);
     let vocab = p1.len();
@@ -317,7 +295,7 @@ async fn speculative_falls_back_when_the_cloud_dies_and_resumes_verification_aft
         c.deadline = Duration::from_millis(300);
         c.retry_every = Duration::ZERO;
     });
-    let ids = tok.encode(PROMPTS[1]).unwrap();
+    let ids = tok.encode(DECODER_PROMPTS[1]).unwrap();
     let mut killed: Option<CloudProcess> = None;
     let mut fallback_seen = 0;
     let g = e

@@ -638,8 +638,8 @@ fn run_batch(model: &DecoderModel, batch: Vec<Job>) {
         .into_iter()
         .filter(|job| {
             let cell = &job.session;
+            let cached = cell.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
             if job.want == pb::Want::Verify && job.speculative && cell.discarding.load(Ordering::Relaxed) {
-                let cached = cell.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
                 let _ = job.out.send(Outcome::Token(
                     job.request_id,
                     pb::StepResult { position: job.pos as u32, cached: cached as u32, discarded: true, ..Default::default() },
@@ -647,7 +647,6 @@ fn run_batch(model: &DecoderModel, batch: Vec<Job>) {
                 return false;
             }
             cell.discarding.store(false, Ordering::Relaxed);
-            let cached = cell.cache.lock().unwrap_or_else(|e| e.into_inner()).len();
             if job.pos != cached {
                 let _ = job.out.send(Outcome::Refused(
                     job.request_id,

@@ -167,3 +167,40 @@ pub fn split_decoder(whole: &Path, k: usize) -> (PathBuf, PathBuf) {
     b.split(k, &e, Some(&c)).expect("split the decoder");
     (e, c)
 }
+
+/// Prompts the decoder tests generate after.
+pub const DECODER_PROMPTS: [&str; 3] = ["the answer is", "in 1999 there were 42 cats", "re: on the"];
+
+/// A whole-model decoder bundle's model: the reference.
+pub fn whole_model(whole: &Path) -> offramp_common::decoder::DecoderModel {
+    offramp_common::decoder::DecoderBundle::open(whole).unwrap().model().unwrap()
+}
+
+/// The whole model's logits after each prefix of `sequence` (row `i`: the
+/// next token after position `i`).
+pub fn full_logits(model: &offramp_common::decoder::DecoderModel, sequence: &[u32]) -> Vec<Vec<f32>> {
+    use offramp_common::decoder::{model::rows, KvCache, SessionStep};
+    let mut cache = KvCache::new(model.config(), model.holds());
+    let mut steps = [SessionStep { cache: &mut cache, x: model.embed(sequence).unwrap(), pos: 0 }];
+    model.run(model.holds(), &mut steps, &[]).unwrap();
+    let [s] = steps;
+    rows(&model.logits(&s.x).unwrap()).unwrap()
+}
+
+/// A decoder edge on bundle `dir` in `mode` at split `k`, settings tuned.
+pub fn decoder_edge(
+    dir: &Path,
+    mode: offramp_edge::generate::Mode,
+    k: usize,
+    clouds: Vec<String>,
+    tune: impl FnOnce(&mut offramp_edge::generate::GenerateConfig),
+) -> offramp_edge::generate::DecoderEdge {
+    let mut c = offramp_edge::generate::GenerateConfig::new(mode, k, clouds);
+    tune(&mut c);
+    offramp_edge::generate::DecoderEdge::new(offramp_common::decoder::DecoderBundle::open(dir).unwrap(), c).unwrap()
+}
+
+/// Greedy generation of `n` tokens, past end-of-turn.
+pub fn greedy(n: usize) -> offramp_edge::generate::GenOptions {
+    offramp_edge::generate::GenOptions { max_tokens: n, ignore_eos: true, ..Default::default() }
+}

@@ -83,30 +83,53 @@ impl Q80Matrix {
                 let w0 = (r0 + r) * nb;
                 (&self.qs[w0..w0 + nb], &self.d[w0..w0 + nb])
             };
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = pulp::x86::V3::try_new() {
-                simd.vectorize(
-                    #[inline(always)]
-                    || {
-                        for (r, o) in out.chunks_exact_mut(t).enumerate() {
-                            let (wq, wd) = w(r);
-                            for (i, v) in o.iter_mut().enumerate() {
-                                let (xq, xd) = xr(i);
-                                *v = dot_q8_avx2(simd, wq, wd, xq, xd);
-                            }
-                        }
-                    },
-                );
-                return;
-            }
-            for (r, o) in out.chunks_exact_mut(t).enumerate() {
-                let (wq, wd) = w(r);
-                for (i, v) in o.iter_mut().enumerate() {
-                    let (xq, xd) = xr(i);
-                    *v = dot_q8_scalar(wq, wd, xq, xd);
-                }
-            }
+            fill_by_weight(
+                out,
+                t,
+                #[cfg(target_arch = "x86_64")]
+                #[inline(always)]
+                |simd, r, i| {
+                    let ((wq, wd), (xq, xd)) = (w(r), xr(i));
+                    dot_q8_avx2(simd, wq, wd, xq, xd)
+                },
+                |r, i| {
+                    let ((wq, wd), (xq, xd)) = (w(r), xr(i));
+                    dot_q8_scalar(wq, wd, xq, xd)
+                },
+            )
         })
+    }
+}
+
+/// Fills `out[j * t + i]` with the dot of weight row `j` and activation
+/// row `i`, weight row by weight row (a weight row, under 1 KB, stays in L1
+/// while every activation row reads it): on AVX2 where the CPU has it (the
+/// instruction set picked once per call), else the scalar dot.
+#[inline(always)]
+fn fill_by_weight(
+    out: &mut [f32],
+    t: usize,
+    #[cfg(target_arch = "x86_64")] avx2: impl Fn(pulp::x86::V3, usize, usize) -> f32,
+    scalar: impl Fn(usize, usize) -> f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                for (r, o) in out.chunks_exact_mut(t).enumerate() {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = avx2(simd, r, i);
+                    }
+                }
+            },
+        );
+        return;
+    }
+    for (r, o) in out.chunks_exact_mut(t).enumerate() {
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = scalar(r, i);
+        }
     }
 }
 
@@ -213,13 +236,11 @@ impl Q41Matrix {
         Ok(Some(Self { rows, cols, d, m, qs }))
     }
 
-    /// Output rows `r0..r0 + out.len() / t` for all `t` activation rows,
-    /// weight row by weight row: `out[j * t + i]` = weight row `r0 + j` ·
-    /// activation row `i`. A weight row (under 1 KB) stays in L1 while
-    /// every activation row reads it, so `t` rows cost about one pass over
-    /// the weights, not `t` (what makes a verify step or a batch of
-    /// sessions cheap; each dot is the same as alone, bit for bit). The
-    /// CPU's instruction set is picked once per call.
+    /// Output rows `r0..r0 + out.len() / t` for all `t` activation rows
+    /// (`out[j * t + i]` = weight row `r0 + j` · activation row `i`), so `t`
+    /// rows cost about one pass over the weights, not `t` (what makes a
+    /// verify step or a batch of sessions cheap; each dot is the same as
+    /// alone, bit for bit).
     fn fill(&self, q: &Q8Rows, t: usize, r0: usize, out: &mut [f32]) {
         let nb = self.cols / QK;
         let x = |i: usize| {
@@ -230,29 +251,20 @@ impl Q41Matrix {
             let w0 = (r0 + r) * nb;
             (&self.qs[w0..w0 + nb], &self.d[w0..w0 + nb], &self.m[w0..w0 + nb])
         };
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = pulp::x86::V3::try_new() {
-            simd.vectorize(
-                #[inline(always)]
-                || {
-                    for (r, o) in out.chunks_exact_mut(t).enumerate() {
-                        let (wq, wd, wm) = w(r);
-                        for (i, v) in o.iter_mut().enumerate() {
-                            let (xq, xd, xs) = x(i);
-                            *v = dot_avx2(simd, wq, wd, wm, xq, xd, xs);
-                        }
-                    }
-                },
-            );
-            return;
-        }
-        for (r, o) in out.chunks_exact_mut(t).enumerate() {
-            let (wq, wd, wm) = w(r);
-            for (i, v) in o.iter_mut().enumerate() {
-                let (xq, xd, xs) = x(i);
-                *v = dot_scalar(wq, wd, wm, xq, xd, xs);
-            }
-        }
+        fill_by_weight(
+            out,
+            t,
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            |simd, r, i| {
+                let ((wq, wd, wm), (xq, xd, xs)) = (w(r), x(i));
+                dot_avx2(simd, wq, wd, wm, xq, xd, xs)
+            },
+            |r, i| {
+                let ((wq, wd, wm), (xq, xd, xs)) = (w(r), x(i));
+                dot_scalar(wq, wd, wm, xq, xd, xs)
+            },
+        )
     }
 
     /// `x · Wᵀ` for `x` of shape `[t, cols]`.

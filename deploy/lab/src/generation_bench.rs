@@ -309,11 +309,7 @@ async fn measure(edge: &DecoderEdge, prompts: &[Vec<u32>], opts: &GenOptions) ->
         && fallback == 0
         && opts.sampling == offramp_common::decoder::sample::Sampling::Greedy;
     let speculative = mode == Mode::Speculative;
-    let itl_sorted = {
-        let mut v = itl.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    };
+    let (ttft_ms_p50, itl_ms_p50, itl_ms_p99) = (pct(&mut ttft, 50.0), pct(&mut itl, 50.0), pct(&mut itl, 99.0));
     Ok(Cell {
         link: String::new(),
         rtt_ms: 0.0,
@@ -323,9 +319,9 @@ async fn measure(edge: &DecoderEdge, prompts: &[Vec<u32>], opts: &GenOptions) ->
         encoding: String::new(),
         tokens,
         tokens_per_s: tokens as f64 / secs.max(1e-9),
-        ttft_ms_p50: pct(&mut ttft, 50.0),
-        itl_ms_p50: pct(&mut itl, 50.0),
-        itl_ms_p99: pct(&mut itl, 99.0),
+        ttft_ms_p50,
+        itl_ms_p50,
+        itl_ms_p99,
         round_trips_per_token: rt / t,
         acceptance_rate: speculative.then(|| accepted / verified.max(1) as f64),
         mean_draft_length: speculative.then(|| verified as f64 / verifications.max(1.0)),
@@ -334,7 +330,8 @@ async fn measure(edge: &DecoderEdge, prompts: &[Vec<u32>], opts: &GenOptions) ->
         edge_share: edge_n as f64 / t,
         fallback_tokens: fallback,
         agreement: if agree_w.1 > 0 { Some(agree_w.0 / agree_w.1 as f64) } else { exact.then_some(1.0) },
-        itl_ms: itl_sorted,
+        // Sorted by `pct`.
+        itl_ms: itl,
     })
 }
 

@@ -82,6 +82,16 @@ pub enum Tier {
     Fallback,
 }
 
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Edge => "edge",
+            Tier::Cloud => "cloud",
+            Tier::Fallback => "fallback",
+        }
+    }
+}
+
 /// Why generation could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -508,9 +518,9 @@ impl DecoderEdge {
             let (back, step) = {
                 let model = self.model.clone();
                 let mut cache = cache.take().expect("cache returned each step");
-                let (ids, exit) = (std::mem::take(&mut input), self.exit);
+                let (ids, head) = (std::mem::take(&mut input), self.local_head());
                 tokio::task::spawn_blocking(move || {
-                    let r = edge_layers(&model, &mut cache, &ids, pos, k, exit);
+                    let r = edge_layers(&model, &mut cache, &ids, pos, head);
                     (cache, r)
                 })
                 .await
@@ -600,21 +610,7 @@ impl DecoderEdge {
                 }
             };
             let (token, probability, tier, exit, reason) = emitted;
-            let tier_name = match tier {
-                Tier::Edge => {
-                    summary.edge_tokens += 1;
-                    "edge"
-                }
-                Tier::Cloud => {
-                    summary.cloud_tokens += 1;
-                    "cloud"
-                }
-                Tier::Fallback => {
-                    summary.fallback_tokens += 1;
-                    "fallback"
-                }
-            };
-            metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier_name).increment(1);
+            summary.count(tier);
             let bytes_down = cloud.bytes_down().saturating_sub(down_before);
             summary.bytes_up_per_token += bytes_up as f64;
             summary.bytes_down_per_token += bytes_down as f64;
@@ -697,18 +693,37 @@ struct LocalHead {
 }
 
 impl LocalHead {
+    /// The layer whose state the head reads: N when K = N, else the exit.
+    fn tap(self) -> usize {
+        match self.exit.filter(|&e| e < self.split) {
+            Some(e) if self.split < self.layers => e,
+            _ => self.split,
+        }
+    }
+
+    /// The head's logits over the state at [`Self::tap`].
     fn logits(self, model: &DecoderModel, tap: &Tensor) -> Result<Vec<f32>, GenerateError> {
-        let logits = match self.exit.filter(|&e| e < self.split) {
+        let logits = if self.split == self.layers {
             // K = N: the whole model's own head over the last layer.
-            _ if self.split == self.layers => model.logits(tap)?,
-            Some(e) => model.exit_logits(e, tap)?,
-            None => model.exit_logits(self.split, tap)?,
+            model.logits(tap)?
+        } else {
+            model.exit_logits(self.tap(), tap)?
         };
         Ok(rows(&logits)?.remove(0))
     }
 }
 
 impl Summary {
+    /// Counts one emitted token of `tier` (and the edge's metric).
+    fn count(&mut self, tier: Tier) {
+        match tier {
+            Tier::Edge => self.edge_tokens += 1,
+            Tier::Cloud => self.cloud_tokens += 1,
+            Tier::Fallback => self.fallback_tokens += 1,
+        }
+        metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier.name()).increment(1);
+    }
+
     /// Per-token averages and rates once `tokens` were emitted.
     fn finish(&mut self, tokens: usize, elapsed: Duration, first_token_at: Option<Duration>, cloud: &CloudState) {
         self.tokens = tokens;
@@ -743,14 +758,11 @@ fn edge_layers(
     cache: &mut KvCache,
     ids: &[u32],
     pos: usize,
-    k: usize,
-    exit: Option<usize>,
+    head: LocalHead,
 ) -> Result<EdgeStep, GenerateError> {
     let x = model.embed(ids)?;
-    // K = N answers with the last layer; otherwise the exit is tapped.
-    let tap_at = if k == model.config().layers { k } else { exit.filter(|&e| e < k).unwrap_or(k) };
     let mut steps = [SessionStep { cache, x, pos }];
-    let tapped = model.run(0..k, &mut steps, &[tap_at])?;
+    let tapped = model.run(0..head.split, &mut steps, &[head.tap()])?;
     let [s] = steps;
     let state_k = s.x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(DecoderError::from)?;
     let tap = last_row(&tapped[0][0])?;

@@ -173,17 +173,7 @@ impl<F: FnMut(&TokenEvent)> Emitter<'_, F> {
         cloud_batch: Option<u32>,
     ) -> bool {
         let edge = self.edge;
-        match tier {
-            Tier::Edge => self.summary.edge_tokens += 1,
-            Tier::Cloud => self.summary.cloud_tokens += 1,
-            Tier::Fallback => self.summary.fallback_tokens += 1,
-        }
-        let tier_name = match tier {
-            Tier::Edge => "edge",
-            Tier::Cloud => "cloud",
-            Tier::Fallback => "fallback",
-        };
-        metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier_name).increment(1);
+        self.summary.count(tier);
         // Bytes up are counted when sent (speculation thrown away included).
         self.summary.bytes_down_per_token += bytes_down as f64;
         let now = Instant::now();
@@ -281,7 +271,7 @@ pub(super) async fn generate(
                 },
             };
             let block = sent.pop_front().expect("front exists");
-            match reply {
+            let reason = match reply {
                 Ok(r) if !r.discarded => {
                     let a = (r.accepted as usize).min(block.rows());
                     tracing::debug!(
@@ -346,39 +336,24 @@ pub(super) async fn generate(
                     let down = cloud.bytes_down();
                     em.summary.bytes_down_per_token += down.saturating_sub(down_seen) as f64;
                     down_seen = down;
+                    continue;
                 }
-                Ok(_) => {
-                    let reason = "the cloud discarded a verification the edge still waited for".to_string();
-                    fall_back(
-                        &mut em,
-                        &mut cloud,
-                        edge,
-                        block,
-                        &mut sent,
-                        &mut current,
-                        &mut cache,
-                        &mut states,
-                        &mut input,
-                        reason,
-                        &mut go,
-                    );
-                }
-                Err(reason) => {
-                    fall_back(
-                        &mut em,
-                        &mut cloud,
-                        edge,
-                        block,
-                        &mut sent,
-                        &mut current,
-                        &mut cache,
-                        &mut states,
-                        &mut input,
-                        reason,
-                        &mut go,
-                    );
-                }
-            }
+                Ok(_) => "the cloud discarded a verification the edge still waited for".to_string(),
+                Err(reason) => reason,
+            };
+            fall_back(
+                &mut em,
+                &mut cloud,
+                edge,
+                block,
+                &mut sent,
+                &mut current,
+                &mut cache,
+                &mut states,
+                &mut input,
+                reason,
+                &mut go,
+            );
         }
         if !go {
             break;
@@ -403,11 +378,10 @@ pub(super) async fn generate(
                 let model = edge.model.clone();
                 let mut kv = cache.take().expect("cache returned each step");
                 let ids = std::mem::take(&mut input);
-                let (exit, split) = (edge.exit, k);
-                let local = edge.local_head();
+                let head = edge.local_head();
                 tokio::task::spawn_blocking(move || {
-                    let r = edge_layers(&model, &mut kv, &ids, pos, split, exit).and_then(|s| {
-                        let logits = local.logits(&model, &s.tap)?;
+                    let r = edge_layers(&model, &mut kv, &ids, pos, head).and_then(|s| {
+                        let logits = head.logits(&model, &s.tap)?;
                         Ok(draft(s.state_k, &logits, temperature, u[0]))
                     });
                     (kv, r)
