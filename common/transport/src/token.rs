@@ -40,6 +40,11 @@ impl Secret {
         &self.0
     }
 
+    /// Whether `given` is this secret (compared in constant time).
+    pub fn matches(&self, given: &str) -> bool {
+        constant_time_eq(self.0.as_bytes(), given.as_bytes())
+    }
+
     /// Reads a one-token file (surrounding whitespace ignored).
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         let text =
