@@ -284,3 +284,65 @@ async fn the_offload_stream_carries_many_requests_and_survives_a_bad_one() {
     drop(tx);
     cloud.stop().await.unwrap();
 }
+
+/// A caller that goes away before its answer withdraws its request, over
+/// every transport (a dropped unary call, a `cancel` on the offload stream,
+/// a stopped QUIC stream): the cloud drops it before compute. Seen in the
+/// batch the next request is computed in: with a 300 ms batch wait, a
+/// withdrawn request still queued would share it. On the stream, a cancel
+/// is answered by nothing; on a unary call it is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_is_dropped_before_compute_over_every_transport() {
+    use offramp_edge::transport::{ConnectConfig, Transport, TransportKind};
+
+    let full = default_bundle();
+    let (_, cloud_bundle) = split_bundles(1);
+    let cert = self_signed(&tmp("withdraw"));
+    let mut config = CloudConfig::new(cloud_bundle);
+    config.batch.max_batch = 64;
+    config.batch.batch_wait = Duration::from_millis(300);
+    config.quic = Some(offramp_cloud::config::QuicConfig { listen: any_loopback(), tls: cert.server_tls() });
+    let cloud = CloudHandle::start(config).await.unwrap();
+    let reqs = requests(&full, 1, 2);
+    for kind in [TransportKind::Grpc, TransportKind::GrpcStream, TransportKind::Quic] {
+        let (url, creds) = match kind {
+            TransportKind::Quic => (cloud.quic_url().unwrap(), cert.credentials(None)),
+            _ => (cloud.url(), Default::default()),
+        };
+        let t = Arc::new(Transport::new(kind, &url, &ConnectConfig::default(), &creds).unwrap());
+        // Connected (and a lone request computed alone).
+        assert_eq!(t.infer(reqs[1].clone(), Duration::from_secs(5)).await.unwrap().batch_size, 1);
+        let gone = {
+            let (t, r) = (t.clone(), reqs[0].clone());
+            tokio::spawn(async move { t.infer(r, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        gone.abort();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let kept = t.infer(reqs[1].clone(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(kept.batch_size, 1, "{kind:?}: the withdrawn request was computed beside the next one");
+    }
+
+    // The wire: a cancel is answered by nothing (the next answer is the
+    // next request's), and withdraws only what it names.
+    let mut client = SplitInferenceClient::connect(cloud.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = client.infer_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(pb::InferRequest { request_id: 41, ..reqs[0].clone() }).await.unwrap();
+    tx.send(pb::InferRequest { request_id: 42, ..reqs[1].clone() }).await.unwrap();
+    tx.send(pb::InferRequest { request_id: 41, cancel: true, ..Default::default() }).await.unwrap();
+    tx.send(pb::InferRequest { request_id: 99, cancel: true, ..Default::default() }).await.unwrap();
+    let m = answers.message().await.unwrap().unwrap();
+    assert_eq!(m.request_id, 42, "{m:?}");
+    match m.result {
+        Some(pb::infer_stream_response::Result::Response(r)) => assert_eq!(r.batch_size, 1, "41 was withdrawn"),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+    drop(tx);
+    assert!(answers.message().await.unwrap().is_none(), "nothing answers the cancels");
+    // A unary cancel is refused by name.
+    let e = client.infer(pb::InferRequest { cancel: true, ..reqs[0].clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("cancel is for InferStream requests"), "{e}");
+    cloud.stop().await.unwrap();
+}

@@ -24,6 +24,10 @@ pub enum CloudError {
     SplitNotHeld { model: String, split: usize, start: usize, end: usize },
     #[error("request has no hidden-state tensor")]
     MissingTensor,
+    /// `cancel` outside an `InferStream` (a unary call or QUIC stream is
+    /// withdrawn by ending it).
+    #[error("cancel is for InferStream requests; a unary call or QUIC stream is withdrawn by ending it")]
+    CancelOutsideStream,
     #[error("hidden state: {0}")]
     Codec(#[from] CodecError),
     #[error("hidden state is encoded as {got}; this cloud accepts {accepted:?} (see its handshake)")]
@@ -83,6 +87,7 @@ impl CloudError {
             CloudError::FingerprintMismatch(_) | CloudError::SplitNotHeld { .. } => Code::FailedPrecondition,
             CloudError::SplitOutOfRange { .. }
             | CloudError::MissingTensor
+            | CloudError::CancelOutsideStream
             | CloudError::Codec(_)
             | CloudError::EncodingNotAccepted { .. }
             | CloudError::Shape { .. }

@@ -10,7 +10,9 @@
 //! fingerprint check, size caps and the batcher are the gRPC service's own; a
 //! bad frame or request gets an error frame on its stream and nothing else is
 //! disturbed. Bearer tokens travel in an auth frame ahead of the request and
-//! are checked with the same [`Auth`] as gRPC's interceptor.
+//! are checked with the same [`Auth`] as gRPC's interceptor. A client that
+//! stops its stream before the answer withdraws the request (dropped before
+//! compute if still queued), as a dropped unary call does over gRPC.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -128,9 +130,20 @@ async fn stream(ctx: Arc<StreamContext>, mut send: quinn::SendStream, mut recv: 
         },
         Ok(Request::Infer(req, caller)) => {
             let answer = async { crate::service::loaded(&ctx.loaded)?.infer(&req, &caller).await };
-            match answer.instrument(caller.span(&req, "quic")).await {
-                Ok(r) => wire::message(Kind::InferResponse, &r),
-                Err(e) => error_frame(&e.into()),
+            // A client that goes away (its stream stopped or its connection
+            // lost) withdraws the request: dropping it here drops it from
+            // the batcher's queue before compute.
+            let withdrawn = send.stopped();
+            tokio::select! {
+                biased;
+                answer = answer.instrument(caller.span(&req, "quic")) => match answer {
+                    Ok(r) => wire::message(Kind::InferResponse, &r),
+                    Err(e) => error_frame(&e.into()),
+                },
+                _ = withdrawn => {
+                    tracing::debug!(id = req.request_id, "QUIC request withdrawn by its client");
+                    return;
+                }
             }
         }
         Err(status) => {

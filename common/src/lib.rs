@@ -11,7 +11,7 @@
 //! - [`decoder`]: generative decoders (llama GGUF) split between edge and
 //!   cloud, with KV caches per session.
 //!
-//! It re-exports [`offramp_base`]'s `config`, `net`, `paths`, `rng`, `stats`, `telemetry` and
+//! It re-exports [`offramp_base`]'s `config`, `net`, `paths`, `rng`, `stats`, `telemetry`, `threads` and
 //! `units`, which carry no model code.
 
 pub mod codec;
@@ -20,7 +20,7 @@ pub mod decoder;
 pub mod model;
 pub mod policy;
 
-pub use offramp_base::{config, net, paths, rng, stats, telemetry, units};
+pub use offramp_base::{config, net, paths, rng, stats, telemetry, threads, units};
 
 pub use model::{Bundle, Executor, ModelError};
 pub use policy::Policy;

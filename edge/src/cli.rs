@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use offramp_common::telemetry::{self, LogArgs};
+use offramp_common::threads::{Role, ThreadArgs};
 use std::io::Write;
 
 use offramp_common::data::Dataset;
@@ -20,6 +21,8 @@ use crate::{run, serve, Edge, EdgeConfig};
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    threads: ThreadArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,12 +44,15 @@ enum Command {
 /// with its causes and gives a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts.
+    let threads = cli.threads.apply(Role::Edge);
     telemetry::init(cli.log.log_format);
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")
-        .and_then(|rt| rt.block_on(run_command(cli.command)));
+    // The command runs as a task on the I/O threads, not on this thread
+    // (`block_on`): its offloads' replies then wake a task on the thread
+    // that read them instead of crossing to another one.
+    let result = threads.runtime().context("starting tokio").and_then(|rt| {
+        rt.block_on(async { tokio::spawn(run_command(cli.command)).await.context("the command panicked")? })
+    });
     telemetry::exit_code(result)
 }
 

@@ -9,6 +9,9 @@
 //! - **Deadlines.** Each request carries `timeout_us`: past it the cloud
 //!   drops the request (before compute if it is still queued) and answers
 //!   `DeadlineExceeded`; the edge stops waiting at the same moment.
+//! - **A caller that goes away** (its future dropped: a local client hung
+//!   up, a shadow request given up) withdraws its request with a `cancel`
+//!   message, so the cloud drops it before compute if it is still queued.
 //! - **A bad request** fails only its own answer (the cloud's per-request
 //!   error becomes that request's status).
 //! - **A broken stream** (the cloud gone, the connection reset, the stream
@@ -108,22 +111,31 @@ impl StreamClient {
             live.pending.lock().expect("pending lock").remove(&id);
             return Err(Status::unavailable("the offload stream broke"));
         }
+        // From here until the answer, a caller that goes away withdraws it
+        // (a cancel for a request that never left is ignored by the cloud).
+        let mut withdraw = Withdraw { live: &live, id, armed: true };
         // A request that cannot be queued because the stream's writer is
         // gone: the stream is broken. A full queue (HTTP/2 flow control
         // holding the writer back) is waited on within the deadline.
         match tokio::time::timeout_at(deadline.into(), live.tx.send(req)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
+                withdraw.armed = false;
                 let status = Status::unavailable("the offload stream closed");
                 live.break_with(&status);
                 return Err(status);
             }
             Err(_) => {
+                withdraw.armed = false;
                 live.pending.lock().expect("pending lock").remove(&id);
                 return Err(Status::deadline_exceeded("offload deadline passed queueing on the stream"));
             }
         }
-        match tokio::time::timeout_at(deadline.into(), answer).await {
+        let answer = tokio::time::timeout_at(deadline.into(), answer).await;
+        // Answered, failed or past its deadline (which the cloud keeps too):
+        // nothing to withdraw.
+        withdraw.armed = false;
+        match answer {
             Ok(Ok(Ok(mut r))) => {
                 r.request_id = caller_id;
                 Ok(r)
@@ -134,6 +146,28 @@ impl StreamClient {
                 live.pending.lock().expect("pending lock").remove(&id);
                 Err(Status::deadline_exceeded("offload deadline passed"))
             }
+        }
+    }
+}
+
+/// Withdraws a request whose caller went away before its answer: forgets
+/// its reply slot and tells the cloud (if the queue towards the stream has
+/// room; if not, the cloud still drops it at its deadline).
+struct Withdraw<'a> {
+    live: &'a Live,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.live.pending.lock().expect("pending lock").remove(&self.id);
+        let cancel = pb::InferRequest { request_id: self.id, cancel: true, ..Default::default() };
+        if self.live.tx.try_send(cancel).is_err() {
+            tracing::debug!(id = self.id, "offload stream full or closed: the withdrawn request ends at its deadline");
         }
     }
 }

@@ -93,7 +93,7 @@ impl QuicClient {
         if !state.endpoint.as_ref().is_some_and(family_ok) {
             let local: IpAddr =
                 if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-            let endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0))
+            let endpoint = offramp_transport::quic::endpoint(SocketAddr::new(local, 0), None)
                 .map_err(|e| Status::unavailable(format!("cannot open a UDP socket: {e}")))?;
             state.endpoint = Some(endpoint);
         }

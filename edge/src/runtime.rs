@@ -491,6 +491,7 @@ impl Edge {
             policy: cloud_policy,
             // Set by the stream transport, which needs it.
             timeout_us: 0,
+            cancel: false,
         };
         answer.bytes_up = prost::Message::encoded_len(&req) as u64;
         answer.encoding = Some(codec::encoding_name(encoding));

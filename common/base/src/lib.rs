@@ -8,6 +8,7 @@
 //! - [`paths`]: finding `models/...` from wherever a binary runs.
 //! - [`net`]: accepted sockets without Nagle, and the shutdown signal.
 //! - [`echo`]: bounded echoes of what a peer sent, for error messages.
+//! - [`threads`]: I/O and compute thread counts, chosen at start.
 //!
 //! It depends on nothing heavy, so the link emulator's binary does not link
 //! candle.
@@ -19,4 +20,5 @@ pub mod paths;
 pub mod rng;
 pub mod stats;
 pub mod telemetry;
+pub mod threads;
 pub mod units;

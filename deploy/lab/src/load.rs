@@ -178,6 +178,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
                 edge_id: format!("load-{}", (sent as usize) % args.edges),
                 policy: vec![],
                 timeout_us: 0,
+                cancel: false,
             };
             let (tally, deadline) = (tally.clone(), args.deadline);
             tasks.spawn(async move {

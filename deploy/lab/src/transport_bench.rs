@@ -116,6 +116,7 @@ fn requests(
                 edge_id: "bench".into(),
                 policy: vec![],
                 timeout_us: 0,
+                cancel: false,
             }
         })
         .collect())

@@ -171,6 +171,7 @@ pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
         edge_id: "edge".into(),
         policy: policy.to_wire(&bundle.exits_in(k..n)),
         timeout_us: 0,
+        cancel: false,
     };
     let mut encodings = vec![pb::Encoding::F32];
     encodings.extend(args.encodings.iter().copied().filter(|&e| e != pb::Encoding::F32));
