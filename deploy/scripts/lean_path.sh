@@ -97,8 +97,21 @@ kill $cloud; wait $cloud 2>/dev/null || true; cloud=
 
 step "5. edge footprint"
 cargo build --profile edge -p offramp-edge --locked >/dev/null 2>&1
-{
-  echo "offramp-edge, release, stripped by the edge profile (fat LTO): $(stat -c %s target/edge/offramp-edge) bytes"
+never=$(mktemp)
+printf '[[exit]]\nindex = 0\nrule = "never"\n\n[[exit]]\nindex = 1\nrule = "never"\n' > "$never"
+start_cloud
+run_edge() {
   env -u RAYON_NUM_THREADS /usr/bin/time -v "$bin/offramp-edge" run --model models/b-lenet-mnist --split 1 \
-    --data models/mnist-sample --subset sample 2>&1 | grep -E "Maximum resident|accuracy"
+    --cloud "http://$addr" --data models/mnist-sample --subset sample "$@" 2>&1 >/dev/null | grep -E "Maximum resident"
+  env -u RAYON_NUM_THREADS "$bin/offramp-edge" run --model models/b-lenet-mnist --split 1 --cloud "http://$addr" \
+    --data models/mnist-sample --subset sample "$@" 2>/dev/null | grep -E "accuracy|answered by|^ +(cloud|edge) "
+}
+{
+  echo "offramp-edge built with --profile edge (fat LTO, stripped): $(stat -c %s target/edge/offramp-edge) bytes"
+  echo "peak RSS, the sample digits through the split at K = 1 (the calibrated policy), cloud on loopback:"
+  run_edge
+  echo "the same with every digit offloaded (a never policy at the branch):"
+  run_edge --policy "$never"
 } > "$out/footprint.txt"
+kill $cloud; wait $cloud 2>/dev/null || true; cloud=
+rm -f "$never"
