@@ -431,7 +431,7 @@ impl Edge {
                 None => {
                     // For a token sequence: its real tokens only.
                     let (values, shape) = out.hidden_row(0)?;
-                    if history.iter().all(|o| o.confidence.is_finite()) && values.iter().all(|v| v.is_finite()) {
+                    if history.iter().all(|o| o.confidence.is_finite()) && codec::all_finite(&values) {
                         Local::Continue { values, shape, history }
                     } else {
                         Local::Overflow(exec.locate_overflow(&input, 0..split)?)
@@ -592,7 +592,7 @@ impl Edge {
             })
             .await;
             let Ok(Ok((values, shape, history))) = local else { return };
-            if !values.iter().all(|v| v.is_finite()) {
+            if !codec::all_finite(&values) {
                 return;
             }
             // Observations up to the exit that answered: the exits after it

@@ -253,3 +253,24 @@ fn int8_keeps_its_bound_on_subnormal_ranges() {
         assert!((d - v).abs() <= t.scales[0] * 0.5 + 1e-37, "sent {v:e}, decoded {d:e}");
     }
 }
+
+#[test]
+fn f32_decodes_from_unaligned_bytes_and_finiteness_is_checked_whole() {
+    // A payload sliced out of a larger receive buffer can start at any byte.
+    let v = sample(1000);
+    let t = encode(&v, &[1000], Encoding::F32);
+    let mut shifted = vec![0u8];
+    shifted.extend_from_slice(&t.data);
+    let unaligned = Tensor { data: Bytes::from(shifted).slice(1..), ..t };
+    assert_eq!(decode(&unaligned, 1 << 20).unwrap().1, v);
+    assert!(all_finite(&v) && all_finite(&[]));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut w = v.clone();
+        w[999] = bad;
+        assert!(!all_finite(&w));
+        assert!(matches!(
+            decode(&encode(&w, &[1000], Encoding::F32), 1 << 20),
+            Err(CodecError::NonFinite { index: 999, .. })
+        ));
+    }
+}
