@@ -47,11 +47,8 @@ pub fn main() -> ExitCode {
     // Before any thread starts.
     let threads = cli.threads.apply(Role::Edge);
     telemetry::init(cli.log.log_format);
-    // The command runs as a task on the I/O threads, not on this thread
-    // (`block_on`): its offloads' replies then wake a task on the thread
-    // that read them instead of crossing to another one.
     let result = threads.runtime().context("starting tokio").and_then(|rt| {
-        rt.block_on(async { tokio::spawn(run_command(cli.command)).await.context("the command panicked")? })
+        offramp_common::threads::run_as_task(&rt, run_command(cli.command)).context("the command panicked")?
     });
     telemetry::exit_code(result)
 }

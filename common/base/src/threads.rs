@@ -91,8 +91,25 @@ impl ThreadArgs {
 impl Threads {
     /// A tokio runtime with `io` worker threads.
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(self.io).enable_all().build()
+        runtime(self.io)
     }
+}
+
+/// A tokio runtime with `io_threads` worker threads.
+pub fn runtime(io_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(io_threads).enable_all().build()
+}
+
+/// Runs `task` to completion as a task on `runtime`'s I/O threads rather
+/// than on the calling thread (`block_on`), so that the replies it waits
+/// for wake it on the thread that read them instead of crossing to this
+/// one. `Err` if it panicked.
+pub fn run_as_task<F>(runtime: &tokio::runtime::Runtime, task: F) -> Result<F::Output, tokio::task::JoinError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime.block_on(runtime.spawn(task))
 }
 
 #[cfg(test)]

@@ -35,6 +35,32 @@ pub struct Q41Matrix {
     qs: Vec<[u8; 16]>,
 }
 
+/// A quantized matrix's `(rows, cols)` and its blocks' bytes.
+type RawBlocks<'a> = (usize, usize, std::borrow::Cow<'a, [u8]>);
+
+/// The raw bytes of a 2-D tensor stored as `dtype`, `block_bytes` per block
+/// of [`QK`] values, with its `(rows, cols)`: `None` for another storage
+/// type or rows that are not whole blocks; an error when the byte count does
+/// not match the shape.
+fn raw_blocks(t: &QTensor, dtype: GgmlDType, block_bytes: usize) -> Result<Option<RawBlocks<'_>>, DecoderError> {
+    if t.dtype() != dtype {
+        return Ok(None);
+    }
+    let (rows, cols) = t.shape().dims2()?;
+    if cols % QK != 0 {
+        return Ok(None);
+    }
+    let data = t.data()?;
+    let blocks = rows * cols / QK;
+    if data.len() != blocks * block_bytes {
+        return Err(DecoderError::Tensor {
+            name: format!("{dtype:?}"),
+            detail: format!("{} bytes for {blocks} blocks", data.len()),
+        });
+    }
+    Ok(Some((rows, cols, data)))
+}
+
 /// A `[rows, cols]` Q8_0 matrix: per block of 32, a scale and 32 signed bytes.
 pub struct Q80Matrix {
     rows: usize,
@@ -46,21 +72,8 @@ pub struct Q80Matrix {
 impl Q80Matrix {
     /// The matrix of a Q8_0 tensor (`None` for other storage types).
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>, DecoderError> {
-        if t.dtype() != GgmlDType::Q8_0 {
-            return Ok(None);
-        }
-        let (rows, cols) = t.shape().dims2()?;
-        if cols % QK != 0 {
-            return Ok(None);
-        }
-        let data = t.data()?;
+        let Some((rows, cols, data)) = raw_blocks(t, GgmlDType::Q8_0, 34)? else { return Ok(None) };
         let blocks = rows * cols / QK;
-        if data.len() != blocks * 34 {
-            return Err(DecoderError::Tensor {
-                name: "Q8_0".into(),
-                detail: format!("{} bytes for {blocks} blocks", data.len()),
-            });
-        }
         let mut d = Vec::with_capacity(blocks);
         let mut qs = Vec::with_capacity(blocks);
         for b in data.chunks_exact(34) {
@@ -210,21 +223,8 @@ struct Q8Rows {
 impl Q41Matrix {
     /// The matrix of a Q4_1 tensor (`None` for other storage types).
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>, DecoderError> {
-        if t.dtype() != GgmlDType::Q4_1 {
-            return Ok(None);
-        }
-        let (rows, cols) = t.shape().dims2()?;
-        if cols % QK != 0 {
-            return Ok(None);
-        }
-        let data = t.data()?;
+        let Some((rows, cols, data)) = raw_blocks(t, GgmlDType::Q4_1, 20)? else { return Ok(None) };
         let blocks = rows * cols / QK;
-        if data.len() != blocks * 20 {
-            return Err(DecoderError::Tensor {
-                name: "Q4_1".into(),
-                detail: format!("{} bytes for {blocks} blocks", data.len()),
-            });
-        }
         let mut d = Vec::with_capacity(blocks);
         let mut m = Vec::with_capacity(blocks);
         let mut qs = Vec::with_capacity(blocks);

@@ -144,13 +144,12 @@ fn run(command: Command) -> Result<()> {
             emit(&report, a.json, |r| r.render())?
         }
         Command::Bench(BenchWhat::Offload(a)) => {
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(a.io_threads.get()).enable_all().build()?;
             // Measured from a task on the I/O threads, as the edge runs its
-            // commands and serves its callers, not from this thread.
+            // commands and serves its callers.
+            let runtime = offramp_common::threads::runtime(a.io_threads.get())?;
             let args = a.clone();
-            let report = runtime
-                .block_on(async move { tokio::spawn(async move { offload_bench::offload(&args).await }).await })??;
+            let report =
+                offramp_common::threads::run_as_task(&runtime, async move { offload_bench::offload(&args).await })??;
             emit(&report, a.json, |r| r.render())?;
         }
         Command::Bench(BenchWhat::Transport(a)) => {

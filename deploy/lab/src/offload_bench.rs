@@ -141,18 +141,16 @@ fn raw_tcp_floor(bytes: usize, n: usize) -> Result<(Vec<f64>, Option<u64>)> {
         let (mut s, _) = listener.accept()?;
         s.set_nodelay(true)?;
         let (mut buf, answer) = (vec![0u8; bytes], [7u8; 64]);
-        let before = thread_switches("/proc/thread-self/status");
+        let before = own_switches();
         loop {
             match s.read_exact(&mut buf) {
                 Ok(()) => s.write_all(&answer)?,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Ok(before.zip(thread_switches("/proc/thread-self/status")).map(|(b, a)| a - b))
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(own_switches_since(before)),
                 Err(e) => return Err(e),
             }
         }
     });
-    let client_before = thread_switches("/proc/thread-self/status");
+    let client_before = own_switches();
     let mut c = std::net::TcpStream::connect(addr)?;
     c.set_nodelay(true)?;
     let (request, mut answer) = (vec![1u8; bytes], [0u8; 64]);
@@ -165,7 +163,7 @@ fn raw_tcp_floor(bytes: usize, n: usize) -> Result<(Vec<f64>, Option<u64>)> {
             times.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    let client = client_before.zip(thread_switches("/proc/thread-self/status")).map(|(b, a)| a - b);
+    let client = own_switches_since(client_before);
     drop(c);
     let server = server.join().map_err(|_| anyhow::anyhow!("floor server panicked"))??;
     Ok((times, client.zip(server).map(|(c, s)| c + s)))
@@ -180,6 +178,16 @@ fn context_switches() -> Option<u64> {
         total += thread_switches(task.ok()?.path().join("status")).unwrap_or(0);
     }
     Some(total)
+}
+
+/// The calling thread's context switches so far.
+fn own_switches() -> Option<u64> {
+    thread_switches("/proc/thread-self/status")
+}
+
+/// The calling thread's context switches since it counted `before`.
+fn own_switches_since(before: Option<u64>) -> Option<u64> {
+    before.zip(own_switches()).map(|(b, a)| a - b)
 }
 
 /// One thread's context switches from its `status` file.
@@ -215,7 +223,8 @@ struct Samples {
     queue: Vec<f64>,
     overhead: Vec<f64>,
     bytes: Vec<u64>,
-    /// Context switches over the requests measured, when countable.
+    /// Context switches over the requests measured (`None` once one
+    /// count could not be read).
     switches: Option<u64>,
 }
 
@@ -241,7 +250,8 @@ pub async fn offload(args: &OffloadArgs) -> Result<OffloadReport> {
         }
         edges.push(edge);
     }
-    let mut samples: Vec<Samples> = args.transports.iter().map(|_| Samples::default()).collect();
+    let mut samples: Vec<Samples> =
+        args.transports.iter().map(|_| Samples { switches: Some(0), ..Samples::default() }).collect();
     let rounds = 3.min(args.requests);
     let mut r = 0;
     for round in 0..rounds {
@@ -259,10 +269,7 @@ pub async fn offload(args: &OffloadArgs) -> Result<OffloadReport> {
                 s.overhead.push(a.latency_us.saturating_sub(a.edge_us + a.cloud_compute_us) as f64);
                 s.bytes.push(a.bytes_up);
             }
-            s.switches = match (before, context_switches()) {
-                (Some(b), Some(a)) if round == 0 || s.switches.is_some() => Some(s.switches.unwrap_or(0) + a - b),
-                _ => None,
-            };
+            s.switches = s.switches.zip(before.zip(context_switches())).map(|(n, (b, a))| n + a - b);
         }
         r += share;
     }
