@@ -547,7 +547,7 @@ fn check_drafts(step: &pb::DecodeStep, t: usize, vocab: usize) -> Result<Vec<Dra
             }
             let q = if sampled {
                 let q = SparseDist { tokens: d.q_tokens.clone(), probs: d.q_probs.clone() };
-                q.check(vocab).map_err(bad)?;
+                q.check(vocab).map_err(|e| bad(e.to_string()))?;
                 if q.prob(d.token) <= 0.0 {
                     return Err(bad(format!("token {} has no probability under its draft distribution", d.token)));
                 }

@@ -85,24 +85,38 @@ impl BudgetConfig {
     }
 
     /// Checks the values a flag or a hand-built config could get wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BudgetError> {
         if !(self.budget > 0.0 && self.budget < 1.0) {
-            return Err(format!("accuracy budget {} must be in (0, 1)", self.budget));
+            return Err(BudgetError::Budget(self.budget));
         }
         if !(self.shadow > 0.0 && self.shadow <= 1.0) {
-            return Err(format!("shadow fraction {} must be in (0, 1]", self.shadow));
+            return Err(BudgetError::Shadow(self.shadow));
         }
         if self.window == 0 || self.update_every == 0 || self.min_samples > self.window {
-            return Err(format!(
-                "window {} must be positive and hold min-samples {} (update every {} > 0)",
-                self.window, self.min_samples, self.update_every
-            ));
+            return Err(BudgetError::Window {
+                window: self.window,
+                min_samples: self.min_samples,
+                update_every: self.update_every,
+            });
         }
         if !(self.max_step > 0.0 && self.max_step <= 1.0) {
-            return Err(format!("max threshold step {} must be in (0, 1]", self.max_step));
+            return Err(BudgetError::MaxStep(self.max_step));
         }
         Ok(())
     }
+}
+
+/// A [`BudgetConfig`] value out of its range, named with the value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("accuracy budget {0} must be in (0, 1)")]
+    Budget(f64),
+    #[error("shadow fraction {0} must be in (0, 1]")]
+    Shadow(f64),
+    #[error("window {window} must be positive and hold min-samples {min_samples} (update every {update_every} > 0)")]
+    Window { window: usize, min_samples: usize, update_every: usize },
+    #[error("max threshold step {0} must be in (0, 1]")]
+    MaxStep(f32),
 }
 
 /// One piece of feedback at an exit.
@@ -470,8 +484,15 @@ mod tests {
         let u = wilson_upper(0.0, 100, 1.0);
         assert!(u > 0.0 && u < 0.02, "{u}");
         assert!(wilson_upper(0.05, 20, 1.0) > wilson_upper(0.05, 2000, 1.0));
-        assert!(BudgetConfig::new(0.0).validate().is_err());
-        assert!(BudgetConfig { shadow: 0.0, ..BudgetConfig::new(0.01) }.validate().is_err());
+        assert_eq!(BudgetConfig::new(0.0).validate(), Err(BudgetError::Budget(0.0)));
+        assert_eq!(BudgetConfig { shadow: 0.0, ..BudgetConfig::new(0.01) }.validate(), Err(BudgetError::Shadow(0.0)));
+        let e = BudgetConfig { min_samples: 5000, ..BudgetConfig::new(0.01) }.validate().unwrap_err();
+        assert!(matches!(e, BudgetError::Window { window: 2000, min_samples: 5000, .. }), "{e}");
+        assert_eq!(
+            BudgetConfig { max_step: 0.0, ..BudgetConfig::new(0.01) }.validate(),
+            Err(BudgetError::MaxStep(0.0))
+        );
+        assert_eq!(BudgetConfig::new(0.0).validate().unwrap_err().to_string(), "accuracy budget 0 must be in (0, 1)");
         assert!(BudgetConfig::new(0.01).validate().is_ok());
     }
 }

@@ -384,13 +384,17 @@ impl EdgeConfig {
         }
         BreakerSettings::try_new(self.breaker.failures, self.breaker.backoff, self.breaker.max_backoff)?;
         if let Some(p) = &self.adaptive_split {
-            p.validate().map_err(|got| ConfigError::Invalid { flag: "latency-slo", rule: "valid settings", got })?;
+            p.validate().map_err(|e| ConfigError::Invalid {
+                flag: "latency-slo",
+                rule: "valid settings",
+                got: e.to_string(),
+            })?;
         }
         if let Some(b) = &self.accuracy_budget {
-            b.validate().map_err(|got| ConfigError::Invalid {
+            b.validate().map_err(|e| ConfigError::Invalid {
                 flag: "accuracy-budget",
                 rule: "valid settings",
-                got,
+                got: e.to_string(),
             })?;
         }
         Ok(())

@@ -104,23 +104,47 @@ impl PlanConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values a flag or a hand-built config could get wrong.
+    pub fn validate(&self) -> Result<(), PlanConfigError> {
         if !(0.0..1.0).contains(&self.hysteresis) {
-            return Err(format!("hysteresis {} must be in [0, 1)", self.hysteresis));
+            return Err(PlanConfigError::Hysteresis(self.hysteresis));
         }
-        if self.confirm == 0 || self.exit_window == 0 {
-            return Err("confirm and exit window must be at least 1".into());
+        if self.confirm == 0 {
+            return Err(PlanConfigError::Confirm);
         }
-        if self.plan_every.is_zero() || self.ping_every.is_zero() {
-            return Err("plan and ping intervals must be positive".into());
+        if self.exit_window == 0 {
+            return Err(PlanConfigError::ExitWindow);
+        }
+        if self.plan_every.is_zero() {
+            return Err(PlanConfigError::PlanInterval);
+        }
+        if self.ping_every.is_zero() {
+            return Err(PlanConfigError::PingInterval);
         }
         if let Objective::Slo(d) = self.objective {
             if d.is_zero() {
-                return Err("latency objective must be positive".into());
+                return Err(PlanConfigError::LatencyObjective);
             }
         }
         Ok(())
     }
+}
+
+/// A [`PlanConfig`] value out of its range, named.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanConfigError {
+    #[error("hysteresis {0} must be in [0, 1)")]
+    Hysteresis(f64),
+    #[error("confirm (plans a challenger must win in a row) must be at least 1")]
+    Confirm,
+    #[error("exit window must be at least 1 answer")]
+    ExitWindow,
+    #[error("plan interval must be positive")]
+    PlanInterval,
+    #[error("ping interval must be positive")]
+    PingInterval,
+    #[error("latency objective must be positive")]
+    LatencyObjective,
 }
 
 /// A smoothed estimate with change detection: a slow EWMA is the estimate,
@@ -678,7 +702,15 @@ mod tests {
         let e = p.estimates();
         let k4 = e.iter().find(|e| e.route == route(3, F32)).unwrap();
         assert!(k4.expected_us >= 600.0, "{k4:?}");
-        assert!(PlanConfig::new(Objective::Slo(Duration::ZERO)).validate().is_err());
+        assert_eq!(PlanConfig::new(Objective::Slo(Duration::ZERO)).validate(), Err(PlanConfigError::LatencyObjective));
         assert!(PlanConfig::new(Objective::MinLatency).validate().is_ok());
+        let bad = |c: PlanConfig| c.validate().unwrap_err();
+        let ok = PlanConfig::new(Objective::MinLatency);
+        assert_eq!(bad(PlanConfig { hysteresis: 1.0, ..ok }), PlanConfigError::Hysteresis(1.0));
+        assert_eq!(bad(PlanConfig { confirm: 0, ..ok }), PlanConfigError::Confirm);
+        assert_eq!(bad(PlanConfig { exit_window: 0, ..ok }), PlanConfigError::ExitWindow);
+        assert_eq!(bad(PlanConfig { plan_every: Duration::ZERO, ..ok }), PlanConfigError::PlanInterval);
+        assert_eq!(bad(PlanConfig { ping_every: Duration::ZERO, ..ok }), PlanConfigError::PingInterval);
+        assert_eq!(bad(PlanConfig { hysteresis: 1.0, ..ok }).to_string(), "hysteresis 1 must be in [0, 1)");
     }
 }

@@ -59,31 +59,42 @@ impl SparseDist {
 
     /// Checks the distribution a peer sent: parallel lists, tokens in the
     /// vocabulary and distinct, probabilities non-negative summing to 1.
-    pub fn check(&self, vocab: usize) -> Result<(), String> {
+    pub fn check(&self, vocab: usize) -> Result<(), SparseDistError> {
         if self.tokens.is_empty() || self.tokens.len() != self.probs.len() {
-            return Err(format!(
-                "the draft distribution needs as many probabilities as tokens, at least one (got {} tokens, {} probabilities)",
-                self.tokens.len(),
-                self.probs.len()
-            ));
+            return Err(SparseDistError::Lengths { tokens: self.tokens.len(), probs: self.probs.len() });
         }
-        if let Some(&t) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(format!("draft distribution token {t} is outside the vocabulary of {vocab}"));
+        if let Some(&token) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SparseDistError::TokenOutsideVocab { token, vocab });
         }
         let mut seen = self.tokens.clone();
         seen.sort_unstable();
-        if seen.windows(2).any(|w| w[0] == w[1]) {
-            return Err("the draft distribution lists a token twice".into());
+        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(SparseDistError::Duplicate { token: w[0] });
         }
-        if self.probs.iter().any(|&q| !(q.is_finite() && q >= 0.0)) {
-            return Err("draft probabilities must be finite and non-negative".into());
+        if let Some((index, &value)) = self.probs.iter().enumerate().find(|(_, &q)| !(q.is_finite() && q >= 0.0)) {
+            return Err(SparseDistError::Probability { index, value });
         }
         let total: f32 = self.probs.iter().sum();
         if (total - 1.0).abs() > 1e-3 {
-            return Err(format!("draft probabilities sum to {total}, not 1"));
+            return Err(SparseDistError::Sum(total));
         }
         Ok(())
     }
+}
+
+/// Why a draft distribution a peer sent is not one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SparseDistError {
+    #[error("the draft distribution needs as many probabilities as tokens, at least one (got {tokens} tokens, {probs} probabilities)")]
+    Lengths { tokens: usize, probs: usize },
+    #[error("draft distribution token {token} is outside the vocabulary of {vocab}")]
+    TokenOutsideVocab { token: u32, vocab: usize },
+    #[error("the draft distribution lists a token twice (token {token})")]
+    Duplicate { token: u32 },
+    #[error("draft probabilities must be finite and non-negative (entry {index} is {value})")]
+    Probability { index: usize, value: f32 },
+    #[error("draft probabilities sum to {0}, not 1")]
+    Sum(f32),
 }
 
 /// One draft to check: the token, and for sampled verification the
@@ -215,6 +226,20 @@ mod tests {
         assert!((v.probability - 0.6).abs() < 1e-5);
         let v = verify(&rows, &[d(0), d(0), d(2)], None);
         assert_eq!((v.accepted, v.token), (0, 1));
+    }
+
+    #[test]
+    fn a_bad_draft_distribution_is_refused_by_name() {
+        let d = |tokens: Vec<u32>, probs: Vec<f32>| SparseDist { tokens, probs }.check(4);
+        assert_eq!(d(vec![0, 1], vec![1.0]), Err(SparseDistError::Lengths { tokens: 2, probs: 1 }));
+        assert_eq!(d(vec![], vec![]), Err(SparseDistError::Lengths { tokens: 0, probs: 0 }));
+        assert_eq!(d(vec![0, 4], vec![0.5, 0.5]), Err(SparseDistError::TokenOutsideVocab { token: 4, vocab: 4 }));
+        assert_eq!(d(vec![2, 2], vec![0.5, 0.5]), Err(SparseDistError::Duplicate { token: 2 }));
+        assert_eq!(d(vec![0, 1], vec![1.5, -0.5]), Err(SparseDistError::Probability { index: 1, value: -0.5 }));
+        assert_eq!(d(vec![0, 1], vec![0.5, 0.4]), Err(SparseDistError::Sum(0.9)));
+        assert_eq!(d(vec![0, 1], vec![0.5, 0.5]), Ok(()));
+        let e = d(vec![0, 1], vec![1.0]).unwrap_err().to_string();
+        assert!(e.contains("as many probabilities as tokens"), "{e}");
     }
 
     /// The law of speculative sampling: whatever q, one verified token is

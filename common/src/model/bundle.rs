@@ -119,7 +119,7 @@ impl Bundle {
             )));
         }
         let max_tokens = self.manifest.input.shape[0];
-        let encoder = TextEncoder::from_json(json, max_tokens).map_err(bad)?;
+        let encoder = TextEncoder::from_json(json, max_tokens).map_err(|e| bad(e.to_string()))?;
         self.tokenizer = Some(Arc::new(encoder));
         Ok(self)
     }
@@ -212,7 +212,7 @@ impl Bundle {
         let mut sequence = vec![manifest.input.is_tokens()];
         for (i, block) in manifest.blocks.iter().enumerate() {
             let shape_error = |message: String| ModelError::BlockShape { block: i, name: block.name.clone(), message };
-            let seq = sequence_after(&block.layer, sequence[i]).map_err(shape_error)?;
+            let seq = sequence_after(&block.layer, sequence[i]).map_err(|e| shape_error(e.to_string()))?;
             let next = block.layer.output_shape(&shapes[i]).map_err(shape_error)?;
             if too_large(&next) {
                 return Err(shape_error(size_message(&next)));
@@ -242,7 +242,7 @@ impl Bundle {
             let mut seq = sequence[exit.after_block + 1];
             for layer in &exit.layers {
                 let shape_error = |message: String| ModelError::ExitShape { exit: e, name: exit.name.clone(), message };
-                seq = sequence_after(layer, seq).map_err(shape_error)?;
+                seq = sequence_after(layer, seq).map_err(|e| shape_error(e.to_string()))?;
                 shape = layer.output_shape(&shape).map_err(shape_error)?;
                 if too_large(&shape) {
                     return Err(shape_error(size_message(&shape)));
@@ -668,18 +668,48 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Whether a layer's output is a token sequence, given whether its input is;
 /// or why the layer cannot take that input.
-fn sequence_after(layer: &LayerSpec, sequence: bool) -> Result<bool, String> {
+fn sequence_after(layer: &LayerSpec, sequence: bool) -> Result<bool, LayerInputError> {
+    let kind = layer.kind();
     match layer {
         LayerSpec::BertEmbeddings { .. } if sequence => Ok(true),
-        LayerSpec::BertEmbeddings { .. } => Err("bert-embeddings needs token ids (a token-ids input)".into()),
-        LayerSpec::BertLayer { .. } if sequence => Ok(true),
-        LayerSpec::BertLayer { .. } => Err("bert-layer needs a token sequence".into()),
-        LayerSpec::Pool { .. } if sequence => Ok(false),
-        LayerSpec::Pool { .. } => Err("pool needs a token sequence".into()),
+        LayerSpec::BertEmbeddings { .. } => Err(LayerInputError::TokenIds { kind }),
+        LayerSpec::BertLayer { .. } | LayerSpec::Pool { .. } if !sequence => Err(LayerInputError::Sequence { kind }),
+        LayerSpec::BertLayer { .. } => Ok(true),
+        LayerSpec::Pool { .. } => Ok(false),
         LayerSpec::Tanh => Ok(sequence),
         LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten if sequence => {
-            Err(format!("{} needs a fixed-shape input; a token sequence must be pooled first", layer.kind()))
+            Err(LayerInputError::FixedShape { kind })
         }
         LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten => Ok(false),
+    }
+}
+
+/// A layer given an input of a kind it cannot take (`kind`: the layer's
+/// manifest name); each variant names what the layer needs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum LayerInputError {
+    #[error("{kind} needs token ids (a token-ids input)")]
+    TokenIds { kind: &'static str },
+    #[error("{kind} needs a token sequence")]
+    Sequence { kind: &'static str },
+    #[error("{kind} needs a fixed-shape input; a token sequence must be pooled first")]
+    FixedShape { kind: &'static str },
+}
+
+#[cfg(test)]
+mod sequence_tests {
+    use super::*;
+    use crate::model::manifest::PoolMode;
+
+    #[test]
+    fn a_layer_given_the_wrong_kind_of_input_is_named() {
+        let pool = LayerSpec::Pool { mode: PoolMode::Mean };
+        assert_eq!(sequence_after(&pool, true), Ok(false));
+        assert_eq!(sequence_after(&pool, false), Err(LayerInputError::Sequence { kind: "pool" }));
+        assert_eq!(sequence_after(&LayerSpec::Tanh, true), Ok(true));
+        assert_eq!(
+            sequence_after(&LayerSpec::Flatten, true).unwrap_err().to_string(),
+            "flatten needs a fixed-shape input; a token sequence must be pooled first"
+        );
     }
 }

@@ -21,12 +21,12 @@ impl TextEncoder {
     /// Parses `tokenizer.json`. Padding is turned off (the executor pads a
     /// batch only as far as its longest sample) and truncation set to
     /// `max_tokens`, whatever the file says.
-    pub fn from_json(json: Vec<u8>, max_tokens: usize) -> Result<Self, String> {
-        let mut tokenizer = Tokenizer::from_bytes(&json).map_err(|e| format!("not a tokenizer.json: {e}"))?;
+    pub fn from_json(json: Vec<u8>, max_tokens: usize) -> Result<Self, TokenizerError> {
+        let mut tokenizer = Tokenizer::from_bytes(&json).map_err(|e| TokenizerError::Parse(e.to_string()))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
-            .map_err(|e| format!("cannot truncate to {max_tokens} tokens: {e}"))?;
+            .map_err(|e| TokenizerError::Truncation { max_tokens, message: e.to_string() })?;
         Ok(Self { tokenizer, json, max_tokens })
     }
 
@@ -55,6 +55,16 @@ impl TextEncoder {
         let encoding = self.tokenizer.encode(text, true).map_err(|e| TokenizeError(e.to_string()))?;
         Ok(encoding.get_tokens().to_vec())
     }
+}
+
+/// Why a `tokenizer.json` cannot serve as a bundle's tokenizer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TokenizerError {
+    /// The `tokenizers` crate could not read it.
+    #[error("not a tokenizer.json: {0}")]
+    Parse(String),
+    #[error("cannot truncate to {max_tokens} tokens: {message}")]
+    Truncation { max_tokens: usize, message: String },
 }
 
 /// Why a text could not be tokenized.

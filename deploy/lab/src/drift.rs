@@ -315,7 +315,7 @@ pub async fn run(args: DriftArgs) -> Result<DriftReport> {
     let (policy, _) = Policy::for_bundle(args.policy.as_deref(), &bundle)?;
     let mut budget = BudgetConfig::new(args.budget);
     budget.shadow = args.shadow;
-    budget.validate().map_err(anyhow::Error::msg)?;
+    budget.validate()?;
 
     let (edge_b, cloud_b) = bundle.split(split)?;
     let topology = Topology::start(cloud_config(cloud_b, Some(&policy)), false, None).await?;
