@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure of the generation issue on SmolLM2-135M-Instruct, into
-# docs/results/generation/ (run on an otherwise idle machine):
+# docs/src/results/generation/ (run on an otherwise idle machine):
 #   1. train the exit adapters by self-distillation (96 TREC-train prompts x
 #      64 self-generated tokens) and calibrate the exits (target 95% token
 #      agreement, 24 other TREC-train prompts, validated on 24 more);
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bundle="${1:-models/pretrained/smollm2-135m-instruct}"
 python="${2:-${VENV:-/work/venv-llama}/bin/python}"
-out=docs/results/generation
+out=docs/src/results/generation
 mkdir -p "$out"
 [[ -f "$bundle/decoder.json" ]] || deploy/scripts/fetch_smollm2.sh
 cargo build --release -p offramp

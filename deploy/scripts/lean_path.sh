@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The lean-path measurements in the README (docs/results/lean-path):
+# The lean-path measurements in the book (docs/src/results/lean-path.md;
+# data in docs/src/results/lean-path/):
 #  1. `offramp bench offload` on the default model (B-LeNet, 6.4 KB states):
 #     gRPC unary, the persistent gRPC stream and QUIC, interleaved, beside the
 #     bare gRPC round trip, the raw-TCP floor and a memcpy, with context
@@ -24,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${OFFRAMP_BIN_DIR:-target/release}
-out=docs/results/lean-path
+out=docs/src/results/lean-path
 mkdir -p "$out"
 for b in offramp offramp-cloud offramp-edge; do
   [ -x "$bin/$b" ] || { echo "build first: cargo build --release (or set OFFRAMP_BIN_DIR)" >&2; exit 1; }

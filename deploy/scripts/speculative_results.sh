@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The speculative-decoding figures on SmolLM2-135M-Instruct, into
-# docs/results/generation/speculative/ (run on an otherwise idle machine):
+# docs/src/results/generation/speculative/ (run on an otherwise idle machine):
 #   1. the bundle with exits after 6/12/18/24, adapters trained and
 #      calibrated (as deploy/scripts/generation_results.sh does);
 #   2. `offramp experiment` with deploy/experiments/generation.toml: every
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bundle="${1:-models/pretrained/smollm2-135m-instruct}"
-out=docs/results/generation/speculative
+out=docs/src/results/generation/speculative
 mkdir -p "$out"
 cargo build --release -p offramp
 bin=target/release/offramp
