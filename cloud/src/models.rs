@@ -77,7 +77,8 @@ impl Registry {
         let mut decoders: Vec<crate::generation::DecoderSlot> = Vec::new();
         for source in sources {
             if let ModelSource::Dir(dir) = source {
-                if DecoderBundle::is_decoder(dir) {
+                // The cloud's one dispatch point between model kinds.
+                if offramp_common::AnyBundle::kind_of(dir) == Some(offramp_common::ModelKind::Decoder) {
                     let load = || crate::generation::DecoderSlot::load(DecoderBundle::open(dir)?);
                     let slot = load().map_err(|source| LoadError::Decoder { dir: dir.clone(), source })?;
                     tracing::info!(model = %slot.id, from = %dir.display(), held = ?slot.bundle.holds(), "loaded decoder");

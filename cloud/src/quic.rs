@@ -13,6 +13,11 @@
 //! are checked with the same [`Auth`] as gRPC's interceptor. A client that
 //! stops its stream before the answer withdraws the request (dropped before
 //! compute if still queued), as a dropped unary call does over gRPC.
+//!
+//! A stream that starts with a `GenerateRequest` frame is a decoder session:
+//! its frames feed [`crate::generation::Generation::serve`], the very code
+//! behind the gRPC `Generate` stream, and its answers go back as
+//! `GenerateResponse` frames (an error frame ends the session).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -105,7 +110,10 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<StreamContext>) {
 /// A parsed request.
 enum Request {
     Info,
+    DecoderInfo,
     Infer(Box<pb::InferRequest>, Caller),
+    /// The first message of a generation session; the rest follow on the stream.
+    Generate(Box<pb::GenerateRequest>, Caller),
 }
 
 /// Decrements the in-flight count when a stream handler ends, however it ends.
@@ -128,6 +136,14 @@ async fn stream(ctx: Arc<StreamContext>, mut send: quinn::SendStream, mut recv: 
             Ok(info) => wire::message(Kind::ModelInfo, &info),
             Err(e) => error_frame(&e.into()),
         },
+        Ok(Request::DecoderInfo) => match crate::service::generation(&ctx.loaded) {
+            Ok(g) => wire::message(Kind::DecoderInfo, &g.info()),
+            Err(status) => error_frame(&status),
+        },
+        Ok(Request::Generate(first, caller)) => {
+            session(&ctx, *first, caller, send, recv).await;
+            return;
+        }
         Ok(Request::Infer(req, caller)) => {
             let answer = async { crate::service::loaded(&ctx.loaded)?.infer(&req, &caller).await };
             // A client that goes away (its stream stopped or its connection
@@ -172,17 +188,88 @@ async fn read_request(recv: &mut quinn::RecvStream, ctx: &StreamContext) -> Resu
         match frame.kind {
             Kind::Auth if token.is_none() => token = Some(frame.token().map_err(|e| wire_status(&e))?.to_string()),
             Kind::Auth => return Err(Status::invalid_argument("more than one auth frame on a stream")),
-            Kind::ModelInfoRequest | Kind::InferRequest => {
+            Kind::ModelInfoRequest | Kind::InferRequest | Kind::DecoderInfoRequest | Kind::GenerateRequest => {
                 let caller = Caller::new(ctx.auth.check_token(token.as_deref())?);
-                return if frame.kind == Kind::InferRequest {
-                    let req = frame.decode::<pb::InferRequest>().map_err(|e| wire_status(&e))?;
-                    Ok(Request::Infer(Box::new(req), caller))
-                } else {
-                    frame.decode::<pb::ModelInfoRequest>().map_err(|e| wire_status(&e))?;
-                    Ok(Request::Info)
+                let bad = |e: wire::WireError| wire_status(&e);
+                return match frame.kind {
+                    Kind::InferRequest => Ok(Request::Infer(Box::new(frame.decode().map_err(bad)?), caller)),
+                    Kind::GenerateRequest => Ok(Request::Generate(Box::new(frame.decode().map_err(bad)?), caller)),
+                    Kind::DecoderInfoRequest => {
+                        frame.decode::<pb::ModelInfoRequest>().map_err(bad)?;
+                        Ok(Request::DecoderInfo)
+                    }
+                    _ => {
+                        frame.decode::<pb::ModelInfoRequest>().map_err(bad)?;
+                        Ok(Request::Info)
+                    }
                 };
             }
             other => return Err(Status::invalid_argument(format!("a client may not send a {other:?} frame"))),
         }
     }
+}
+
+/// One generation session on a QUIC stream: the frames after `first` are
+/// the session's messages, the answers go back as frames, and the session
+/// ends when either side finishes its half, the session fails (an error
+/// frame says why), or the edge stops the stream.
+async fn session(
+    ctx: &StreamContext,
+    first: pb::GenerateRequest,
+    caller: Caller,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let generation = match crate::service::generation(&ctx.loaded) {
+        Ok(g) => g,
+        Err(status) => {
+            let _ = send.write_chunk(error_frame(&status)).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let max_frame = ctx.max_frame;
+    let rest = futures::stream::unfold(Some(recv), move |recv| async move {
+        let mut recv = recv?;
+        match wire::read_frame(&mut recv, max_frame).await {
+            Ok(None) => None,
+            Ok(Some(f)) if f.kind == Kind::GenerateRequest => {
+                Some((f.decode::<pb::GenerateRequest>().map_err(|e| wire_status(&e)), Some(recv)))
+            }
+            Ok(Some(f)) => {
+                let _ = recv.stop(0u32.into());
+                let status = Status::invalid_argument(format!("a {:?} frame inside a generation session", f.kind));
+                Some((Err(status), None))
+            }
+            Err(e) => {
+                let _ = recv.stop(0u32.into());
+                Some((Err(wire_status(&e)), None))
+            }
+        }
+    });
+    let inbound = Box::pin(futures::StreamExt::chain(futures::stream::once(async { Ok(first) }), rest));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let serving = tokio::spawn(generation.serve(caller, inbound, tx));
+    loop {
+        tokio::select! {
+            answer = rx.recv() => {
+                let frame = match answer {
+                    Some(Ok(r)) => wire::message(Kind::GenerateResponse, &r),
+                    Some(Err(status)) => error_frame(&status),
+                    None => break,
+                };
+                let last = frame.first() == Some(&(Kind::Error as u8));
+                if send.write_chunk(frame).await.is_err() || last {
+                    break;
+                }
+            }
+            _ = send.stopped() => {
+                tracing::debug!("QUIC generation session withdrawn by its edge");
+                serving.abort();
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(ANSWER_ACK_TIMEOUT, send.stopped()).await;
 }

@@ -171,15 +171,21 @@ pub struct GenerationService {
 
 impl GenerationService {
     fn generation(&self) -> Result<Arc<Generation>, Status> {
-        let state = loaded(&self.loaded)?;
-        if state.draining.load(Ordering::Relaxed) {
-            return Err(CloudError::Unavailable("shutting down").into());
-        }
-        if state.generation.is_empty() {
-            return Err(Status::unimplemented("this cloud holds no decoder (start it with --model <decoder bundle>)"));
-        }
-        Ok(state.generation.clone())
+        generation(&self.loaded)
     }
+}
+
+/// The decoder sessions of a loaded cloud that is not draining (gRPC and
+/// QUIC alike).
+pub fn generation(loaded_state: &std::sync::OnceLock<Arc<CloudState>>) -> Result<Arc<Generation>, Status> {
+    let state = loaded(loaded_state)?;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(CloudError::Unavailable("shutting down").into());
+    }
+    if state.generation.is_empty() {
+        return Err(Status::unimplemented("this cloud holds no decoder (start it with --model <decoder bundle>)"));
+    }
+    Ok(state.generation.clone())
 }
 
 #[tonic::async_trait]

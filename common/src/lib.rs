@@ -10,6 +10,8 @@
 //! - [`data`]: datasets (MNIST IDX).
 //! - [`decoder`]: generative decoders (llama GGUF) split between edge and
 //!   cloud, with KV caches per session.
+//! - [`kind`]: the one boundary between the split and the model kinds
+//!   ([`kind::SplitModel`], [`kind::AnyBundle::open`]).
 //!
 //! It re-exports [`offramp_base`]'s `config`, `net`, `paths`, `rng`, `stats`, `telemetry`, `threads` and
 //! `units`, which carry no model code.
@@ -17,10 +19,12 @@
 pub mod codec;
 pub mod data;
 pub mod decoder;
+pub mod kind;
 pub mod model;
 pub mod policy;
 
 pub use offramp_base::{config, net, paths, rng, stats, telemetry, threads, units};
 
+pub use kind::{AnyBundle, ModelKind, SplitModel};
 pub use model::{Bundle, Executor, ModelError};
 pub use policy::Policy;

@@ -11,6 +11,7 @@ use std::io::Write;
 
 use offramp_common::data::Dataset;
 
+use crate::config::Loaded;
 use crate::{run, serve, Edge, EdgeConfig};
 
 /// Offramp edge: runs the shallow blocks of a multi-exit model on the device,
@@ -58,6 +59,7 @@ async fn run_command(command: Command) -> Result<()> {
         Command::Generate(args) => crate::generate::args::run(args).await?,
         Command::Run(args) => {
             let config = EdgeConfig::from_args(args.edge)?;
+            crate::metrics::serve(config.metrics_listen)?;
             let mut data = Dataset::for_bundle(&args.data, args.subset, args.val_size, &config.bundle)
                 .with_context(|| format!("reading {:?} from {}", args.subset, args.data.display()))?;
             if let Some(limit) = args.limit {
@@ -80,26 +82,60 @@ async fn run_command(command: Command) -> Result<()> {
                 print!("{}", summary.render());
             }
         }
-        Command::Serve(args) if args.http.http_listen.is_some() => {
-            let addr = args.http.http_listen.expect("checked");
-            let (edge, defaults) = args.http.edge(args.edge)?;
-            tracing::info!(listen = %addr, model = edge.bundle().model_id(), split = edge.split(), "starting offramp-edge serve (HTTP API)");
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-            println!("OpenAI-compatible API listening on http://{}/v1", listener.local_addr()?);
-            let state = crate::http::HttpState::new(edge, defaults);
-            crate::http::serve(listener, state, offramp_common::net::shutdown_signal()).await?;
-        }
-        Command::Serve(args) => {
-            let config = EdgeConfig::from_args(args.edge)?;
+        Command::Serve(args) => serve(args).await?,
+    }
+    Ok(())
+}
+
+/// `serve`: the Classify API for a classifier, the OpenAI-compatible HTTP
+/// API (`--http-listen`) for a decoder; a flag for the other one is refused.
+async fn serve(args: serve::ServeArgs) -> Result<()> {
+    let listen_given = args.listen_given();
+    match crate::config::load(args.edge)? {
+        Loaded::Classifier(config) => {
+            let http = args.http.given();
+            if args.http.http_listen.is_some() || !http.is_empty() {
+                let mut flags: Vec<&str> = http;
+                if args.http.http_listen.is_some() {
+                    flags.insert(0, "http-listen");
+                }
+                anyhow::bail!(
+                    "{} serves the HTTP API of a decoder; {} is a classifier, served over gRPC on --listen",
+                    flags.iter().map(|f| format!("--{f}")).collect::<Vec<_>>().join(", "),
+                    config.bundle.model_id()
+                );
+            }
+            crate::metrics::serve(config.metrics_listen)?;
             // Secrets never print: tokens and keys have redacting Debug impls.
             tracing::info!(listen = %args.listen, ?config, "starting offramp-edge serve");
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            let edge = Arc::new(Edge::start(config).await?);
+            let edge = Arc::new(Edge::start(*config).await?);
             println!("classify listening on {}", listener.local_addr()?);
             serve::serve(edge, listener, offramp_common::net::shutdown_signal()).await?;
+        }
+        Loaded::Decoder(d) => {
+            let Some(addr) = args.http.http_listen else {
+                anyhow::bail!(
+                    "{} is a decoder: serve it over HTTP with --http-listen [ADDR] (the Classify API on --listen is for classifiers)",
+                    d.bundle.model_id()
+                );
+            };
+            if listen_given {
+                anyhow::bail!("--listen is the Classify API of a classifier; a decoder is served on --http-listen");
+            }
+            let defaults = args.http.defaults()?;
+            crate::metrics::serve(d.metrics_listen)?;
+            let d = *d;
+            tracing::info!(listen = %addr, ?d.generate, model = d.bundle.model_id(), "starting offramp-edge serve (HTTP API)");
+            let edge = crate::generate::DecoderEdge::new(d.bundle, d.generate)?;
+            edge.connect().await?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            println!("OpenAI-compatible API listening on http://{}/v1", listener.local_addr()?);
+            let state = crate::http::HttpState::new(edge, defaults);
+            crate::http::serve(listener, state, offramp_common::net::shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -7,22 +7,28 @@
 //!   the [`Policy`] value, credentials already read, validated breaker
 //!   settings, and defaults from [`defaults`]. Programs that drive an edge
 //!   in-process build one with [`EdgeConfig::new`] and never write files.
+//!   A decoder's edge runs with a [`GenerateConfig`], built by the same code
+//!   from the same flags ([`load`] recognises the bundle's kind once and
+//!   refuses, by name, every flag given that does not apply to it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use offramp_common::config::{read_toml, relative_to, ConfigFileError};
+use offramp_common::decoder::DecoderBundle;
+use offramp_common::kind::{AnyBundle, ModelKind, OpenError};
 use offramp_common::policy::PolicyError;
-use offramp_common::{codec, paths, units, Bundle, ModelError, Policy};
+use offramp_common::{codec, paths, units, Bundle, Policy};
 use offramp_proto as pb;
 use offramp_transport::tls::{ClientTls, ClientTlsArgs, TlsError};
 use offramp_transport::token::{Secret, TokenError};
 use serde::Serialize;
 
 use crate::adapt::BudgetConfig;
+use crate::generate::{GenerateConfig, Mode};
 use crate::plan::{Objective, PlanConfig};
-use crate::transport::{Credentials, TransportKind};
+use crate::transport::{ConnectConfig, Credentials, TransportKind};
 
 /// The built-in defaults, defined once: [`EdgeConfig::new`] uses them, the
 /// flags' help shows them (a test checks the two agree).
@@ -30,11 +36,21 @@ pub mod defaults {
     use std::time::Duration;
 
     pub const DEADLINE: Duration = Duration::from_millis(500);
+    /// A decoder's deadline: how long one token waits for the cloud.
+    pub const TOKEN_DEADLINE: Duration = Duration::from_secs(2);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
     pub const BREAKER_FAILURES: u32 = 3;
     pub const BREAKER_BACKOFF: Duration = Duration::from_millis(100);
     pub const BREAKER_MAX_BACKOFF: Duration = Duration::from_secs(1);
     pub const EDGE_ID: &str = "edge";
+    /// Decoders: how long after a lost session the cloud is tried again.
+    pub const RETRY_EVERY: Duration = Duration::from_millis(500);
+    /// Decoders, speculative: most drafts ahead of the last verified token.
+    pub const DRAFT: usize = 6;
+    /// Decoders, speculative: most verifications in flight.
+    pub const PIPELINE: usize = 8;
 }
 
 /// What to do when the cloud does not answer.
@@ -59,12 +75,19 @@ pub enum ConfigError {
     NoModel,
     #[error(transparent)]
     NotFound(#[from] paths::NotFound),
-    #[error("loading model bundle {}: {source}", dir.display())]
-    Bundle { dir: PathBuf, source: ModelError },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("--{flag} must be {rule} (got {got})")]
     Invalid { flag: &'static str, rule: &'static str, got: String },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Flags given that do nothing for the loaded bundle's kind.
+    #[error("{} does not apply to {}, a {} bundle: {}", flags.iter().map(|f| format!("--{f}")).collect::<Vec<_>>().join(", "), model, kind.name(), hint)]
+    NotForKind { flags: Vec<&'static str>, model: String, kind: ModelKind, hint: &'static str },
+    /// The bundle's kind is not what this command runs.
+    #[error("{model} is a {} bundle; {hint}", kind.name())]
+    WrongKind { model: String, kind: ModelKind, hint: &'static str },
+
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -179,6 +202,61 @@ pub struct EdgeArgs {
     #[arg(long, env = "OFFRAMP_LATENCY_SLO", value_parser = units::parse_duration)]
     #[serde(default, deserialize_with = "units::serde::duration")]
     pub latency_slo: Option<Duration>,
+    /// Decoders: split: every token from the cloud; early-exit: the edge's
+    /// exit answers when confident; speculative: the edge drafts, the cloud
+    /// verifies several drafts per round trip (same output as split);
+    /// all-cloud (K = 0); all-edge (K = N) [default: split].
+    #[arg(long, env = "OFFRAMP_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    /// Decoders, early-exit: top-1 probability above which the exit answers
+    /// (default: the bundle's calibrated threshold).
+    #[arg(long, env = "OFFRAMP_THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// Decoders, speculative: most tokens drafted ahead of the last verified
+    /// one (adapting below it to the measured acceptance rate and round
+    /// trip) [default: 6].
+    #[arg(long, env = "OFFRAMP_DRAFT")]
+    pub draft: Option<usize>,
+    /// Decoders, speculative: send blocks of exactly --draft drafts (no adaptation).
+    #[arg(long, env = "OFFRAMP_FIXED_DRAFT")]
+    #[serde(default)]
+    pub fixed_draft: bool,
+    /// Decoders, speculative: most verifications in flight; the edge drafts
+    /// on while they are (1: send a block and wait for its answer) [default: 8].
+    #[arg(long, env = "OFFRAMP_PIPELINE")]
+    pub pipeline: Option<usize>,
+    /// Decoders: how often a lost cloud session is tried again [default: 500ms].
+    #[arg(long, env = "OFFRAMP_RETRY_EVERY", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub retry_every: Option<Duration>,
+}
+
+/// Flags (by name) that only a classifier's edge uses, each with whether it
+/// was given.
+fn classifier_only(a: &EdgeArgs) -> Vec<(&'static str, bool)> {
+    vec![
+        ("policy", a.policy.is_some()),
+        ("compression", a.compression.is_some()),
+        ("fallback", a.fallback.is_some()),
+        ("probabilities", a.probabilities),
+        ("accuracy-budget", a.accuracy_budget.is_some()),
+        ("shadow-fraction", a.shadow_fraction.is_some()),
+        ("adaptive-split", a.adaptive_split),
+        ("latency-slo", a.latency_slo.is_some()),
+    ]
+}
+
+/// Flags (by name) that only a decoder's edge uses, each with whether it
+/// was given.
+fn decoder_only(a: &EdgeArgs) -> Vec<(&'static str, bool)> {
+    vec![
+        ("mode", a.mode.is_some()),
+        ("threshold", a.threshold.is_some()),
+        ("draft", a.draft.is_some()),
+        ("fixed-draft", a.fixed_draft),
+        ("pipeline", a.pipeline.is_some()),
+        ("retry-every", a.retry_every.is_some()),
+    ]
 }
 
 impl EdgeArgs {
@@ -216,7 +294,130 @@ impl EdgeArgs {
             shadow_fraction: self.shadow_fraction.or(file.shadow_fraction),
             adaptive_split: self.adaptive_split || file.adaptive_split,
             latency_slo: self.latency_slo.or(file.latency_slo),
+            mode: self.mode.or(file.mode),
+            threshold: self.threshold.or(file.threshold),
+            draft: self.draft.or(file.draft),
+            fixed_draft: self.fixed_draft || file.fixed_draft,
+            pipeline: self.pipeline.or(file.pipeline),
+            retry_every: self.retry_every.or(file.retry_every),
         })
+    }
+
+    /// Refuses, by name, every flag given that does nothing for a bundle
+    /// of `kind` (the project's rule: refused, never silently ignored).
+    pub fn refuse_for(&self, kind: ModelKind, model: &str) -> Result<(), ConfigError> {
+        let (list, hint) = match kind {
+            ModelKind::Decoder => (classifier_only(self), "they configure a classifier's exits and offloads"),
+            ModelKind::Classifier => (decoder_only(self), "they configure generation with a decoder"),
+        };
+        let flags: Vec<&'static str> = list.into_iter().filter(|&(_, given)| given).map(|(f, _)| f).collect();
+        if flags.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::NotForKind { flags, model: model.to_string(), kind, hint })
+    }
+
+    /// The settings every kind's link uses, with the defaults.
+    fn link(&self, decoder: bool) -> Result<LinkSettings, ConfigError> {
+        let deadline = self.deadline.unwrap_or(if decoder { defaults::TOKEN_DEADLINE } else { defaults::DEADLINE });
+        let connect_timeout = self.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT);
+        if deadline.is_zero() {
+            return Err(ConfigError::Invalid { flag: "deadline", rule: "positive", got: "0s".into() });
+        }
+        if connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid { flag: "connect-timeout", rule: "positive", got: "0s".into() });
+        }
+        Ok(LinkSettings {
+            transport: self.transport.unwrap_or_default(),
+            encoding: self.encoding.unwrap_or(pb::Encoding::F32),
+            deadline,
+            connect_timeout,
+            breaker: BreakerSettings::try_new(
+                self.breaker_failures.unwrap_or(defaults::BREAKER_FAILURES),
+                self.breaker_backoff.unwrap_or(defaults::BREAKER_BACKOFF),
+                self.breaker_max_backoff.unwrap_or(defaults::BREAKER_MAX_BACKOFF),
+            )?,
+            credentials: Credentials {
+                tls: ClientTls::load(&self.tls)?,
+                token: self.token_file.as_deref().map(Secret::from_file).transpose()?,
+            },
+            edge_id: self.edge_id.clone().unwrap_or_else(|| defaults::EDGE_ID.to_string()),
+        })
+    }
+}
+
+/// What every kind's link to the cloud is set up with, read once from the
+/// flags (and defaults).
+#[derive(Debug, Clone)]
+struct LinkSettings {
+    transport: TransportKind,
+    encoding: pb::Encoding,
+    deadline: Duration,
+    connect_timeout: Duration,
+    breaker: BreakerSettings,
+    credentials: Credentials,
+    edge_id: String,
+}
+
+/// An edge's configuration, by the kind of bundle it loaded.
+#[derive(Debug)]
+pub enum Loaded {
+    Classifier(Box<EdgeConfig>),
+    Decoder(Box<DecoderEdgeConfig>),
+}
+
+/// What a decoder's edge runs with.
+#[derive(Debug, Clone)]
+pub struct DecoderEdgeConfig {
+    pub bundle: DecoderBundle,
+    pub generate: GenerateConfig,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Reads the flags (and the `--config` file), opens the bundle, recognises
+/// its kind (the edge's one dispatch point between kinds) and builds that
+/// kind's configuration, refusing flags that do not apply to it.
+pub fn load(args: EdgeArgs) -> Result<Loaded, ConfigError> {
+    let args = args.with_file()?;
+    let model = paths::find(args.model.as_deref().ok_or(ConfigError::NoModel)?)?;
+    match AnyBundle::open(&model)? {
+        AnyBundle::Classifier(bundle) => {
+            args.refuse_for(ModelKind::Classifier, bundle.model_id())?;
+            Ok(Loaded::Classifier(Box::new(EdgeConfig::with_bundle(args, bundle)?)))
+        }
+        AnyBundle::Decoder(bundle) => {
+            args.refuse_for(ModelKind::Decoder, bundle.model_id())?;
+            let link = args.link(true)?;
+            let split = args.split.unwrap_or(bundle.holds().end);
+            let mut g = GenerateConfig::new(args.mode.unwrap_or(Mode::Split), split, args.clouds.clone());
+            g.transport = link.transport;
+            g.encoding = link.encoding;
+            g.deadline = link.deadline;
+            g.connect = ConnectConfig { connect_timeout: link.connect_timeout, ..ConnectConfig::default() };
+            g.breaker = link.breaker;
+            g.credentials = link.credentials;
+            g.edge_id = link.edge_id;
+            g.threshold = args.threshold;
+            g.draft = args.draft.unwrap_or(defaults::DRAFT);
+            g.adapt_draft = !args.fixed_draft;
+            g.pipeline = args.pipeline.unwrap_or(defaults::PIPELINE);
+            g.retry_every = args.retry_every.unwrap_or(defaults::RETRY_EVERY);
+            if let Some(t) = g.threshold {
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(ConfigError::Invalid { flag: "threshold", rule: "in [0, 1]", got: t.to_string() });
+                }
+            }
+            for (flag, v) in [("draft", g.draft), ("pipeline", g.pipeline)] {
+                if v == 0 {
+                    return Err(ConfigError::Invalid { flag, rule: "at least 1", got: "0".into() });
+                }
+            }
+            Ok(Loaded::Decoder(Box::new(DecoderEdgeConfig {
+                bundle,
+                generate: g,
+                metrics_listen: args.metrics_listen,
+            })))
+        }
     }
 }
 
@@ -315,35 +516,39 @@ impl EdgeConfig {
     }
 
     /// Reads what the flags name (config file, bundle, policy, token, TLS
-    /// files) and validates every value.
+    /// files) and validates every value: a classifier's edge (a decoder
+    /// bundle is refused, naming the commands that run one).
     pub fn from_args(args: EdgeArgs) -> Result<Self, ConfigError> {
-        let args = args.with_file()?;
-        let model = paths::find(args.model.as_deref().ok_or(ConfigError::NoModel)?)?;
-        let bundle = Bundle::load(&model).map_err(|source| ConfigError::Bundle { dir: model.clone(), source })?;
+        match load(args)? {
+            Loaded::Classifier(c) => Ok(*c),
+            Loaded::Decoder(d) => Err(ConfigError::WrongKind {
+                model: d.bundle.model_id().to_string(),
+                kind: ModelKind::Decoder,
+                hint: "generate with it (`offramp-edge generate`) or serve it over HTTP (`offramp-edge serve --http-listen`)",
+            }),
+        }
+    }
+
+    /// A classifier's edge over `bundle` from the flags.
+    fn with_bundle(args: EdgeArgs, bundle: Bundle) -> Result<Self, ConfigError> {
+        let link = args.link(false)?;
         let policy = match &args.policy {
             Some(p) => Some(Policy::load(p, bundle.num_exits())?),
             None => None,
         };
-        let mut config = Self::new(bundle, args.split, args.clouds);
+        let mut config = Self::new(bundle, args.split, args.clouds.clone());
         config.policy = policy;
-        config.transport = args.transport.unwrap_or_default();
-        config.encoding = args.encoding.unwrap_or(config.encoding);
+        config.transport = link.transport;
+        config.encoding = link.encoding;
         config.compression = args.compression.unwrap_or(config.compression);
-        config.deadline = args.deadline.unwrap_or(defaults::DEADLINE);
+        config.deadline = link.deadline;
         config.fallback = args.fallback.unwrap_or_default();
-        config.connect_timeout = args.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT);
-        config.breaker = BreakerSettings::try_new(
-            args.breaker_failures.unwrap_or(defaults::BREAKER_FAILURES),
-            args.breaker_backoff.unwrap_or(defaults::BREAKER_BACKOFF),
-            args.breaker_max_backoff.unwrap_or(defaults::BREAKER_MAX_BACKOFF),
-        )?;
+        config.connect_timeout = link.connect_timeout;
+        config.breaker = link.breaker;
+        config.credentials = link.credentials;
+        config.edge_id = link.edge_id;
         config.probabilities = args.probabilities;
-        config.credentials = Credentials {
-            tls: ClientTls::load(&args.tls)?,
-            token: args.token_file.as_deref().map(Secret::from_file).transpose()?,
-        };
         config.metrics_listen = args.metrics_listen;
-        config.edge_id = args.edge_id.unwrap_or_else(|| defaults::EDGE_ID.to_string());
         config.accuracy_budget = match (args.accuracy_budget, args.shadow_fraction) {
             (Some(b), shadow) => {
                 let mut c = BudgetConfig::new(b);
@@ -422,6 +627,9 @@ mod tests {
             format!("[default: {}ms]", defaults::BREAKER_BACKOFF.as_millis()),
             format!("[default: {}s]", defaults::BREAKER_MAX_BACKOFF.as_secs()),
             format!("[default: {}]", defaults::EDGE_ID),
+            format!("[default: {}ms]", defaults::RETRY_EVERY.as_millis()),
+            format!("[default: {}]", defaults::DRAFT),
+            format!("[default: {}]", defaults::PIPELINE),
         ] {
             assert!(help.contains(&shown), "help lacks {shown}");
         }
@@ -452,6 +660,28 @@ mod tests {
         assert!(e.contains("accuracy budget 0 must be in (0, 1)"), "{e}");
         let e = parse(&["--adaptive-split", "--latency-slo", "0ms"]).unwrap_err().to_string();
         assert!(e.contains("latency objective must be positive"), "{e}");
+    }
+
+    #[test]
+    fn flags_for_the_other_kind_are_refused_by_name() {
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/b-lenet-mnist");
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["edge", "--model", model];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().args
+        };
+        let e = load(args(&["--mode", "speculative", "--draft", "4"])).unwrap_err().to_string();
+        assert!(e.starts_with("--mode, --draft does not apply to b-lenet-mnist, a classifier bundle"), "{e}");
+        assert!(matches!(load(args(&["--deadline", "1s"])).unwrap(), Loaded::Classifier(_)));
+        // The decoder side of the list, checked without a decoder bundle.
+        let a = args(&["--policy", "p.toml", "--adaptive-split", "--fallback", "fail"]);
+        let e = a.refuse_for(ModelKind::Decoder, "tiny").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--policy, --fallback, --adaptive-split does not apply to tiny, a decoder bundle: they configure a \
+             classifier's exits and offloads"
+        );
+        assert!(args(&["--transport", "quic", "--breaker-failures", "2"]).refuse_for(ModelKind::Decoder, "t").is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod generate;
 pub mod grpc_stream;
 pub mod http;
+pub mod link;
 pub mod metrics;
 pub mod offload;
 pub mod plan;

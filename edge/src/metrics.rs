@@ -4,12 +4,22 @@ use std::net::SocketAddr;
 
 use crate::runtime::Answer;
 
+/// Serves the exporter on `addr` when one is given: every edge command calls
+/// this once at start, whatever the bundle's kind.
+pub fn serve(addr: Option<SocketAddr>) -> Result<(), offramp_transport::metrics::BuildError> {
+    match addr {
+        Some(addr) => install(addr),
+        None => Ok(()),
+    }
+}
+
 pub fn install(addr: SocketAddr) -> Result<(), offramp_transport::metrics::BuildError> {
     let buckets = [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
     offramp_transport::metrics::install(addr, &buckets, &[])?;
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("offramp_edge_requests_total", "Answers by tier (edge, cloud, fallback, error) and exit");
     describe_counter!("offramp_edge_generated_tokens_total", "Generated tokens by tier (edge, cloud, fallback)");
+    describe_counter!("offramp_edge_cloud_sessions_total", "Decoder sessions opened with a cloud (replays included)");
     describe_histogram!("offramp_edge_latency_seconds", Unit::Seconds, "End-to-end latency per input, by tier");
     describe_histogram!("offramp_edge_compute_seconds", Unit::Seconds, "Local compute per input");
     describe_counter!("offramp_edge_bytes_up_total", Unit::Bytes, "Bytes offloaded to the cloud");

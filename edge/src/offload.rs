@@ -6,15 +6,15 @@
 //! elsewhere; errors that mean "I am unavailable / overloaded" move on to the
 //! next endpoint.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use offramp_proto as pb;
-use tokio::sync::OnceCell;
 use tonic::Code;
 
-use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
+use crate::breaker::{Admit, BreakerConfig};
+pub use crate::link::handshake::{check_handshake, Expectation, HandshakeError, SplitExpectation};
+use crate::link::{Endpoint, Endpoints};
 use crate::transport::Transport;
 
 pub use offramp_transport::status::Reason;
@@ -36,142 +36,13 @@ pub struct Offloaded {
     pub bytes_down: u64,
 }
 
-/// What an endpoint must hold for this edge.
-#[derive(Debug, Clone)]
-pub struct Expectation {
-    pub model_id: String,
-    /// Every split this edge may offload at (one, or with
-    /// `--adaptive-split` every candidate), with its fingerprints.
-    pub splits: Vec<SplitExpectation>,
-    /// The hidden-state encodings this edge may send, each with the
-    /// lossless compression on top (`None`: none); the cloud must list them.
-    pub encodings: Vec<(pb::Encoding, pb::Compression)>,
-}
-
-/// The fingerprints of one split point.
-#[derive(Debug, Clone)]
-pub struct SplitExpectation {
-    pub split: usize,
-    /// Cloud-side fingerprint this edge expects at `split`.
-    pub cloud_fingerprint: String,
-    /// This edge's own fingerprint of blocks `[0, split)`.
-    pub edge_fingerprint: String,
-}
-
-pub struct Endpoint {
-    pub url: String,
-    transport: Transport,
-    breaker: Mutex<Breaker>,
-    /// Handshake result, once it succeeded or failed for good.
-    verified: OnceCell<Result<(), HandshakeError>>,
-}
-
-impl Endpoint {
-    pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.lock().expect("breaker lock").state()
-    }
-}
-
-/// Counters for reports.
-#[derive(Debug, Default)]
-pub struct OffloadStats {
-    pub retries: AtomicU64,
-    pub breaker_transitions: AtomicU64,
-}
+/// Counters for reports (the link layer's).
+pub type OffloadStats = crate::link::LinkStats;
 
 pub struct Offloader {
-    endpoints: Vec<Endpoint>,
+    endpoints: Endpoints,
     expect: Expectation,
     next: AtomicUsize,
-    pub stats: OffloadStats,
-}
-
-/// Why an edge cannot use a cloud endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandshakeError {
-    /// The cloud holds another model, split, protocol or encodings; the
-    /// message says which and what to do.
-    #[error("{0}")]
-    Incompatible(String),
-    #[error("cloud {url} refused this edge's credentials: {message}")]
-    Credentials { url: String, message: String },
-}
-
-/// Checks a handshake answer against what this edge holds.
-pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), HandshakeError> {
-    check(url, info, expect).map_err(HandshakeError::Incompatible)
-}
-
-fn check(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), String> {
-    if info.protocol_version != pb::PROTOCOL_VERSION {
-        return Err(format!(
-            "cloud {url} speaks protocol version {}, this edge speaks {}",
-            info.protocol_version,
-            pb::PROTOCOL_VERSION
-        ));
-    }
-    let short = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.chars().take(12).collect() };
-    for want in &expect.splits {
-        let Some(split) = info.splits.iter().find(|s| s.split as usize == want.split) else {
-            let held: Vec<u32> = info.splits.iter().map(|s| s.split).collect();
-            return Err(format!(
-                "cloud {url} holds model {:?} and serves splits {held:?}, not split {} that this edge uses",
-                info.model_id, want.split
-            ));
-        };
-        if info.model_id != expect.model_id || split.cloud_fingerprint != want.cloud_fingerprint {
-            return Err(format!(
-                "cloud {url} holds model {:?} with cloud-side fingerprint {} at split {}, but this edge holds model \
-                 {:?} expecting cloud-side fingerprint {} (edge side {}): edge and cloud were built from different \
-                 weights",
-                info.model_id,
-                short(&split.cloud_fingerprint),
-                want.split,
-                expect.model_id,
-                short(&want.cloud_fingerprint),
-                short(&want.edge_fingerprint),
-            ));
-        }
-        if !split.edge_fingerprint.is_empty() && split.edge_fingerprint != want.edge_fingerprint {
-            return Err(format!(
-                "cloud {url} expects edge-side fingerprint {} at split {}, this edge holds {}: the edge's weights differ",
-                short(&split.edge_fingerprint),
-                want.split,
-                short(&want.edge_fingerprint)
-            ));
-        }
-    }
-    for &(encoding, compression) in &expect.encodings {
-        check_encoding(url, info, encoding, compression)?;
-    }
-    Ok(())
-}
-
-fn check_encoding(
-    url: &str,
-    info: &pb::ModelInfo,
-    encoding: pb::Encoding,
-    compression: pb::Compression,
-) -> Result<(), String> {
-    if !info.encodings.contains(&(encoding as i32)) {
-        let names: Vec<&str> = info
-            .encodings
-            .iter()
-            .map(|&e| pb::Encoding::try_from(e).map_or("unknown", offramp_common::codec::encoding_name))
-            .collect();
-        return Err(format!(
-            "cloud {url} accepts hidden-state encodings {names:?}, this edge sends {}: pick one of them with --encoding",
-            offramp_common::codec::encoding_name(encoding)
-        ));
-    }
-    if compression != pb::Compression::None && !info.compressions.contains(&(compression as i32)) {
-        return Err(format!(
-            "cloud {url} does not accept {}-compressed hidden states (it lists {:?}): use --compression none",
-            offramp_common::codec::compression_name(compression),
-            info.compressions
-        ));
-    }
-    Ok(())
 }
 
 /// The reason for a failed call, `None` when another endpoint will not do
@@ -187,31 +58,22 @@ fn past(deadline: Instant) -> bool {
 
 impl Offloader {
     pub fn new(endpoints: Vec<(String, Transport)>, expect: Expectation, breaker: BreakerConfig) -> Self {
-        Self {
-            endpoints: endpoints
-                .into_iter()
-                .map(|(url, transport)| Endpoint {
-                    url,
-                    transport,
-                    breaker: Mutex::new(Breaker::new(breaker)),
-                    verified: OnceCell::new(),
-                })
-                .collect(),
-            expect,
-            next: AtomicUsize::new(0),
-            stats: OffloadStats::default(),
-        }
+        Self { endpoints: Endpoints::new(endpoints, breaker), expect, next: AtomicUsize::new(0) }
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
+    pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    pub fn stats(&self) -> &OffloadStats {
+        &self.endpoints.stats
     }
 
     /// Handshakes with every endpoint now. A reachable endpoint holding the
     /// wrong model is an error; an unreachable one is checked on first use.
     pub async fn handshake_all(&self, timeout: Duration) -> Result<usize, HandshakeError> {
         let mut ok = 0;
-        for ep in &self.endpoints {
+        for ep in self.endpoints.iter() {
             match ep.transport.model_info(timeout).await {
                 Ok(info) => {
                     let verdict = check_handshake(&ep.url, &info, &self.expect);
@@ -259,35 +121,19 @@ impl Offloader {
     }
 
     fn record(&self, ep: &Endpoint, outcome: Option<Instant>) {
-        let mut b = ep.breaker.lock().expect("breaker lock");
-        let before = b.transitions.len();
-        match outcome {
-            None => b.success(),
-            Some(now) => b.failure(now),
-        }
-        self.stats.breaker_transitions.fetch_add((b.transitions.len() - before) as u64, Ordering::Relaxed);
-        if b.transitions.len() > before {
-            crate::metrics::breaker_state(&ep.url, b.state());
-        }
+        self.endpoints.record(ep, outcome)
     }
 
     fn admit(&self, ep: &Endpoint) -> Admit {
-        let mut b = ep.breaker.lock().expect("breaker lock");
-        let before = b.transitions.len();
-        let a = b.admit(Instant::now());
-        self.stats.breaker_transitions.fetch_add((b.transitions.len() - before) as u64, Ordering::Relaxed);
-        if b.transitions.len() > before {
-            crate::metrics::breaker_state(&ep.url, b.state());
-        }
-        a
+        self.endpoints.admit(ep)
     }
 
     /// Times a handshake call to the first usable endpoint (verified, breaker
     /// not open): the planner's round-trip probe. The elapsed time and the
     /// size of the answer, `None` when no endpoint answered in `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Option<(Duration, usize)> {
-        for ep in &self.endpoints {
-            if !matches!(ep.verified.get(), Some(Ok(()))) || ep.breaker_state() == BreakerState::Open {
+        for ep in self.endpoints.iter() {
+            if !matches!(ep.verified.get(), Some(Ok(()))) || ep.breaker_state() == crate::breaker::BreakerState::Open {
                 continue;
             }
             let t = Instant::now();
@@ -313,7 +159,7 @@ impl Offloader {
         let mut last: Option<OffloadError> = None;
         let mut attempts = 0u32;
         for i in 0..n {
-            let (index, ep) = ((start + i) % n, &self.endpoints[(start + i) % n]);
+            let (index, ep) = ((start + i) % n, self.endpoints.get((start + i) % n));
             if matches!(ep.verified.get(), Some(Err(_))) {
                 continue;
             }
@@ -330,7 +176,7 @@ impl Offloader {
                 break;
             };
             if attempts > 0 {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                self.endpoints.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             attempts += 1;
             if let Err(mut e) = self.verify(ep, left).await {

@@ -181,4 +181,57 @@ impl QuicClient {
     pub async fn infer(&self, req: &pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
         self.call(Kind::InferRequest, req, timeout, "offload deadline passed").await
     }
+
+    pub async fn decoder_info(&self, timeout: Duration) -> Result<pb::DecoderInfo, Status> {
+        self.call(Kind::DecoderInfoRequest, &pb::ModelInfoRequest {}, timeout, "decoder handshake timed out").await
+    }
+
+    /// A generation session on a new stream: every message of `outbound`
+    /// goes out as a `GenerateRequest` frame (after the auth frame) until it
+    /// is dropped, which finishes the edge's half; the cloud's frames come
+    /// back as the answers, an error frame as the last one.
+    pub async fn generate(
+        &self,
+        mut outbound: tokio::sync::mpsc::UnboundedReceiver<pb::GenerateRequest>,
+    ) -> Result<crate::transport::SessionAnswers, Status> {
+        let conn = self.connection().await?;
+        let url = self.url.clone();
+        let lost = move |e: &dyn std::fmt::Display| Status::unavailable(format!("QUIC session with {url}: {e}"));
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        let token = self.token.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            if let Some(t) = &token {
+                wire::put_raw(&mut buf, Kind::Auth, t.expose().as_bytes());
+            }
+            while let Some(msg) = outbound.recv().await {
+                wire::put_message(&mut buf, Kind::GenerateRequest, &msg);
+                if send.write_chunk(buf.split().freeze()).await.is_err() {
+                    return; // the cloud stopped reading: its answer stream says why
+                }
+            }
+            let _ = send.finish();
+        });
+        let url = self.url.clone();
+        let answers = futures::stream::unfold(Some(recv), move |recv| {
+            let url = url.clone();
+            async move {
+                let mut recv = recv?;
+                let lost = |e: &dyn std::fmt::Display| Status::unavailable(format!("QUIC session with {url}: {e}"));
+                let item = match wire::read_frame(&mut recv, crate::transport::MAX_ANSWER_BYTES).await {
+                    Ok(None) => return None,
+                    Ok(Some(f)) if f.kind == Kind::GenerateResponse => {
+                        let r = f.decode().map_err(|e| Status::internal(format!("bad answer from {url}: {e}")));
+                        return Some((r, Some(recv)));
+                    }
+                    Ok(Some(f)) if f.kind == Kind::Error => wire::frame_status(&f, &url),
+                    Ok(Some(f)) => Status::internal(format!("{url} answered a session with a {:?} frame", f.kind)),
+                    Err(WireError::Io(e)) => lost(&e),
+                    Err(e) => Status::internal(format!("bad answer from {url}: {e}")),
+                };
+                Some((Err(item), None))
+            }
+        });
+        Ok(Box::pin(answers))
+    }
 }

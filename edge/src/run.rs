@@ -71,7 +71,7 @@ pub async fn run_dataset(
 pub fn summarize(edge: &Edge, answers: &[Answer]) -> Summary {
     let (retries, transitions) = edge
         .offloader()
-        .map(|o| (o.stats.retries.load(Ordering::Relaxed), o.stats.breaker_transitions.load(Ordering::Relaxed)))
+        .map(|o| (o.stats().retries.load(Ordering::Relaxed), o.stats().breaker_transitions.load(Ordering::Relaxed)))
         .unwrap_or((0, 0));
     Summary::of(answers, edge.bundle().num_exits(), retries, transitions)
 }

@@ -149,9 +149,6 @@ impl Edge {
     /// every reachable cloud endpoint.
     pub async fn start(config: EdgeConfig) -> Result<Self, EdgeError> {
         config.validate()?;
-        if let Some(addr) = config.metrics_listen {
-            crate::metrics::install(addr)?;
-        }
         let bundle = config.bundle.clone();
         let n = bundle.num_blocks();
         let split = config.split.unwrap_or(bundle.held().end);

@@ -21,11 +21,22 @@ use crate::runtime::{Edge, Tier};
 pub struct ServeArgs {
     #[command(flatten)]
     pub edge: EdgeArgs,
-    /// Listen address of the local API (loopback by default).
-    #[arg(long, env = "OFFRAMP_EDGE_LISTEN", default_value = "127.0.0.1:50061")]
+    /// Listen address of the local Classify API of a classifier (loopback
+    /// by default).
+    #[arg(long, env = "OFFRAMP_EDGE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub http: crate::http::args::HttpArgs,
+}
+
+/// Where the Classify API listens unless told.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50061";
+
+impl ServeArgs {
+    /// Whether --listen was set to something other than its default.
+    pub fn listen_given(&self) -> bool {
+        self.listen.to_string() != DEFAULT_LISTEN
+    }
 }
 
 /// Largest input payload the local API decodes.

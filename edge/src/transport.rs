@@ -1,11 +1,15 @@
 //! How an edge reaches a cloud endpoint: gRPC (tonic) or QUIC
 //! ([`crate::quic`]). Every transport carries the same protobuf messages and
-//! reports failures as gRPC statuses.
+//! reports failures as gRPC statuses: classification (handshake, offloads)
+//! and decoder sessions (the decoder handshake, the `Generate` stream) alike.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use offramp_proto as pb;
+use offramp_proto::split_generation_client::SplitGenerationClient;
 use offramp_proto::split_inference_client::SplitInferenceClient;
 use offramp_transport::tls::ClientTls;
 use offramp_transport::token::{BearerInterceptor, Secret, TokenError};
@@ -18,6 +22,19 @@ pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// A gRPC client with the edge's credentials.
 pub type GrpcClient = SplitInferenceClient<InterceptedService<Channel, BearerInterceptor>>;
+
+/// The gRPC client of decoder sessions, on the same channel.
+pub type GenerationClient = SplitGenerationClient<InterceptedService<Channel, BearerInterceptor>>;
+
+/// The answers of a generation session, in order; an error ends it.
+pub type SessionAnswers = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
+
+/// Both gRPC services of one endpoint over one lazily connecting channel.
+#[derive(Debug, Clone)]
+pub struct GrpcClients {
+    pub infer: GrpcClient,
+    pub generation: GenerationClient,
+}
 
 /// Why a transport to an endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +65,11 @@ pub struct ConnectConfig {
 
 impl Default for ConnectConfig {
     fn default() -> Self {
+        use crate::config::defaults;
         Self {
-            connect_timeout: Duration::from_millis(500),
-            keepalive_interval: Duration::from_secs(2),
-            keepalive_timeout: Duration::from_secs(1),
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            keepalive_interval: defaults::KEEPALIVE_INTERVAL,
+            keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -81,9 +99,9 @@ pub enum TransportKind {
 /// A client for one endpoint.
 #[derive(Debug, Clone)]
 pub enum Transport {
-    Grpc(GrpcClient),
+    Grpc(GrpcClients),
     /// The handshake over unary calls, offloads over the stream.
-    GrpcStream(GrpcClient, Arc<crate::grpc_stream::StreamClient>),
+    GrpcStream(GrpcClients, Arc<crate::grpc_stream::StreamClient>),
     Quic(Arc<crate::quic::QuicClient>),
 }
 
@@ -93,9 +111,9 @@ impl Transport {
         match kind {
             TransportKind::Grpc => Self::grpc(url, c, creds),
             TransportKind::GrpcStream => match Self::grpc(url, c, creds)? {
-                Transport::Grpc(client) => {
-                    let stream = crate::grpc_stream::StreamClient::new(client.clone());
-                    Ok(Transport::GrpcStream(client, Arc::new(stream)))
+                Transport::Grpc(clients) => {
+                    let stream = crate::grpc_stream::StreamClient::new(clients.infer.clone());
+                    Ok(Transport::GrpcStream(clients, Arc::new(stream)))
                 }
                 other => Ok(other),
             },
@@ -107,8 +125,10 @@ impl Transport {
     /// call, and a broken connection is re-dialled on the next call.
     pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
         let (channel, interceptor) = grpc_channel(url, c, creds)?;
-        let client = SplitInferenceClient::with_interceptor(channel, interceptor);
-        Ok(Transport::Grpc(client.max_decoding_message_size(MAX_ANSWER_BYTES)))
+        let generation = SplitGenerationClient::with_interceptor(channel.clone(), interceptor.clone())
+            .max_decoding_message_size(MAX_ANSWER_BYTES);
+        let infer = SplitInferenceClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_ANSWER_BYTES);
+        Ok(Transport::Grpc(GrpcClients { infer, generation }))
     }
 
     /// A lazily connecting QUIC client (`quic://host:port`); TLS needs `--ca`.
@@ -119,10 +139,10 @@ impl Transport {
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {
         match self {
             Transport::Quic(client) => client.model_info(timeout).await,
-            Transport::Grpc(client) | Transport::GrpcStream(client, _) => {
+            Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
                 let mut req = tonic::Request::new(pb::ModelInfoRequest {});
                 req.set_timeout(timeout);
-                match tokio::time::timeout(timeout, client.clone().get_model_info(req)).await {
+                match tokio::time::timeout(timeout, c.infer.clone().get_model_info(req)).await {
                     Ok(r) => r.map(tonic::Response::into_inner),
                     Err(_) => Err(Status::deadline_exceeded("handshake timed out")),
                 }
@@ -136,13 +156,44 @@ impl Transport {
         match self {
             Transport::Quic(client) => client.infer(&req, timeout).await,
             Transport::GrpcStream(_, stream) => stream.infer(req, timeout).await,
-            Transport::Grpc(client) => {
+            Transport::Grpc(c) => {
                 let mut r = tonic::Request::new(req);
                 r.set_timeout(timeout);
-                match tokio::time::timeout(timeout, client.clone().infer(r)).await {
+                match tokio::time::timeout(timeout, c.infer.clone().infer(r)).await {
                     Ok(r) => r.map(tonic::Response::into_inner),
                     Err(_) => Err(Status::deadline_exceeded("offload deadline passed")),
                 }
+            }
+        }
+    }
+
+    /// The decoders the endpoint holds (the decoder handshake).
+    pub async fn decoder_info(&self, timeout: Duration) -> Result<pb::DecoderInfo, Status> {
+        match self {
+            Transport::Quic(client) => client.decoder_info(timeout).await,
+            Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
+                let mut req = tonic::Request::new(pb::ModelInfoRequest {});
+                req.set_timeout(timeout);
+                match tokio::time::timeout(timeout, c.generation.clone().get_decoder_info(req)).await {
+                    Ok(r) => r.map(tonic::Response::into_inner),
+                    Err(_) => Err(Status::deadline_exceeded("decoder handshake timed out")),
+                }
+            }
+        }
+    }
+
+    /// Opens a generation session: `outbound` carries the edge's messages
+    /// (open, then steps) until it is dropped; the answers come back in order.
+    pub async fn generate(
+        &self,
+        outbound: tokio::sync::mpsc::UnboundedReceiver<pb::GenerateRequest>,
+    ) -> Result<SessionAnswers, Status> {
+        match self {
+            Transport::Quic(client) => client.generate(outbound).await,
+            Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
+                let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(outbound);
+                let answers = c.generation.clone().generate(outbound).await?.into_inner();
+                Ok(Box::pin(answers))
             }
         }
     }

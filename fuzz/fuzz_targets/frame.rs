@@ -78,8 +78,22 @@ fn payload(f: &Frame, limit: usize) {
             assert_eq!(used, out.len());
             assert!(g.decode::<pb::InferRequest>().is_ok(), "re-encoded request does not decode");
         }
-        Kind::ModelInfoRequest => {
+        Kind::ModelInfoRequest | Kind::DecoderInfoRequest => {
             let _ = f.decode::<pb::ModelInfoRequest>();
+        }
+        Kind::GenerateRequest => {
+            let Ok(req) = f.decode::<pb::GenerateRequest>() else { return };
+            if let Some(pb::generate_request::Msg::Step(step)) = &req.msg {
+                if let Some(t) = &step.hidden {
+                    check::tensor(t, limit);
+                }
+            }
+        }
+        Kind::DecoderInfo => {
+            let _ = f.decode::<pb::DecoderInfo>();
+        }
+        Kind::GenerateResponse => {
+            let _ = f.decode::<pb::GenerateResponse>();
         }
         Kind::Auth => {
             let _ = f.token();

@@ -111,7 +111,7 @@ pub struct DecoderBundle {
 
 impl DecoderBundle {
     /// Whether `dir` holds a decoder bundle.
-    pub fn is_decoder(dir: &Path) -> bool {
+    pub(crate) fn is_decoder(dir: &Path) -> bool {
         dir.join(DECODER_MANIFEST).is_file()
     }
 

@@ -18,6 +18,14 @@
 //! carrying a `pb::Error` (a gRPC code and message, with the same codes the
 //! gRPC service would return). A bad frame fails its own stream only, never
 //! the connection.
+//!
+//! Decoder sessions use the same framing: [`Kind::DecoderInfoRequest`] is
+//! answered by one [`Kind::DecoderInfo`] frame, and a stream whose first
+//! request frame is a [`Kind::GenerateRequest`] is one generation session,
+//! the QUIC form of the gRPC `Generate` stream: the edge writes any number
+//! of `GenerateRequest` frames (open, then steps), the cloud any number of
+//! [`Kind::GenerateResponse`] frames, and an [`Kind::Error`] frame ends the
+//! session with its status. Either side finishing its half ends it cleanly.
 
 //!
 //! Everything here but [`read_frame`] is pure: [`decode_header`] and
@@ -46,10 +54,18 @@ pub enum Kind {
     InferRequest = 0x02,
     /// The bearer token as UTF-8 (edge → cloud, before the request).
     Auth = 0x03,
+    /// `pb::ModelInfoRequest` asking for the decoders a cloud holds (edge → cloud).
+    DecoderInfoRequest = 0x04,
+    /// `pb::GenerateRequest`: a message of a generation session (edge → cloud).
+    GenerateRequest = 0x05,
     /// `pb::ModelInfo` (cloud → edge).
     ModelInfo = 0x81,
     /// `pb::InferResponse` (cloud → edge).
     InferResponse = 0x82,
+    /// `pb::DecoderInfo` (cloud → edge).
+    DecoderInfo = 0x83,
+    /// `pb::GenerateResponse`: a message of a generation session (cloud → edge).
+    GenerateResponse = 0x84,
     /// `pb::Error`: a gRPC code and message (cloud → edge).
     Error = 0xEE,
 }
@@ -60,6 +76,8 @@ impl Kind {
         match self {
             Kind::ModelInfoRequest => Some(Kind::ModelInfo),
             Kind::InferRequest => Some(Kind::InferResponse),
+            Kind::DecoderInfoRequest => Some(Kind::DecoderInfo),
+            Kind::GenerateRequest => Some(Kind::GenerateResponse),
             _ => None,
         }
     }
@@ -69,8 +87,12 @@ impl Kind {
             0x01 => Kind::ModelInfoRequest,
             0x02 => Kind::InferRequest,
             0x03 => Kind::Auth,
+            0x04 => Kind::DecoderInfoRequest,
+            0x05 => Kind::GenerateRequest,
             0x81 => Kind::ModelInfo,
             0x82 => Kind::InferResponse,
+            0x83 => Kind::DecoderInfo,
+            0x84 => Kind::GenerateResponse,
             0xEE => Kind::Error,
             _ => return None,
         })

@@ -39,7 +39,7 @@ pub struct DemoArgs {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let model_dir = paths::find(&args.inputs.model)?;
-    if offramp_common::decoder::DecoderBundle::is_decoder(&model_dir) {
+    if offramp_common::AnyBundle::kind_of(&model_dir) == Some(offramp_common::ModelKind::Decoder) {
         return crate::demo_decoder::run(
             &model_dir,
             args.inputs.split,

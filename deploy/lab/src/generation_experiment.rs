@@ -103,7 +103,7 @@ pub fn is_generation(config_text: &str) -> bool {
         .ok()
         .and_then(|p| p.model)
         .and_then(|m| paths::find(&m).ok())
-        .is_some_and(|dir| dir.join(offramp_common::decoder::DECODER_MANIFEST).is_file())
+        .is_some_and(|dir| offramp_common::AnyBundle::kind_of(&dir) == Some(offramp_common::ModelKind::Decoder))
 }
 
 pub async fn run(config: &Path, text: &str, out: &Path) -> Result<Vec<Cell>> {

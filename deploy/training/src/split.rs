@@ -54,7 +54,7 @@ impl SplitReport {
 }
 
 pub fn run(args: &SplitArgs) -> Result<SplitReport> {
-    if DecoderBundle::is_decoder(&args.model) {
+    if offramp_common::AnyBundle::kind_of(&args.model) == Some(offramp_common::ModelKind::Decoder) {
         return split_decoder(args);
     }
     let bundle = Bundle::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;

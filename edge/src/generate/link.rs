@@ -1,206 +1,370 @@
-//! One generation session on one cloud endpoint: the `Generate` stream, its
-//! handshake, and the answers routed back to the steps that asked.
+//! A generation's link to the cloud, as a state machine over the edge's
+//! one link layer ([`crate::link`]):
+//!
+//! ```text
+//!            ensure: a session opens            a step fails / the session breaks
+//!   Idle ─────────────────────────────▶ Live ───────────────────────────────────▶ Backoff
+//!     ▲                                  ▲                                          │
+//!     │                                  └──────── retry due, a session opens ──────┘
+//!     └ (start)            every endpoint refused for good (fingerprint, model,
+//!                          credentials): Refused, never retried, said once
+//! ```
+//!
+//! `Live` knows how many positions the session's cache holds (`synced`):
+//! after a reconnect, [`CloudLink::sync`] replays what the new session
+//! lacks before the step that asks for a token, so the session continues
+//! exactly where it was.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use offramp_common::codec;
 use offramp_proto as pb;
-use offramp_proto::split_generation_client::SplitGenerationClient;
-use offramp_transport::token::BearerInterceptor;
-use prost::Message;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tokio::sync::oneshot;
 
-use crate::transport::{grpc_channel, ConnectConfig, Credentials, TransportError, MAX_ANSWER_BYTES};
+use crate::breaker::Admit;
+use crate::link::handshake::SessionSpec;
+use crate::link::session::{CloudSession, StepReply};
+use crate::link::{Endpoints, LinkError};
 
-pub type GenerationClient = SplitGenerationClient<InterceptedService<Channel, BearerInterceptor>>;
-
-/// A client for one endpoint (lazily connecting; re-dialled after a loss).
-pub fn client(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<GenerationClient, TransportError> {
-    let (channel, interceptor) = grpc_channel(url, c, creds)?;
-    Ok(SplitGenerationClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_ANSWER_BYTES))
+/// Where a generation's link stands.
+pub(crate) enum LinkState {
+    /// No session opened yet.
+    Idle,
+    /// A session whose cache holds positions `0..synced`.
+    Live { session: CloudSession, synced: usize },
+    /// The last session or attempt failed; the next try is due at `until`.
+    Backoff { until: Instant, cause: LinkError },
+    /// Every endpoint refused this edge for good; nothing is retried.
+    Refused { cause: LinkError },
 }
 
-/// What the edge expects of a cloud for its session.
-#[derive(Debug, Clone)]
-pub struct SessionSpec {
-    pub model_id: String,
-    pub split: usize,
-    pub cloud_fingerprint: String,
-    pub max_positions: usize,
-    pub encoding: pb::Encoding,
-    pub edge_id: String,
+/// What the last step of a sync asks of the cloud.
+pub(crate) struct Ask {
+    pub want: pb::Want,
+    pub temperature: f32,
+    pub uniform: f32,
+    pub drafts: Vec<pb::Draft>,
+    pub speculative: bool,
 }
 
-/// An answer to a step: the cloud's token, or why there is none.
-pub type StepReply = Result<pb::StepResult, String>;
-
-/// A live session on one endpoint.
-pub struct CloudSession {
-    pub endpoint: String,
-    /// Most positions one step may carry (the cloud's payload limit).
-    pub max_rows: usize,
-    tx: mpsc::UnboundedSender<pb::GenerateRequest>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<StepReply>>>>,
-    broken: Arc<Mutex<Option<String>>>,
-    bytes_down: Arc<AtomicU64>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CloudSession {
-    fn drop(&mut self) {
-        self.reader.abort();
+impl Ask {
+    pub fn token(want: pb::Want, temperature: f32, uniform: f32) -> Self {
+        Self { want, temperature, uniform, drafts: Vec::new(), speculative: false }
     }
 }
 
-impl CloudSession {
-    /// Handshake (the cloud must hold the expected layers `K..N` and accept
-    /// the encoding), then opens a session. Bounded by `timeout`.
-    pub async fn open(
-        endpoint: &str,
-        client: &GenerationClient,
-        spec: &SessionSpec,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        let work = async {
-            let info = client
-                .clone()
-                .get_decoder_info(pb::ModelInfoRequest {})
-                .await
-                .map_err(|s| format!("handshake: {}", s.message()))?
-                .into_inner();
-            if info.protocol_version != pb::PROTOCOL_VERSION {
-                return Err(format!(
-                    "the cloud speaks protocol {}, this edge {}",
-                    info.protocol_version,
-                    pb::PROTOCOL_VERSION
-                ));
-            }
-            let model = info
-                .models
-                .iter()
-                .find(|m| m.model_id == spec.model_id)
-                .ok_or_else(|| format!("the cloud does not hold decoder {}", spec.model_id))?;
-            let split = model
-                .splits
-                .iter()
-                .find(|s| s.split as usize == spec.split)
-                .ok_or_else(|| format!("the cloud does not serve split {} of {}", spec.split, spec.model_id))?;
-            if split.cloud_fingerprint != spec.cloud_fingerprint {
-                return Err(format!(
-                    "fingerprint mismatch at split {}: the cloud holds {}, this edge expects {}",
-                    spec.split,
-                    &split.cloud_fingerprint[..split.cloud_fingerprint.len().min(12)],
-                    &spec.cloud_fingerprint[..12]
-                ));
-            }
-            if !info.encodings.contains(&(spec.encoding as i32)) {
-                return Err(format!(
-                    "the cloud does not accept {}",
-                    offramp_common::codec::encoding_name(spec.encoding)
-                ));
-            }
-            let width = model.hidden as usize * offramp_common::codec::element_size(spec.encoding);
-            let max_rows = ((info.max_payload_bytes as usize).saturating_sub(1024) / width.max(1)).max(1);
+/// Which positions a sync sends: the states the cloud lacks up to `pos`,
+/// the last `tail` of them as the asking step, of which the last `fresh`
+/// were never sent before (the rest count as replayed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncRange {
+    pub pos: usize,
+    pub tail: usize,
+    pub fresh: usize,
+}
 
-            let (tx, rx) = mpsc::unbounded_channel();
-            tx.send(pb::GenerateRequest {
-                msg: Some(pb::generate_request::Msg::Open(pb::OpenSession {
-                    model_id: spec.model_id.clone(),
-                    model_fingerprint: spec.cloud_fingerprint.clone(),
-                    split: spec.split as u32,
-                    max_positions: spec.max_positions as u32,
-                    edge_id: spec.edge_id.clone(),
-                })),
-            })
-            .expect("receiver alive");
-            let mut inbound = client
-                .clone()
-                .generate(UnboundedReceiverStream::new(rx))
-                .await
-                .map_err(|s| format!("opening the session: {}", s.message()))?
-                .into_inner();
-            match inbound.message().await {
-                Ok(Some(pb::GenerateResponse { result: Some(pb::generate_response::Result::Opened(_)), .. })) => {}
-                Ok(Some(pb::GenerateResponse { result: Some(pb::generate_response::Result::Error(e)), .. })) => {
-                    return Err(e.message)
-                }
-                Ok(_) => return Err("the cloud closed the stream before opening the session".into()),
-                Err(s) => return Err(s.message().to_string()),
-            }
-            Ok((tx, inbound, max_rows))
+/// Timing of the link: how long a session may take to open, how long after
+/// a failure the cloud is tried again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkTiming {
+    pub open_timeout: Duration,
+    pub retry_every: Duration,
+}
+
+/// One generation's link to its cloud sessions.
+pub(crate) struct CloudLink {
+    endpoints: Arc<Endpoints>,
+    spec: SessionSpec,
+    hidden: usize,
+    timing: LinkTiming,
+    pub(crate) state: LinkState,
+    /// Endpoint to try first next time.
+    next_endpoint: usize,
+    request_id: u64,
+    pub opened: usize,
+    pub replayed: usize,
+    /// Response bytes of sessions already dropped.
+    bytes_down_done: u64,
+}
+
+impl CloudLink {
+    pub fn new(endpoints: Arc<Endpoints>, spec: SessionSpec, hidden: usize, timing: LinkTiming) -> Self {
+        let state = match endpoints.all_refused() {
+            Some(e) => LinkState::Refused { cause: e.clone().into() },
+            None => LinkState::Idle,
         };
-        let (tx, mut inbound, max_rows) = match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r?,
-            Err(_) => return Err(format!("no session within {timeout:?}")),
-        };
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<StepReply>>>> = Default::default();
-        let broken: Arc<Mutex<Option<String>>> = Default::default();
-        let bytes_down = Arc::new(AtomicU64::new(0));
-        let reader = {
-            let (pending, broken, bytes_down) = (pending.clone(), broken.clone(), bytes_down.clone());
-            tokio::spawn(async move {
-                let reason = loop {
-                    match inbound.message().await {
-                        Ok(Some(r)) => {
-                            bytes_down.fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
-                            let waiter = pending.lock().expect("pending lock").remove(&r.request_id);
-                            match (r.result, waiter) {
-                                (Some(pb::generate_response::Result::Step(s)), Some(w)) => {
-                                    let _ = w.send(Ok(s));
-                                }
-                                (Some(pb::generate_response::Result::Error(e)), Some(w)) => {
-                                    let _ = w.send(Err(e.message));
-                                }
-                                // A refused step nobody waits for: the cloud's
-                                // cache now lacks those states.
-                                (Some(pb::generate_response::Result::Error(e)), None) => break e.message,
-                                _ => {}
-                            }
-                        }
-                        Ok(None) => break "the cloud closed the session".to_string(),
-                        Err(s) => break s.message().to_string(),
-                    }
-                };
-                *broken.lock().expect("broken lock") = Some(reason.clone());
-                for (_, w) in pending.lock().expect("pending lock").drain() {
-                    let _ = w.send(Err(reason.clone()));
-                }
-            })
-        };
-        Ok(Self { endpoint: endpoint.to_string(), max_rows, tx, pending, broken, bytes_down, reader })
-    }
-
-    /// Why the session broke, if it did.
-    pub fn broken(&self) -> Option<String> {
-        self.broken.lock().expect("broken lock").clone()
-    }
-
-    /// Response bytes received so far.
-    pub fn bytes_down(&self) -> u64 {
-        self.bytes_down.load(Ordering::Relaxed)
-    }
-
-    /// Sends a step; returns its encoded size and, when it wants a token,
-    /// the receiver of the answer.
-    pub fn send(&self, step: pb::DecodeStep) -> Result<(usize, Option<oneshot::Receiver<StepReply>>), String> {
-        if let Some(reason) = self.broken() {
-            return Err(reason);
+        Self {
+            endpoints,
+            spec,
+            hidden,
+            timing,
+            state,
+            next_endpoint: 0,
+            request_id: 0,
+            opened: 0,
+            replayed: 0,
+            bytes_down_done: 0,
         }
-        let rx = if step.want != pb::Want::None as i32 {
-            let (tx, rx) = oneshot::channel();
-            self.pending.lock().expect("pending lock").insert(step.request_id, tx);
-            Some(rx)
-        } else {
-            None
+    }
+
+    /// Whether the cloud may be asked now: a live session, or a try due.
+    pub fn due(&self) -> bool {
+        match &self.state {
+            LinkState::Idle | LinkState::Live { .. } => true,
+            LinkState::Backoff { until, .. } => Instant::now() >= *until,
+            LinkState::Refused { .. } => false,
+        }
+    }
+
+    /// Why the cloud is away, when it is.
+    pub fn cause(&self) -> Option<&LinkError> {
+        match &self.state {
+            LinkState::Backoff { cause, .. } | LinkState::Refused { cause } => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Most positions one step may carry on the live session.
+    pub fn max_rows(&self) -> Option<usize> {
+        self.session().map(|s| s.max_rows)
+    }
+
+    pub fn bytes_down(&self) -> u64 {
+        self.bytes_down_done + self.session().map_or(0, CloudSession::bytes_down)
+    }
+
+    pub fn endpoint(&self) -> Option<String> {
+        self.session().map(|s| s.endpoint.clone())
+    }
+
+    /// Positions the live session's cache holds.
+    #[cfg(test)]
+    pub fn synced(&self) -> usize {
+        match &self.state {
+            LinkState::Live { synced, .. } => *synced,
+            _ => 0,
+        }
+    }
+
+    /// Both sides rolled back to `keep` positions.
+    pub fn truncate(&mut self, keep: usize) {
+        if let LinkState::Live { synced, .. } = &mut self.state {
+            *synced = (*synced).min(keep);
+        }
+    }
+
+    fn session(&self) -> Option<&CloudSession> {
+        match &self.state {
+            LinkState::Live { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The live session is gone (or a try failed): back off, or stop for
+    /// good when no endpoint is left that could ever serve this edge.
+    pub fn lost(&mut self, cause: LinkError) {
+        let was = std::mem::replace(&mut self.state, LinkState::Idle);
+        if let LinkState::Live { session, .. } = was {
+            tracing::warn!(endpoint = %session.endpoint, reason = %cause, "cloud session lost; the edge answers until it is back");
+            self.bytes_down_done += session.bytes_down();
+            if let Some(ep) = self.endpoints.iter().find(|e| e.url == session.endpoint) {
+                self.endpoints.record(ep, Some(Instant::now()));
+            }
+            self.next_endpoint = (self.next_endpoint + 1) % self.endpoints.len().max(1);
+        }
+        self.state = match self.endpoints.all_refused() {
+            Some(e) => LinkState::Refused { cause: e.clone().into() },
+            None => LinkState::Backoff { until: Instant::now() + self.timing.retry_every, cause },
         };
-        let msg = pb::GenerateRequest { msg: Some(pb::generate_request::Msg::Step(step)) };
-        let size = msg.encoded_len();
-        self.tx.send(msg).map_err(|_| "the session's stream is closed".to_string())?;
-        Ok((size, rx))
+    }
+
+    /// A live session, opening one (and replaying nothing yet) if due.
+    pub async fn ensure(&mut self) -> Result<(), LinkError> {
+        if let Some(broken) = self.session().and_then(CloudSession::broken) {
+            self.lost(broken);
+            if let LinkState::Backoff { until, .. } = &mut self.state {
+                *until = Instant::now(); // a broken session is replaced at once
+            }
+        }
+        match &self.state {
+            LinkState::Live { .. } => return Ok(()),
+            LinkState::Refused { cause } => return Err(cause.clone()),
+            LinkState::Backoff { cause, .. } if !self.due() => return Err(cause.clone()),
+            LinkState::Idle | LinkState::Backoff { .. } => {}
+        }
+        if self.endpoints.is_empty() {
+            return Err(LinkError::NoCloud);
+        }
+        let mut last = None;
+        for i in 0..self.endpoints.len() {
+            let idx = (self.next_endpoint + i) % self.endpoints.len();
+            let ep = self.endpoints.get(idx);
+            if ep.refusal().is_some() {
+                continue;
+            }
+            if self.endpoints.admit(ep) == Admit::No {
+                last.get_or_insert(LinkError::CircuitOpen { endpoint: ep.url.clone() });
+                continue;
+            }
+            match CloudSession::open(ep, &self.spec, self.timing.open_timeout).await {
+                Ok(session) => {
+                    if self.opened > 0 {
+                        tracing::info!(endpoint = %ep.url, "cloud session reopened; replaying the layer-K states");
+                    }
+                    self.endpoints.record(ep, None);
+                    self.state = LinkState::Live { session, synced: 0 };
+                    self.next_endpoint = idx;
+                    self.opened += 1;
+                    return Ok(());
+                }
+                Err(LinkError::Incompatible(e)) => {
+                    ep.refuse(e.clone());
+                    last = Some(e.into());
+                }
+                Err(e) => {
+                    if e.heals() {
+                        self.endpoints.record(ep, Some(Instant::now()));
+                    }
+                    tracing::debug!(endpoint = %ep.url, error = %e, "no cloud session");
+                    last = Some(e);
+                }
+            }
+        }
+        let cause = last.or_else(|| self.endpoints.all_refused().cloned().map(Into::into)).unwrap_or(LinkError::NoCloud);
+        self.lost(cause.clone());
+        Err(self.cause().cloned().unwrap_or(cause))
+    }
+
+    /// Sends the states the cloud lacks up to `range.pos`: a replay after a
+    /// reconnect (or the prompt) as steps that want nothing, then the last
+    /// `range.tail` positions, whose last chunk carries `ask` (a verify
+    /// step's tail fits one chunk). The bytes sent and, when `ask` wants an
+    /// answer, its receiver.
+    pub async fn sync(
+        &mut self,
+        states: &[f32],
+        range: SyncRange,
+        ask: Ask,
+    ) -> Result<(u64, Option<oneshot::Receiver<StepReply>>), LinkError> {
+        self.ensure().await?;
+        let SyncRange { pos, tail, fresh } = range;
+        let (hidden, encoding) = (self.hidden, self.spec.encoding);
+        let LinkState::Live { session, synced } = &mut self.state else { unreachable!("ensured") };
+        let max_rows = session.max_rows;
+        let mut sent = 0u64;
+        let mut reply = None;
+        let mut start = *synced;
+        self.replayed += (pos - *synced).saturating_sub(fresh);
+        let tail_start = pos.saturating_sub(tail).max(*synced);
+        let mut ask = Some(ask);
+        let mut failed = None;
+        while start < pos {
+            let bound = if start < tail_start { tail_start } else { pos };
+            let end = (start + max_rows).min(bound);
+            let last = end == pos;
+            let tensor = codec::encode(&states[start * hidden..end * hidden], &[end - start, hidden], encoding);
+            self.request_id += 1;
+            let a = if last { ask.take().expect("one last chunk") } else { Ask::token(pb::Want::None, 0.0, 0.0) };
+            let step = pb::DecodeStep {
+                request_id: self.request_id,
+                position: start as u32,
+                hidden: Some(tensor),
+                want: a.want as i32,
+                temperature: a.temperature,
+                uniform: a.uniform,
+                drafts: a.drafts,
+                speculative: a.speculative,
+            };
+            match session.send(step) {
+                Ok((size, rx)) => {
+                    sent += size as u64;
+                    if last {
+                        reply = rx;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            start = end;
+        }
+        if let Some(e) = failed {
+            self.lost(e.clone());
+            return Err(e);
+        }
+        *synced = pos;
+        Ok((sent, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::BreakerConfig;
+    use crate::link::HandshakeError;
+    use crate::transport::{ConnectConfig, Credentials, Transport};
+
+    fn spec() -> SessionSpec {
+        SessionSpec {
+            model_id: "m".into(),
+            split: 1,
+            cloud_fingerprint: "f".into(),
+            max_positions: 8,
+            encoding: pb::Encoding::F32,
+            edge_id: "edge".into(),
+        }
+    }
+
+    fn endpoints(urls: &[&str]) -> Arc<Endpoints> {
+        let (c, creds) = (ConnectConfig::default(), Credentials::default());
+        let eps = urls.iter().map(|u| (u.to_string(), Transport::grpc(u, &c, &creds).unwrap())).collect();
+        Arc::new(Endpoints::new(eps, BreakerConfig::default()))
+    }
+
+    fn timing(retry: Duration) -> LinkTiming {
+        LinkTiming { open_timeout: Duration::from_millis(200), retry_every: retry }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cloud_backs_off_then_is_due_again() {
+        // Nothing listens on port 1: the try fails fast and heals later.
+        let mut link = CloudLink::new(endpoints(&["http://127.0.0.1:1"]), spec(), 4, timing(Duration::from_millis(50)));
+        assert!(matches!(link.state, LinkState::Idle) && link.due());
+        let e = link.ensure().await.unwrap_err();
+        assert!(e.heals(), "{e}");
+        assert!(matches!(link.state, LinkState::Backoff { .. }));
+        assert!(!link.due(), "backing off");
+        let again = link.ensure().await.unwrap_err();
+        assert_eq!(again, e, "within the backoff the cause is repeated, nothing dialled");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(link.due());
+        let s = link.sync(&[0.0; 8], SyncRange { pos: 2, tail: 1, fresh: 1 }, Ask::token(pb::Want::Argmax, 0.0, 0.0));
+        assert!(s.await.is_err());
+        assert_eq!((link.synced(), link.opened), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn refusals_for_good_stop_the_link() {
+        let eps = endpoints(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        eps.get(0).refuse(HandshakeError::Incompatible("fingerprint mismatch at split 1".into()));
+        let mut link = CloudLink::new(eps.clone(), spec(), 4, timing(Duration::ZERO));
+        assert!(matches!(link.state, LinkState::Idle), "one endpoint is left");
+        eps.get(1).refuse(HandshakeError::Incompatible("holds another model".into()));
+        let e = link.ensure().await.unwrap_err();
+        assert!(!e.heals());
+        assert!(matches!(link.state, LinkState::Refused { .. }));
+        assert!(!link.due(), "never due again, whatever the retry period");
+        let fresh = CloudLink::new(eps, spec(), 4, timing(Duration::ZERO));
+        assert!(matches!(fresh.state, LinkState::Refused { .. }), "later generations start refused");
+    }
+
+    #[test]
+    fn truncate_only_lowers_what_a_live_session_holds() {
+        let mut link = CloudLink::new(endpoints(&[]), spec(), 4, timing(Duration::ZERO));
+        link.truncate(3);
+        assert_eq!(link.synced(), 0);
+        assert!(matches!(link.state, LinkState::Idle));
     }
 }

@@ -24,25 +24,30 @@
 //! where it was.
 
 pub mod args;
+mod emit;
 pub mod link;
 mod speculative;
+mod stepwise;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use offramp_common::codec;
-use offramp_common::decoder::model::{last_row, rows, top1};
+use offramp_common::decoder::model::{last_row, rows};
 use offramp_common::decoder::sample::Sampling;
 use offramp_common::decoder::{
     DecoderBundle, DecoderError, DecoderModel, DecoderTokenizer, KvCache, SessionStep, Tensor,
 };
-use offramp_common::rng::SplitMix64;
 use offramp_proto as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::transport::{ConnectConfig, Credentials, TransportError};
-use link::{CloudSession, GenerationClient, SessionSpec, StepReply};
+use crate::breaker::BreakerConfig;
+use crate::config::BreakerSettings;
+use crate::link::handshake::{check_decoder, SessionSpec};
+use crate::link::session::StepReply;
+use crate::link::{Endpoints, HandshakeError, LinkError};
+use crate::transport::{ConnectConfig, Credentials, Transport, TransportError, TransportKind};
+use link::{CloudLink, LinkTiming};
 
 /// How a session uses the cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -95,14 +100,35 @@ impl Tier {
 /// Why generation could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error(transparent)]
-    Decoder(#[from] DecoderError),
-    #[error(transparent)]
-    Transport(#[from] TransportError),
+    /// The request is wrong for this edge (empty prompt, too long, a mode
+    /// or setting that does not run here): the caller's to fix.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("prompt ({prompt} tokens) + max tokens {max_tokens} exceed the model's context of {context}")]
+    ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
+    /// The edge's settings do not fit its bundle.
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The cloud refused this edge for good (another model, a fingerprint
+    /// mismatch, bad credentials).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The edge's own compute failed (the model, the tokenizer): not the
+    /// caller's fault.
+    #[error("the edge's compute failed: {0}")]
+    Compute(#[from] DecoderError),
     #[error("the edge's compute task failed: {0}")]
     Join(String),
+}
+
+impl GenerateError {
+    /// Whether the request itself was wrong (HTTP 400), rather than the
+    /// edge or its link failing.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, GenerateError::BadRequest(_) | GenerateError::ContextExceeded { .. })
+    }
 }
 
 /// Settings of a decoder edge.
@@ -112,8 +138,10 @@ pub struct GenerateConfig {
     /// Split point for `split` and `early-exit` (ignored by the baselines).
     pub split: usize,
     pub clouds: Vec<String>,
+    pub transport: TransportKind,
     pub connect: ConnectConfig,
     pub credentials: Credentials,
+    pub breaker: BreakerSettings,
     pub encoding: pb::Encoding,
     /// How long one token waits for the cloud before the edge answers.
     pub deadline: Duration,
@@ -140,16 +168,18 @@ impl GenerateConfig {
             mode,
             split,
             clouds,
+            transport: TransportKind::default(),
             connect: ConnectConfig::default(),
             credentials: Credentials::default(),
+            breaker: BreakerSettings::default(),
             encoding: pb::Encoding::F32,
-            deadline: Duration::from_secs(2),
-            retry_every: Duration::from_millis(500),
+            deadline: crate::config::defaults::TOKEN_DEADLINE,
+            retry_every: crate::config::defaults::RETRY_EVERY,
             threshold: None,
-            edge_id: "edge".into(),
-            draft: 6,
+            edge_id: crate::config::defaults::EDGE_ID.into(),
+            draft: crate::config::defaults::DRAFT,
             adapt_draft: true,
-            pipeline: 8,
+            pipeline: crate::config::defaults::PIPELINE,
         }
     }
 }
@@ -321,7 +351,7 @@ pub struct DecoderEdge {
     /// The deepest exit at or before the split, and its threshold.
     exit: Option<usize>,
     threshold: Option<f32>,
-    clients: Vec<(String, GenerationClient)>,
+    endpoints: Arc<Endpoints>,
 }
 
 impl std::fmt::Debug for DecoderEdge {
@@ -396,13 +426,61 @@ impl DecoderEdge {
                 return Err(GenerateError::Config(format!("--threshold {t}: a top-1 probability is in [0, 1]")));
             }
         }
-        let clients = config
+        let endpoints = config
             .clouds
             .iter()
-            .map(|url| Ok((url.clone(), link::client(url, &config.connect, &config.credentials)?)))
+            .map(|url| Ok((url.clone(), Transport::new(config.transport, url, &config.connect, &config.credentials)?)))
             .collect::<Result<Vec<_>, TransportError>>()?;
+        let breaker = BreakerConfig {
+            failure_threshold: config.breaker.failures,
+            base_backoff: config.breaker.backoff,
+            max_backoff: config.breaker.max_backoff,
+            ..BreakerConfig::default()
+        };
+        let endpoints = Arc::new(Endpoints::new(endpoints, breaker));
         let model = Arc::new(bundle.model()?);
-        Ok(Self { bundle, model, config, split, exit, threshold, clients })
+        Ok(Self { bundle, model, config, split, exit, threshold, endpoints })
+    }
+
+    /// Handshakes with every cloud endpoint now (when this edge uses a
+    /// cloud). A reachable endpoint that cannot serve this edge (another
+    /// model, split, fingerprint or encoding; refused credentials) is an
+    /// error, said once and never retried; an unreachable one is tried when
+    /// a generation needs it. The endpoints that answered.
+    pub async fn connect(&self) -> Result<usize, GenerateError> {
+        if self.split == self.bundle.num_layers() {
+            return Ok(0);
+        }
+        let spec = self.session_spec(self.bundle.config().context);
+        let timeout = self.config.connect.connect_timeout.max(Duration::from_millis(500));
+        let mut ok = 0;
+        for ep in self.endpoints.iter() {
+            let verdict = match ep.transport.decoder_info(timeout).await {
+                Ok(info) => check_decoder(&ep.url, &info, &spec).map(|_| ()),
+                Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                    Err(HandshakeError::Credentials { url: ep.url.clone(), message: s.message().to_string() })
+                }
+                Err(s) => {
+                    tracing::warn!(endpoint = %ep.url, status = %s, "cloud unreachable at start; the edge answers until it is back");
+                    continue;
+                }
+            };
+            if let Err(e) = verdict {
+                ep.refuse(e.clone());
+                return Err(LinkError::from(e).into());
+            }
+            ok += 1;
+        }
+        Ok(ok)
+    }
+
+    /// The link's timing: how long a session may take to open, how long
+    /// after a loss the cloud is tried again.
+    fn timing(&self) -> LinkTiming {
+        LinkTiming {
+            open_timeout: self.config.connect.connect_timeout + self.config.deadline,
+            retry_every: self.config.retry_every,
+        }
     }
 
     /// Whether `mode` can run on this edge as loaded (at its split).
@@ -419,7 +497,7 @@ impl DecoderEdge {
         Err(GenerateError::Config(format!(
             "mode {} does not run on this edge (split {k} of {n} layers{}); it runs: {}",
             mode.name(),
-            if self.clients.is_empty() { ", no cloud" } else { "" },
+            if self.endpoints.is_empty() { ", no cloud" } else { "" },
             runs.join(", ")
         )))
     }
@@ -432,7 +510,7 @@ impl DecoderEdge {
             Mode::Split | Mode::Speculative => k < n,
             Mode::EarlyExit => k < n && self.exit.is_some() && self.threshold.is_some(),
         };
-        fits && (mode == Mode::AllEdge || !self.clients.is_empty())
+        fits && (mode == Mode::AllEdge || !self.endpoints.is_empty())
     }
 
     pub fn tokenizer(&self) -> &Arc<DecoderTokenizer> {
@@ -462,203 +540,31 @@ impl DecoderEdge {
         &self,
         prompt: &[u32],
         opts: &GenOptions,
-        mut on_token: impl FnMut(&TokenEvent),
+        on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generated, GenerateError> {
         if prompt.is_empty() {
-            return Err(GenerateError::Config("the prompt has no tokens".into()));
+            return Err(GenerateError::BadRequest("the prompt has no tokens".into()));
         }
         let c = self.bundle.config().clone();
         let max_positions = prompt.len() + opts.max_tokens;
         if max_positions > c.context {
-            return Err(GenerateError::Config(format!(
-                "prompt ({} tokens) + --max-tokens {} exceed the model's context of {}",
-                prompt.len(),
-                opts.max_tokens,
-                c.context
-            )));
+            return Err(GenerateError::ContextExceeded {
+                prompt: prompt.len(),
+                max_tokens: opts.max_tokens,
+                context: c.context,
+            });
         }
         let mode = opts.mode.unwrap_or(self.config.mode);
         if mode != self.config.mode {
-            self.check_mode(mode)?;
+            self.check_mode(mode).map_err(|e| GenerateError::BadRequest(e.to_string()))?;
         }
         if opts.draft == Some(0) {
-            return Err(GenerateError::Config("the draft length must be at least 1".into()));
+            return Err(GenerateError::BadRequest("the draft length must be at least 1".into()));
         }
-        let deadline = opts.deadline.unwrap_or(self.config.deadline);
         if mode == Mode::Speculative {
             return speculative::generate(self, prompt, opts, on_token).await;
         }
-        let started = Instant::now();
-        let k = self.split;
-        let n = c.layers;
-        let tok = self.bundle.tokenizer().clone();
-        let spec = self.session_spec(max_positions);
-        let mut rng = SplitMix64::new(opts.seed);
-        let mut cache = Some(KvCache::new(&c, 0..k));
-        let mut states: Vec<f32> = Vec::with_capacity(max_positions * c.hidden);
-        let mut cloud = CloudState::new(self.clients.len());
-        let mut input: Vec<u32> = prompt.to_vec();
-        let mut pos = 0usize;
-        let mut text = offramp_common::decoder::tokenizer::TextStream::default();
-        let mut out = Vec::with_capacity(opts.max_tokens);
-        let mut events = Vec::with_capacity(opts.max_tokens);
-        let mut checks: Vec<(u32, oneshot::Receiver<StepReply>)> = Vec::new();
-        let mut summary = Summary {
-            mode: mode.name().into(),
-            split: k,
-            encoding: codec::encoding_name(self.config.encoding).into(),
-            prompt_tokens: prompt.len(),
-            ..Summary::default()
-        };
-        let mut first_token_at = None;
-        for index in 0..opts.max_tokens {
-            let t0 = Instant::now();
-            let t = input.len();
-            // Layers 0..K here (and the exit's state, tapped on the way).
-            let (back, step) = {
-                let model = self.model.clone();
-                let mut cache = cache.take().expect("cache returned each step");
-                let (ids, head) = (std::mem::take(&mut input), self.local_head());
-                tokio::task::spawn_blocking(move || {
-                    let r = edge_layers(&model, &mut cache, &ids, pos, head);
-                    (cache, r)
-                })
-                .await
-                .map_err(|e| GenerateError::Join(e.to_string()))?
-            };
-            cache = Some(back);
-            let step = step?;
-            states.extend_from_slice(&step.state_k);
-            pos += t;
-            let uniform = rng.next_f32();
-            let mut bytes_up = 0u64;
-            let down_before = cloud.bytes_down();
-            let mut local: Option<(u32, f32)> = None;
-            let local_choice = |this: &Self, tap: &Tensor| -> Result<(u32, f32, f32), GenerateError> {
-                let logits = this.local_logits(tap)?;
-                let (_, p_top) = top1(&logits);
-                let (token, p) = opts.sampling.choose(&logits, uniform);
-                Ok((token, p, p_top))
-            };
-            let want = match opts.sampling {
-                Sampling::Greedy => pb::Want::Argmax,
-                Sampling::Temperature(_) => pb::Want::Sample,
-            };
-            let temperature = match opts.sampling {
-                Sampling::Temperature(t) => t,
-                Sampling::Greedy => 0.0,
-            };
-            let mut cloud_batch = None;
-            let emitted: (u32, f32, Tier, Option<usize>, Option<String>) = if k == n {
-                let (token, p, _) = local_choice(self, &step.tap)?;
-                (token, p, Tier::Edge, Some(n), None)
-            } else {
-                let confident = if mode == Mode::EarlyExit {
-                    let (token, p, p_top) = local_choice(self, &step.tap)?;
-                    local = Some((token, p));
-                    p_top >= self.threshold.unwrap_or(1.0)
-                } else {
-                    false
-                };
-                if confident {
-                    let (token, p) = local.expect("computed above");
-                    // Keep the cloud's cache whole without waiting for it.
-                    let ask = if opts.agreement { want } else { pb::Want::None };
-                    match cloud.sync(self, &spec, &states, pos, t, t, Ask::token(ask, temperature, uniform)).await {
-                        Ok((sent, Some(rx))) => {
-                            bytes_up += sent;
-                            checks.push((token, rx));
-                        }
-                        Ok((sent, None)) => bytes_up += sent,
-                        Err(_) => {}
-                    }
-                    (token, p, Tier::Edge, self.exit, None)
-                } else {
-                    let answer =
-                        match cloud.sync(self, &spec, &states, pos, t, t, Ask::token(want, temperature, uniform)).await
-                        {
-                            Ok((sent, Some(rx))) => {
-                                bytes_up += sent;
-                                summary.round_trips_per_token += 1.0;
-                                match tokio::time::timeout(deadline, rx).await {
-                                    Ok(Ok(Ok(r))) => Ok(r),
-                                    Ok(Ok(Err(reason))) => Err(reason),
-                                    Ok(Err(_)) => Err("the session ended".to_string()),
-                                    Err(_) => Err(format!("no answer within the deadline of {deadline:?}")),
-                                }
-                            }
-                            Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
-                            Err(reason) => Err(reason),
-                        };
-                    match answer {
-                        Ok(r) => {
-                            cloud_batch = Some(r.batch_size);
-                            (r.token, r.probability, Tier::Cloud, None, None)
-                        }
-                        Err(reason) => {
-                            cloud.lost(&reason, self.config.retry_every);
-                            let (token, p) = match local {
-                                Some(l) => l,
-                                None => {
-                                    let (token, p, _) = local_choice(self, &step.tap)?;
-                                    (token, p)
-                                }
-                            };
-                            (token, p, Tier::Fallback, Some(self.exit.unwrap_or(k)), Some(reason))
-                        }
-                    }
-                }
-            };
-            let (token, probability, tier, exit, reason) = emitted;
-            summary.count(tier);
-            let bytes_down = cloud.bytes_down().saturating_sub(down_before);
-            summary.bytes_up_per_token += bytes_up as f64;
-            summary.bytes_down_per_token += bytes_down as f64;
-            let piece = text.push(&tok, token);
-            let event = TokenEvent {
-                index,
-                position: pos,
-                token,
-                text: piece,
-                tier,
-                exit,
-                probability,
-                reason,
-                latency_us: t0.elapsed().as_micros() as u64,
-                bytes_up,
-                bytes_down,
-                endpoint: if tier == Tier::Cloud { cloud.endpoint() } else { None },
-                cloud_batch,
-            };
-            on_token(&event);
-            events.push(event);
-            out.push(token);
-            first_token_at.get_or_insert_with(|| started.elapsed());
-            if tok.is_stop(token) && !opts.ignore_eos {
-                break;
-            }
-            input = vec![token];
-        }
-        let elapsed = started.elapsed();
-        let tokens = out.len();
-        if !checks.is_empty() || (opts.agreement && mode != Mode::AllEdge) {
-            let mut agree = 0usize;
-            let mut answered = 0usize;
-            for (token, rx) in checks {
-                if let Ok(Ok(Ok(r))) = tokio::time::timeout(deadline, rx).await {
-                    answered += 1;
-                    if r.token == token {
-                        agree += 1;
-                    }
-                }
-            }
-            summary.edge_agreement = Some(if answered > 0 { agree as f64 / answered as f64 } else { 1.0 });
-            let disagree = answered - agree;
-            summary.agreement = Some(if tokens > 0 { 1.0 - disagree as f64 / tokens as f64 } else { 1.0 });
-        }
-        summary.finish(tokens, elapsed, first_token_at, &cloud);
-        let text = tok.decode(&out)?;
-        Ok(Generated { tokens: out, text, events, summary })
+        stepwise::generate(self, prompt, opts, mode, on_token).await
     }
 
     /// The session the edge asks a cloud for.
@@ -725,7 +631,7 @@ impl Summary {
     }
 
     /// Per-token averages and rates once `tokens` were emitted.
-    fn finish(&mut self, tokens: usize, elapsed: Duration, first_token_at: Option<Duration>, cloud: &CloudState) {
+    fn finish(&mut self, tokens: usize, elapsed: Duration, first_token_at: Option<Duration>, cloud: &CloudLink) {
         self.tokens = tokens;
         self.elapsed_s = elapsed.as_secs_f64();
         self.tokens_per_s = tokens as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -741,6 +647,7 @@ impl Summary {
         }
         self.sessions_opened = cloud.opened;
         self.replayed_positions = cloud.replayed;
+        metrics::counter!("offramp_edge_cloud_sessions_total").increment(cloud.opened as u64);
     }
 }
 
@@ -769,185 +676,16 @@ fn edge_layers(
     Ok(EdgeStep { state_k, tap })
 }
 
-/// What the last step of a sync asks of the cloud.
-struct Ask {
-    want: pb::Want,
-    temperature: f32,
-    uniform: f32,
-    drafts: Vec<pb::Draft>,
-    speculative: bool,
-}
-
-impl Ask {
-    fn token(want: pb::Want, temperature: f32, uniform: f32) -> Self {
-        Self { want, temperature, uniform, drafts: Vec::new(), speculative: false }
-    }
-}
-
-/// The edge's side of its cloud sessions: the live one, where its cache
-/// stands, when to try again after a loss.
-struct CloudState {
-    session: Option<CloudSession>,
-    /// Positions the live session's cache holds.
-    synced: usize,
-    /// Endpoint to try first next time.
-    next_endpoint: usize,
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
-    request_id: u64,
-    opened: usize,
-    replayed: usize,
-    /// Response bytes of sessions already dropped.
-    bytes_down_done: u64,
-    endpoints: usize,
-}
-
-impl CloudState {
-    fn new(endpoints: usize) -> Self {
-        Self {
-            session: None,
-            synced: 0,
-            next_endpoint: 0,
-            retry_at: None,
-            last_error: None,
-            request_id: 0,
-            opened: 0,
-            replayed: 0,
-            bytes_down_done: 0,
-            endpoints,
-        }
-    }
-
-    /// Whether the cloud may be asked now: a live session, or a retry due.
-    fn due(&self) -> bool {
-        match &self.session {
-            Some(_) => true,
-            None => self.retry_at.is_none_or(|at| Instant::now() >= at),
-        }
-    }
-
-    /// Most positions one step may carry on the live session.
-    fn max_rows(&self) -> Option<usize> {
-        self.session.as_ref().map(|s| s.max_rows)
-    }
-
-    fn bytes_down(&self) -> u64 {
-        self.bytes_down_done + self.session.as_ref().map_or(0, |s| s.bytes_down())
-    }
-
-    fn endpoint(&self) -> Option<String> {
-        self.session.as_ref().map(|s| s.endpoint.clone())
-    }
-
-    /// The live session is gone: drop it, try again after `retry`, starting
-    /// with the next endpoint.
-    fn lost(&mut self, reason: &str, retry: Duration) {
-        if let Some(s) = self.session.take() {
-            tracing::warn!(endpoint = %s.endpoint, reason, "cloud session lost; the edge answers until it is back");
-            self.bytes_down_done += s.bytes_down();
-            self.next_endpoint = (self.next_endpoint + 1) % self.endpoints.max(1);
-        }
-        self.last_error = Some(reason.to_string());
-        self.retry_at = Some(Instant::now() + retry);
-    }
-
-    /// A live session, opening one (and replaying nothing yet) if due.
-    async fn ensure(&mut self, edge: &DecoderEdge, spec: &SessionSpec) -> Result<(), String> {
-        if let Some(s) = &self.session {
-            match s.broken() {
-                None => return Ok(()),
-                Some(reason) => self.lost(&reason, Duration::ZERO),
-            }
-        }
-        if let Some(at) = self.retry_at {
-            if Instant::now() < at {
-                return Err(self.last_error.clone().unwrap_or_else(|| "the cloud is unreachable".into()));
-            }
-        }
-        let mut errors = Vec::new();
-        for i in 0..edge.clients.len() {
-            let idx = (self.next_endpoint + i) % edge.clients.len();
-            let (url, client) = &edge.clients[idx];
-            let timeout = edge.config.connect.connect_timeout + edge.config.deadline;
-            match CloudSession::open(url, client, spec, timeout).await {
-                Ok(s) => {
-                    if self.opened > 0 {
-                        tracing::info!(endpoint = %url, "cloud session reopened; replaying the layer-K states");
-                    }
-                    self.session = Some(s);
-                    self.synced = 0;
-                    self.next_endpoint = idx;
-                    self.retry_at = None;
-                    self.opened += 1;
-                    return Ok(());
-                }
-                Err(e) => errors.push(format!("{url}: {e}")),
-            }
-        }
-        let reason = format!("no cloud session: {}", errors.join("; "));
-        self.last_error = Some(reason.clone());
-        self.retry_at = Some(Instant::now() + edge.config.retry_every);
-        Err(reason)
-    }
-
-    /// Sends the states the cloud lacks up to `pos`: `synced..pos - tail`
-    /// (a replay after a reconnect, or the prompt) as steps that want
-    /// nothing, then the last `tail` positions, whose last chunk carries
-    /// `ask` (a verify step's `tail` fits one chunk). Of those positions,
-    /// the last `fresh` were never sent before (the rest count as replayed).
-    #[allow(clippy::too_many_arguments)]
-    async fn sync(
-        &mut self,
-        edge: &DecoderEdge,
-        spec: &SessionSpec,
-        states: &[f32],
-        pos: usize,
-        tail: usize,
-        fresh: usize,
-        ask: Ask,
-    ) -> Result<(u64, Option<oneshot::Receiver<StepReply>>), String> {
-        self.ensure(edge, spec).await?;
-        let hidden = edge.bundle.config().hidden;
-        let session = self.session.as_ref().expect("ensured");
-        let max_rows = session.max_rows;
-        let mut sent = 0u64;
-        let mut reply = None;
-        let mut start = self.synced;
-        self.replayed += (pos - self.synced).saturating_sub(fresh);
-        let tail_start = pos.saturating_sub(tail).max(self.synced);
-        let mut ask = Some(ask);
-        while start < pos {
-            let bound = if start < tail_start { tail_start } else { pos };
-            let end = (start + max_rows).min(bound);
-            let last = end == pos;
-            let tensor = codec::encode(&states[start * hidden..end * hidden], &[end - start, hidden], spec.encoding);
-            self.request_id += 1;
-            let a = if last { ask.take().expect("one last chunk") } else { Ask::token(pb::Want::None, 0.0, 0.0) };
-            let step = pb::DecodeStep {
-                request_id: self.request_id,
-                position: start as u32,
-                hidden: Some(tensor),
-                want: a.want as i32,
-                temperature: a.temperature,
-                uniform: a.uniform,
-                drafts: a.drafts,
-                speculative: a.speculative,
-            };
-            match session.send(step) {
-                Ok((size, rx)) => {
-                    sent += size as u64;
-                    if last {
-                        reply = rx;
-                    }
-                }
-                Err(reason) => {
-                    self.lost(&reason, edge.config.retry_every);
-                    return Err(reason);
-                }
-            }
-            start = end;
-        }
-        self.synced = pos;
-        Ok((sent, reply))
+/// The cloud's answer to a step within `deadline`.
+async fn await_reply(
+    rx: oneshot::Receiver<StepReply>,
+    deadline: Duration,
+    endpoint: Option<String>,
+) -> Result<pb::StepResult, LinkError> {
+    let endpoint = endpoint.unwrap_or_else(|| "the cloud".into());
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(LinkError::Closed { endpoint, reason: "the session ended".into() }),
+        Err(_) => Err(LinkError::Timeout { endpoint, after: deadline }),
     }
 }

@@ -36,15 +36,15 @@ use std::time::{Duration, Instant};
 use offramp_common::decoder::model::top1;
 use offramp_common::decoder::sample::Sampling;
 use offramp_common::decoder::speculative::{position_uniforms, SparseDist, DRAFT_TOP_K};
-use offramp_common::decoder::tokenizer::TextStream;
 use offramp_common::decoder::KvCache;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
-use super::link::StepReply;
-use super::{
-    edge_layers, Ask, CloudState, DecoderEdge, GenOptions, GenerateError, Generated, Summary, Tier, TokenEvent,
-};
+use super::emit::{Emitted, Emitter};
+use super::link::{Ask, CloudLink, SyncRange};
+use super::{edge_layers, DecoderEdge, GenOptions, GenerateError, Generated, Tier, TokenEvent};
+use crate::link::session::StepReply;
+use crate::link::LinkError;
 
 /// Draft ahead of the verifications in flight only while the chance that
 /// they all accept is at least this.
@@ -142,66 +142,6 @@ fn ewma(old: Option<f64>, x: f64) -> f64 {
     old.map_or(x, |o| 0.8 * o + 0.2 * x)
 }
 
-/// Emitted tokens, their events and the summary's counters.
-struct Emitter<'a, F: FnMut(&TokenEvent)> {
-    edge: &'a DecoderEdge,
-    on_token: F,
-    text: TextStream,
-    out: Vec<u32>,
-    events: Vec<TokenEvent>,
-    summary: Summary,
-    started: Instant,
-    last_at: Instant,
-    first_token_at: Option<Duration>,
-    max_tokens: usize,
-    ignore_eos: bool,
-}
-
-impl<F: FnMut(&TokenEvent)> Emitter<'_, F> {
-    /// Emits one token; false once generation should stop.
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        position: usize,
-        token: u32,
-        probability: f32,
-        tier: Tier,
-        reason: Option<String>,
-        bytes_up: u64,
-        bytes_down: u64,
-        cloud: &CloudState,
-        cloud_batch: Option<u32>,
-    ) -> bool {
-        let edge = self.edge;
-        self.summary.count(tier);
-        // Bytes up are counted when sent (speculation thrown away included).
-        self.summary.bytes_down_per_token += bytes_down as f64;
-        let now = Instant::now();
-        let event = TokenEvent {
-            index: self.out.len(),
-            position,
-            token,
-            text: self.text.push(edge.bundle.tokenizer(), token),
-            tier,
-            exit: (tier != Tier::Cloud).then(|| edge.exit.unwrap_or(edge.split)),
-            probability,
-            reason,
-            latency_us: now.duration_since(self.last_at).as_micros() as u64,
-            bytes_up,
-            bytes_down,
-            endpoint: if tier == Tier::Fallback { None } else { cloud.endpoint() },
-            cloud_batch,
-        };
-        self.last_at = now;
-        (self.on_token)(&event);
-        self.events.push(event);
-        self.out.push(token);
-        self.first_token_at.get_or_insert_with(|| self.started.elapsed());
-        let stop = edge.bundle.tokenizer().is_stop(token) && !self.ignore_eos;
-        !stop && self.out.len() < self.max_tokens
-    }
-}
-
 /// What one edge step drafted.
 struct Drafted {
     state_k: Vec<f32>,
@@ -211,318 +151,372 @@ struct Drafted {
     q: Option<SparseDist>,
 }
 
+/// What the speculative loop does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Draft a token (with `alone`: the cloud is away, the draft is the
+    /// answer).
+    Draft { alone: bool },
+    /// Nothing worth drafting: wait for the oldest verification.
+    WaitOldest,
+    /// Nothing in flight and nothing left to draft.
+    Stop,
+}
+
+/// What the policy sees of the loop.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    /// Blocks sent and not yet answered, and their drafts.
+    in_flight: usize,
+    unverified: usize,
+    /// Drafts in the block being built.
+    building: usize,
+    /// Tokens emitted so far, and the most asked for.
+    emitted: usize,
+    max_tokens: usize,
+    cloud_due: bool,
+    pipeline: usize,
+    /// Most drafts ahead of the last verified one, and the acceptance rate.
+    ahead: usize,
+    rate: f64,
+}
+
+impl View {
+    /// Tokens that may still be drafted.
+    fn budget(&self) -> usize {
+        self.max_tokens.saturating_sub(self.emitted + self.unverified + self.building)
+    }
+}
+
+/// The policy, free of I/O: draft while a draft can still be emitted and
+/// either the pipeline has room and drafting ahead is likely to pay, or the
+/// cloud is away (the edge answers alone); else wait for the oldest answer.
+fn next(v: &View) -> Action {
+    let alone = v.in_flight == 0 && v.building == 0 && !v.cloud_due;
+    // Drafting ahead of verifications pays only while they are likely
+    // to accept everything in flight; past that it burns the device's
+    // CPU (and delays reading an answer by up to a draft).
+    let worth_it =
+        v.in_flight == 0 || (v.unverified < v.ahead && v.rate.powi(v.unverified as i32) >= AHEAD_MIN_SURVIVAL);
+    if v.budget() > 0 && ((v.in_flight < v.pipeline && worth_it) || alone) {
+        Action::Draft { alone }
+    } else if v.in_flight > 0 {
+        Action::WaitOldest
+    } else {
+        Action::Stop
+    }
+}
+
+/// A speculative generation in progress.
+struct Speculation<'e, F: FnMut(&TokenEvent)> {
+    edge: &'e DecoderEdge,
+    opts: &'e GenOptions,
+    em: Emitter<'e, F>,
+    ctl: DraftControl,
+    deadline: Duration,
+    temperature: Option<f32>,
+    /// The exit that drafts (what edge and fallback tokens name).
+    exit: Option<usize>,
+    cache: Option<KvCache>,
+    /// Layer-K states of every position so far.
+    states: Vec<f32>,
+    cloud: CloudLink,
+    /// The next input: the prompt, then one token at a time.
+    input: Vec<u32>,
+    /// Prompt positions no cloud has seen yet.
+    unsent_prompt: usize,
+    sent: VecDeque<Block>,
+    current: Option<Block>,
+    verified: usize,
+    accepted: usize,
+    verifications: usize,
+    discarded: usize,
+    down_seen: u64,
+    go: bool,
+}
+
 pub(super) async fn generate(
     edge: &DecoderEdge,
     prompt: &[u32],
     opts: &GenOptions,
     on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generated, GenerateError> {
-    let c = edge.bundle.config().clone();
-    let hidden = c.hidden;
-    let k = edge.split;
-    let spec = edge.session_spec(prompt.len() + opts.max_tokens);
-    let temperature = match opts.sampling {
-        Sampling::Temperature(t) => Some(t),
-        Sampling::Greedy => None,
-    };
-    let mut em = Emitter {
-        edge,
-        on_token,
-        text: TextStream::default(),
-        out: Vec::with_capacity(opts.max_tokens),
-        events: Vec::with_capacity(opts.max_tokens),
-        summary: Summary {
-            mode: super::Mode::Speculative.name().into(),
-            split: k,
-            encoding: offramp_common::codec::encoding_name(edge.config.encoding).into(),
-            prompt_tokens: prompt.len(),
-            ..Summary::default()
-        },
-        started: Instant::now(),
-        last_at: Instant::now(),
-        first_token_at: None,
-        max_tokens: opts.max_tokens,
-        ignore_eos: opts.ignore_eos,
-    };
-    let mut ctl = DraftControl::new(opts.draft.unwrap_or(edge.config.draft), edge.config.adapt_draft);
-    let deadline = opts.deadline.unwrap_or(edge.config.deadline);
-    let mut cache = Some(KvCache::new(&c, 0..k));
-    let mut states: Vec<f32> = Vec::with_capacity(spec.max_positions * hidden);
-    let mut cloud = CloudState::new(edge.clients.len());
-    // The next input: the prompt, then one token at a time.
-    let mut input: Vec<u32> = prompt.to_vec();
-    // Prompt positions no cloud has seen yet.
-    let mut unsent_prompt = prompt.len() - 1;
-    let mut sent: VecDeque<Block> = VecDeque::new();
-    let mut current: Option<Block> = None;
-    let (mut verified, mut accepted_total, mut verifications, mut discarded) = (0usize, 0usize, 0usize, 0usize);
-    let mut go = true;
-    let mut down_seen = 0u64;
-    while go {
-        // Answers that are in, oldest first.
-        while go {
-            let Some(front) = sent.front_mut() else { break };
+    let mut s = Speculation::new(edge, prompt, opts, on_token);
+    while s.go {
+        s.take_answers();
+        if !s.go {
+            break;
+        }
+        match next(&s.view()) {
+            Action::Draft { alone } => s.draft(alone).await?,
+            Action::WaitOldest => s.wait_oldest().await,
+            Action::Stop => break,
+        }
+    }
+    s.finish()
+}
+
+impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
+    fn new(edge: &'e DecoderEdge, prompt: &[u32], opts: &'e GenOptions, on_token: F) -> Self {
+        let c = edge.bundle.config();
+        let spec = edge.session_spec(prompt.len() + opts.max_tokens);
+        Self {
+            edge,
+            opts,
+            em: Emitter::new(edge, super::Mode::Speculative, prompt.len(), opts, on_token),
+            ctl: DraftControl::new(opts.draft.unwrap_or(edge.config.draft), edge.config.adapt_draft),
+            deadline: opts.deadline.unwrap_or(edge.config.deadline),
+            temperature: match opts.sampling {
+                Sampling::Temperature(t) => Some(t),
+                Sampling::Greedy => None,
+            },
+            exit: Some(edge.exit.unwrap_or(edge.split)),
+            cache: Some(KvCache::new(c, 0..edge.split)),
+            states: Vec::with_capacity(spec.max_positions * c.hidden),
+            cloud: CloudLink::new(edge.endpoints.clone(), spec, c.hidden, edge.timing()),
+            input: prompt.to_vec(),
+            unsent_prompt: prompt.len() - 1,
+            sent: VecDeque::new(),
+            current: None,
+            verified: 0,
+            accepted: 0,
+            verifications: 0,
+            discarded: 0,
+            down_seen: 0,
+            go: true,
+        }
+    }
+
+    fn view(&self) -> View {
+        View {
+            in_flight: self.sent.len(),
+            unverified: self.sent.iter().map(Block::rows).sum(),
+            building: self.current.as_ref().map_or(0, Block::rows),
+            emitted: self.em.out.len(),
+            max_tokens: self.opts.max_tokens,
+            cloud_due: self.cloud.due(),
+            pipeline: self.edge.config.pipeline,
+            ahead: self.ctl.ahead(),
+            rate: self.ctl.rate(),
+        }
+    }
+
+    fn closed(&self, reason: &str) -> LinkError {
+        LinkError::Closed { endpoint: self.cloud.endpoint().unwrap_or_default(), reason: reason.into() }
+    }
+
+    /// Takes the answers that are in, oldest first.
+    fn take_answers(&mut self) {
+        while self.go {
+            let Some(front) = self.sent.front_mut() else { break };
             let reply = match front.ready.take() {
                 Some(r) => r,
                 None => match front.rx.as_mut().expect("sent blocks wait for an answer").try_recv() {
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => Err("the session ended".to_string()),
+                    Err(oneshot::error::TryRecvError::Closed) => Err(self.closed("the session ended")),
                 },
             };
-            let block = sent.pop_front().expect("front exists");
-            let reason = match reply {
-                Ok(r) if !r.discarded => {
-                    let a = (r.accepted as usize).min(block.rows());
-                    tracing::debug!(
-                        start = block.start,
-                        rows = block.rows(),
-                        accepted = a,
-                        wait_ms = block.sent_at.expect("sent").elapsed().as_secs_f64() * 1e3,
-                        cloud_compute_us = r.compute_us,
-                        cloud_queue_us = r.queue_us,
-                        in_flight = sent.len(),
-                        "verified"
-                    );
-                    ctl.observe_block(a, block.rows(), block.sent_at.expect("sent").elapsed());
-                    verified += block.rows();
-                    accepted_total += a;
-                    verifications += 1;
-                    em.summary.round_trips_per_token += 1.0;
-                    let mut up = block.bytes_up;
-                    for i in 0..a {
-                        let d = &block.drafts[i];
-                        go = em.emit(
-                            block.start + i + 1,
-                            d.token,
-                            block.probs[i],
-                            Tier::Edge,
-                            None,
-                            up,
-                            0,
-                            &cloud,
-                            None,
-                        );
-                        up = 0;
-                        if !go {
-                            break;
-                        }
-                    }
-                    if go && a < block.rows() {
-                        go = em.emit(
-                            block.start + a + 1,
-                            r.token,
-                            r.probability,
-                            Tier::Cloud,
-                            None,
-                            up,
-                            0,
-                            &cloud,
-                            Some(r.batch_size),
-                        );
-                        // Roll back past the accepted prefix (the cloud did the
-                        // same); what was drafted on top of it is void.
-                        let keep = block.start + a + 1;
-                        roll_back(&mut cache, &mut states, keep, hidden);
-                        cloud.synced = cloud.synced.min(keep);
-                        discarded += sent.iter().map(Block::rows).sum::<usize>()
-                            + current.as_ref().map_or(0, Block::rows)
-                            + (block.rows() - a - 1);
-                        sent.clear();
-                        current = None;
-                        input = vec![r.token];
-                    }
-                    // Answers (discarded ones too) counted as they arrive.
-                    let down = cloud.bytes_down();
-                    em.summary.bytes_down_per_token += down.saturating_sub(down_seen) as f64;
-                    down_seen = down;
-                    continue;
+            let block = self.sent.pop_front().expect("front exists");
+            match reply {
+                Ok(r) if !r.discarded => self.verified_block(block, r),
+                Ok(_) => {
+                    let e = self.closed("the cloud discarded a verification the edge still waited for");
+                    self.fall_back(block, e);
                 }
-                Ok(_) => "the cloud discarded a verification the edge still waited for".to_string(),
-                Err(reason) => reason,
-            };
-            fall_back(
-                &mut em,
-                &mut cloud,
-                edge,
-                block,
-                &mut sent,
-                &mut current,
-                &mut cache,
-                &mut states,
-                &mut input,
-                reason,
-                &mut go,
-            );
-        }
-        if !go {
-            break;
-        }
-        let ahead = sent.iter().map(Block::rows).sum::<usize>() + current.as_ref().map_or(0, Block::rows);
-        let budget = opts.max_tokens.saturating_sub(em.out.len() + ahead);
-        let alone = sent.is_empty() && current.is_none() && !cloud.due();
-        // Drafting ahead of verifications pays only while they are likely
-        // to accept everything in flight; past that it burns the device's
-        // CPU (and delays reading an answer by up to a draft).
-        let unverified = sent.iter().map(Block::rows).sum::<usize>();
-        let worth_it =
-            sent.is_empty() || (unverified < ctl.ahead() && ctl.rate().powi(unverified as i32) >= AHEAD_MIN_SURVIVAL);
-        if budget > 0 && ((sent.len() < edge.config.pipeline && worth_it) || alone) {
-            // One edge step: layers 0..K over the input, then the exit.
-            let pos = cache.as_ref().expect("cache returned each step").len();
-            let t = input.len();
-            let next = pos + t; // the position of the token drafted now
-            let u = position_uniforms(opts.seed, next);
-            let took = Instant::now();
-            let (back, step) = {
-                let model = edge.model.clone();
-                let mut kv = cache.take().expect("cache returned each step");
-                let ids = std::mem::take(&mut input);
-                let head = edge.local_head();
-                tokio::task::spawn_blocking(move || {
-                    let r = edge_layers(&model, &mut kv, &ids, pos, head).and_then(|s| {
-                        let logits = head.logits(&model, &s.tap)?;
-                        Ok(draft(s.state_k, &logits, temperature, u[0]))
-                    });
-                    (kv, r)
-                })
-                .await
-                .map_err(|e| GenerateError::Join(e.to_string()))?
-            };
-            cache = Some(back);
-            let d = step?;
-            ctl.observe_draft(took.elapsed());
-            tracing::debug!(position = next, draft_ms = took.elapsed().as_secs_f64() * 1e3, "drafted");
-            states.extend_from_slice(&d.state_k);
-            input = vec![d.token];
-            if alone {
-                // The cloud is away: the exit's token is the answer.
-                let reason = cloud.last_error.clone();
-                go = em.emit(next, d.token, d.probability, Tier::Fallback, reason, 0, 0, &cloud, None);
-                continue;
+                Err(e) => self.fall_back(block, e),
             }
-            let block = current.get_or_insert_with(|| Block {
-                start: next - 1,
-                drafts: Vec::new(),
-                probs: Vec::new(),
-                rx: None,
-                ready: None,
-                sent_at: None,
-                bytes_up: 0,
-            });
-            let (q_tokens, q_probs) = d.q.map(|q| (q.tokens, q.probs)).unwrap_or_default();
-            block.drafts.push(pb::Draft {
-                token: d.token,
-                q_tokens,
-                q_probs,
-                accept_uniform: u[1],
-                residual_uniform: u[2],
-            });
-            block.probs.push(d.probability);
-            let length = ctl.length(edge.config.pipeline > 1);
-            let full = block.rows() >= length.min(cloud.max_rows().unwrap_or(usize::MAX)) || budget == 1;
-            if full {
-                let mut block = current.take().expect("drafting a block");
-                let end = block.start + block.rows();
-                let ask = Ask {
-                    want: pb::Want::Verify,
-                    temperature: temperature.unwrap_or(0.0),
-                    uniform: 0.0,
-                    drafts: block.drafts.clone(),
-                    speculative: !sent.is_empty(),
-                };
-                let fresh = block.rows() + unsent_prompt;
-                match cloud.sync(edge, &spec, &states, end, block.rows(), fresh, ask).await {
-                    Ok((bytes, Some(rx))) => {
-                        unsent_prompt = 0;
-                        em.summary.bytes_up_per_token += bytes as f64;
-                        block.rx = Some(rx);
-                        block.sent_at = Some(Instant::now());
-                        block.bytes_up = bytes;
-                        sent.push_back(block);
-                    }
-                    Ok((_, None)) => unreachable!("a verify step has a receiver"),
-                    Err(reason) => {
-                        // The oldest unverified block is where the edge goes on from.
-                        let oldest = sent.pop_front().unwrap_or(block);
-                        fall_back(
-                            &mut em,
-                            &mut cloud,
-                            edge,
-                            oldest,
-                            &mut sent,
-                            &mut current,
-                            &mut cache,
-                            &mut states,
-                            &mut input,
-                            reason,
-                            &mut go,
-                        );
-                    }
-                }
-            }
-        } else if let Some(front) = sent.front_mut() {
-            // Nothing to draft: wait for the oldest verification.
-            let left = deadline.saturating_sub(front.sent_at.expect("sent").elapsed());
-            let rx = front.rx.as_mut().expect("sent blocks wait for an answer");
-            front.ready = Some(match tokio::time::timeout(left, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err("the session ended".to_string()),
-                Err(_) => Err(format!("no answer within the deadline of {deadline:?}")),
-            });
-        } else {
-            break;
         }
     }
-    let elapsed = em.started.elapsed();
-    let tokens = em.out.len();
-    let mut summary = em.summary;
-    summary.finish(tokens, elapsed, em.first_token_at, &cloud);
-    if verifications > 0 {
-        summary.drafts_verified = Some(verified);
-        summary.acceptance_rate = Some(accepted_total as f64 / verified.max(1) as f64);
-        summary.mean_draft_length = Some(verified as f64 / verifications as f64);
-    } else {
-        summary.drafts_verified = Some(0);
-        summary.acceptance_rate = Some(0.0);
-        summary.mean_draft_length = Some(0.0);
+
+    /// A block's verification: its accepted drafts and the whole model's
+    /// token at the first rejection are emitted; both sides roll back past
+    /// the accepted prefix.
+    fn verified_block(&mut self, block: Block, r: pb::StepResult) {
+        let a = (r.accepted as usize).min(block.rows());
+        let waited = block.sent_at.expect("sent").elapsed();
+        tracing::debug!(
+            start = block.start,
+            rows = block.rows(),
+            accepted = a,
+            wait_ms = waited.as_secs_f64() * 1e3,
+            cloud_compute_us = r.compute_us,
+            cloud_queue_us = r.queue_us,
+            in_flight = self.sent.len(),
+            "verified"
+        );
+        self.ctl.observe_block(a, block.rows(), waited);
+        self.verified += block.rows();
+        self.accepted += a;
+        self.verifications += 1;
+        self.em.summary.round_trips_per_token += 1.0;
+        let mut up = block.bytes_up;
+        for (i, d) in block.drafts.iter().enumerate().take(a) {
+            self.go = self.em.emit(Emitted {
+                bytes_up: up,
+                endpoint: self.cloud.endpoint(),
+                ..Emitted::new(block.start + i + 1, d.token, block.probs[i], Tier::Edge, self.exit)
+            });
+            up = 0;
+            if !self.go {
+                break;
+            }
+        }
+        if self.go && a < block.rows() {
+            self.go = self.em.emit(Emitted {
+                bytes_up: up,
+                endpoint: self.cloud.endpoint(),
+                cloud_batch: Some(r.batch_size),
+                ..Emitted::new(block.start + a + 1, r.token, r.probability, Tier::Cloud, None)
+            });
+            // Roll back past the accepted prefix (the cloud did the same);
+            // what was drafted on top of it is void.
+            let keep = block.start + a + 1;
+            self.roll_back(keep);
+            self.discarded += self.sent.iter().map(Block::rows).sum::<usize>()
+                + self.current.as_ref().map_or(0, Block::rows)
+                + (block.rows() - a - 1);
+            self.sent.clear();
+            self.current = None;
+            self.input = vec![r.token];
+        }
+        // Answers (discarded ones too) counted as they arrive.
+        let down = self.cloud.bytes_down();
+        self.em.summary.bytes_down_per_token += down.saturating_sub(self.down_seen) as f64;
+        self.down_seen = down;
     }
-    summary.drafts_discarded = Some(discarded);
-    let text = edge.bundle.tokenizer().decode(&em.out)?;
-    Ok(Generated { tokens: em.out, text, events: em.events, summary })
+
+    /// Both sides drop the positions from `keep` on.
+    fn roll_back(&mut self, keep: usize) {
+        self.cache.as_mut().expect("cache returned each step").truncate(keep);
+        self.states.truncate(keep * self.edge.bundle.config().hidden);
+        self.cloud.truncate(keep);
+    }
+
+    /// One edge step: layers 0..K over the input, then the exit's draft;
+    /// `alone`: the cloud is away and the draft is the answer.
+    async fn draft(&mut self, alone: bool) -> Result<(), GenerateError> {
+        let pos = self.cache.as_ref().expect("cache returned each step").len();
+        let next = pos + self.input.len(); // the position of the token drafted now
+        let u = position_uniforms(self.opts.seed, next);
+        let took = Instant::now();
+        let (model, head, temperature) = (self.edge.model.clone(), self.edge.local_head(), self.temperature);
+        let mut kv = self.cache.take().expect("cache returned each step");
+        let ids = std::mem::take(&mut self.input);
+        let (back, step) = tokio::task::spawn_blocking(move || {
+            let r = edge_layers(&model, &mut kv, &ids, pos, head).and_then(|s| {
+                let logits = head.logits(&model, &s.tap)?;
+                Ok(draft(s.state_k, &logits, temperature, u[0]))
+            });
+            (kv, r)
+        })
+        .await
+        .map_err(|e| GenerateError::Join(e.to_string()))?;
+        self.cache = Some(back);
+        let d = step?;
+        self.ctl.observe_draft(took.elapsed());
+        tracing::debug!(position = next, draft_ms = took.elapsed().as_secs_f64() * 1e3, "drafted");
+        self.states.extend_from_slice(&d.state_k);
+        self.input = vec![d.token];
+        if alone {
+            // The cloud is away: the exit's token is the answer.
+            let reason = self.cloud.cause().map(LinkError::to_string);
+            self.go = self.em.emit(Emitted { reason, ..Emitted::new(next, d.token, d.probability, Tier::Fallback, self.exit) });
+            return Ok(());
+        }
+        let budget = self.view().budget();
+        let block = self.current.get_or_insert_with(|| Block::at(next - 1));
+        let (q_tokens, q_probs) = d.q.map(|q| (q.tokens, q.probs)).unwrap_or_default();
+        block.drafts.push(pb::Draft { token: d.token, q_tokens, q_probs, accept_uniform: u[1], residual_uniform: u[2] });
+        block.probs.push(d.probability);
+        let length = self.ctl.length(self.edge.config.pipeline > 1);
+        // `budget` was counted before this draft: it was the last one.
+        if block.rows() >= length.min(self.cloud.max_rows().unwrap_or(usize::MAX)) || budget == 1 {
+            self.send_block().await;
+        }
+        Ok(())
+    }
+
+    /// Sends the block being built for verification.
+    async fn send_block(&mut self) {
+        let mut block = self.current.take().expect("drafting a block");
+        let end = block.start + block.rows();
+        let ask = Ask {
+            want: pb::Want::Verify,
+            temperature: self.temperature.unwrap_or(0.0),
+            uniform: 0.0,
+            drafts: block.drafts.clone(),
+            speculative: !self.sent.is_empty(),
+        };
+        let fresh = block.rows() + self.unsent_prompt;
+        match self.cloud.sync(&self.states, SyncRange { pos: end, tail: block.rows(), fresh }, ask).await {
+            Ok((bytes, Some(rx))) => {
+                self.unsent_prompt = 0;
+                self.em.summary.bytes_up_per_token += bytes as f64;
+                block.rx = Some(rx);
+                block.sent_at = Some(Instant::now());
+                block.bytes_up = bytes;
+                self.sent.push_back(block);
+            }
+            Ok((_, None)) => unreachable!("a verify step has a receiver"),
+            Err(e) => {
+                // The oldest unverified block is where the edge goes on from.
+                let oldest = self.sent.pop_front().unwrap_or(block);
+                self.fall_back(oldest, e);
+            }
+        }
+    }
+
+    /// Waits for the oldest verification, up to the deadline.
+    async fn wait_oldest(&mut self) {
+        let endpoint = self.cloud.endpoint().unwrap_or_default();
+        let deadline = self.deadline;
+        let Some(front) = self.sent.front_mut() else { return };
+        let left = deadline.saturating_sub(front.sent_at.expect("sent").elapsed());
+        let rx = front.rx.as_mut().expect("sent blocks wait for an answer");
+        front.ready = Some(match tokio::time::timeout(left, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(LinkError::Closed { endpoint, reason: "the session ended".into() }),
+            Err(_) => Err(LinkError::Timeout { endpoint, after: deadline }),
+        });
+    }
+
+    /// The cloud did not verify `block` (timeout, loss, refusal): the edge
+    /// keeps the block's first position (its input was verified), answers
+    /// that position with its own draft (tier `fallback`) and forgets
+    /// everything drafted after it.
+    fn fall_back(&mut self, block: Block, cause: LinkError) {
+        let reason = cause.to_string();
+        self.cloud.lost(cause);
+        let keep = block.start + 1;
+        self.roll_back(keep);
+        self.sent.clear();
+        self.current = None;
+        let first = &block.drafts[0];
+        self.input = vec![first.token];
+        self.go = self.em.emit(Emitted {
+            reason: Some(reason),
+            bytes_up: block.bytes_up,
+            ..Emitted::new(keep, first.token, block.probs[0], Tier::Fallback, self.exit)
+        });
+    }
+
+    fn finish(mut self) -> Result<Generated, GenerateError> {
+        let s = &mut self.em.summary;
+        s.drafts_verified = Some(self.verified);
+        s.acceptance_rate = Some(if self.verifications > 0 { self.accepted as f64 / self.verified.max(1) as f64 } else { 0.0 });
+        s.mean_draft_length =
+            Some(if self.verifications > 0 { self.verified as f64 / self.verifications as f64 } else { 0.0 });
+        s.drafts_discarded = Some(self.discarded);
+        self.em.finish(&self.cloud)
+    }
 }
 
-/// The cloud did not verify `block` (timeout, loss, refusal): the edge
-/// keeps the block's first position (its input was verified), answers that
-/// position with its own draft (tier `fallback`) and forgets everything
-/// drafted after it.
-#[allow(clippy::too_many_arguments)]
-fn fall_back<F: FnMut(&TokenEvent)>(
-    em: &mut Emitter<'_, F>,
-    cloud: &mut CloudState,
-    edge: &DecoderEdge,
-    block: Block,
-    sent: &mut VecDeque<Block>,
-    current: &mut Option<Block>,
-    cache: &mut Option<KvCache>,
-    states: &mut Vec<f32>,
-    input: &mut Vec<u32>,
-    reason: String,
-    go: &mut bool,
-) {
-    cloud.lost(&reason, edge.config.retry_every);
-    let keep = block.start + 1;
-    roll_back(cache, states, keep, edge.bundle.config().hidden);
-    sent.clear();
-    *current = None;
-    let first = &block.drafts[0];
-    *input = vec![first.token];
-    *go = em.emit(keep, first.token, block.probs[0], Tier::Fallback, Some(reason), block.bytes_up, 0, cloud, None);
-}
-
-fn roll_back(cache: &mut Option<KvCache>, states: &mut Vec<f32>, keep: usize, hidden: usize) {
-    cache.as_mut().expect("cache returned each step").truncate(keep);
-    states.truncate(keep * hidden);
+impl Block {
+    /// An empty block whose first state is at `start`.
+    fn at(start: usize) -> Self {
+        Self { start, drafts: Vec::new(), probs: Vec::new(), rx: None, ready: None, sent_at: None, bytes_up: 0 }
+    }
 }
 
 /// The draft from the exit's logits: the argmax (greedy), or a draw from
@@ -544,6 +538,43 @@ fn draft(state_k: Vec<f32>, logits: &[f32], temperature: Option<f32>, uniform: f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view() -> View {
+        View {
+            in_flight: 0,
+            unverified: 0,
+            building: 0,
+            emitted: 0,
+            max_tokens: 10,
+            cloud_due: true,
+            pipeline: 8,
+            ahead: 4,
+            rate: 0.5,
+        }
+    }
+
+    #[test]
+    fn the_policy_drafts_waits_or_stops() {
+        assert_eq!(next(&view()), Action::Draft { alone: false }, "nothing in flight: draft");
+        // The cloud is away and nothing is in flight: the edge answers alone.
+        assert_eq!(next(&View { cloud_due: false, ..view() }), Action::Draft { alone: true });
+        // Drafting ahead stops where all in flight are unlikely to be
+        // accepted (0.5^4 < 10%), and at the ahead limit.
+        let v = View { in_flight: 3, unverified: 3, ..view() };
+        assert_eq!(next(&v), Action::Draft { alone: false }, "0.5^3 = 12.5%");
+        let v = View { in_flight: 4, unverified: 4, ahead: 8, ..view() };
+        assert_eq!(next(&v), Action::WaitOldest, "0.5^4 = 6%");
+        let v = View { in_flight: 2, unverified: 4, rate: 0.9, ..view() };
+        assert_eq!(next(&v), Action::WaitOldest, "at the ahead limit");
+        // A full pipeline waits; so does a spent budget.
+        let v = View { in_flight: 8, unverified: 1, rate: 1.0, ahead: 100, ..view() };
+        assert_eq!(next(&v), Action::WaitOldest);
+        let v = View { in_flight: 1, unverified: 2, emitted: 8, ..view() };
+        assert_eq!(next(&v), Action::WaitOldest, "every token left is drafted");
+        assert_eq!(next(&View { emitted: 10, ..view() }), Action::Stop);
+        // A block being built counts against the budget.
+        assert_eq!(next(&View { building: 10, ..view() }), Action::Stop);
+    }
 
     #[test]
     fn draft_length_grows_with_acceptance_and_wait() {

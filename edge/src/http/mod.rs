@@ -419,10 +419,15 @@ fn extension(s: &Summary) -> Value {
     })
 }
 
+/// A failed generation as OpenAI's error JSON: the request's fault is 400,
+/// a cloud that refuses this edge 503, the edge's own compute 500.
 fn generate_error(e: GenerateError) -> ApiError {
     match e {
-        GenerateError::Config(m) => ApiError::invalid(m),
-        GenerateError::Decoder(d) => ApiError::invalid(d.to_string()),
-        e => ApiError::invalid(e.to_string()).with(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        GenerateError::ContextExceeded { .. } => {
+            ApiError::param("max_tokens", &e.to_string()).with(StatusCode::BAD_REQUEST, "context_length_exceeded")
+        }
+        e if e.is_bad_request() => ApiError::invalid(e.to_string()),
+        GenerateError::Link(l) => ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "cloud_unavailable", l.to_string()),
+        e => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()),
     }
 }

@@ -171,6 +171,11 @@ impl ApiError {
         Self { param: Some(param.to_string()), message: format!("{param}: {message}"), ..Self::invalid("") }
     }
 
+    /// The server failed, not the request (OpenAI's `server_error`).
+    pub fn server(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind: "server_error", message: message.into(), param: None, code: Some(code) }
+    }
+
     pub fn with(mut self, status: StatusCode, code: &'static str) -> Self {
         self.status = status;
         self.code = Some(code);

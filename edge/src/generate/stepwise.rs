@@ -1,0 +1,274 @@
+//! One token per step: `split`, `early-exit`, `all-cloud` and `all-edge`.
+//!
+//! Each step runs layers `0..K` here ([`Stepwise::edge_step`]), asks the
+//! mode's policy where the token comes from ([`source`]: pure, no I/O, unit
+//! tested), gets it ([`Stepwise::choose`]: the edge's head, or the cloud
+//! through the link with a fallback to the edge), and emits it
+//! ([`Stepwise::emit`]).
+
+use std::time::Duration;
+
+use offramp_common::decoder::model::top1;
+use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::{KvCache, Tensor};
+use offramp_common::rng::SplitMix64;
+use offramp_proto as pb;
+use tokio::sync::oneshot;
+
+use super::emit::{Emitted, Emitter};
+use super::link::{Ask, CloudLink, SyncRange};
+use super::{await_reply, edge_layers, DecoderEdge, EdgeStep, GenOptions, GenerateError, Generated, Mode};
+use super::{Tier, TokenEvent};
+use crate::link::session::StepReply;
+
+/// Where a step's token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The edge's own head: K = N, nothing to ask.
+    Edge,
+    /// The edge's exit was confident: its token, the state still sent to
+    /// the cloud without waiting (its cache stays whole).
+    ConfidentExit,
+    /// The cloud's token (the edge answers only if it does not).
+    Cloud,
+}
+
+/// The mode's policy for one step: `p_top` is the exit's top-1
+/// probability (early-exit only), `threshold` the exit's.
+pub(crate) fn source(mode: Mode, k: usize, n: usize, p_top: Option<f32>, threshold: Option<f32>) -> Source {
+    if k == n {
+        return Source::Edge;
+    }
+    match (mode, p_top) {
+        (Mode::EarlyExit, Some(p)) if p >= threshold.unwrap_or(1.0) => Source::ConfidentExit,
+        _ => Source::Cloud,
+    }
+}
+
+/// A token chosen for a step.
+struct Chosen {
+    token: u32,
+    probability: f32,
+    tier: Tier,
+    exit: Option<usize>,
+    reason: Option<String>,
+    bytes_up: u64,
+    cloud_batch: Option<u32>,
+}
+
+/// A generation in progress, one token per step.
+struct Stepwise<'e, F: FnMut(&TokenEvent)> {
+    edge: &'e DecoderEdge,
+    em: Emitter<'e, F>,
+    opts: &'e GenOptions,
+    mode: Mode,
+    deadline: Duration,
+    cache: Option<KvCache>,
+    /// Layer-K states of every position so far (what a new session replays).
+    states: Vec<f32>,
+    cloud: CloudLink,
+    input: Vec<u32>,
+    pos: usize,
+    rng: SplitMix64,
+    /// Edge tokens whose cloud answer is awaited at the end (`--agreement`).
+    checks: Vec<(u32, oneshot::Receiver<StepReply>)>,
+}
+
+/// Generates after `prompt` one token per step (the caller checked the
+/// request).
+pub(super) async fn generate(
+    edge: &DecoderEdge,
+    prompt: &[u32],
+    opts: &GenOptions,
+    mode: Mode,
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<Generated, GenerateError> {
+    let mut run = Stepwise::new(edge, prompt, opts, mode, on_token);
+    loop {
+        let step = run.edge_step().await?;
+        let down_before = run.cloud.bytes_down();
+        let chosen = run.choose(&step).await?;
+        if !run.emit(down_before, chosen) {
+            break;
+        }
+    }
+    run.finish().await
+}
+
+impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
+    fn new(edge: &'e DecoderEdge, prompt: &[u32], opts: &'e GenOptions, mode: Mode, on_token: F) -> Self {
+        let c = edge.bundle.config();
+        let max_positions = prompt.len() + opts.max_tokens;
+        let spec = edge.session_spec(max_positions);
+        Self {
+            edge,
+            em: Emitter::new(edge, mode, prompt.len(), opts, on_token),
+            opts,
+            mode,
+            deadline: opts.deadline.unwrap_or(edge.config.deadline),
+            cache: Some(KvCache::new(c, 0..edge.split)),
+            states: Vec::with_capacity(max_positions * c.hidden),
+            cloud: CloudLink::new(edge.endpoints.clone(), spec, c.hidden, edge.timing()),
+            input: prompt.to_vec(),
+            pos: 0,
+            rng: SplitMix64::new(opts.seed),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Layers `0..K` over the step's input, off the async runtime (the exit's
+    /// state tapped on the way); the state goes to `states`.
+    async fn edge_step(&mut self) -> Result<EdgeStep, GenerateError> {
+        let model = self.edge.model.clone();
+        let mut cache = self.cache.take().expect("cache returned each step");
+        let (ids, head, pos) = (std::mem::take(&mut self.input), self.edge.local_head(), self.pos);
+        let t = ids.len();
+        let (back, step) = tokio::task::spawn_blocking(move || {
+            let r = edge_layers(&model, &mut cache, &ids, pos, head);
+            (cache, r)
+        })
+        .await
+        .map_err(|e| GenerateError::Join(e.to_string()))?;
+        self.cache = Some(back);
+        let step = step?;
+        self.states.extend_from_slice(&step.state_k);
+        self.pos += t;
+        Ok(step)
+    }
+
+    /// The edge head's choice at this step: token, its probability, top-1.
+    fn local(&self, tap: &Tensor, uniform: f32) -> Result<(u32, f32, f32), GenerateError> {
+        let logits = self.edge.local_logits(tap)?;
+        let (_, p_top) = top1(&logits);
+        let (token, p) = self.opts.sampling.choose(&logits, uniform);
+        Ok((token, p, p_top))
+    }
+
+    /// The step's token, where the mode's policy says it comes from.
+    async fn choose(&mut self, step: &EdgeStep) -> Result<Chosen, GenerateError> {
+        let uniform = self.rng.next_f32();
+        let (k, n) = (self.edge.split, self.edge.bundle.num_layers());
+        let local = match (k == n, self.mode) {
+            (true, _) | (false, Mode::EarlyExit) => Some(self.local(&step.tap, uniform)?),
+            _ => None,
+        };
+        let source = source(self.mode, k, n, local.map(|l| l.2), self.edge.threshold);
+        let (want, temperature) = match self.opts.sampling {
+            Sampling::Greedy => (pb::Want::Argmax, 0.0),
+            Sampling::Temperature(t) => (pb::Want::Sample, t),
+        };
+        let t = step.state_k.len() / self.edge.bundle.config().hidden;
+        let range = SyncRange { pos: self.pos, tail: t, fresh: t };
+        let edge_token = |(token, probability, _): (u32, f32, f32), tier, exit| Chosen {
+            token,
+            probability,
+            tier,
+            exit,
+            reason: None,
+            bytes_up: 0,
+            cloud_batch: None,
+        };
+        match source {
+            Source::Edge => Ok(edge_token(local.expect("computed at K = N"), Tier::Edge, Some(n))),
+            Source::ConfidentExit => {
+                let mut chosen = edge_token(local.expect("computed for early exit"), Tier::Edge, self.edge.exit);
+                // Keep the cloud's cache whole without waiting for it.
+                let ask = if self.opts.agreement { want } else { pb::Want::None };
+                if let Ok((sent, rx)) = self.cloud.sync(&self.states, range, Ask::token(ask, temperature, uniform)).await {
+                    chosen.bytes_up = sent;
+                    if let Some(rx) = rx {
+                        self.checks.push((chosen.token, rx));
+                    }
+                }
+                Ok(chosen)
+            }
+            Source::Cloud => {
+                let (answer, bytes_up) =
+                    match self.cloud.sync(&self.states, range, Ask::token(want, temperature, uniform)).await {
+                        Ok((sent, Some(rx))) => {
+                            self.em.summary.round_trips_per_token += 1.0;
+                            (await_reply(rx, self.deadline, self.cloud.endpoint()).await, sent)
+                        }
+                        Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
+                        Err(e) => (Err(e), 0),
+                    };
+                match answer {
+                    Ok(r) => Ok(Chosen {
+                        token: r.token,
+                        probability: r.probability,
+                        tier: Tier::Cloud,
+                        exit: None,
+                        reason: None,
+                        bytes_up,
+                        cloud_batch: Some(r.batch_size),
+                    }),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        self.cloud.lost(e);
+                        let l = match local {
+                            Some(l) => l,
+                            None => self.local(&step.tap, uniform)?,
+                        };
+                        let exit = Some(self.edge.exit.unwrap_or(k));
+                        Ok(Chosen { reason: Some(reason), bytes_up, ..edge_token(l, Tier::Fallback, exit) })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits the chosen token; false once generation should stop.
+    fn emit(&mut self, down_before: u64, c: Chosen) -> bool {
+        self.em.summary.bytes_up_per_token += c.bytes_up as f64;
+        let endpoint = if c.tier == Tier::Cloud { self.cloud.endpoint() } else { None };
+        self.input = vec![c.token];
+        self.em.emit(Emitted {
+            reason: c.reason,
+            bytes_up: c.bytes_up,
+            bytes_down: self.cloud.bytes_down().saturating_sub(down_before),
+            endpoint,
+            cloud_batch: c.cloud_batch,
+            ..Emitted::new(self.pos, c.token, c.probability, c.tier, c.exit)
+        })
+    }
+
+    /// Agreement (from the answers awaited for edge tokens) and the summary.
+    async fn finish(mut self) -> Result<Generated, GenerateError> {
+        let tokens = self.em.out.len();
+        if !self.checks.is_empty() || (self.opts.agreement && self.mode != Mode::AllEdge) {
+            let (mut agree, mut answered) = (0usize, 0usize);
+            for (token, rx) in std::mem::take(&mut self.checks) {
+                if let Ok(Ok(Ok(r))) = tokio::time::timeout(self.deadline, rx).await {
+                    answered += 1;
+                    agree += usize::from(r.token == token);
+                }
+            }
+            let s = &mut self.em.summary;
+            s.edge_agreement = Some(if answered > 0 { agree as f64 / answered as f64 } else { 1.0 });
+            let disagree = answered - agree;
+            s.agreement = Some(if tokens > 0 { 1.0 - disagree as f64 / tokens as f64 } else { 1.0 });
+        }
+        self.em.finish(&self.cloud)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_picks_the_source_of_each_token() {
+        // K = N: always the edge, whatever the mode.
+        assert_eq!(source(Mode::AllEdge, 6, 6, None, None), Source::Edge);
+        assert_eq!(source(Mode::EarlyExit, 6, 6, Some(0.1), Some(0.9)), Source::Edge);
+        // Split and all-cloud: always the cloud.
+        assert_eq!(source(Mode::Split, 3, 6, None, None), Source::Cloud);
+        assert_eq!(source(Mode::AllCloud, 0, 6, None, None), Source::Cloud);
+        // Early exit: the exit when at or over its threshold.
+        assert_eq!(source(Mode::EarlyExit, 3, 6, Some(0.95), Some(0.9)), Source::ConfidentExit);
+        assert_eq!(source(Mode::EarlyExit, 3, 6, Some(0.9), Some(0.9)), Source::ConfidentExit);
+        assert_eq!(source(Mode::EarlyExit, 3, 6, Some(0.89), Some(0.9)), Source::Cloud);
+        // No threshold: never confident short of certainty.
+        assert_eq!(source(Mode::EarlyExit, 3, 6, Some(0.99), None), Source::Cloud);
+    }
+}
