@@ -257,5 +257,5 @@ async fn the_serve_command_serves_the_http_api_for_a_decoder() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("serves a decoder bundle"), "{err}");
+    assert!(!out.status.success() && err.contains("serves the HTTP API of a decoder"), "{err}");
 }

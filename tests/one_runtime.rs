@@ -153,7 +153,7 @@ async fn a_decoder_edge_serving_http_exposes_its_token_counters() {
         .unwrap_or_else(|| panic!("{line}"))
         .parse()
         .unwrap();
-    let body = r#"{"model":"tiny","prompt":"the answer is","max_tokens":5}"#;
+    let body = r#"{"prompt":"the answer is","max_tokens":5}"#;
     let mut s = std::net::TcpStream::connect(api).unwrap();
     write!(
         s,

@@ -243,6 +243,9 @@ fn classifier_only(a: &EdgeArgs) -> Vec<(&'static str, bool)> {
         ("shadow-fraction", a.shadow_fraction.is_some()),
         ("adaptive-split", a.adaptive_split),
         ("latency-slo", a.latency_slo.is_some()),
+        ("breaker-failures", a.breaker_failures.is_some()),
+        ("breaker-backoff", a.breaker_backoff.is_some()),
+        ("breaker-max-backoff", a.breaker_max_backoff.is_some()),
     ]
 }
 
@@ -394,7 +397,6 @@ pub fn load(args: EdgeArgs) -> Result<Loaded, ConfigError> {
             g.encoding = link.encoding;
             g.deadline = link.deadline;
             g.connect = ConnectConfig { connect_timeout: link.connect_timeout, ..ConnectConfig::default() };
-            g.breaker = link.breaker;
             g.credentials = link.credentials;
             g.edge_id = link.edge_id;
             g.threshold = args.threshold;
@@ -681,7 +683,9 @@ mod tests {
             "--policy, --fallback, --adaptive-split does not apply to tiny, a decoder bundle: they configure a \
              classifier's exits and offloads"
         );
-        assert!(args(&["--transport", "quic", "--breaker-failures", "2"]).refuse_for(ModelKind::Decoder, "t").is_ok());
+        assert!(args(&["--transport", "quic", "--deadline", "2s"]).refuse_for(ModelKind::Decoder, "t").is_ok());
+        let e = args(&["--breaker-failures", "2"]).refuse_for(ModelKind::Decoder, "t").unwrap_err().to_string();
+        assert!(e.starts_with("--breaker-failures does not apply"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //!                          credentials): Refused, never retried, said once
 //! ```
 //!
+//! Retry timing is the link's own (`--retry-every`, the `Backoff` state), not
+//! the endpoints' circuit breakers: a session is one long stream, not a
+//! request per token, so there is nothing for a breaker to spare; the
+//! breaker flags are a classifier's and are refused for a decoder.
+//!
 //! `Live` knows how many positions the session's cache holds (`synced`):
 //! after a reconnect, [`CloudLink::sync`] replays what the new session
 //! lacks before the step that asks for a token, so the session continues
@@ -22,7 +27,6 @@ use offramp_common::codec;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
-use crate::breaker::Admit;
 use crate::link::handshake::SessionSpec;
 use crate::link::session::{CloudSession, StepReply};
 use crate::link::{Endpoints, LinkError};
@@ -168,9 +172,6 @@ impl CloudLink {
         if let LinkState::Live { session, .. } = was {
             tracing::warn!(endpoint = %session.endpoint, reason = %cause, "cloud session lost; the edge answers until it is back");
             self.bytes_down_done += session.bytes_down();
-            if let Some(ep) = self.endpoints.iter().find(|e| e.url == session.endpoint) {
-                self.endpoints.record(ep, Some(Instant::now()));
-            }
             self.next_endpoint = (self.next_endpoint + 1) % self.endpoints.len().max(1);
         }
         self.state = match self.endpoints.all_refused() {
@@ -203,16 +204,11 @@ impl CloudLink {
             if ep.refusal().is_some() {
                 continue;
             }
-            if self.endpoints.admit(ep) == Admit::No {
-                last.get_or_insert(LinkError::CircuitOpen { endpoint: ep.url.clone() });
-                continue;
-            }
             match CloudSession::open(ep, &self.spec, self.timing.open_timeout).await {
                 Ok(session) => {
                     if self.opened > 0 {
                         tracing::info!(endpoint = %ep.url, "cloud session reopened; replaying the layer-K states");
                     }
-                    self.endpoints.record(ep, None);
                     self.state = LinkState::Live { session, synced: 0 };
                     self.next_endpoint = idx;
                     self.opened += 1;
@@ -223,9 +219,6 @@ impl CloudLink {
                     last = Some(e.into());
                 }
                 Err(e) => {
-                    if e.heals() {
-                        self.endpoints.record(ep, Some(Instant::now()));
-                    }
                     tracing::debug!(endpoint = %ep.url, error = %e, "no cloud session");
                     last = Some(e);
                 }

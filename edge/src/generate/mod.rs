@@ -42,7 +42,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::breaker::BreakerConfig;
-use crate::config::BreakerSettings;
 use crate::link::handshake::{check_decoder, SessionSpec};
 use crate::link::session::StepReply;
 use crate::link::{Endpoints, HandshakeError, LinkError};
@@ -141,7 +140,6 @@ pub struct GenerateConfig {
     pub transport: TransportKind,
     pub connect: ConnectConfig,
     pub credentials: Credentials,
-    pub breaker: BreakerSettings,
     pub encoding: pb::Encoding,
     /// How long one token waits for the cloud before the edge answers.
     pub deadline: Duration,
@@ -171,7 +169,6 @@ impl GenerateConfig {
             transport: TransportKind::default(),
             connect: ConnectConfig::default(),
             credentials: Credentials::default(),
-            breaker: BreakerSettings::default(),
             encoding: pb::Encoding::F32,
             deadline: crate::config::defaults::TOKEN_DEADLINE,
             retry_every: crate::config::defaults::RETRY_EVERY,
@@ -431,13 +428,9 @@ impl DecoderEdge {
             .iter()
             .map(|url| Ok((url.clone(), Transport::new(config.transport, url, &config.connect, &config.credentials)?)))
             .collect::<Result<Vec<_>, TransportError>>()?;
-        let breaker = BreakerConfig {
-            failure_threshold: config.breaker.failures,
-            base_backoff: config.breaker.backoff,
-            max_backoff: config.breaker.max_backoff,
-            ..BreakerConfig::default()
-        };
-        let endpoints = Arc::new(Endpoints::new(endpoints, breaker));
+        // Sessions retry on the link's own timing (`retry_every`), not on
+        // the endpoints' breakers (see [`link`]).
+        let endpoints = Arc::new(Endpoints::new(endpoints, BreakerConfig::default()));
         let model = Arc::new(bundle.model()?);
         Ok(Self { bundle, model, config, split, exit, threshold, endpoints })
     }
