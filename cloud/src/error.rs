@@ -5,8 +5,13 @@
 //! message repeats a 1 MiB model id exceeds a client's metadata limit, and the
 //! client then sees a transport error instead of this one.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use offramp_common::codec::echo;
 use offramp_common::codec::CodecError;
+use offramp_common::decoder::speculative::SparseDistError;
+use offramp_common::decoder::DecoderError;
 use offramp_common::model::Overflow;
 use tonic::{Code, Status};
 
@@ -111,5 +116,166 @@ impl CloudError {
 impl From<CloudError> for Status {
     fn from(e: CloudError) -> Self {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Why a generation session, or one of its steps, was refused or ended.
+///
+/// A step refused on arrival or by the engine before it touched the cache
+/// (the validation variants, [`SessionError::NotContiguous`]) is answered
+/// with the step's request id and the session goes on; the others end the
+/// session. [`SessionError::code`] follows [`CloudError::code`]'s table:
+/// overload → `ResourceExhausted`, fingerprint / split not held →
+/// `FailedPrecondition`, unknown model → `NotFound`, validation →
+/// `InvalidArgument`, engine stopped → `Unavailable`, compute failure →
+/// `Internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    // The stream.
+    #[error("the first message of a Generate stream must open a session (`open`)")]
+    NotOpened,
+    #[error("this stream's session is already open; one session per stream")]
+    AlreadyOpen,
+    #[error("an empty GenerateRequest (neither open nor step)")]
+    EmptyMessage,
+    #[error("the session was idle for more than {0:?} (--session-ttl)")]
+    IdleTimeout(Duration),
+    /// The edge's side of the stream failed; its status is passed on as is.
+    #[error("{}", .0.message())]
+    Inbound(Status),
+    #[error("the edge went away")]
+    EdgeGone,
+
+    // Opening: which model, which split, how long.
+    /// The model id as the edge sent it (bounded, [`echo::quoted`]) and the
+    /// decoders this cloud serves.
+    #[error("unknown decoder {model} (this cloud serves {serves})")]
+    UnknownModel { model: String, serves: String },
+    #[error("this cloud holds layers {start}..{end} of {model}; split {split} needs layers {split}..{layers}")]
+    SplitNotHeld { model: String, split: usize, start: usize, end: usize, layers: usize },
+    /// `expected`: the edge's (bounded, quoted); `held`: this cloud's, cut
+    /// to 12 characters.
+    #[error("fingerprint mismatch for {model} at split {split}: the edge expects {expected}, this cloud holds {held}")]
+    FingerprintMismatch { model: String, split: usize, expected: String, held: String },
+    #[error("the session asks for {asked} positions; {model} has a context of {context}")]
+    ContextExceeded { asked: usize, model: String, context: usize },
+    #[error("the session asks for {asked} positions; the limit is {limit} tokens per session (--max-session-tokens)")]
+    SessionTokenLimit { asked: usize, limit: usize },
+
+    // Admission.
+    #[error("the cloud holds its maximum of {0} sessions (--max-sessions)")]
+    TooManySessions(usize),
+    /// Bytes: what the session needs, what is reserved already, the budget.
+    #[error(
+        "KV cache budget: the session needs {} KiB, {} of {} KiB are reserved (--kv-budget)",
+        .need / 1024, .reserved / 1024, .budget / 1024
+    )]
+    KvBudget { need: usize, reserved: usize, budget: usize },
+
+    // A step, checked on arrival.
+    #[error("unknown want {0}")]
+    UnknownWant(i32),
+    #[error("WANT_SAMPLE needs a positive temperature (got {0})")]
+    SampleNeedsTemperature(f32),
+    #[error("temperature must be finite and non-negative (got {0})")]
+    Temperature(f32),
+    #[error("uniform must be in [0, 1] (got {0})")]
+    Uniform(f32),
+    #[error("drafts and `speculative` belong to WANT_VERIFY steps")]
+    DraftsWithoutVerify,
+    #[error("the step has no hidden-state tensor")]
+    MissingTensor,
+    #[error("hidden state is encoded as {got}; this cloud accepts {accepted:?}")]
+    EncodingNotAccepted { got: &'static str, accepted: Vec<&'static str> },
+    #[error("hidden state: {0}")]
+    Codec(#[from] CodecError),
+    #[error("hidden state has shape {got}, the session expects [T >= 1, {hidden}]")]
+    Shape { got: echo::Shape, hidden: usize },
+    #[error("positions {start}..{end} run past the session's {max_positions} positions (max tokens per session)")]
+    PastSessionEnd { start: usize, end: usize, max_positions: usize },
+    #[error("the hidden state holds a non-finite value")]
+    NonFinite,
+    #[error("WANT_VERIFY needs one draft per position: {drafts} drafts for {positions} positions")]
+    DraftCount { drafts: usize, positions: usize },
+    #[error("draft {index}: {error}")]
+    BadDraft { index: usize, error: DraftError },
+
+    // A step, checked by the engine against the session's cache.
+    #[error("the step starts at position {position} but the session's cache holds {cached} positions (steps must be contiguous)")]
+    NotContiguous { position: usize, cached: usize },
+
+    // The engine.
+    #[error("the decode engine stopped")]
+    EngineStopped,
+    /// Layers `K..N` failed on a batch (every step in it gets this error).
+    #[error("decode step failed: {0}")]
+    Compute(Arc<DecoderError>),
+    #[error("LM head failed: {0}")]
+    Head(Arc<DecoderError>),
+    /// The step's hidden state was finite but overflowed in layers `K..N`:
+    /// the input's fault, as [`CloudError::Overflow`].
+    #[error("the logits are not finite (the hidden state overflowed in layers K..N)")]
+    Overflow,
+}
+
+/// Why one draft of a WANT_VERIFY step cannot be checked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DraftError {
+    #[error("token {token} is outside the vocabulary of {vocab}")]
+    TokenOutsideVocab { token: u32, vocab: usize },
+    #[error(transparent)]
+    Distribution(#[from] SparseDistError),
+    #[error("token {0} has no probability under its draft distribution")]
+    NoProbability(u32),
+    #[error("uniform numbers must be in [0, 1] (got {0})")]
+    Uniform(f32),
+}
+
+impl SessionError {
+    /// The gRPC code this error maps to (the same table as
+    /// [`CloudError::code`]).
+    pub fn code(&self) -> Code {
+        use SessionError as E;
+        match self {
+            E::Inbound(status) => status.code(),
+            E::EdgeGone => Code::Cancelled,
+            E::UnknownModel { .. } => Code::NotFound,
+            E::SplitNotHeld { .. } | E::FingerprintMismatch { .. } => Code::FailedPrecondition,
+            E::IdleTimeout(_)
+            | E::SessionTokenLimit { .. }
+            | E::TooManySessions(_)
+            | E::KvBudget { .. }
+            | E::PastSessionEnd { .. } => Code::ResourceExhausted,
+            E::NotOpened
+            | E::AlreadyOpen
+            | E::EmptyMessage
+            | E::ContextExceeded { .. }
+            | E::UnknownWant(_)
+            | E::SampleNeedsTemperature(_)
+            | E::Temperature(_)
+            | E::Uniform(_)
+            | E::DraftsWithoutVerify
+            | E::MissingTensor
+            | E::EncodingNotAccepted { .. }
+            | E::Codec(_)
+            | E::Shape { .. }
+            | E::NonFinite
+            | E::DraftCount { .. }
+            | E::BadDraft { .. }
+            | E::NotContiguous { .. } => Code::InvalidArgument,
+            // The input caused it, as `CloudError::Overflow`.
+            E::Overflow => Code::InvalidArgument,
+            E::EngineStopped => Code::Unavailable,
+            E::Compute(_) | E::Head(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<SessionError> for Status {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Inbound(status) => status,
+            e => Status::new(e.code(), e.to_string()),
+        }
     }
 }
