@@ -106,12 +106,23 @@ fn flags_of_the_other_kind_are_refused_by_name() {
     let dir = tmp("one-runtime-flags");
     let whole = tiny_decoder(&dir);
     let model = whole.to_str().unwrap();
-    let (ok, _, err) =
-        edge_run(&["generate", "--model", model, "--split", "6", "--prompt", "hi", "--policy", "p.toml", "--probabilities"]);
+    let (ok, _, err) = edge_run(&[
+        "generate",
+        "--model",
+        model,
+        "--split",
+        "6",
+        "--prompt",
+        "hi",
+        "--policy",
+        "p.toml",
+        "--probabilities",
+    ]);
     assert!(!ok);
     assert!(err.contains("--policy, --probabilities does not apply to"), "{err}");
     assert!(err.contains("a decoder bundle"), "{err}");
-    let (ok, _, err) = edge_run(&["serve", "--model", model, "--http-listen", "127.0.0.1:0", "--accuracy-budget", "1%"]);
+    let (ok, _, err) =
+        edge_run(&["serve", "--model", model, "--http-listen", "127.0.0.1:0", "--accuracy-budget", "1%"]);
     assert!(!ok && err.contains("--accuracy-budget does not apply to"), "{err}");
     // And the other way round: decoder flags for a classifier.
     let lenet = default_model();
@@ -123,7 +134,18 @@ fn flags_of_the_other_kind_are_refused_by_name() {
     let (ok, _, err) = edge_run(&["generate", "--model", lenet, "--prompt", "hi"]);
     assert!(!ok && err.contains("b-lenet-mnist is a classifier bundle"), "{err}");
     // All-edge generation with no flag that does not apply works.
-    let (ok, out, err) = edge_run(&["generate", "--model", model, "--mode", "all-edge", "--prompt", "hi", "--max-tokens", "3", "--json"]);
+    let (ok, out, err) = edge_run(&[
+        "generate",
+        "--model",
+        model,
+        "--mode",
+        "all-edge",
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"summary\""), "{out}");
 }

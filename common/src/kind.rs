@@ -110,13 +110,8 @@ impl SplitModel for DecoderBundle {
     /// Decoder exits are named by the layer they read: the exit after layer
     /// `l` runs on the side holding layer `l - 1` (the edge at any K ≥ l).
     fn exits_in(&self, range: Range<usize>) -> Vec<usize> {
-        let mut layers: Vec<usize> = self
-            .manifest()
-            .exits
-            .iter()
-            .map(|e| e.layer)
-            .filter(|&l| l > range.start && l <= range.end)
-            .collect();
+        let mut layers: Vec<usize> =
+            self.manifest().exits.iter().map(|e| e.layer).filter(|&l| l > range.start && l <= range.end).collect();
         layers.sort_unstable();
         layers
     }

@@ -136,12 +136,114 @@ pub struct Edge {
     /// The exits after each split `0..=N` (evaluated in the cloud).
     cloud_exits: Vec<Vec<usize>>,
     next_id: AtomicU64,
-    /// The split planner (`--adaptive-split`) and its probe/plan task.
-    planner: Option<Arc<Mutex<Planner>>>,
+    /// The split planner (`--adaptive-split`) and the accuracy-budget
+    /// controller (`--accuracy-budget`), as the request path sees them.
+    observers: Observers,
+    /// The planner's probe/plan task.
     planner_task: Option<tokio::task::AbortHandle>,
-    /// The accuracy-budget controller (`--accuracy-budget`), owning the
-    /// thresholds of the edge exits.
+}
+
+/// The split planner and the accuracy-budget controller (which owns the
+/// thresholds of the edge exits), each when it runs. The request path tells
+/// them what happened through one hook, [`Observers::see`], which does
+/// nothing when neither runs.
+#[derive(Clone, Default)]
+struct Observers {
+    planner: Option<Arc<Mutex<Planner>>>,
     controller: Option<Arc<Controller>>,
+}
+
+/// What happened to one input, as the planner and the controller learn it.
+enum Seen<'a> {
+    /// It exited on the device, at this exit.
+    EdgeExit(usize),
+    /// Blocks `0..split` ran in `edge_us`, and it goes on to the cloud.
+    Local { split: usize, edge_us: f64 },
+    /// The cloud answered its offload.
+    Cloud(Offloaded<'a>),
+    /// Its offload failed.
+    OffloadFailed(Reason),
+    /// The cloud's final exit answered a shadow request (see
+    /// [`crate::adapt`]).
+    Shadow(Offloaded<'a>),
+}
+
+/// An answer from the cloud and how it came.
+struct Offloaded<'a> {
+    route: Route,
+    /// Request size.
+    bytes_up: f64,
+    /// From send to answer.
+    took_us: f64,
+    response: &'a pb::InferResponse,
+    /// The edge exits' observations sent with the request.
+    history: &'a [Observation],
+    /// Whether the answer is the full model's (from the final exit).
+    full_model: bool,
+}
+
+impl Observers {
+    fn see(&self, seen: Seen<'_>) {
+        let plan = |f: &dyn Fn(&mut Planner)| {
+            if let Some(p) = &self.planner {
+                f(&mut p.lock().expect("planner lock"));
+            }
+        };
+        let cloud_us = |r: &pb::InferResponse| (r.queue_us + r.compute_us) as f64;
+        match seen {
+            Seen::EdgeExit(exit) => plan(&|p| p.observe_answer(exit)),
+            Seen::Local { split, edge_us } => plan(&|p| p.observe_local(split, edge_us)),
+            Seen::Cloud(o) => {
+                if let Some(c) = &self.controller {
+                    c.set_reachable(true);
+                    // Only the final exit's answer is the full model's.
+                    if o.full_model {
+                        c.observe(o.history, o.response.prediction as usize, false);
+                    }
+                }
+                plan(&|p| {
+                    p.observe_offload(o.route, o.bytes_up, o.took_us, cloud_us(o.response));
+                    p.observe_answer(o.response.exit as usize);
+                });
+            }
+            Seen::OffloadFailed(reason) => {
+                // A refusal is about the input, not the link.
+                if let (Some(c), false) = (&self.controller, matches!(reason, Reason::Rejected)) {
+                    c.set_reachable(false);
+                }
+            }
+            Seen::Shadow(o) => {
+                // The link and the cloud's compute are measured by shadows too.
+                plan(&|p| p.observe_offload(o.route, o.bytes_up, o.took_us, cloud_us(o.response)));
+                if let Some(c) = &self.controller {
+                    c.observe(o.history, o.response.prediction as usize, true);
+                }
+            }
+        }
+    }
+
+    /// Whether inputs that exit on the device may be shadowed (the
+    /// controller runs).
+    fn shadows(&self) -> bool {
+        self.controller.is_some()
+    }
+
+    /// A shadow slot for an input that exited on the device, when the
+    /// controller wants one now.
+    fn take_shadow(&self) -> Option<crate::adapt::ShadowGuard> {
+        self.controller.as_ref()?.take_shadow()
+    }
+}
+
+/// An input on its way through the edge: its answer so far and what the
+/// offload needs.
+struct Request {
+    answer: Answer,
+    started: Instant,
+    route: Route,
+    deadline: Duration,
+    /// Rules of the cloud-side exits, sent with the request.
+    cloud_policy: Vec<pb::ExitRuleSpec>,
 }
 
 impl Edge {
@@ -152,87 +254,18 @@ impl Edge {
         let bundle = config.bundle.clone();
         let n = bundle.num_blocks();
         let split = config.split.unwrap_or(bundle.held().end);
-        bundle.check_split(split)?;
-        let held = bundle.held();
-        if !bundle.serves(SplitSide::Edge, split) {
-            return Err(EdgeError::SplitNotHeld {
-                model: bundle.model_id().to_string(),
-                split,
-                start: held.start,
-                end: held.end,
-            });
-        }
-        if config.fallback == FallbackMode::LocalFull && held != (0..n) {
-            return Err(EdgeError::LocalFullNeedsWholeModel { blocks: n, start: held.start, end: held.end });
-        }
-        let (policy, policy_origin) = match &config.policy {
-            Some(p) => (p.clone(), "given".to_string()),
-            None => {
-                let (p, path) = Policy::for_bundle(None, &bundle).map_err(crate::config::ConfigError::from)?;
-                (p, path.map(|p| p.display().to_string()).unwrap_or_else(|| "final exit only".into()))
-            }
-        };
-        if policy.num_exits() != bundle.num_exits() {
-            return Err(EdgeError::Config(crate::config::ConfigError::Policy(
-                offramp_common::policy::PolicyError::ExitOutOfRange {
-                    index: policy.num_exits().saturating_sub(1),
-                    num_exits: bundle.num_exits(),
-                },
-            )));
-        }
+        check_split(&config, &bundle, split)?;
+        let (policy, policy_origin) = edge_policy(&config, &bundle)?;
         let edge_fingerprint = bundle.fingerprint(SplitSide::Edge, split).unwrap_or_default();
         let cloud_fingerprints: Vec<String> =
             (0..=n).map(|k| bundle.expected_fingerprint(SplitSide::Cloud, k).unwrap_or_default()).collect();
         // The splits this edge may offload at: the configured one, or with
         // --adaptive-split every one it holds the edge side of.
         let candidates: Vec<usize> = match config.adaptive_split {
-            Some(_) => (0..=held.end).filter(|&k| bundle.serves(SplitSide::Edge, k)).collect(),
+            Some(_) => (0..=bundle.held().end).filter(|&k| bundle.serves(SplitSide::Edge, k)).collect(),
             None => vec![split],
         };
-        let offloaded: Vec<usize> = candidates.iter().copied().filter(|&k| k < n).collect();
-        let encodings = match config.adaptive_split {
-            Some(_) => vec![(pb::Encoding::F32, config.compression), (pb::Encoding::Int8, pb::Compression::Lz4)],
-            None => vec![(config.encoding, config.compression)],
-        };
-        let offloader = if !offloaded.is_empty() {
-            if config.clouds.is_empty() {
-                tracing::warn!(split, "no --cloud given: every offload will fall back");
-            }
-            if let Some(&k) = offloaded.iter().find(|&&k| cloud_fingerprints[k].is_empty()) {
-                return Err(EdgeError::NoCloudFingerprint(k));
-            }
-            let connect = ConnectConfig { connect_timeout: config.connect_timeout, ..Default::default() };
-            let mut endpoints = Vec::new();
-            for url in &config.clouds {
-                let transport = Transport::new(config.transport, url, &connect, &config.credentials)
-                    .map_err(|source| EdgeError::Endpoint { url: url.clone(), source })?;
-                endpoints.push((url.clone(), transport));
-            }
-            let breaker = BreakerConfig {
-                failure_threshold: config.breaker.failures,
-                base_backoff: config.breaker.backoff,
-                max_backoff: config.breaker.max_backoff,
-                probe_timeout: (config.deadline * 2).max(Duration::from_millis(100)),
-            };
-            let expect = Expectation {
-                model_id: bundle.model_id().to_string(),
-                splits: offloaded
-                    .iter()
-                    .map(|&k| SplitExpectation {
-                        split: k,
-                        cloud_fingerprint: cloud_fingerprints[k].clone(),
-                        edge_fingerprint: bundle.fingerprint(SplitSide::Edge, k).unwrap_or_default(),
-                    })
-                    .collect(),
-                encodings,
-            };
-            let offloader = Offloader::new(endpoints, expect, breaker);
-            let reachable = offloader.handshake_all(config.connect_timeout.max(Duration::from_millis(500))).await?;
-            tracing::info!(reachable, endpoints = config.clouds.len(), "cloud handshake");
-            Some(Arc::new(offloader))
-        } else {
-            None
-        };
+        let offloader = connect(&config, &bundle, split, &candidates, &cloud_fingerprints).await?;
         tracing::info!(
             model = %bundle.model_id(), split, blocks = n, policy = %policy_origin,
             edge_fingerprint = %edge_fingerprint.chars().take(12).collect::<String>(),
@@ -249,31 +282,15 @@ impl Edge {
         });
         let cloud_exits = (0..=n).map(|k| bundle.exits_in(k..n)).collect();
         let exec = Executor::new(Arc::new(bundle));
-        let start = Route { split, encoding: config.encoding };
-        let route = Arc::new(RwLock::new(start));
+        let route = Arc::new(RwLock::new(Route { split, encoding: config.encoding }));
         let (planner, planner_task) = match config.adaptive_split {
             Some(plan) => {
-                let (e, c, cand) = (exec.clone(), config.compression, candidates.clone());
-                let profile = tokio::task::spawn_blocking(move || profile_device(&e, &cand, c))
-                    .await
-                    .map_err(|e| EdgeError::Profile(e.to_string()))??;
-                let mut start = start;
-                if !profile.routes.iter().any(|(r, _)| *r == start) {
-                    start = profile.routes.iter().find(|(r, _)| r.split == split).map_or(profile.routes[0].0, |r| r.0);
-                    *route.write().expect("route lock") = start;
-                }
-                tracing::info!(
-                    routes = profile.routes.len(), block_us = ?profile.block_us, objective = ?plan.objective,
-                    "adaptive split on"
-                );
-                let planner = Arc::new(Mutex::new(Planner::new(plan, profile, start)));
-                let task = tokio::spawn(plan_loop(planner.clone(), offloader.clone(), route.clone(), config.deadline));
-                (Some(planner), Some(task.abort_handle()))
+                let (planner, task) = start_planner(&config, plan, &exec, &candidates, &route, &offloader).await?;
+                (Some(planner), Some(task))
             }
             None => (None, None),
         };
         Ok(Self {
-            controller,
             exec,
             policy: Arc::new(policy),
             route,
@@ -281,7 +298,7 @@ impl Edge {
             cloud_fingerprints,
             cloud_exits,
             next_id: AtomicU64::new(0),
-            planner,
+            observers: Observers { planner, controller },
             planner_task,
             config,
         })
@@ -303,7 +320,7 @@ impl Edge {
 
     /// The split planner, with `--adaptive-split`.
     pub fn planner(&self) -> Option<&Arc<Mutex<Planner>>> {
-        self.planner.as_ref()
+        self.observers.planner.as_ref()
     }
 
     /// The encoding a state on `route` crosses in: token ids (a split at 0
@@ -320,7 +337,7 @@ impl Edge {
     /// Compression on top of `encoding` on this edge's routes: the
     /// planner's int8 routes use LZ4, everything else `--compression`.
     fn compression_of(&self, encoding: pb::Encoding) -> pb::Compression {
-        if self.planner.is_some() && encoding == pb::Encoding::Int8 {
+        if self.observers.planner.is_some() && encoding == pb::Encoding::Int8 {
             pb::Compression::Lz4
         } else {
             self.config.compression
@@ -333,12 +350,12 @@ impl Edge {
 
     /// The accuracy-budget controller, when one runs.
     pub fn controller(&self) -> Option<&Arc<Controller>> {
-        self.controller.as_ref()
+        self.observers.controller.as_ref()
     }
 
     /// The policy the next input is decided with.
     pub fn policy(&self) -> Arc<Policy> {
-        match &self.controller {
+        match &self.observers.controller {
             Some(c) => c.policy(),
             None => self.policy.clone(),
         }
@@ -370,131 +387,75 @@ impl Edge {
     }
 
     /// Classifies one input; the answer comes by `deadline` after the local
-    /// blocks are done, one way or another.
+    /// blocks are done, one way or another. Three steps: the local blocks
+    /// (which may answer), the offload (with its fallback), the finish.
     pub async fn classify_with_deadline(&self, id: Option<u64>, input: Vec<f32>, deadline: Duration) -> Answer {
-        let started = Instant::now();
         let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut answer = Answer {
-            id,
-            label: None,
-            prediction: None,
-            class: None,
-            exit: None,
-            tier: Tier::Error,
-            reason: None,
-            error: None,
-            confidence: 0.0,
-            latency_us: 0,
-            edge_us: 0,
-            cloud_queue_us: 0,
-            cloud_compute_us: 0,
-            bytes_up: 0,
-            bytes_down: 0,
-            retries: 0,
-            endpoint: None,
-            probabilities: vec![],
-            split: 0,
-            encoding: None,
-            thresholds: vec![],
-            overflow: None,
-        };
-        let labels = self.bundle().labels();
-        let finish = |mut a: Answer| {
-            a.latency_us = started.elapsed().as_micros() as u64;
-            a.class = a.prediction.and_then(|p| labels.get(p as usize).cloned());
-            crate::metrics::record_answer(&a);
-            a
-        };
+        let (route, policy) = (self.route(), self.policy());
+        let mut request = self.request(id, route, &policy, deadline);
+        if let Some(state) = self.run_local(&mut request, input, policy).await {
+            self.offload(&mut request, state).await;
+        }
+        self.finish(request)
+    }
 
-        // Local blocks, off the async workers.
-        let route = self.route();
-        let (exec, policy, split) = (self.exec.clone(), self.policy(), route.split);
-        // Rules of the cloud-side exits, sent with the request.
-        let cloud_exits = &self.cloud_exits[split];
-        let cloud_policy = policy.to_wire(cloud_exits);
-        answer.split = split;
-        answer.thresholds = edge_thresholds(&policy, self.bundle().num_exits() - cloud_exits.len());
-        let shadow_input = self.controller.as_ref().map(|_| input.clone());
-        let local = tokio::task::spawn_blocking(move || -> Result<Local, ModelError> {
-            let x = exec.batch_of(0, &[&input])?;
-            let out = exec.run(&x, 0..split, &policy, vec![vec![]])?;
-            let history = out.histories.first().cloned().unwrap_or_default();
-            // Neither a non-finite answer, nor a non-finite exit observation
-            // (sent as history) or hidden state (sent as the payload), leaves
-            // the device: the error names where the input overflowed.
-            let local = match out.exited.first().cloned().flatten() {
-                Some(r) if r.is_finite() => Local::Exited(r),
-                Some(_) => Local::Overflow(exec.locate_overflow(&input, 0..split)?),
-                None => {
-                    // For a token sequence: its real tokens only.
-                    let (values, shape) = out.hidden_row(0)?;
-                    if history.iter().all(|o| o.confidence.is_finite()) && codec::all_finite(&values) {
-                        Local::Continue { values, shape, history }
-                    } else {
-                        Local::Overflow(exec.locate_overflow(&input, 0..split)?)
-                    }
-                }
-            };
-            Ok(local)
-        })
-        .await;
-        answer.edge_us = started.elapsed().as_micros() as u64;
-        let (values, shape, history) = match local {
+    /// An input's blank answer at `route`, with the rules it is decided by.
+    fn request(&self, id: u64, route: Route, policy: &Policy, deadline: Duration) -> Request {
+        let cloud_exits = &self.cloud_exits[route.split];
+        let mut answer = Answer::blank(id);
+        answer.split = route.split;
+        answer.thresholds = edge_thresholds(policy, self.bundle().num_exits() - cloud_exits.len());
+        Request { answer, started: Instant::now(), route, deadline, cloud_policy: policy.to_wire(cloud_exits) }
+    }
+
+    /// The local blocks `0..K`, off the async workers. An exit may answer
+    /// (or the input overflow, or compute fail): `None`, the answer is
+    /// set. Otherwise what goes to the cloud.
+    async fn run_local(&self, request: &mut Request, input: Vec<f32>, policy: Arc<Policy>) -> Option<Continue> {
+        let (exec, split) = (self.exec.clone(), request.route.split);
+        let shadow_input = self.observers.shadows().then(|| input.clone());
+        let local = tokio::task::spawn_blocking(move || local_blocks(&exec, &input, split, &policy)).await;
+        let answer = &mut request.answer;
+        answer.edge_us = request.started.elapsed().as_micros() as u64;
+        match local {
             Ok(Ok(Local::Exited(r))) => {
-                set_result(&mut answer, &r, Tier::Edge);
-                if let Some(p) = &self.planner {
-                    p.lock().expect("planner lock").observe_answer(r.exit);
+                set_result(answer, &r, Tier::Edge);
+                self.observers.see(Seen::EdgeExit(r.exit));
+                if let (Some(input), Some(guard)) = (shadow_input, self.observers.take_shadow()) {
+                    self.send_shadow(guard, input, r.exit, request.route);
                 }
-                if let (Some(c), Some(input)) = (&self.controller, shadow_input) {
-                    if let Some(guard) = c.take_shadow() {
-                        self.send_shadow(guard, input, r.exit, route);
-                    }
-                }
-                return finish(answer);
+                None
             }
-            Ok(Ok(Local::Continue { values, shape, history })) => {
-                if let Some(p) = &self.planner {
-                    p.lock().expect("planner lock").observe_local(split, answer.edge_us as f64);
-                }
-                (values, shape, history)
+            Ok(Ok(Local::Continue(state))) => {
+                self.observers.see(Seen::Local { split, edge_us: answer.edge_us as f64 });
+                Some(state)
             }
             Ok(Ok(Local::Overflow(o))) => {
-                set_overflow(&mut answer, o);
-                return finish(answer);
+                set_overflow(answer, o);
+                None
             }
             Ok(Err(e)) => {
                 answer.error = Some(format!("local compute failed: {e:#}"));
-                return finish(answer);
+                None
             }
             Err(e) => {
                 answer.error = Some(format!("local compute panicked: {e}"));
-                return finish(answer);
+                None
             }
-        };
+        }
+    }
 
-        // Offload.
-        let encoding = self.wire_encoding(route);
-        let mut hidden = codec::encode(&values, &shape, encoding);
-        codec::compress(&mut hidden, self.compression_of(encoding));
-        let req = pb::InferRequest {
-            request_id: id,
-            model_id: self.bundle().model_id().to_string(),
-            model_fingerprint: self.cloud_fingerprints[split].clone(),
-            split: split as u32,
-            hidden: Some(hidden),
-            history: Some(history_to_wire(&history)),
-            want_probabilities: self.config.probabilities,
-            edge_id: self.config.edge_id.clone(),
-            policy: cloud_policy,
-            // Set by the stream transport, which needs it.
-            timeout_us: 0,
-            cancel: false,
-        };
+    /// Sends the state at K to the cloud; its answer, or the fallback's.
+    async fn offload(&self, request: &mut Request, state: Continue) {
+        let split = request.route.split;
+        let encoding = self.wire_encoding(request.route);
+        let req = self.infer_request(request, &state, encoding);
+        let answer = &mut request.answer;
         answer.bytes_up = prost::Message::encoded_len(&req) as u64;
         answer.encoding = Some(codec::encoding_name(encoding));
         let offloader = self.offloader.as_ref().expect("split < N has an offloader");
         let sent = Instant::now();
-        match offloader.offload(req, sent + deadline).await {
+        match offloader.offload(req, sent + request.deadline).await {
             // A peer's non-finite answer is not passed on either (a cloud of
             // another version may send one): the local fallback answers.
             Ok(done) if !finite_response(&done.response) => {
@@ -505,48 +466,59 @@ impl Edge {
                     offloader.endpoints()[done.endpoint].url,
                     done.response.confidence
                 ));
-                self.fallback(&mut answer, split, values, &history).await;
+                self.fallback(answer, split, state.values, &state.history).await;
             }
             Ok(done) => {
-                let r = done.response;
-                if let Some(c) = &self.controller {
-                    c.set_reachable(true);
-                    // Only the final exit's answer is the full model's.
-                    if r.exit as usize + 1 == self.bundle().num_exits() {
-                        c.observe(&history, r.prediction as usize, false);
-                    }
-                }
-                if let Some(p) = &self.planner {
-                    let mut p = p.lock().expect("planner lock");
-                    let cloud_us = (r.queue_us + r.compute_us) as f64;
-                    let route = Route { split, encoding };
-                    p.observe_offload(route, answer.bytes_up as f64, sent.elapsed().as_micros() as f64, cloud_us);
-                    p.observe_answer(r.exit as usize);
-                }
-                answer.tier = Tier::Cloud;
-                answer.prediction = Some(r.prediction);
-                answer.exit = Some(r.exit);
-                answer.confidence = r.confidence;
-                answer.probabilities = r.probabilities;
-                answer.cloud_queue_us = r.queue_us;
-                answer.cloud_compute_us = r.compute_us;
-                answer.bytes_down = done.bytes_down;
-                answer.retries = done.retries;
+                let r = &done.response;
+                self.observers.see(Seen::Cloud(Offloaded {
+                    route: Route { split, encoding },
+                    bytes_up: answer.bytes_up as f64,
+                    took_us: sent.elapsed().as_micros() as f64,
+                    response: r,
+                    history: &state.history,
+                    full_model: r.exit as usize + 1 == self.bundle().num_exits(),
+                }));
                 answer.endpoint = Some(offloader.endpoints()[done.endpoint].url.clone());
+                set_cloud_answer(answer, done);
             }
             Err(e) => {
-                if let Some(c) = &self.controller {
-                    if !matches!(e.reason, Reason::Rejected) {
-                        c.set_reachable(false);
-                    }
-                }
+                self.observers.see(Seen::OffloadFailed(e.reason));
                 answer.retries = e.retries;
                 answer.reason = Some(e.reason);
                 answer.error = Some(e.message);
-                self.fallback(&mut answer, split, values, &history).await;
+                self.fallback(answer, split, state.values, &state.history).await;
             }
         }
-        finish(answer)
+    }
+
+    /// The offload request for the state at K.
+    fn infer_request(&self, request: &Request, state: &Continue, encoding: pb::Encoding) -> pb::InferRequest {
+        let split = request.route.split;
+        let mut hidden = codec::encode(&state.values, &state.shape, encoding);
+        codec::compress(&mut hidden, self.compression_of(encoding));
+        pb::InferRequest {
+            request_id: request.answer.id,
+            model_id: self.bundle().model_id().to_string(),
+            model_fingerprint: self.cloud_fingerprints[split].clone(),
+            split: split as u32,
+            hidden: Some(hidden),
+            history: Some(history_to_wire(&state.history)),
+            want_probabilities: self.config.probabilities,
+            edge_id: self.config.edge_id.clone(),
+            policy: request.cloud_policy.clone(),
+            // Set by the stream transport, which needs it.
+            timeout_us: 0,
+            cancel: false,
+        }
+    }
+
+    /// The answer as it leaves: its latency, its class name, its metrics.
+    fn finish(&self, request: Request) -> Answer {
+        let mut a = request.answer;
+        a.latency_us = request.started.elapsed().as_micros() as u64;
+        a.class = a.prediction.and_then(|p| self.bundle().labels().get(p as usize).cloned());
+        crate::metrics::record_answer(&a);
+        a
     }
 
     /// A shadow request (see [`crate::adapt`]) for an input that exited at
@@ -559,7 +531,7 @@ impl Edge {
         if split >= self.bundle().num_blocks() {
             return;
         }
-        let (exec, controller, planner) = (self.exec.clone(), self.controller.clone(), self.planner.clone());
+        let (exec, observers) = (self.exec.clone(), self.observers.clone());
         let num_exits = self.bundle().num_exits();
         let base = pb::InferRequest {
             request_id: u64::MAX - self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -577,7 +549,7 @@ impl Edge {
         };
         let encoding = self.wire_encoding(route);
         let compression = self.compression_of(encoding);
-        let deadline = controller.as_ref().map(|c| c.config.shadow_deadline).unwrap_or_default();
+        let deadline = observers.controller.as_ref().map(|c| c.config.shadow_deadline).unwrap_or_default();
         tokio::spawn(async move {
             let _guard = guard;
             let local = tokio::task::spawn_blocking(move || -> Result<_, ModelError> {
@@ -598,20 +570,18 @@ impl Edge {
             let mut hidden = codec::encode(&values, &shape, encoding);
             codec::compress(&mut hidden, compression);
             let req = pb::InferRequest { hidden: Some(hidden), history: Some(history_to_wire(&history)), ..base };
-            let bytes = prost::Message::encoded_len(&req) as f64;
+            let bytes_up = prost::Message::encoded_len(&req) as f64;
             let sent = Instant::now();
             let outcome = match offloader.offload(req, sent + deadline).await {
                 Ok(done) if done.response.exit as usize + 1 == num_exits => {
-                    // The link and the cloud's compute are measured by
-                    // shadows too.
-                    if let Some(p) = &planner {
-                        let cloud_us = (done.response.queue_us + done.response.compute_us) as f64;
-                        let (route, total) = (Route { split, encoding }, sent.elapsed().as_micros() as f64);
-                        p.lock().expect("planner lock").observe_offload(route, bytes, total, cloud_us);
-                    }
-                    if let Some(c) = &controller {
-                        c.observe(&history, done.response.prediction as usize, true);
-                    }
+                    observers.see(Seen::Shadow(Offloaded {
+                        route: Route { split, encoding },
+                        bytes_up,
+                        took_us: sent.elapsed().as_micros() as f64,
+                        response: &done.response,
+                        history: &history,
+                        full_model: true,
+                    }));
                     "answered"
                 }
                 Ok(_) => "not-final",
@@ -663,7 +633,7 @@ impl Edge {
                         set_overflow(answer, o);
                         answer.error = answer.error.take().map(|o| format!("{offload}; local-full: {o}"));
                     }
-                    Ok(Ok(Some(Local::Continue { .. })) | Ok(None)) => {
+                    Ok(Ok(Some(Local::Continue(_))) | Ok(None)) => {
                         answer.error = Some("local-full: no exit answered".into())
                     }
                     Ok(Err(e)) => answer.error = Some(format!("local-full compute failed: {e:#}")),
@@ -778,14 +748,55 @@ async fn plan_loop(
 
 enum Local {
     Exited(ExitResult),
-    Continue {
-        values: Vec<f32>,
-        /// Shape of `values` (for a token sequence, its real tokens).
-        shape: Vec<usize>,
-        history: Vec<Observation>,
-    },
+    Continue(Continue),
     /// The input overflowed the network: no finite answer.
     Overflow(Overflow),
+}
+
+/// An input that no edge exit answered: the state at K and the exits'
+/// observations, for the cloud.
+struct Continue {
+    values: Vec<f32>,
+    /// Shape of `values` (for a token sequence, its real tokens).
+    shape: Vec<usize>,
+    history: Vec<Observation>,
+}
+
+/// Blocks `0..split` on one input. Neither a non-finite answer, nor a
+/// non-finite exit observation (sent as history) or hidden state (sent as
+/// the payload), leaves the device: the result names where the input
+/// overflowed.
+fn local_blocks(exec: &Executor, input: &[f32], split: usize, policy: &Policy) -> Result<Local, ModelError> {
+    let x = exec.batch_of(0, &[input])?;
+    let out = exec.run(&x, 0..split, policy, vec![vec![]])?;
+    let history = out.histories.first().cloned().unwrap_or_default();
+    Ok(match out.exited.first().cloned().flatten() {
+        Some(r) if r.is_finite() => Local::Exited(r),
+        Some(_) => Local::Overflow(exec.locate_overflow(input, 0..split)?),
+        None => {
+            // For a token sequence: its real tokens only.
+            let (values, shape) = out.hidden_row(0)?;
+            if history.iter().all(|o| o.confidence.is_finite()) && codec::all_finite(&values) {
+                Local::Continue(Continue { values, shape, history })
+            } else {
+                Local::Overflow(exec.locate_overflow(input, 0..split)?)
+            }
+        }
+    })
+}
+
+/// The cloud's answer into `a`.
+fn set_cloud_answer(a: &mut Answer, done: crate::offload::Offloaded) {
+    let r = done.response;
+    a.tier = Tier::Cloud;
+    a.prediction = Some(r.prediction);
+    a.exit = Some(r.exit);
+    a.confidence = r.confidence;
+    a.probabilities = r.probabilities;
+    a.cloud_queue_us = r.queue_us;
+    a.cloud_compute_us = r.compute_us;
+    a.bytes_down = done.bytes_down;
+    a.retries = done.retries;
 }
 
 /// The max-prob thresholds of the first `edge_exits` exits of `policy`

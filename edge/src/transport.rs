@@ -127,7 +127,8 @@ impl Transport {
         let (channel, interceptor) = grpc_channel(url, c, creds)?;
         let generation = SplitGenerationClient::with_interceptor(channel.clone(), interceptor.clone())
             .max_decoding_message_size(MAX_ANSWER_BYTES);
-        let infer = SplitInferenceClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_ANSWER_BYTES);
+        let infer =
+            SplitInferenceClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_ANSWER_BYTES);
         Ok(Transport::Grpc(GrpcClients { infer, generation }))
     }
 
@@ -140,12 +141,9 @@ impl Transport {
         match self {
             Transport::Quic(client) => client.model_info(timeout).await,
             Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
-                let mut req = tonic::Request::new(pb::ModelInfoRequest {});
-                req.set_timeout(timeout);
-                match tokio::time::timeout(timeout, c.infer.clone().get_model_info(req)).await {
-                    Ok(r) => r.map(tonic::Response::into_inner),
-                    Err(_) => Err(Status::deadline_exceeded("handshake timed out")),
-                }
+                let mut client = c.infer.clone();
+                within(timeout, client.get_model_info(timed(pb::ModelInfoRequest {}, timeout)), "handshake timed out")
+                    .await
             }
         }
     }
@@ -157,12 +155,8 @@ impl Transport {
             Transport::Quic(client) => client.infer(&req, timeout).await,
             Transport::GrpcStream(_, stream) => stream.infer(req, timeout).await,
             Transport::Grpc(c) => {
-                let mut r = tonic::Request::new(req);
-                r.set_timeout(timeout);
-                match tokio::time::timeout(timeout, c.infer.clone().infer(r)).await {
-                    Ok(r) => r.map(tonic::Response::into_inner),
-                    Err(_) => Err(Status::deadline_exceeded("offload deadline passed")),
-                }
+                let mut client = c.infer.clone();
+                within(timeout, client.infer(timed(req, timeout)), "offload deadline passed").await
             }
         }
     }
@@ -172,12 +166,9 @@ impl Transport {
         match self {
             Transport::Quic(client) => client.decoder_info(timeout).await,
             Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
-                let mut req = tonic::Request::new(pb::ModelInfoRequest {});
-                req.set_timeout(timeout);
-                match tokio::time::timeout(timeout, c.generation.clone().get_decoder_info(req)).await {
-                    Ok(r) => r.map(tonic::Response::into_inner),
-                    Err(_) => Err(Status::deadline_exceeded("decoder handshake timed out")),
-                }
+                let mut client = c.generation.clone();
+                let call = client.get_decoder_info(timed(pb::ModelInfoRequest {}, timeout));
+                within(timeout, call, "decoder handshake timed out").await
             }
         }
     }
@@ -196,6 +187,26 @@ impl Transport {
                 Ok(Box::pin(answers))
             }
         }
+    }
+}
+
+/// A gRPC request carrying `timeout` as its `grpc-timeout`.
+fn timed<M>(msg: M, timeout: Duration) -> tonic::Request<M> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+/// A unary call's answer, or `DeadlineExceeded` (`late`) once `timeout`
+/// passes locally.
+async fn within<M>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<M>, Status>>,
+    late: &'static str,
+) -> Result<M, Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(late)),
     }
 }
 

@@ -49,7 +49,10 @@ impl GenerateArgs {
     /// classifier bundle, or a flag that only a classifier uses, is refused
     /// by name), and where its metrics go.
     pub fn edge(&self) -> Result<(DecoderEdge, Option<std::net::SocketAddr>)> {
-        decoder_edge(self.edge.clone(), "`offramp-edge generate` runs a decoder; classify with `offramp-edge run` or serve")
+        decoder_edge(
+            self.edge.clone(),
+            "`offramp-edge generate` runs a decoder; classify with `offramp-edge run` or serve",
+        )
     }
 
     pub fn options(&self) -> Result<GenOptions> {

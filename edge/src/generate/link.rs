@@ -224,7 +224,8 @@ impl CloudLink {
                 }
             }
         }
-        let cause = last.or_else(|| self.endpoints.all_refused().cloned().map(Into::into)).unwrap_or(LinkError::NoCloud);
+        let cause =
+            last.or_else(|| self.endpoints.all_refused().cloned().map(Into::into)).unwrap_or(LinkError::NoCloud);
         self.lost(cause.clone());
         Err(self.cause().cloned().unwrap_or(cause))
     }

@@ -421,13 +421,21 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
         if alone {
             // The cloud is away: the exit's token is the answer.
             let reason = self.cloud.cause().map(LinkError::to_string);
-            self.go = self.em.emit(Emitted { reason, ..Emitted::new(next, d.token, d.probability, Tier::Fallback, self.exit) });
+            self.go = self
+                .em
+                .emit(Emitted { reason, ..Emitted::new(next, d.token, d.probability, Tier::Fallback, self.exit) });
             return Ok(());
         }
         let budget = self.view().budget();
         let block = self.current.get_or_insert_with(|| Block::at(next - 1));
         let (q_tokens, q_probs) = d.q.map(|q| (q.tokens, q.probs)).unwrap_or_default();
-        block.drafts.push(pb::Draft { token: d.token, q_tokens, q_probs, accept_uniform: u[1], residual_uniform: u[2] });
+        block.drafts.push(pb::Draft {
+            token: d.token,
+            q_tokens,
+            q_probs,
+            accept_uniform: u[1],
+            residual_uniform: u[2],
+        });
         block.probs.push(d.probability);
         let length = self.ctl.length(self.edge.config.pipeline > 1);
         // `budget` was counted before this draft: it was the last one.
@@ -504,7 +512,8 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
     fn finish(mut self) -> Result<Generated, GenerateError> {
         let s = &mut self.em.summary;
         s.drafts_verified = Some(self.verified);
-        s.acceptance_rate = Some(if self.verifications > 0 { self.accepted as f64 / self.verified.max(1) as f64 } else { 0.0 });
+        s.acceptance_rate =
+            Some(if self.verifications > 0 { self.accepted as f64 / self.verified.max(1) as f64 } else { 0.0 });
         s.mean_draft_length =
             Some(if self.verifications > 0 { self.verified as f64 / self.verifications as f64 } else { 0.0 });
         s.drafts_discarded = Some(self.discarded);

@@ -45,17 +45,6 @@ pub(crate) fn source(mode: Mode, k: usize, n: usize, p_top: Option<f32>, thresho
     }
 }
 
-/// A token chosen for a step.
-struct Chosen {
-    token: u32,
-    probability: f32,
-    tier: Tier,
-    exit: Option<usize>,
-    reason: Option<String>,
-    bytes_up: u64,
-    cloud_batch: Option<u32>,
-}
-
 /// A generation in progress, one token per step.
 struct Stepwise<'e, F: FnMut(&TokenEvent)> {
     edge: &'e DecoderEdge,
@@ -145,7 +134,7 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
     }
 
     /// The step's token, where the mode's policy says it comes from.
-    async fn choose(&mut self, step: &EdgeStep) -> Result<Chosen, GenerateError> {
+    async fn choose(&mut self, step: &EdgeStep) -> Result<Emitted, GenerateError> {
         let uniform = self.rng.next_f32();
         let (k, n) = (self.edge.split, self.edge.bundle.num_layers());
         let local = match (k == n, self.mode) {
@@ -159,22 +148,18 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
         };
         let t = step.state_k.len() / self.edge.bundle.config().hidden;
         let range = SyncRange { pos: self.pos, tail: t, fresh: t };
-        let edge_token = |(token, probability, _): (u32, f32, f32), tier, exit| Chosen {
-            token,
-            probability,
-            tier,
-            exit,
-            reason: None,
-            bytes_up: 0,
-            cloud_batch: None,
-        };
+        let pos = self.pos;
+        let edge_token =
+            |(token, probability, _): (u32, f32, f32), tier, exit| Emitted::new(pos, token, probability, tier, exit);
         match source {
             Source::Edge => Ok(edge_token(local.expect("computed at K = N"), Tier::Edge, Some(n))),
             Source::ConfidentExit => {
                 let mut chosen = edge_token(local.expect("computed for early exit"), Tier::Edge, self.edge.exit);
                 // Keep the cloud's cache whole without waiting for it.
                 let ask = if self.opts.agreement { want } else { pb::Want::None };
-                if let Ok((sent, rx)) = self.cloud.sync(&self.states, range, Ask::token(ask, temperature, uniform)).await {
+                if let Ok((sent, rx)) =
+                    self.cloud.sync(&self.states, range, Ask::token(ask, temperature, uniform)).await
+                {
                     chosen.bytes_up = sent;
                     if let Some(rx) = rx {
                         self.checks.push((chosen.token, rx));
@@ -193,14 +178,11 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                         Err(e) => (Err(e), 0),
                     };
                 match answer {
-                    Ok(r) => Ok(Chosen {
-                        token: r.token,
-                        probability: r.probability,
-                        tier: Tier::Cloud,
-                        exit: None,
-                        reason: None,
+                    Ok(r) => Ok(Emitted {
                         bytes_up,
+                        endpoint: self.cloud.endpoint(),
                         cloud_batch: Some(r.batch_size),
+                        ..Emitted::new(pos, r.token, r.probability, Tier::Cloud, None)
                     }),
                     Err(e) => {
                         let reason = e.to_string();
@@ -210,7 +192,7 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                             None => self.local(&step.tap, uniform)?,
                         };
                         let exit = Some(self.edge.exit.unwrap_or(k));
-                        Ok(Chosen { reason: Some(reason), bytes_up, ..edge_token(l, Tier::Fallback, exit) })
+                        Ok(Emitted { reason: Some(reason), bytes_up, ..edge_token(l, Tier::Fallback, exit) })
                     }
                 }
             }
@@ -218,18 +200,11 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
     }
 
     /// Emits the chosen token; false once generation should stop.
-    fn emit(&mut self, down_before: u64, c: Chosen) -> bool {
-        self.em.summary.bytes_up_per_token += c.bytes_up as f64;
-        let endpoint = if c.tier == Tier::Cloud { self.cloud.endpoint() } else { None };
-        self.input = vec![c.token];
-        self.em.emit(Emitted {
-            reason: c.reason,
-            bytes_up: c.bytes_up,
-            bytes_down: self.cloud.bytes_down().saturating_sub(down_before),
-            endpoint,
-            cloud_batch: c.cloud_batch,
-            ..Emitted::new(self.pos, c.token, c.probability, c.tier, c.exit)
-        })
+    fn emit(&mut self, down_before: u64, mut e: Emitted) -> bool {
+        self.em.summary.bytes_up_per_token += e.bytes_up as f64;
+        e.bytes_down = self.cloud.bytes_down().saturating_sub(down_before);
+        self.input = vec![e.token];
+        self.em.emit(e)
     }
 
     /// Agreement (from the answers awaited for edge tokens) and the summary.

@@ -39,16 +39,21 @@ pub enum HandshakeError {
     Credentials { url: String, message: String },
 }
 
+/// Both sides speak this edge's protocol version.
+fn check_protocol(url: &str, version: u32) -> Result<(), HandshakeError> {
+    if version == pb::PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(HandshakeError::Incompatible(format!(
+        "cloud {url} speaks protocol version {version}, this edge speaks {}",
+        pb::PROTOCOL_VERSION
+    )))
+}
+
 /// Checks a classifier handshake answer against what this edge holds.
 pub fn check_handshake(url: &str, info: &pb::ModelInfo, expect: &Expectation) -> Result<(), HandshakeError> {
     let incompatible = HandshakeError::Incompatible;
-    if info.protocol_version != pb::PROTOCOL_VERSION {
-        return Err(incompatible(format!(
-            "cloud {url} speaks protocol version {}, this edge speaks {}",
-            info.protocol_version,
-            pb::PROTOCOL_VERSION
-        )));
-    }
+    check_protocol(url, info.protocol_version)?;
     let short = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.chars().take(12).collect() };
     for want in &expect.splits {
         let Some(split) = info.splits.iter().find(|s| s.split as usize == want.split) else {
@@ -114,7 +119,6 @@ fn check_encoding(
     Ok(())
 }
 
-
 /// What a decoder edge expects of a cloud for its sessions.
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
@@ -130,13 +134,7 @@ pub struct SessionSpec {
 /// step may carry on this cloud (its payload limit over a state's size).
 pub fn check_decoder(url: &str, info: &pb::DecoderInfo, spec: &SessionSpec) -> Result<usize, HandshakeError> {
     let incompatible = HandshakeError::Incompatible;
-    if info.protocol_version != pb::PROTOCOL_VERSION {
-        return Err(incompatible(format!(
-            "cloud {url} speaks protocol version {}, this edge speaks {}",
-            info.protocol_version,
-            pb::PROTOCOL_VERSION
-        )));
-    }
+    check_protocol(url, info.protocol_version)?;
     let Some(model) = info.models.iter().find(|m| m.model_id == spec.model_id) else {
         let held: Vec<&str> = info.models.iter().map(|m| m.model_id.as_str()).collect();
         return Err(incompatible(format!("cloud {url} does not hold decoder {} (it holds {held:?})", spec.model_id)));

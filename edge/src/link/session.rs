@@ -79,13 +79,8 @@ impl CloudSession {
         let pending: Pending = Default::default();
         let broken: Arc<Mutex<Option<LinkError>>> = Default::default();
         let bytes_down = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(read_answers(
-            url.to_string(),
-            inbound,
-            pending.clone(),
-            broken.clone(),
-            bytes_down.clone(),
-        ));
+        let reader =
+            tokio::spawn(read_answers(url.to_string(), inbound, pending.clone(), broken.clone(), bytes_down.clone()));
         Ok(Self { endpoint: url.to_string(), max_rows, tx, pending, broken, bytes_down, reader })
     }
 
