@@ -6,6 +6,7 @@ mod support;
 mod adaptive;
 mod cloud_ops;
 mod docker;
+mod docs;
 mod encoder;
 mod experiment;
 mod fallback;
