@@ -89,11 +89,9 @@ pub async fn serve(
         tracing::info!(mutual = tls.is_mutual(), "TLS on");
     }
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    set_health(&health, false).await;
     let service = CloudService::default();
     let loaded = service.loaded.clone();
-    let generation_service = service::GenerationService { loaded: loaded.clone() };
 
     // Shutdown: health NOT_SERVING and new work refused at once, then the
     // server stops accepting and in-flight requests get `drain_timeout`.
@@ -106,34 +104,97 @@ pub async fn serve(
         }
         None => None,
     };
-    let drain_started = {
-        let (health, loaded) = (health.clone(), loaded.clone());
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: health NOT_SERVING, refusing new work, draining");
-            if let Some(state) = loaded.get() {
-                state.draining.store(true, Ordering::Relaxed);
-            }
-            health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            let _ = stop_tx.send(true);
-        }
-    };
-    tokio::spawn(drain_started);
+    tokio::spawn(drain_on(shutdown, health.clone(), loaded.clone(), stop_tx));
+    let services = GrpcServices { service, auth, max_message };
+    let server = tokio::spawn(grpc_server(builder, services, health_service, listener, stop_rx.clone()));
 
+    let state = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || load_state(&config))
+            .await
+            .map_err(|_| ServeError::Panicked("model loader"))??
+    };
+    let _ = loaded.set(state);
+    if !*stop_rx.borrow() {
+        set_health(&health, true).await;
+        let quic_addr = quic.as_ref().map(|q| q.0);
+        tracing::info!(%addr, quic = ?quic_addr, "serving");
+        ready(Listening { grpc: addr, quic: quic_addr });
+    }
+
+    let _ = stop_rx.wait_for(|s| *s).await;
+    match tokio::time::timeout(config.drain_timeout, server).await {
+        Ok(joined) => joined.map_err(|_| ServeError::Panicked("gRPC server"))?.map_err(ServeError::Grpc)?,
+        Err(_) => tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; dropping in-flight requests"),
+    }
+    if let Some((_, task)) = quic {
+        // Bounded by the drain timeout itself.
+        task.await.map_err(|_| ServeError::Panicked("QUIC server"))?;
+    }
+    Ok(())
+}
+
+/// Health of the inference service and of the server as a whole.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    if serving {
+        health.set_serving::<SplitInferenceServer<CloudService>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    } else {
+        health.set_not_serving::<SplitInferenceServer<CloudService>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    }
+}
+
+/// Once `shutdown` resolves: health NOT_SERVING, new work refused, and the
+/// servers told to stop accepting (they then drain).
+async fn drain_on(
+    shutdown: impl Future<Output = ()>,
+    health: tonic_health::server::HealthReporter,
+    loaded: Arc<std::sync::OnceLock<Arc<CloudState>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
+    shutdown.await;
+    tracing::info!("shutting down: health NOT_SERVING, refusing new work, draining");
+    if let Some(state) = loaded.get() {
+        state.draining.store(true, Ordering::Relaxed);
+    }
+    set_health(&health, false).await;
+    let _ = stop.send(true);
+}
+
+/// What the gRPC server serves.
+struct GrpcServices {
+    service: CloudService,
+    auth: Auth,
+    max_message: usize,
+}
+
+/// The gRPC server on `listener` until `stop` turns true: health,
+/// `SplitInference` and `SplitGeneration` behind the token check, with the
+/// transport settings below.
+fn grpc_server(
+    builder: tonic::transport::Server,
+    s: GrpcServices,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> {
     let generation_service = {
-        let auth = auth.clone();
+        let auth = s.auth.clone();
         tonic::service::interceptor::InterceptedService::new(
-            offramp_proto::split_generation_server::SplitGenerationServer::new(generation_service)
-                .max_decoding_message_size(max_message),
+            offramp_proto::split_generation_server::SplitGenerationServer::new(service::GenerationService {
+                loaded: s.service.loaded.clone(),
+            })
+            .max_decoding_message_size(s.max_message),
             move |req| auth.check(req),
         )
     };
+    let auth = s.auth;
     let split_service = tonic::service::interceptor::InterceptedService::new(
-        SplitInferenceServer::new(service).max_decoding_message_size(max_message),
+        SplitInferenceServer::new(s.service).max_decoding_message_size(s.max_message),
         move |req| auth.check(req),
     );
-    let server = builder
+    let mut builder = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -150,43 +211,13 @@ pub async fn serve(
         // non-gRPC content type, UNIMPLEMENTED naming an unknown method,
         // DEADLINE_EXCEEDED for an expired grpc-timeout, InvalidArgument for
         // oversized or malformed unary bodies).
-        .layer(grpc_rules())
-        .add_service(health_service)
-        .add_service(split_service)
-        .add_service(generation_service)
-        .serve_with_incoming_shutdown(offramp_common::net::no_delay(listener), {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        });
-    let server = tokio::spawn(server);
-
-    let state = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || load_state(&config))
-            .await
-            .map_err(|_| ServeError::Panicked("model loader"))??
-    };
-    let _ = loaded.set(state);
-    if !*stop_rx.borrow() {
-        health.set_serving::<SplitInferenceServer<CloudService>>().await;
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let quic_addr = quic.as_ref().map(|q| q.0);
-        tracing::info!(%addr, quic = ?quic_addr, "serving");
-        ready(Listening { grpc: addr, quic: quic_addr });
-    }
-
-    let _ = stop_rx.wait_for(|s| *s).await;
-    match tokio::time::timeout(config.drain_timeout, server).await {
-        Ok(joined) => joined.map_err(|_| ServeError::Panicked("gRPC server"))?.map_err(ServeError::Grpc)?,
-        Err(_) => tracing::warn!(timeout = ?config.drain_timeout, "drain timed out; dropping in-flight requests"),
-    }
-    if let Some((_, task)) = quic {
-        // Bounded by the drain timeout itself.
-        task.await.map_err(|_| ServeError::Panicked("QUIC server"))?;
-    }
-    Ok(())
+        .layer(grpc_rules());
+    builder.add_service(health).add_service(split_service).add_service(generation_service).serve_with_incoming_shutdown(
+        offramp_common::net::no_delay(listener),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )
 }
 
 /// Binds the QUIC endpoint and serves it on a task of its own; returns the

@@ -117,6 +117,8 @@ pub(crate) const OUTPUT: &str = "output.weight";
 impl DecoderModel {
     /// Loads layers `holds` (and the embeddings and/or the final norm + LM
     /// head when asked) from a GGUF file.
+    // Long on purpose: the GGUF tensors read in layer order, each checked
+    // against the config where it is read.
     pub fn load(
         path: &Path,
         config: &DecoderConfig,

@@ -154,6 +154,9 @@ impl Bundle {
         Self::from_parts_at(manifest, tensors, Path::new("<memory>"))
     }
 
+    // Long on purpose: the manifest's checks, in the order a bundle is
+    // validated (layers, shapes, exits, digests), each naming what is wrong;
+    // they share the partly built bundle.
     fn from_parts_at(
         manifest: Manifest,
         mut tensors: HashMap<String, Tensor>,

@@ -234,6 +234,8 @@ pub struct CellResult {
     pub switches: u64,
 }
 
+// Long on purpose: the experiment's cells in order (processes, links,
+// edge runs, result files), one script a reader follows top to bottom.
 pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let cfg: ExperimentConfig = toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;

@@ -102,6 +102,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+// Long on purpose: one load run (cloud process, edges, sampler, report)
+// whose parts share the clock and the counters.
 pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
     if args.edges == 0 || args.rate.is_nan() || args.rate <= 0.0 {
         bail!("--edges and --rate must be positive");

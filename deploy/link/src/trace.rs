@@ -279,6 +279,8 @@ impl Trace {
     }
 
     /// [`Trace::parse`] with the interval of a byte-count trace given.
+    // Long on purpose: one line-by-line parser of both trace formats, each
+    // error naming its line.
     pub fn parse_with(
         text: &str,
         format: TraceFormat,

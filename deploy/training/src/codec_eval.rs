@@ -135,6 +135,8 @@ impl CodecEvalReport {
     }
 }
 
+// Long on purpose: one sweep of codecs x splits over the same data and
+// model, filling one report.
 pub fn evaluate(args: &CodecEvalArgs) -> Result<CodecEvalReport> {
     let bundle = load_model(&args.model)?;
     let (n, k) = (bundle.num_blocks(), args.split);

@@ -218,6 +218,9 @@ pub fn run(args: &ImportHfArgs) -> Result<ImportReport> {
 }
 
 /// Builds the bundle in memory (and what the report says about it).
+// Long on purpose: one pass over the checkpoint's tensors in layer order,
+// each mapped and checked where it is read; split up, every step would
+// need the whole name map and report.
 pub fn import(args: &ImportHfArgs) -> Result<(Bundle, ImportReport)> {
     let dir = &args.from;
     let config_path = dir.join("config.json");

@@ -103,6 +103,8 @@ pub fn run(args: &TrainArgs) -> Result<TrainReport> {
 }
 
 /// Trains and saves; returns the report and the trained bundle as held in memory.
+// Long on purpose: one training loop (epochs, batches, exit losses,
+// validation) whose state is the optimizer's and the report's.
 pub fn train(args: &TrainArgs) -> Result<(TrainReport, Bundle)> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());

@@ -52,6 +52,8 @@ fn trainable(name: &str, stage: Stage, final_exit: usize, embeddings: bool) -> b
 }
 
 /// Fine-tunes the encoder bundle `init` on the text file `args.data`.
+// Long on purpose: one training loop (stages, batches, evaluation,
+// checkpoints) whose state is the optimizer's and the report's.
 pub fn train(args: &TrainArgs, init: &Path) -> Result<(TrainReport, Bundle)> {
     let from = Bundle::load(init).with_context(|| format!("loading --init {}", init.display()))?;
     let encoder = from.text_encoder().cloned().context("the --init bundle has no tokenizer")?;

@@ -110,6 +110,8 @@ struct Data {
     top_p: Vec<Vec<f32>>,
 }
 
+// Long on purpose: generate targets, train each exit, calibrate, write:
+// one pipeline over the same model and data.
 pub fn run(args: &TrainExitsArgs) -> Result<TrainExitsReport> {
     anyhow::ensure!(
         args.rank >= 1 && args.epochs >= 1 && args.batch >= 1,
