@@ -12,6 +12,7 @@ mod experiment;
 mod fallback;
 mod generation;
 mod http_api;
+mod one_runtime;
 mod quic;
 mod robustness;
 mod speculative;
