@@ -22,8 +22,10 @@ use crate::transport::{ConnectConfig, Transport, TransportError};
 /// Why an edge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
+    /// Boxed: the configuration's errors are large, and `Edge::start`'s
+    /// checks return this one.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(Box<crate::config::ConfigError>),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(
@@ -42,6 +44,12 @@ pub enum EdgeError {
     Profile(String),
     #[error("metrics exporter: {0}")]
     Metrics(#[from] offramp_transport::metrics::BuildError),
+}
+
+impl From<crate::config::ConfigError> for EdgeError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        EdgeError::Config(Box::new(e))
+    }
 }
 
 /// Why an input could not be classified at all (before any compute).
@@ -121,6 +129,36 @@ pub struct Answer {
     pub overflow: Option<Overflow>,
 }
 
+impl Answer {
+    /// No answer yet (`tier = error` until one is set).
+    fn blank(id: u64) -> Self {
+        Self {
+            id,
+            label: None,
+            prediction: None,
+            class: None,
+            exit: None,
+            tier: Tier::Error,
+            reason: None,
+            error: None,
+            confidence: 0.0,
+            latency_us: 0,
+            edge_us: 0,
+            cloud_queue_us: 0,
+            cloud_compute_us: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            retries: 0,
+            endpoint: None,
+            probabilities: vec![],
+            split: 0,
+            encoding: None,
+            thresholds: vec![],
+            overflow: None,
+        }
+    }
+}
+
 /// The edge: a bundle, a split point, a policy and a way to the cloud.
 pub struct Edge {
     pub config: EdgeConfig,
@@ -160,16 +198,16 @@ enum Seen<'a> {
     /// Blocks `0..split` ran in `edge_us`, and it goes on to the cloud.
     Local { split: usize, edge_us: f64 },
     /// The cloud answered its offload.
-    Cloud(Offloaded<'a>),
+    Cloud(CloudAnswer<'a>),
     /// Its offload failed.
     OffloadFailed(Reason),
     /// The cloud's final exit answered a shadow request (see
     /// [`crate::adapt`]).
-    Shadow(Offloaded<'a>),
+    Shadow(CloudAnswer<'a>),
 }
 
 /// An answer from the cloud and how it came.
-struct Offloaded<'a> {
+struct CloudAnswer<'a> {
     route: Route,
     /// Request size.
     bytes_up: f64,
@@ -390,9 +428,10 @@ impl Edge {
     /// blocks are done, one way or another. Three steps: the local blocks
     /// (which may answer), the offload (with its fallback), the finish.
     pub async fn classify_with_deadline(&self, id: Option<u64>, input: Vec<f32>, deadline: Duration) -> Answer {
+        let started = Instant::now();
         let id = id.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
         let (route, policy) = (self.route(), self.policy());
-        let mut request = self.request(id, route, &policy, deadline);
+        let mut request = self.request(id, started, route, &policy, deadline);
         if let Some(state) = self.run_local(&mut request, input, policy).await {
             self.offload(&mut request, state).await;
         }
@@ -400,12 +439,12 @@ impl Edge {
     }
 
     /// An input's blank answer at `route`, with the rules it is decided by.
-    fn request(&self, id: u64, route: Route, policy: &Policy, deadline: Duration) -> Request {
+    fn request(&self, id: u64, started: Instant, route: Route, policy: &Policy, deadline: Duration) -> Request {
         let cloud_exits = &self.cloud_exits[route.split];
         let mut answer = Answer::blank(id);
         answer.split = route.split;
         answer.thresholds = edge_thresholds(policy, self.bundle().num_exits() - cloud_exits.len());
-        Request { answer, started: Instant::now(), route, deadline, cloud_policy: policy.to_wire(cloud_exits) }
+        Request { answer, started, route, deadline, cloud_policy: policy.to_wire(cloud_exits) }
     }
 
     /// The local blocks `0..K`, off the async workers. An exit may answer
@@ -450,10 +489,10 @@ impl Edge {
         let split = request.route.split;
         let encoding = self.wire_encoding(request.route);
         let req = self.infer_request(request, &state, encoding);
+        let offloader = self.offloader.as_ref().expect("split < N has an offloader");
         let answer = &mut request.answer;
         answer.bytes_up = prost::Message::encoded_len(&req) as u64;
         answer.encoding = Some(codec::encoding_name(encoding));
-        let offloader = self.offloader.as_ref().expect("split < N has an offloader");
         let sent = Instant::now();
         match offloader.offload(req, sent + request.deadline).await {
             // A peer's non-finite answer is not passed on either (a cloud of
@@ -470,7 +509,7 @@ impl Edge {
             }
             Ok(done) => {
                 let r = &done.response;
-                self.observers.see(Seen::Cloud(Offloaded {
+                self.observers.see(Seen::Cloud(CloudAnswer {
                     route: Route { split, encoding },
                     bytes_up: answer.bytes_up as f64,
                     took_us: sent.elapsed().as_micros() as f64,
@@ -492,7 +531,7 @@ impl Edge {
     }
 
     /// The offload request for the state at K.
-    fn infer_request(&self, request: &Request, state: &Continue, encoding: pb::Encoding) -> pb::InferRequest {
+    fn infer_request(&self, request: &mut Request, state: &Continue, encoding: pb::Encoding) -> pb::InferRequest {
         let split = request.route.split;
         let mut hidden = codec::encode(&state.values, &state.shape, encoding);
         codec::compress(&mut hidden, self.compression_of(encoding));
@@ -505,7 +544,7 @@ impl Edge {
             history: Some(history_to_wire(&state.history)),
             want_probabilities: self.config.probabilities,
             edge_id: self.config.edge_id.clone(),
-            policy: request.cloud_policy.clone(),
+            policy: std::mem::take(&mut request.cloud_policy),
             // Set by the stream transport, which needs it.
             timeout_us: 0,
             cancel: false,
@@ -574,7 +613,7 @@ impl Edge {
             let sent = Instant::now();
             let outcome = match offloader.offload(req, sent + deadline).await {
                 Ok(done) if done.response.exit as usize + 1 == num_exits => {
-                    observers.see(Seen::Shadow(Offloaded {
+                    observers.see(Seen::Shadow(CloudAnswer {
                         route: Route { split, encoding },
                         bytes_up,
                         took_us: sent.elapsed().as_micros() as f64,
@@ -650,6 +689,129 @@ impl Drop for Edge {
             task.abort();
         }
     }
+}
+
+/// Whether this bundle can run the edge side of `split`, and with the
+/// configured fallback.
+fn check_split(config: &EdgeConfig, bundle: &Bundle, split: usize) -> Result<(), EdgeError> {
+    bundle.check_split(split)?;
+    let (n, held) = (bundle.num_blocks(), bundle.held());
+    if !bundle.serves(SplitSide::Edge, split) {
+        return Err(EdgeError::SplitNotHeld {
+            model: bundle.model_id().to_string(),
+            split,
+            start: held.start,
+            end: held.end,
+        });
+    }
+    if config.fallback == FallbackMode::LocalFull && held != (0..n) {
+        return Err(EdgeError::LocalFullNeedsWholeModel { blocks: n, start: held.start, end: held.end });
+    }
+    Ok(())
+}
+
+/// The exit policy (given, or the bundle's own) and where it came from,
+/// checked against the bundle's exits.
+fn edge_policy(config: &EdgeConfig, bundle: &Bundle) -> Result<(Policy, String), EdgeError> {
+    let (policy, origin) = match &config.policy {
+        Some(p) => (p.clone(), "given".to_string()),
+        None => {
+            let (p, path) = Policy::for_bundle(None, bundle).map_err(crate::config::ConfigError::from)?;
+            (p, path.map(|p| p.display().to_string()).unwrap_or_else(|| "final exit only".into()))
+        }
+    };
+    if policy.num_exits() != bundle.num_exits() {
+        return Err(crate::config::ConfigError::Policy(offramp_common::policy::PolicyError::ExitOutOfRange {
+            index: policy.num_exits().saturating_sub(1),
+            num_exits: bundle.num_exits(),
+        })
+        .into());
+    }
+    Ok((policy, origin))
+}
+
+/// The offloader for the `candidates` splits below N (none when every
+/// candidate runs the whole model here), handshaken with every reachable
+/// endpoint.
+async fn connect(
+    config: &EdgeConfig,
+    bundle: &Bundle,
+    split: usize,
+    candidates: &[usize],
+    cloud_fingerprints: &[String],
+) -> Result<Option<Arc<Offloader>>, EdgeError> {
+    let offloaded: Vec<usize> = candidates.iter().copied().filter(|&k| k < bundle.num_blocks()).collect();
+    if offloaded.is_empty() {
+        return Ok(None);
+    }
+    if config.clouds.is_empty() {
+        tracing::warn!(split, "no --cloud given: every offload will fall back");
+    }
+    if let Some(&k) = offloaded.iter().find(|&&k| cloud_fingerprints[k].is_empty()) {
+        return Err(EdgeError::NoCloudFingerprint(k));
+    }
+    let connect = ConnectConfig { connect_timeout: config.connect_timeout, ..Default::default() };
+    let mut endpoints = Vec::new();
+    for url in &config.clouds {
+        let transport = Transport::new(config.transport, url, &connect, &config.credentials)
+            .map_err(|source| EdgeError::Endpoint { url: url.clone(), source })?;
+        endpoints.push((url.clone(), transport));
+    }
+    let breaker = BreakerConfig {
+        failure_threshold: config.breaker.failures,
+        base_backoff: config.breaker.backoff,
+        max_backoff: config.breaker.max_backoff,
+        probe_timeout: (config.deadline * 2).max(Duration::from_millis(100)),
+    };
+    let expect = Expectation {
+        model_id: bundle.model_id().to_string(),
+        splits: offloaded
+            .iter()
+            .map(|&k| SplitExpectation {
+                split: k,
+                cloud_fingerprint: cloud_fingerprints[k].clone(),
+                edge_fingerprint: bundle.fingerprint(SplitSide::Edge, k).unwrap_or_default(),
+            })
+            .collect(),
+        encodings: match config.adaptive_split {
+            Some(_) => vec![(pb::Encoding::F32, config.compression), (pb::Encoding::Int8, pb::Compression::Lz4)],
+            None => vec![(config.encoding, config.compression)],
+        },
+    };
+    let offloader = Offloader::new(endpoints, expect, breaker);
+    let reachable = offloader.handshake_all(config.connect_timeout.max(Duration::from_millis(500))).await?;
+    tracing::info!(reachable, endpoints = config.clouds.len(), "cloud handshake");
+    Ok(Some(Arc::new(offloader)))
+}
+
+/// Profiles the device and starts the planner (`--adaptive-split`) with its
+/// probe/plan task; the route moves to a profiled one if the configured one
+/// is not.
+async fn start_planner(
+    config: &EdgeConfig,
+    plan: crate::plan::PlanConfig,
+    exec: &Executor,
+    candidates: &[usize],
+    route: &Arc<RwLock<Route>>,
+    offloader: &Option<Arc<Offloader>>,
+) -> Result<(Arc<Mutex<Planner>>, tokio::task::AbortHandle), EdgeError> {
+    let (e, c, cand) = (exec.clone(), config.compression, candidates.to_vec());
+    let profile = tokio::task::spawn_blocking(move || profile_device(&e, &cand, c))
+        .await
+        .map_err(|e| EdgeError::Profile(e.to_string()))??;
+    let mut start = *route.read().expect("route lock");
+    if !profile.routes.iter().any(|(r, _)| *r == start) {
+        let split = start.split;
+        start = profile.routes.iter().find(|(r, _)| r.split == split).map_or(profile.routes[0].0, |r| r.0);
+        *route.write().expect("route lock") = start;
+    }
+    tracing::info!(
+        routes = profile.routes.len(), block_us = ?profile.block_us, objective = ?plan.objective,
+        "adaptive split on"
+    );
+    let planner = Arc::new(Mutex::new(Planner::new(plan, profile, start)));
+    let task = tokio::spawn(plan_loop(planner.clone(), offloader.clone(), route.clone(), config.deadline));
+    Ok((planner, task.abort_handle()))
 }
 
 /// Measures this device for the planner: each block's compute at batch 1
@@ -907,6 +1069,43 @@ mod tests {
         assert_eq!(a.tier, Tier::Fallback, "{a:?}");
         assert!(a.confidence.is_finite() && (0.0..=1.0).contains(&a.confidence));
         assert_eq!(a.exit, Some(1));
+    }
+
+    #[test]
+    fn the_observer_hook_tells_the_controller_what_happened_and_nothing_without_one() {
+        let response = pb::InferResponse { prediction: 1, exit: 2, ..Default::default() };
+        let cloud = |full_model| CloudAnswer {
+            route: Route { split: 3, encoding: pb::Encoding::F32 },
+            bytes_up: 100.0,
+            took_us: 1000.0,
+            response: &response,
+            history: &[],
+            full_model,
+        };
+        // Neither runs: every event is a no-op.
+        let none = Observers::default();
+        assert!(!none.shadows() && none.take_shadow().is_none());
+        for seen in [
+            Seen::EdgeExit(0),
+            Seen::Local { split: 3, edge_us: 10.0 },
+            Seen::Cloud(cloud(true)),
+            Seen::OffloadFailed(Reason::Timeout),
+            Seen::Shadow(cloud(true)),
+        ] {
+            none.see(seen);
+        }
+        // The controller freezes when the link fails, not when the input
+        // was refused, and thaws with the next cloud answer.
+        let policy = Policy::never(3);
+        let controller = Arc::new(Controller::new(crate::adapt::BudgetConfig::new(0.01), &policy, 2));
+        let o = Observers { planner: None, controller: Some(controller.clone()) };
+        assert!(o.shadows());
+        o.see(Seen::OffloadFailed(Reason::Rejected));
+        assert!(!controller.snapshot().frozen);
+        o.see(Seen::OffloadFailed(Reason::Unavailable));
+        assert!(controller.snapshot().frozen);
+        o.see(Seen::Cloud(cloud(false)));
+        assert!(!controller.snapshot().frozen);
     }
 
     #[test]
