@@ -95,6 +95,34 @@ async fn a_fingerprint_mismatch_is_reported_once_and_never_retried() {
     assert!(g.events.iter().all(|e| e.tier == Tier::Cloud));
 }
 
+#[test]
+fn a_generate_process_against_other_weights_says_so_once_and_exits() {
+    let dir = tmp("one-runtime-mismatch-process");
+    let mine = tiny_decoder(&dir.join("mine"));
+    let other = tiny_decoder_with(&dir.join("other"), TinySpec { seed: 8, ..Default::default() });
+    let (edge3, _) = split_decoder(&mine, 3);
+    let cloud = CloudProcess::start(&other, &[]);
+    let url = cloud.url();
+    let started = Instant::now();
+    let (ok, out, err) = edge_run(&[
+        "generate",
+        "--model",
+        edge3.to_str().unwrap(),
+        "--split",
+        "3",
+        "--cloud",
+        &url,
+        "--prompt",
+        "hi",
+        "--retry-every",
+        "0s",
+    ]);
+    assert!(!ok, "{out}");
+    assert_eq!(err.matches("fingerprint mismatch at split 3").count(), 1, "said once: {err}");
+    assert!(err.contains("edge and cloud were built from different weights"), "{err}");
+    assert!(started.elapsed() < patience(Duration::from_secs(20)), "no retry loop");
+}
+
 /// `offramp-edge ARGS...` to completion: (exit success, stdout, stderr).
 fn edge_run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(edge_binary()).args(args).env("RUST_LOG", "warn").output().expect("run offramp-edge");

@@ -215,7 +215,9 @@ impl CloudLink {
                     return Ok(());
                 }
                 Err(LinkError::Incompatible(e)) => {
-                    ep.refuse(e.clone());
+                    if ep.refuse(e.clone()) {
+                        tracing::error!(endpoint = %ep.url, error = %e, "cloud refused for good; not trying it again");
+                    }
                     last = Some(e.into());
                 }
                 Err(e) => {

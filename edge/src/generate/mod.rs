@@ -459,6 +459,7 @@ impl DecoderEdge {
                 }
             };
             if let Err(e) = verdict {
+                // Said once, by the caller that gets this error.
                 ep.refuse(e.clone());
                 return Err(LinkError::from(e).into());
             }

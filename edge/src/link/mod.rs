@@ -112,11 +112,10 @@ impl Endpoint {
         self.refused.get().or_else(|| self.verified.get().and_then(|v| v.as_ref().err()))
     }
 
-    /// Remembers a refusal that cannot heal; logged once per endpoint.
-    pub fn refuse(&self, e: HandshakeError) {
-        if self.refused.set(e.clone()).is_ok() {
-            tracing::error!(endpoint = %self.url, error = %e, "cloud refused for good; not trying it again");
-        }
+    /// Remembers a refusal that cannot heal (the first one stays); whether
+    /// this was the first, for the caller to say it once.
+    pub fn refuse(&self, e: HandshakeError) -> bool {
+        self.refused.set(e).is_ok()
     }
 }
 
@@ -240,8 +239,8 @@ mod tests {
         assert!(eps.all_refused().is_none());
         eps.get(0).refuse(HandshakeError::Incompatible("a".into()));
         assert!(eps.all_refused().is_none(), "one endpoint is still usable");
-        eps.get(1).refuse(HandshakeError::Incompatible("b".into()));
-        eps.get(1).refuse(HandshakeError::Incompatible("c".into()));
+        assert!(eps.get(1).refuse(HandshakeError::Incompatible("b".into())), "the first refusal");
+        assert!(!eps.get(1).refuse(HandshakeError::Incompatible("c".into())), "already refused");
         assert_eq!(eps.all_refused(), Some(&HandshakeError::Incompatible("b".into())), "the first verdict stays");
     }
 }
