@@ -4,7 +4,7 @@
 //! with the `h2` crate (no gRPC logic on the client side at all), and raw
 //! QUIC. After every bad request a good one must still get the right answer,
 //! and the bad one must get the precise status: the code the error table in
-//! `docs/architecture.md` gives its class, and a message naming the field and
+//! `docs/src/reference/errors.md` gives its class, and a message naming the field and
 //! what was expected, bounded however large the input was.
 
 use std::net::SocketAddr;

@@ -12,7 +12,7 @@
 //! A new kind is a module of the model layer, a variant here (with its
 //! [`SplitModel`] impl and its marker file in [`AnyBundle::open`]), and one
 //! arm at each side's dispatch point (`offramp_edge::config::load`,
-//! `offramp_cloud::models`); see docs/architecture.md, "Adding a model kind".
+//! `offramp_cloud::models`); see docs/src/architecture.md, "Adding a model kind".
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

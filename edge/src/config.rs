@@ -181,7 +181,7 @@ pub struct EdgeArgs {
     /// Adapt the edge exits' thresholds while serving, keeping the estimated
     /// accuracy loss against the full model within this budget (`1%`,
     /// `0.01`); feedback from offloads and shadow requests (see
-    /// docs/architecture.md, "Adaptive thresholds"). Off by default.
+    /// docs/src/architecture.md, "Adaptive thresholds"). Off by default.
     #[arg(long, env = "OFFRAMP_ACCURACY_BUDGET", value_parser = units::parse_ratio)]
     pub accuracy_budget: Option<f64>,
     /// With --accuracy-budget: fraction of edge-answered inputs also sent to
@@ -191,7 +191,7 @@ pub struct EdgeArgs {
     /// Re-plan the split point (any K up to the one this bundle holds) and
     /// the encoding (f32, or int8 + LZ4) while serving, from measured costs:
     /// edge compute, request bytes, RTT and goodput to the cloud, the
-    /// cloud's compute, exit rates (see docs/architecture.md, "Adaptive
+    /// cloud's compute, exit rates (see docs/src/architecture.md, "Adaptive
     /// split"). The cloud must serve every such split (one holding the whole
     /// model does). Off by default.
     #[arg(long, env = "OFFRAMP_ADAPTIVE_SPLIT")]

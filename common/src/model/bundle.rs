@@ -216,7 +216,7 @@ impl Bundle {
         for (i, block) in manifest.blocks.iter().enumerate() {
             let shape_error = |message: String| ModelError::BlockShape { block: i, name: block.name.clone(), message };
             let seq = sequence_after(&block.layer, sequence[i]).map_err(|e| shape_error(e.to_string()))?;
-            let next = block.layer.output_shape(&shapes[i]).map_err(shape_error)?;
+            let next = block.layer.output_shape(&shapes[i]).map_err(|e| shape_error(e.to_string()))?;
             if too_large(&next) {
                 return Err(shape_error(size_message(&next)));
             }
@@ -246,7 +246,7 @@ impl Bundle {
             for layer in &exit.layers {
                 let shape_error = |message: String| ModelError::ExitShape { exit: e, name: exit.name.clone(), message };
                 seq = sequence_after(layer, seq).map_err(|e| shape_error(e.to_string()))?;
-                shape = layer.output_shape(&shape).map_err(shape_error)?;
+                shape = layer.output_shape(&shape).map_err(|e| shape_error(e.to_string()))?;
                 if too_large(&shape) {
                     return Err(shape_error(size_message(&shape)));
                 }

@@ -161,6 +161,15 @@ pub enum LayerSpec {
     Tanh,
 }
 
+/// Why a layer cannot take an input shape: its kind and the reason (which
+/// names the shapes involved).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct LayerShapeError {
+    pub layer: &'static str,
+    pub reason: String,
+}
+
 /// How [`LayerSpec::Pool`] reduces a sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -196,77 +205,78 @@ impl LayerSpec {
     }
 
     /// Output shape for an input shape (batch excluded), or why it cannot apply.
-    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, LayerShapeError> {
+        let bad = |reason: String| LayerShapeError { layer: self.kind(), reason };
         match *self {
             LayerSpec::Conv2d { in_channels, out_channels, kernel, stride, padding, pool, .. } => {
                 let [c, h, w] = input else {
-                    return Err(format!("conv2d needs a [C, H, W] input, got {input:?}"));
+                    return Err(bad(format!("conv2d needs a [C, H, W] input, got {input:?}")));
                 };
                 if *c != in_channels {
-                    return Err(format!("conv2d expects {in_channels} input channels, previous layer gives {c}"));
+                    return Err(bad(format!("conv2d expects {in_channels} input channels, previous layer gives {c}")));
                 }
                 if kernel == 0 || stride == 0 || pool == Some(0) {
-                    return Err("conv2d kernel, stride and pool must be positive".into());
+                    return Err(bad("conv2d kernel, stride and pool must be positive".into()));
                 }
                 let pad = |x: usize| padding.checked_mul(2).and_then(|p| x.checked_add(p));
                 let (Some(hp), Some(wp)) = (pad(*h), pad(*w)) else {
-                    return Err(format!("conv2d padding {padding} overflows the {h}x{w} input's size"));
+                    return Err(bad(format!("conv2d padding {padding} overflows the {h}x{w} input's size")));
                 };
                 if hp < kernel || wp < kernel {
-                    return Err(format!("conv2d kernel {kernel} larger than padded input {hp}x{wp}"));
+                    return Err(bad(format!("conv2d kernel {kernel} larger than padded input {hp}x{wp}")));
                 }
                 let (mut oh, mut ow) = ((hp - kernel) / stride + 1, (wp - kernel) / stride + 1);
                 if let Some(p) = pool {
                     (oh, ow) = (oh / p, ow / p);
                     if oh == 0 || ow == 0 {
-                        return Err(format!("max-pool {p} leaves nothing of a {}x{} map", oh * p, ow * p));
+                        return Err(bad(format!("max-pool {p} leaves nothing of a {}x{} map", oh * p, ow * p)));
                     }
                 }
                 Ok(vec![out_channels, oh, ow])
             }
             LayerSpec::Linear { in_features, out_features, .. } => {
                 if input != [in_features] {
-                    return Err(format!("linear expects a [{in_features}] input, previous layer gives {input:?}"));
+                    return Err(bad(format!("linear expects a [{in_features}] input, previous layer gives {input:?}")));
                 }
                 Ok(vec![out_features])
             }
             LayerSpec::Flatten => {
                 input.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).map(|n| vec![n]).ok_or_else(|| {
-                    format!("flatten: the element count of {} overflows", crate::codec::echo::Shape::of_usize(input))
+                    bad(format!("flatten: the element count of {} overflows", crate::codec::echo::Shape::of_usize(input)))
                 })
             }
             LayerSpec::BertEmbeddings { vocab_size, hidden, max_positions, type_vocab_size, eps } => {
                 let [t] = input else {
-                    return Err(format!("bert-embeddings needs a [tokens] input of token ids, got {input:?}"));
+                    return Err(bad(format!("bert-embeddings needs a [tokens] input of token ids, got {input:?}")));
                 };
                 if vocab_size == 0 || hidden == 0 || type_vocab_size == 0 || !(eps > 0.0 && eps.is_finite()) {
-                    return Err("bert-embeddings needs positive vocab_size, hidden, type_vocab_size and eps".into());
+                    return Err(bad("bert-embeddings needs positive vocab_size, hidden, type_vocab_size and eps".into()));
                 }
                 if *t > max_positions {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "the input allows {t} tokens, bert-embeddings has only {max_positions} positions"
-                    ));
+                    )));
                 }
                 Ok(vec![*t, hidden])
             }
             LayerSpec::BertLayer { hidden, heads, intermediate, eps } => {
                 let [t, h] = input else {
-                    return Err(format!("bert-layer needs a [tokens, {hidden}] input, got {input:?}"));
+                    return Err(bad(format!("bert-layer needs a [tokens, {hidden}] input, got {input:?}")));
                 };
                 if *h != hidden {
-                    return Err(format!("bert-layer expects hidden size {hidden}, previous layer gives {h}"));
+                    return Err(bad(format!("bert-layer expects hidden size {hidden}, previous layer gives {h}")));
                 }
                 if heads == 0 || hidden % heads != 0 || intermediate == 0 || !(eps > 0.0 && eps.is_finite()) {
-                    return Err(format!(
+                    return Err(bad(format!(
                         "bert-layer needs hidden ({hidden}) divisible by heads ({heads}), a positive intermediate \
                          size and eps"
-                    ));
+                    )));
                 }
                 Ok(vec![*t, hidden])
             }
             LayerSpec::Pool { .. } => match input {
                 [_, h] => Ok(vec![*h]),
-                _ => Err(format!("pool needs a [tokens, hidden] input, got {input:?}")),
+                _ => Err(bad(format!("pool needs a [tokens, hidden] input, got {input:?}"))),
             },
             LayerSpec::Tanh => Ok(input.to_vec()),
         }

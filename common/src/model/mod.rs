@@ -17,8 +17,10 @@ pub use error::ModelError;
 pub use executor::{argmax, softmax_in_place, Batch, Executor, ExitResult, Observation, Overflow, RunOutput};
 pub use kernels::Kernels;
 pub use layer::{forward_all as layer_forward_all, Layer};
-pub use manifest::{BlockRange, BlockSpec, ExitSpec, InputSpec, LayerSpec, Manifest, PoolMode, TokenizerSpec};
-pub use tokenizer::{TextEncoder, TokenizeError};
+pub use manifest::{
+    BlockRange, BlockSpec, ExitSpec, InputSpec, LayerShapeError, LayerSpec, Manifest, PoolMode, TokenizerSpec,
+};
+pub use tokenizer::{TextEncoder, TokenizeError, TokenizerError};
 
 #[cfg(test)]
 mod encoder_tests;

@@ -108,6 +108,8 @@ fn shapes_that_overflow_are_refused_at_load() {
     let e = load_err(m.clone(), w.clone());
     assert!(e.contains("the input") && e.contains("elements a sample may have"), "{e}");
     let flatten = LayerSpec::Flatten.output_shape(&[1 << 40, 1 << 40, 1 << 40]).unwrap_err();
+    assert_eq!(flatten.layer, "flatten");
+    let flatten = flatten.to_string();
     assert!(
         flatten.contains("flatten: the element count of [1099511627776, 1099511627776, 1099511627776] overflows"),
         "{flatten}"
@@ -121,7 +123,7 @@ fn shapes_that_overflow_are_refused_at_load() {
         relu: false,
         pool: None,
     };
-    assert!(conv.output_shape(&[1, 4, 4]).unwrap_err().contains("padding"), "conv padding overflow");
+    assert!(conv.output_shape(&[1, 4, 4]).unwrap_err().to_string().contains("padding"), "conv padding overflow");
     // A block whose output is too large: a huge padding that does not overflow.
     let mut m = Arch::Tiny.manifest("tiny");
     if let LayerSpec::Conv2d { padding, .. } = &mut m.blocks[0].layer {

@@ -8,7 +8,7 @@
 //! | `content-type` not `application/grpc…` | served | HTTP 415 (the gRPC over HTTP/2 spec) |
 //! | unknown service or method | `UNIMPLEMENTED`, no message | `UNIMPLEMENTED` naming the service or method |
 //! | two messages on a unary call | the second silently dropped | `INVALID_ARGUMENT` |
-//! | message over `max_decoding_message_size` | `OUT_OF_RANGE` | `INVALID_ARGUMENT` (as the README promises for oversized payloads) |
+//! | message over `max_decoding_message_size` | `OUT_OF_RANGE` | `INVALID_ARGUMENT` (as docs/src/reference/errors.md promises for oversized payloads) |
 //! | unary call without a message, or with a truncated one | `INTERNAL` | `INVALID_ARGUMENT` |
 //! | unary message that is not valid protobuf | `INTERNAL` | `INVALID_ARGUMENT` |
 //! | `grpc-timeout` expired before the answer | `CANCELLED` | `DEADLINE_EXCEEDED` |
