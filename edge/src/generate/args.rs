@@ -165,5 +165,6 @@ pub fn tier_mark(t: Tier) -> &'static str {
         Tier::Edge => "E",
         Tier::Cloud => "C",
         Tier::Fallback => "F",
+        Tier::Error => "!",
     }
 }

@@ -77,24 +77,9 @@ impl Mode {
     }
 }
 
-/// Who produced a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Edge,
-    Cloud,
-    Fallback,
-}
-
-impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Edge => "edge",
-            Tier::Cloud => "cloud",
-            Tier::Fallback => "fallback",
-        }
-    }
-}
+/// Who produced a token: the edge's one tier type (a generation never
+/// answers `Tier::Error`; it fails with a [`GenerateError`] instead).
+pub use crate::runtime::Tier;
 
 /// Why generation could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -620,8 +605,9 @@ impl Summary {
             Tier::Edge => self.edge_tokens += 1,
             Tier::Cloud => self.cloud_tokens += 1,
             Tier::Fallback => self.fallback_tokens += 1,
+            Tier::Error => {}
         }
-        metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier.name()).increment(1);
+        metrics::counter!("offramp_edge_generated_tokens_total", "tier" => tier.as_str()).increment(1);
     }
 
     /// Per-token averages and rates once `tokens` were emitted.
