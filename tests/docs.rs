@@ -87,11 +87,10 @@ fn parse_help(text: &str) -> CommandHelp {
         }
         if in_commands {
             match line.strip_prefix("  ").and_then(|l| l.split_whitespace().next()) {
-                Some(name) if !line.starts_with("   ") => {
-                    if name != "help" {
-                        help.subcommands.insert(name.to_string());
-                    }
+                Some(name) if !line.starts_with("   ") && name != "help" => {
+                    help.subcommands.insert(name.to_string());
                 }
+                Some(_) if !line.starts_with("   ") => {}
                 _ if line.trim().is_empty() => in_commands = false,
                 _ => {}
             }

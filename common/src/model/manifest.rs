@@ -242,7 +242,10 @@ impl LayerSpec {
             }
             LayerSpec::Flatten => {
                 input.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).map(|n| vec![n]).ok_or_else(|| {
-                    bad(format!("flatten: the element count of {} overflows", crate::codec::echo::Shape::of_usize(input)))
+                    bad(format!(
+                        "flatten: the element count of {} overflows",
+                        crate::codec::echo::Shape::of_usize(input)
+                    ))
                 })
             }
             LayerSpec::BertEmbeddings { vocab_size, hidden, max_positions, type_vocab_size, eps } => {
@@ -250,7 +253,9 @@ impl LayerSpec {
                     return Err(bad(format!("bert-embeddings needs a [tokens] input of token ids, got {input:?}")));
                 };
                 if vocab_size == 0 || hidden == 0 || type_vocab_size == 0 || !(eps > 0.0 && eps.is_finite()) {
-                    return Err(bad("bert-embeddings needs positive vocab_size, hidden, type_vocab_size and eps".into()));
+                    return Err(bad(
+                        "bert-embeddings needs positive vocab_size, hidden, type_vocab_size and eps".into()
+                    ));
                 }
                 if *t > max_positions {
                     return Err(bad(format!(
