@@ -185,10 +185,24 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             "messages[0].role",
         ),
         ("/v1/chat/completions", chat(json!({ "n": 2 })), 400, "only n = 1"),
-        ("/v1/chat/completions", chat(json!({ "top_p": 0.5 })), 400, "top_p"),
-        ("/v1/chat/completions", chat(json!({ "stop": ["\n"] })), 400, "stop sequences"),
+        ("/v1/chat/completions", chat(json!({ "top_p": 1.5 })), 400, "top_p"),
+        ("/v1/chat/completions", chat(json!({ "stop": ["a", "b", "c", "d", "e"] })), 400, "at most 4 stop"),
         ("/v1/chat/completions", chat(json!({ "temperature": 7 })), 400, "temperature"),
-        ("/v1/chat/completions", chat(json!({ "max_tokens": 100000 })), 400, "context"),
+        (
+            "/v1/chat/completions",
+            chat(json!({ "messages": [{ "role": "user", "content": "x".repeat(100_000) }] })),
+            400,
+            "cannot fit the model's context",
+        ),
+        ("/v1/chat/completions", chat(json!({ "logprobs": true })), 400, "log-probabilities"),
+        ("/v1/chat/completions", chat(json!({ "logit_bias": { "5": 10 } })), 400, "logit biases"),
+        (
+            "/v1/chat/completions",
+            chat(json!({ "response_format": { "type": "json_object" } })),
+            400,
+            "structured output is not implemented",
+        ),
+        ("/v1/chat/completions", chat(json!({ "tool_choice": "required" })), 400, "tool calls are never produced"),
         ("/v1/chat/completions", chat(json!({ "max_tokens": 0 })), 400, "at least 1"),
         ("/v1/chat/completions", chat(json!({ "model": "gpt-4" })), 404, "gpt-4"),
         ("/v1/chat/completions", chat(json!({ "mode": "warp" })), 400, "not a mode"),
@@ -196,7 +210,8 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         ("/v1/chat/completions", chat(json!({ "mode": "early-exit" })), 400, "it runs: split"),
         ("/v1/chat/completions", chat(json!({ "draft": 0 })), 400, "draft"),
         ("/v1/completions", json!({ "prompt": ["a", "b"] }).to_string(), 400, "one prompt"),
-        ("/v1/completions", json!({ "prompt": [1, 2, 3] }).to_string(), 400, "token-id prompts"),
+        ("/v1/completions", json!({ "prompt": [1, -2] }).to_string(), 400, "a list of token ids"),
+        ("/v1/completions", json!({ "prompt": [99999] }).to_string(), 400, "outside the vocabulary"),
         ("/v1/completions", json!({ "prompt": "" }).to_string(), 400, "no tokens"),
         ("/v1/embeddings", "{}".to_string(), 404, "unknown route"),
     ] {
@@ -206,6 +221,23 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         let message = v["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "{body}: {text}");
         assert!(v["error"]["type"].is_string(), "{text}");
+    }
+    // Type errors name the parameter (OpenAI's `param`).
+    for (extra, param) in [
+        (json!({ "max_tokens": -1 }), "max_tokens"),
+        (json!({ "max_tokens": "8" }), "max_tokens"),
+        (json!({ "max_tokens": 1e300 }), "max_tokens"),
+        (json!({ "temperature": "hot" }), "temperature"),
+        (json!({ "stream": "yes" }), "stream"),
+        (json!({ "messages": "hi" }), "messages"),
+        (json!({ "messages": [{ "role": 7, "content": "x" }] }), "messages[0].role"),
+        (json!({ "stream_options": { "include_usage": true } }), "stream_options"),
+        (json!({ "top_k": 2.5 }), "top_k"),
+    ] {
+        let (status, text) = api.call("POST", "/v1/chat/completions", Some(&chat(extra.clone())), key).await;
+        assert_eq!(status, 400, "{extra}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["param"], param, "{extra}: {text}");
     }
     let (status, text) = api.call("GET", "/v1/chat/completions", None, key).await;
     assert_eq!(status, 405, "{text}");

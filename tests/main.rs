@@ -13,6 +13,7 @@ mod fallback;
 mod generation;
 mod http_api;
 mod one_runtime;
+mod openai_clients;
 mod quic;
 mod robustness;
 mod speculative;

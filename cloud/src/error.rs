@@ -181,6 +181,8 @@ pub enum SessionError {
     Temperature(f32),
     #[error("uniform must be in [0, 1] (got {0})")]
     Uniform(f32),
+    #[error("sampling truncation: {0}")]
+    Truncation(#[from] offramp_common::decoder::sample::TruncationError),
     #[error("drafts and `speculative` belong to WANT_VERIFY steps")]
     DraftsWithoutVerify,
     #[error("the step has no hidden-state tensor")]
@@ -254,6 +256,7 @@ impl SessionError {
             | E::SampleNeedsTemperature(_)
             | E::Temperature(_)
             | E::Uniform(_)
+            | E::Truncation(_)
             | E::DraftsWithoutVerify
             | E::MissingTensor
             | E::EncodingNotAccepted { .. }

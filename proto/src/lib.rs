@@ -24,5 +24,10 @@ pub const FEATURE_TOKEN_SEQUENCES: &str = "token-sequences";
 /// (decoder sessions).
 pub const FEATURE_GENERATION: &str = "generation";
 
+/// `DecoderInfo.features` entry: the cloud applies `DecodeStep`'s `top_k`,
+/// `top_p` and `min_p` (an older cloud would ignore them, so an edge sends
+/// them only to a cloud listing this).
+pub const FEATURE_TRUNCATED_SAMPLING: &str = "truncated-sampling";
+
 /// Default gRPC port of the cloud service.
 pub const DEFAULT_CLOUD_PORT: u16 = 50051;

@@ -273,11 +273,13 @@ fn verdict(job: &Job, logits: &[Vec<f32>], cache: &mut KvCache) -> Result<Verdic
     let verdict = match step.want {
         pb::Want::Verify => {
             let t = (step.temperature > 0.0).then_some(step.temperature);
-            speculative::verify(logits, &step.drafts, t)
+            speculative::verify(logits, &step.drafts, t, &step.truncation)
         }
         want => {
             let (token, probability) = match want {
-                pb::Want::Sample => Sampling::Temperature(step.temperature).choose(&logits[0], step.uniform),
+                pb::Want::Sample => {
+                    Sampling::Temperature(step.temperature).choose_within(&logits[0], step.uniform, &step.truncation)
+                }
                 _ => top1(&logits[0]),
             };
             Verdict { accepted: 0, token, probability }

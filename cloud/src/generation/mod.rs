@@ -240,6 +240,7 @@ impl Generation {
             encodings: self.encodings.iter().map(|&e| e as i32).collect(),
             max_payload_bytes: self.max_payload as u64,
             limits: Some(self.limits.to_pb()),
+            features: vec![pb::FEATURE_TRUNCATED_SAMPLING.to_string()],
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use offramp_common::codec;
+use offramp_common::decoder::sample::Truncation;
 use offramp_common::decoder::speculative::{DraftToCheck, SparseDist};
 use offramp_common::decoder::KvCache;
 use offramp_proto as pb;
@@ -211,6 +212,8 @@ pub(super) struct CheckedStep {
     pub want: pb::Want,
     pub temperature: f32,
     pub uniform: f32,
+    /// Truncation of the sampling distribution (off by default).
+    pub truncation: Truncation,
     /// WANT_VERIFY: one draft per position.
     pub drafts: Vec<DraftToCheck>,
     pub speculative: bool,
@@ -228,6 +231,8 @@ impl StepRules<'_> {
             return Err(SessionError::NonFinite);
         }
         let drafts = if want == pb::Want::Verify { check_drafts(step, t, self.vocab)? } else { Vec::new() };
+        let truncation = Truncation { top_k: step.top_k, top_p: step.top_p, min_p: step.min_p };
+        truncation.check()?;
         Ok(CheckedStep {
             request_id: step.request_id,
             x,
@@ -236,6 +241,7 @@ impl StepRules<'_> {
             want,
             temperature: step.temperature,
             uniform: step.uniform,
+            truncation,
             drafts,
             speculative: step.speculative,
         })

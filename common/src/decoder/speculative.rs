@@ -13,6 +13,7 @@
 //! entries and renormalized), which is small enough to send.
 
 use super::model::top1;
+use super::sample::{distribution, Truncation};
 
 /// A distribution over a few tokens (the rest have probability 0).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +29,13 @@ impl SparseDist {
     /// `softmax(logits / temperature)` cut to its `k` most likely tokens and
     /// renormalized.
     pub fn top_k(logits: &[f32], temperature: f32, k: usize) -> Self {
-        let p = softmax(logits, temperature);
+        Self::from_probs(&softmax(logits, temperature), k)
+    }
+
+    /// The distribution `p` cut to its `k` most likely tokens (and those
+    /// with any mass) and renormalized.
+    pub fn from_probs(p: &[f32], k: usize) -> Self {
+        let k = k.min(p.iter().filter(|&&x| x > 0.0).count()).max(1);
         let mut order: Vec<u32> = (0..p.len() as u32).collect();
         let k = k.clamp(1, p.len());
         order.select_nth_unstable_by(k - 1, |&a, &b| p[b as usize].total_cmp(&p[a as usize]));
@@ -122,12 +129,17 @@ pub struct Verdict {
 /// Checks `drafts[i]` against the full model's logits `rows[i]` (the
 /// logits after the position whose input is draft `i - 1`) and stops at the
 /// first rejection. `temperature` `None`: greedy (argmax).
-pub fn verify(rows: &[Vec<f32>], drafts: &[DraftToCheck], temperature: Option<f32>) -> Verdict {
+///
+/// With a truncation (`top_k`, `top_p`, `min_p`) the full model's
+/// distribution `p` is the truncated one: accepted drafts and the residual
+/// draw then follow sampling from the truncated full model exactly, whatever
+/// the draft distribution `q` (a draft outside `p`'s support is rejected).
+pub fn verify(rows: &[Vec<f32>], drafts: &[DraftToCheck], temperature: Option<f32>, trunc: &Truncation) -> Verdict {
     assert_eq!(rows.len(), drafts.len(), "one logits row per draft");
     for (i, (row, d)) in rows.iter().zip(drafts).enumerate() {
         match (temperature, &d.q) {
             (Some(t), Some(q)) if t > 0.0 => {
-                let p = softmax(row, t);
+                let p = distribution(row, t, trunc);
                 let (pd, qd) = (p[d.token as usize], q.prob(d.token));
                 if qd > 0.0 && d.accept_uniform < pd / qd {
                     continue;
@@ -171,7 +183,7 @@ fn residual(p: &[f32], q: &SparseDist, uniform: f32) -> u32 {
     r.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
 }
 
-fn draw(p: &[f32], uniform: f32) -> u32 {
+pub(crate) fn draw(p: &[f32], uniform: f32) -> u32 {
     let mut acc = 0.0;
     for (i, &w) in p.iter().enumerate() {
         acc += w;
@@ -190,7 +202,7 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     w.into_iter().map(|v| v / total).collect()
 }
 
-fn prob_t1(logits: &[f32], token: u32) -> f32 {
+pub(crate) fn prob_t1(logits: &[f32], token: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
     (logits[token as usize] - max).exp() / z
@@ -217,14 +229,15 @@ mod tests {
 
     #[test]
     fn greedy_accepts_the_argmax_prefix() {
+        let off = Truncation::default();
         let rows = vec![logits(&[0.1, 0.7, 0.2]), logits(&[0.6, 0.3, 0.1]), logits(&[0.2, 0.2, 0.6])];
         let d = |t| DraftToCheck { token: t, q: None, accept_uniform: 0.0, residual_uniform: 0.0 };
-        assert_eq!(verify(&rows, &[d(1), d(0), d(2)], None).accepted, 3);
-        assert_eq!(verify(&rows, &[d(1), d(0), d(2)], None).token, 2);
-        let v = verify(&rows, &[d(1), d(2), d(2)], None);
+        assert_eq!(verify(&rows, &[d(1), d(0), d(2)], None, &off).accepted, 3);
+        assert_eq!(verify(&rows, &[d(1), d(0), d(2)], None, &off).token, 2);
+        let v = verify(&rows, &[d(1), d(2), d(2)], None, &off);
         assert_eq!((v.accepted, v.token), (1, 0));
         assert!((v.probability - 0.6).abs() < 1e-5);
-        let v = verify(&rows, &[d(0), d(0), d(2)], None);
+        let v = verify(&rows, &[d(0), d(0), d(2)], None, &off);
         assert_eq!((v.accepted, v.token), (0, 1));
     }
 
@@ -248,11 +261,42 @@ mod tests {
     #[test]
     fn sampled_verification_gives_the_full_models_distribution() {
         let p = [0.5f32, 0.3, 0.15, 0.05];
-        let row = logits(&p);
+        let (counts, accepted) = sample_verified(&p, &Truncation::default(), 60_000);
+        chi2_below(&counts, &p, 60_000, 16.3);
+        // Acceptance rate is sum_x min(p, q) = 0.05 + 0.15 + 0.1 = 0.3.
+        let rate = accepted as f64 / 60_000.0;
+        assert!((rate - 0.3).abs() < 0.01, "acceptance {rate}");
+    }
+
+    /// The same law for the truncated full model: top-k 3 keeps
+    /// [0.5, 0.3, 0.15] renormalized; top-p 0.8 keeps [0.5, 0.3]; min-p 0.5
+    /// keeps [0.5, 0.3] (>= 0.25). Token 3 (q's favourite) never comes out.
+    #[test]
+    fn sampled_verification_follows_the_truncated_distribution() {
+        let p = [0.5f32, 0.3, 0.15, 0.05];
+        for (t, want, quantile) in [
+            (Truncation { top_k: 3, ..Default::default() }, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0], 13.8),
+            (Truncation { top_p: 0.8, ..Default::default() }, [0.625, 0.375, 0.0, 0.0], 10.8),
+            (Truncation { min_p: 0.5, ..Default::default() }, [0.625, 0.375, 0.0, 0.0], 10.8),
+        ] {
+            let (counts, _) = sample_verified(&p, &t, 40_000);
+            for (i, &w) in want.iter().enumerate() {
+                if w == 0.0 {
+                    assert_eq!(counts[i], 0, "{t:?}: token {i} is truncated away: {counts:?}");
+                }
+            }
+            chi2_below(&counts, &want, 40_000, quantile);
+        }
+    }
+
+    /// Verdicts of `trials` single-draft verifications against the model
+    /// `p` (truncated by `t`), drafts from a q that favours p's least likely
+    /// token: the tokens' counts and the drafts accepted.
+    fn sample_verified(p: &[f32; 4], t: &Truncation, trials: usize) -> ([usize; 4], usize) {
+        let row = logits(p);
         let q = SparseDist { tokens: vec![3, 2, 0], probs: vec![0.6, 0.3, 0.1] };
         q.check(4).unwrap();
         let mut rng = SplitMix64::new(7);
-        let trials = 60_000;
         let mut counts = [0usize; 4];
         let mut accepted = 0;
         for _ in 0..trials {
@@ -262,22 +306,26 @@ mod tests {
                 accept_uniform: rng.next_f32(),
                 residual_uniform: rng.next_f32(),
             };
-            let v = verify(std::slice::from_ref(&row), &[d], Some(1.0));
+            let v = verify(std::slice::from_ref(&row), &[d], Some(1.0), t);
             accepted += v.accepted;
             counts[v.token as usize] += 1;
         }
+        (counts, accepted)
+    }
+
+    /// Chi-square of `counts` against `p` (entries with p = 0 left out) is
+    /// below `quantile` (the 0.999 quantile for the degrees of freedom).
+    fn chi2_below(counts: &[usize; 4], p: &[f32], trials: usize, quantile: f64) {
         let chi2: f64 = counts
             .iter()
             .zip(p)
-            .map(|(&c, p)| {
+            .filter(|(_, &p)| p > 0.0)
+            .map(|(&c, &p)| {
                 let e = p as f64 * trials as f64;
                 (c as f64 - e).powi(2) / e
             })
             .sum();
-        assert!(chi2 < 16.3, "counts {counts:?} vs p {p:?}: chi2 {chi2}");
-        // Acceptance rate is sum_x min(p, q) = 0.05 + 0.15 + 0.1 = 0.3.
-        let rate = accepted as f64 / trials as f64;
-        assert!((rate - 0.3).abs() < 0.01, "acceptance {rate}");
+        assert!(chi2 < quantile, "counts {counts:?} vs p {p:?}: chi2 {chi2}");
     }
 
     #[test]

@@ -145,6 +145,9 @@ pub struct DecoderTokenizer {
     eos: u32,
     /// Token ids that end a turn (EOS and `<|im_end|>` for ChatML).
     stops: Vec<u32>,
+    /// Bytes of the longest token as the vocabulary writes it: no token
+    /// covers more text than that.
+    max_token_bytes: usize,
 }
 
 impl std::fmt::Debug for DecoderTokenizer {
@@ -164,7 +167,15 @@ impl DecoderTokenizer {
                 stops.push(id);
             }
         }
-        Ok(Self { tokenizer, chat, eos, stops })
+        let max_token_bytes = tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1);
+        Ok(Self { tokenizer, chat, eos, stops, max_token_bytes })
+    }
+
+    /// The most text (in bytes) one token can stand for: a text of `n`
+    /// bytes is at least `n / max_token_bytes()` tokens, known before
+    /// tokenizing it.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     pub fn eos(&self) -> u32 {

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result};
-use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::sample::{Sampling, Truncation};
 use offramp_common::decoder::ChatMessage;
 
 use super::{DecoderEdge, GenOptions, Tier, TokenEvent};
@@ -29,6 +29,20 @@ pub struct GenerateArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// With --temperature: keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// With --temperature: keep the fewest most likely tokens whose mass
+    /// reaches P (0 or 1: all).
+    #[arg(long, default_value_t = 0.0)]
+    pub top_p: f32,
+    /// With --temperature: keep the tokens at least P times as likely as the
+    /// most likely one (0: all).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Text that ends the generation where it first appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Seed of the sampler (a fixed seed repeats a sampled generation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -62,9 +76,16 @@ impl GenerateArgs {
         if self.max_tokens == 0 {
             anyhow::bail!("--max-tokens must be at least 1");
         }
+        let truncation = Truncation { top_k: self.top_k, top_p: self.top_p, min_p: self.min_p };
+        truncation.check().map_err(|e| anyhow::anyhow!("--{e}").context("sampling"))?;
+        if !truncation.is_off() && self.temperature == 0.0 {
+            anyhow::bail!("--top-k, --top-p and --min-p shape sampling: give a --temperature above 0 too");
+        }
         Ok(GenOptions {
             max_tokens: self.max_tokens,
             sampling: Sampling::from_temperature(self.temperature),
+            truncation,
+            stop: self.stop.clone(),
             seed: self.seed,
             agreement: self.agreement,
             ignore_eos: self.ignore_eos,

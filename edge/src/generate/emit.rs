@@ -8,7 +8,8 @@ use offramp_common::codec;
 use offramp_common::decoder::tokenizer::TextStream;
 
 use super::link::CloudLink;
-use super::{DecoderEdge, GenOptions, GenerateError, Generated, Mode, Summary, Tier, TokenEvent};
+use super::stop::StopMatcher;
+use super::{DecoderEdge, Finish, GenOptions, GenerateError, Generated, Mode, Summary, Tier, TokenEvent};
 
 /// A token as a mode hands it to the emitter.
 pub(super) struct Emitted {
@@ -48,6 +49,8 @@ pub(super) struct Emitter<'a, F: FnMut(&TokenEvent)> {
     edge: &'a DecoderEdge,
     on_token: F,
     text: TextStream,
+    /// Stop sequences, when the generation has any.
+    stop: Option<StopMatcher>,
     pub out: Vec<u32>,
     events: Vec<TokenEvent>,
     pub summary: Summary,
@@ -65,6 +68,7 @@ impl<'a, F: FnMut(&TokenEvent)> Emitter<'a, F> {
             edge,
             on_token,
             text: TextStream::default(),
+            stop: (!opts.stop.is_empty()).then(|| StopMatcher::new(opts.stop.clone())),
             out: Vec::with_capacity(opts.max_tokens),
             events: Vec::with_capacity(opts.max_tokens),
             summary: Summary {
@@ -90,11 +94,18 @@ impl<'a, F: FnMut(&TokenEvent)> Emitter<'a, F> {
         self.summary.count(e.tier);
         self.summary.bytes_down_per_token += e.bytes_down as f64;
         let now = Instant::now();
+        let mut text = self.text.push(tokenizer, e.token);
+        let mut stopped = false;
+        if let Some(m) = &mut self.stop {
+            // End-of-turn tokens show no text of their own.
+            let piece = if tokenizer.is_stop(e.token) { "" } else { text.as_str() };
+            (text, stopped) = m.push(piece);
+        }
         let event = TokenEvent {
             index: self.out.len(),
             position: e.position,
             token: e.token,
-            text: self.text.push(tokenizer, e.token),
+            text,
             tier: e.tier,
             exit: e.exit,
             probability: e.probability,
@@ -110,7 +121,7 @@ impl<'a, F: FnMut(&TokenEvent)> Emitter<'a, F> {
         self.events.push(event);
         self.out.push(e.token);
         self.first_token_at.get_or_insert_with(|| self.started.elapsed());
-        let stop = tokenizer.is_stop(e.token) && !self.ignore_eos;
+        let stop = stopped || (tokenizer.is_stop(e.token) && !self.ignore_eos);
         !stop && self.out.len() < self.max_tokens
     }
 
@@ -118,7 +129,12 @@ impl<'a, F: FnMut(&TokenEvent)> Emitter<'a, F> {
     pub fn finish(self, cloud: &CloudLink) -> Result<Generated, GenerateError> {
         let mut summary = self.summary;
         summary.finish(self.out.len(), self.started.elapsed(), self.first_token_at, cloud);
-        let text = self.edge.bundle.tokenizer().decode(&self.out)?;
-        Ok(Generated { tokens: self.out, text, events: self.events, summary })
+        let tokenizer = self.edge.bundle.tokenizer();
+        let ended_turn = self.out.last().is_some_and(|&t| tokenizer.is_stop(t));
+        let (text, finish) = match &self.stop {
+            Some(m) => (m.text().to_string(), if m.hit() || ended_turn { Finish::Stop } else { Finish::Length }),
+            None => (tokenizer.decode(&self.out)?, if ended_turn { Finish::Stop } else { Finish::Length }),
+        };
+        Ok(Generated { tokens: self.out, text, events: self.events, summary, finish })
     }
 }

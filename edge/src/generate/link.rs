@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offramp_common::codec;
+use offramp_common::decoder::sample::Truncation;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
@@ -48,13 +49,19 @@ pub(crate) struct Ask {
     pub want: pb::Want,
     pub temperature: f32,
     pub uniform: f32,
+    pub truncation: Truncation,
     pub drafts: Vec<pb::Draft>,
     pub speculative: bool,
 }
 
 impl Ask {
     pub fn token(want: pb::Want, temperature: f32, uniform: f32) -> Self {
-        Self { want, temperature, uniform, drafts: Vec::new(), speculative: false }
+        Self { want, temperature, uniform, truncation: Truncation::default(), drafts: Vec::new(), speculative: false }
+    }
+
+    /// This ask with the sampling distribution truncated.
+    pub fn within(self, truncation: Truncation) -> Self {
+        Self { truncation, ..self }
     }
 }
 
@@ -247,6 +254,16 @@ impl CloudLink {
         let SyncRange { pos, tail, fresh } = range;
         let (hidden, encoding) = (self.hidden, self.spec.encoding);
         let LinkState::Live { session, synced } = &mut self.state else { unreachable!("ensured") };
+        if !ask.truncation.is_off() && !session.offer.truncated_sampling {
+            // An older cloud would ignore the truncation and sample from the
+            // whole distribution: refused here, not silently changed.
+            return Err(LinkError::Refused {
+                endpoint: session.endpoint.clone(),
+                code: tonic::Code::FailedPrecondition,
+                message: "this cloud does not apply top_k / top_p / min_p (it predates them); sample without them"
+                    .into(),
+            });
+        }
         let max_rows = session.max_rows;
         let mut sent = 0u64;
         let mut reply = None;
@@ -271,6 +288,9 @@ impl CloudLink {
                 uniform: a.uniform,
                 drafts: a.drafts,
                 speculative: a.speculative,
+                top_k: a.truncation.top_k,
+                top_p: a.truncation.top_p,
+                min_p: a.truncation.min_p,
             };
             match session.send(step) {
                 Ok((size, rx)) => {

@@ -28,12 +28,13 @@ mod emit;
 pub mod link;
 mod speculative;
 mod stepwise;
+mod stop;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use offramp_common::decoder::model::{last_row, rows};
-use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::sample::{Sampling, Truncation};
 use offramp_common::decoder::{
     DecoderBundle, DecoderError, DecoderModel, DecoderTokenizer, KvCache, SessionStep, Tensor,
 };
@@ -171,6 +172,8 @@ impl GenerateConfig {
 pub struct GenOptions {
     pub max_tokens: usize,
     pub sampling: Sampling,
+    /// `top_k` / `top_p` / `min_p` of a sampled generation (off by default).
+    pub truncation: Truncation,
     pub seed: u64,
     /// Also ask the cloud for its token where the edge answered, to measure
     /// agreement with the whole model (costs no waiting).
@@ -184,6 +187,8 @@ pub struct GenOptions {
     pub draft: Option<usize>,
     /// How long a token waits for the cloud, instead of the edge's.
     pub deadline: Option<Duration>,
+    /// Text that ends the generation where it first appears (not shown).
+    pub stop: Vec<String>,
 }
 
 impl Default for GenOptions {
@@ -191,12 +196,14 @@ impl Default for GenOptions {
         Self {
             max_tokens: 128,
             sampling: Sampling::Greedy,
+            truncation: Truncation::default(),
             seed: 0,
             agreement: false,
             ignore_eos: false,
             mode: None,
             draft: None,
             deadline: None,
+            stop: Vec::new(),
         }
     }
 }
@@ -322,6 +329,17 @@ pub struct Generated {
     pub text: String,
     pub events: Vec<TokenEvent>,
     pub summary: Summary,
+    pub finish: Finish,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The model's end-of-turn token, or a stop sequence.
+    Stop,
+    /// The most tokens asked for.
+    Length,
 }
 
 /// A device holding the edge side of a decoder.
@@ -451,6 +469,32 @@ impl DecoderEdge {
             ok += 1;
         }
         Ok(ok)
+    }
+
+    /// Whether generations can reach a cloud now (always at K = N): the
+    /// decoder handshake with the first endpoint that passes it, within the
+    /// connect timeout; else why none does.
+    pub async fn probe(&self) -> Result<(), LinkError> {
+        if self.split == self.bundle.num_layers() {
+            return Ok(());
+        }
+        let spec = self.session_spec(self.bundle.config().context);
+        let timeout = self.config.connect.connect_timeout.max(Duration::from_millis(500));
+        let mut last = LinkError::NoCloud;
+        for ep in self.endpoints.iter() {
+            if let Some(r) = ep.refusal() {
+                last = r.clone().into();
+                continue;
+            }
+            match ep.transport.decoder_info(timeout).await {
+                Ok(info) => match check_decoder(&ep.url, &info, &spec) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.into(),
+                },
+                Err(s) => last = LinkError::from_status(&ep.url, &s),
+            }
+        }
+        Err(last)
     }
 
     /// The link's timing: how long a session may take to open, how long

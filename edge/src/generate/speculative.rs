@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use offramp_common::decoder::model::top1;
-use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::sample::{distribution, Sampling, Truncation};
 use offramp_common::decoder::speculative::{position_uniforms, SparseDist, DRAFT_TOP_K};
 use offramp_common::decoder::KvCache;
 use offramp_proto as pb;
@@ -401,12 +401,13 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
         let u = position_uniforms(self.opts.seed, next);
         let took = Instant::now();
         let (model, head, temperature) = (self.edge.model.clone(), self.edge.local_head(), self.temperature);
+        let trunc = self.opts.truncation;
         let mut kv = self.cache.take().expect("cache returned each step");
         let ids = std::mem::take(&mut self.input);
         let (back, step) = tokio::task::spawn_blocking(move || {
             let r = edge_layers(&model, &mut kv, &ids, pos, head).and_then(|s| {
                 let logits = head.logits(&model, &s.tap)?;
-                Ok(draft(s.state_k, &logits, temperature, u[0]))
+                Ok(draft(s.state_k, &logits, temperature, &trunc, u[0]))
             });
             (kv, r)
         })
@@ -453,6 +454,7 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             want: pb::Want::Verify,
             temperature: self.temperature.unwrap_or(0.0),
             uniform: 0.0,
+            truncation: self.opts.truncation,
             drafts: block.drafts.clone(),
             speculative: !self.sent.is_empty(),
         };
@@ -530,14 +532,17 @@ impl Block {
 
 /// The draft from the exit's logits: the argmax (greedy), or a draw from
 /// its top entries (sampled, with the position's draft uniform).
-fn draft(state_k: Vec<f32>, logits: &[f32], temperature: Option<f32>, uniform: f32) -> Drafted {
+/// With a truncation the draft comes from the exit's distribution truncated
+/// the same way (any draft distribution keeps the output exact; this one
+/// wastes no drafts on tokens the truncated full model cannot choose).
+fn draft(state_k: Vec<f32>, logits: &[f32], temperature: Option<f32>, trunc: &Truncation, uniform: f32) -> Drafted {
     match temperature {
         None => {
             let (token, probability) = top1(logits);
             Drafted { state_k, token, probability, q: None }
         }
         Some(t) => {
-            let q = SparseDist::top_k(logits, t, DRAFT_TOP_K);
+            let q = SparseDist::from_probs(&distribution(logits, t, trunc), DRAFT_TOP_K);
             let token = q.sample(uniform);
             Drafted { state_k, token, probability: q.prob(token), q: Some(q) }
         }

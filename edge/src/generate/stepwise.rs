@@ -129,7 +129,7 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
     fn local(&self, tap: &Tensor, uniform: f32) -> Result<(u32, f32, f32), GenerateError> {
         let logits = self.edge.local_logits(tap)?;
         let (_, p_top) = top1(&logits);
-        let (token, p) = self.opts.sampling.choose(&logits, uniform);
+        let (token, p) = self.opts.sampling.choose_within(&logits, uniform, &self.opts.truncation);
         Ok((token, p, p_top))
     }
 
@@ -157,8 +157,10 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                 let mut chosen = edge_token(local.expect("computed for early exit"), Tier::Edge, self.edge.exit);
                 // Keep the cloud's cache whole without waiting for it.
                 let ask = if self.opts.agreement { want } else { pb::Want::None };
-                if let Ok((sent, rx)) =
-                    self.cloud.sync(&self.states, range, Ask::token(ask, temperature, uniform)).await
+                if let Ok((sent, rx)) = self
+                    .cloud
+                    .sync(&self.states, range, Ask::token(ask, temperature, uniform).within(self.opts.truncation))
+                    .await
                 {
                     chosen.bytes_up = sent;
                     if let Some(rx) = rx {
@@ -168,15 +170,18 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                 Ok(chosen)
             }
             Source::Cloud => {
-                let (answer, bytes_up) =
-                    match self.cloud.sync(&self.states, range, Ask::token(want, temperature, uniform)).await {
-                        Ok((sent, Some(rx))) => {
-                            self.em.summary.round_trips_per_token += 1.0;
-                            (await_reply(rx, self.deadline, self.cloud.endpoint()).await, sent)
-                        }
-                        Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
-                        Err(e) => (Err(e), 0),
-                    };
+                let (answer, bytes_up) = match self
+                    .cloud
+                    .sync(&self.states, range, Ask::token(want, temperature, uniform).within(self.opts.truncation))
+                    .await
+                {
+                    Ok((sent, Some(rx))) => {
+                        self.em.summary.round_trips_per_token += 1.0;
+                        (await_reply(rx, self.deadline, self.cloud.endpoint()).await, sent)
+                    }
+                    Ok((_, None)) => unreachable!("a step that wants a token has a receiver"),
+                    Err(e) => (Err(e), 0),
+                };
                 match answer {
                     Ok(r) => Ok(Emitted {
                         bytes_up,

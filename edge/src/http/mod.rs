@@ -28,15 +28,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use offramp_common::decoder::sample::Sampling;
+use offramp_common::decoder::sample::{Sampling, Truncation};
 use offramp_common::decoder::ChatMessage;
 use offramp_transport::token::Secret;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::generate::{DecoderEdge, GenOptions, GenerateError, Generated, Mode, Summary, TokenEvent};
-use openai::{ApiError, ChatRequest, Common, CompletionRequest, Usage};
+use crate::generate::{DecoderEdge, Finish, GenOptions, GenerateError, Generated, Mode, Summary, TokenEvent};
+use openai::{ApiError, Common, Message, Prompt, Usage};
 
 /// Server-side defaults of the HTTP API.
 #[derive(Debug, Clone)]
@@ -76,11 +76,15 @@ impl HttpState {
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/health", get(health))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|| async {
-            ApiError::invalid("unknown route; this server serves /v1/models, /v1/chat/completions and /v1/completions")
-                .with(StatusCode::NOT_FOUND, "not_found")
+            ApiError::invalid(
+                "unknown route; this server serves /v1/models, /v1/chat/completions, /v1/completions and /health",
+            )
+            .with(StatusCode::NOT_FOUND, "not_found")
         })
         .method_not_allowed_fallback(|| async {
             ApiError::invalid("method not allowed: GET /v1/models, POST /v1/chat/completions, POST /v1/completions")
@@ -113,27 +117,59 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The model this server serves, as OpenAI's model object.
+fn model_object(state: &HttpState) -> Value {
+    let b = state.edge.bundle();
+    json!({
+        "id": b.model_id(),
+        "object": "model",
+        "created": 0,
+        "owned_by": "offramp",
+        "offramp": {
+            "layers": b.config().layers,
+            "split": state.edge.split(),
+            "context": b.config().context,
+            "mode": state.edge.mode().name(),
+        },
+    })
+}
+
 async fn models(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();
     }
-    let b = state.edge.bundle();
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": b.model_id(),
-            "object": "model",
-            "created": 0,
-            "owned_by": "offramp",
-            "offramp": {
-                "layers": b.config().layers,
-                "split": state.edge.split(),
-                "context": b.config().context,
-                "mode": state.edge.mode().name(),
-            },
-        }],
-    }))
-    .into_response()
+    Json(json!({ "object": "list", "data": [model_object(&state)] })).into_response()
+}
+
+async fn model(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let served = state.edge.bundle().model_id();
+    if id != served {
+        return ApiError::param("model", &format!("this server serves {served:?}, not {id:?}"))
+            .with(StatusCode::NOT_FOUND, "model_not_found")
+            .into_response();
+    }
+    Json(model_object(&state)).into_response()
+}
+
+/// `GET /health`: 200 `{"status": "ok"}` when generations can run as the
+/// server's mode means them to: at K = N always, otherwise while a cloud
+/// endpoint passes the decoder handshake (probed now, within the connect
+/// timeout). 503 `{"status": "unavailable", "cloud": why}` while no cloud
+/// does: the edge still answers then, from its own exit (tier fallback),
+/// which a load balancer should not count as healthy. No API key needed.
+async fn health(State(state): State<Arc<HttpState>>) -> Response {
+    match state.edge.probe().await {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "cloud": e.to_string() })))
+            .into_response(),
+    }
 }
 
 /// Which endpoint a generation answers.
@@ -150,13 +186,15 @@ async fn chat(
 ) -> Response {
     let run = |body: Result<Bytes, BytesRejection>| -> Result<(Vec<u32>, Common), ApiError> {
         authorize(&state, &headers)?;
-        let req: ChatRequest = parse(body)?;
-        req.common.check()?;
-        if req.messages.is_empty() {
+        let obj = openai::object(&read(body)?)?;
+        let messages = Message::list(&obj)?;
+        let common = Common::parse(&obj)?;
+        if messages.is_empty() {
             return Err(ApiError::param("messages", "at least one message is needed"));
         }
-        let mut messages = Vec::with_capacity(req.messages.len());
-        for (i, m) in req.messages.iter().enumerate() {
+        let mut chat = Vec::with_capacity(messages.len());
+        let mut bytes = 0;
+        for (i, m) in messages.iter().enumerate() {
             let role = match m.role.as_str() {
                 "system" | "developer" => "system",
                 "user" => "user",
@@ -168,10 +206,13 @@ async fn chat(
                     ))
                 }
             };
-            messages.push(ChatMessage { role: role.into(), content: m.text(i)? });
+            let content = m.text(i)?;
+            bytes += content.len();
+            chat.push(ChatMessage { role: role.into(), content });
         }
-        let ids = state.edge.tokenizer().encode_chat(&messages).map_err(|e| ApiError::invalid(e.to_string()))?;
-        Ok((ids, req.common))
+        check_prompt_size(&state, bytes, "messages")?;
+        let ids = state.edge.tokenizer().encode_chat(&chat).map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok((ids, common))
     };
     match run(body) {
         Ok((ids, common)) => respond(state, Kind::Chat, ids, common, None).await,
@@ -186,11 +227,28 @@ async fn completions(
 ) -> Response {
     let run = |body: Result<Bytes, BytesRejection>| -> Result<(Vec<u32>, Common, Option<String>), ApiError> {
         authorize(&state, &headers)?;
-        let req: CompletionRequest = parse(body)?;
-        req.common.check()?;
-        let text = req.prompt_text()?;
-        let ids = state.edge.tokenizer().encode(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
-        Ok((ids, req.common, req.echo.unwrap_or(false).then_some(text)))
+        let obj = openai::object(&read(body)?)?;
+        let common = Common::parse(&obj)?;
+        let echo: bool = openai::field(&obj, "echo", "a boolean")?.unwrap_or(false);
+        let tok = state.edge.tokenizer();
+        let (ids, text) = match Prompt::parse(&obj)? {
+            Prompt::Text(text) => {
+                check_prompt_size(&state, text.len(), "prompt")?;
+                (tok.encode(&text).map_err(|e| ApiError::invalid(e.to_string()))?, text)
+            }
+            Prompt::Tokens(ids) => {
+                let vocab = state.edge.bundle().config().vocab;
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(ApiError::param(
+                        "prompt",
+                        &format!("token id {bad} is outside the vocabulary of {vocab}"),
+                    ));
+                }
+                let text = tok.decode(&ids).map_err(|e| ApiError::invalid(e.to_string()))?;
+                (ids, text)
+            }
+        };
+        Ok((ids, common, echo.then_some(text)))
     };
     match run(body) {
         Ok((ids, common, echo)) => respond(state, Kind::Completion, ids, common, echo).await,
@@ -198,10 +256,27 @@ async fn completions(
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body
-        .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")).with(e.status(), "bad_body"))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("the body is not a valid request: {e}")))
+fn read(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")).with(e.status(), "bad_body"))
+}
+
+/// Refuses a prompt that could never fit the context before tokenizing it:
+/// no token of the vocabulary covers more than `max_token_bytes`, so
+/// `bytes / max_token_bytes` tokens at least.
+fn check_prompt_size(state: &HttpState, bytes: usize, param: &str) -> Result<(), ApiError> {
+    let context = state.edge.bundle().config().context;
+    let longest = state.edge.tokenizer().max_token_bytes().max(1);
+    if bytes / longest > context {
+        return Err(ApiError::param(
+            param,
+            &format!(
+                "the prompt ({bytes} bytes, at least {} tokens) cannot fit the model's context of {context} tokens",
+                bytes / longest
+            ),
+        )
+        .with(StatusCode::BAD_REQUEST, "context_length_exceeded"));
+    }
+    Ok(())
 }
 
 /// The generation options a request asks for, checked against the edge.
@@ -213,23 +288,24 @@ fn options(state: &HttpState, common: &Common, prompt_len: usize) -> Result<GenO
                 .with(StatusCode::NOT_FOUND, "model_not_found"));
         }
     }
-    let max_tokens = common.limit().unwrap_or(state.defaults.max_tokens);
-    if max_tokens == 0 {
+    let asked = common.limit().unwrap_or(state.defaults.max_tokens);
+    if asked == 0 {
         return Err(ApiError::param("max_tokens", "must be at least 1"));
     }
     let context = state.edge.bundle().config().context;
     if prompt_len == 0 {
         return Err(ApiError::param("prompt", "the prompt has no tokens"));
     }
-    if prompt_len + max_tokens > context {
+    if prompt_len >= context {
         return Err(ApiError::param(
-            "max_tokens",
-            &format!(
-                "the prompt ({prompt_len} tokens) + max_tokens {max_tokens} exceed the model's context of {context}"
-            ),
+            "messages",
+            &format!("the prompt ({prompt_len} tokens) leaves no room in the model's context of {context}"),
         )
         .with(StatusCode::BAD_REQUEST, "context_length_exceeded"));
     }
+    // Past the context, generation is capped and finishes with `length`
+    // (as llama.cpp and vLLM do).
+    let max_tokens = asked.min(context - prompt_len);
     let ext = &common.offramp;
     let mode = match ext.mode.as_deref() {
         None => None,
@@ -250,9 +326,16 @@ fn options(state: &HttpState, common: &Common, prompt_len: usize) -> Result<GenO
     if ext.deadline_ms == Some(0) {
         return Err(ApiError::param("deadline_ms", "must be at least 1"));
     }
+    let truncation = Truncation {
+        top_k: common.top_k.unwrap_or(0),
+        top_p: common.top_p.unwrap_or(0.0),
+        min_p: common.min_p.unwrap_or(0.0),
+    };
     Ok(GenOptions {
         max_tokens,
         sampling: Sampling::from_temperature(common.temperature.unwrap_or(state.defaults.temperature)),
+        truncation,
+        stop: common.stop.clone(),
         seed: common.seed.unwrap_or_else(|| state.next_id.load(Ordering::Relaxed)),
         agreement: false,
         ignore_eos: false,
@@ -274,24 +357,38 @@ async fn respond(state: Arc<HttpState>, kind: Kind, ids: Vec<u32>, common: Commo
         model: state.edge.bundle().model_id().to_string(),
         kind,
         prompt_tokens: ids.len(),
+        include_usage: common.include_usage,
+        ignored: common.ignored.clone(),
     };
-    if common.stream.unwrap_or(false) {
+    if common.stream {
         return stream(state, meta, ids, opts, echo);
     }
-    let _permit = state.permits.acquire().await.expect("the semaphore is never closed");
-    let edge = state.edge.clone();
-    let task = tokio::spawn(async move { edge.generate(&ids, &opts, |_| {}).await });
-    let g = match task.await {
+    // The generation holds a permit while it computes; a client that goes
+    // away (this future dropped) aborts it at its next token.
+    let task = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = state.permits.acquire().await.expect("the semaphore is never closed");
+            state.edge.generate(&ids, &opts, |_| {}).await
+        })
+    };
+    let guard = AbortOnDrop(task.abort_handle());
+    let joined = task.await;
+    drop(guard);
+    let g = match joined {
         Ok(Ok(g)) => g,
         Ok(Err(e)) => return generate_error(e).into_response(),
         Err(e) => {
-            return ApiError::invalid(format!("the generation failed: {e}"))
-                .with(StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                .into_response()
+            return ApiError::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("the generation failed: {e}"),
+            )
+            .into_response()
         }
     };
     let text = format!("{}{}", echo.unwrap_or_default(), g.text);
-    let finish = finish_reason(&state.edge, &g);
+    let finish = finish_reason(&g);
     let choice = match kind {
         Kind::Chat => json!({
             "index": 0,
@@ -308,7 +405,7 @@ async fn respond(state: Arc<HttpState>, kind: Kind, ids: Vec<u32>, common: Commo
         "model": meta.model,
         "choices": [choice],
         "usage": usage(meta.prompt_tokens, g.tokens.len()),
-        "offramp": extension(&g.summary),
+        "offramp": extension(&g.summary, &meta.ignored),
     }))
     .into_response()
 }
@@ -319,6 +416,9 @@ struct Meta {
     model: String,
     kind: Kind,
     prompt_tokens: usize,
+    /// `stream_options.include_usage`.
+    include_usage: bool,
+    ignored: Vec<String>,
 }
 
 impl Meta {
@@ -373,16 +473,25 @@ fn stream(state: Arc<HttpState>, meta: Meta, ids: Vec<u32>, opts: GenOptions, ec
             };
             match state.edge.generate(&ids, &opts, on_token).await {
                 Ok(g) => {
-                    // Bytes held back waiting for the rest of a character
-                    // that never came (the generation ended mid-character).
+                    // Text held back: bytes waiting for the rest of a
+                    // character that never came, or text that might have
+                    // begun a stop sequence that never came.
                     if let Some(tail) = g.text.strip_prefix(streamed.as_str()).filter(|t| !t.is_empty()) {
                         let _ = tx.send(meta.chunk(piece(tail), None));
                     }
                     let empty = if meta.kind == Kind::Chat { json!({}) } else { json!("") };
-                    let mut last = meta.chunk(empty, Some(finish_reason(&state.edge, &g)));
-                    last["usage"] = serde_json::to_value(usage(meta.prompt_tokens, g.tokens.len())).unwrap_or_default();
-                    last["offramp"] = extension(&g.summary);
+                    let mut last = meta.chunk(empty, Some(finish_reason(&g)));
+                    let usage = serde_json::to_value(usage(meta.prompt_tokens, g.tokens.len())).unwrap_or_default();
+                    last["usage"] = usage.clone();
+                    last["offramp"] = extension(&g.summary, &meta.ignored);
                     let _ = tx.send(last);
+                    if meta.include_usage {
+                        // OpenAI's usage chunk: no choices, the usage.
+                        let mut chunk = meta.chunk(Value::Null, None);
+                        chunk["choices"] = json!([]);
+                        chunk["usage"] = usage;
+                        let _ = tx.send(chunk);
+                    }
                 }
                 Err(e) => {
                     let _ = tx.send(generate_error(e).body());
@@ -400,10 +509,10 @@ fn stream(state: Arc<HttpState>, meta: Meta, ids: Vec<u32>, opts: GenOptions, ec
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
-fn finish_reason(edge: &DecoderEdge, g: &Generated) -> &'static str {
-    match g.tokens.last() {
-        Some(&t) if edge.tokenizer().is_stop(t) => "stop",
-        _ => "length",
+fn finish_reason(g: &Generated) -> &'static str {
+    match g.finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
     }
 }
 
@@ -411,11 +520,13 @@ fn usage(prompt: usize, completion: usize) -> Usage {
     Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
 }
 
-/// The `offramp` extension field: tokens by tier, and the summary.
-fn extension(s: &Summary) -> Value {
+/// The `offramp` extension field: tokens by tier, the summary, and the
+/// request fields accepted without effect.
+fn extension(s: &Summary, ignored: &[String]) -> Value {
     json!({
         "tokens_by_tier": { "edge": s.edge_tokens, "cloud": s.cloud_tokens, "fallback": s.fallback_tokens },
         "summary": s,
+        "ignored": ignored,
     })
 }
 

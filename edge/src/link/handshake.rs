@@ -130,9 +130,17 @@ pub struct SessionSpec {
     pub edge_id: String,
 }
 
-/// Checks a decoder handshake answer against `spec`; the most positions one
-/// step may carry on this cloud (its payload limit over a state's size).
-pub fn check_decoder(url: &str, info: &pb::DecoderInfo, spec: &SessionSpec) -> Result<usize, HandshakeError> {
+/// What a cloud that passed the decoder handshake offers a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloudOffer {
+    /// Most positions one step may carry (its payload limit over a state's size).
+    pub max_rows: usize,
+    /// It applies `top_k` / `top_p` / `min_p` (older clouds ignore them).
+    pub truncated_sampling: bool,
+}
+
+/// Checks a decoder handshake answer against `spec`, and what the cloud offers.
+pub fn check_decoder(url: &str, info: &pb::DecoderInfo, spec: &SessionSpec) -> Result<CloudOffer, HandshakeError> {
     let incompatible = HandshakeError::Incompatible;
     check_protocol(url, info.protocol_version)?;
     let Some(model) = info.models.iter().find(|m| m.model_id == spec.model_id) else {
@@ -164,5 +172,8 @@ pub fn check_decoder(url: &str, info: &pb::DecoderInfo, spec: &SessionSpec) -> R
         )));
     }
     let width = model.hidden as usize * offramp_common::codec::element_size(spec.encoding);
-    Ok(((info.max_payload_bytes as usize).saturating_sub(1024) / width.max(1)).max(1))
+    Ok(CloudOffer {
+        max_rows: ((info.max_payload_bytes as usize).saturating_sub(1024) / width.max(1)).max(1),
+        truncated_sampling: info.features.iter().any(|f| f == pb::FEATURE_TRUNCATED_SAMPLING),
+    })
 }

@@ -27,6 +27,8 @@ pub struct CloudSession {
     pub endpoint: String,
     /// Most positions one step may carry (the cloud's payload limit).
     pub max_rows: usize,
+    /// What the cloud offers beyond protocol 1.
+    pub offer: super::handshake::CloudOffer,
     tx: mpsc::UnboundedSender<pb::GenerateRequest>,
     pending: Pending,
     broken: Arc<Mutex<Option<LinkError>>>,
@@ -48,7 +50,7 @@ impl CloudSession {
         let url = ep.url.as_str();
         let work = async {
             let info = ep.transport.decoder_info(timeout).await.map_err(|s| handshake_error(url, &s))?;
-            let max_rows = check_decoder(url, &info, spec)?;
+            let offer = check_decoder(url, &info, spec)?;
             let (tx, rx) = mpsc::unbounded_channel();
             tx.send(pb::GenerateRequest {
                 msg: Some(pb::generate_request::Msg::Open(pb::OpenSession {
@@ -70,9 +72,9 @@ impl CloudSession {
                 Some(Ok(_)) | None => return Err(closed("the cloud closed the stream before opening the session")),
                 Some(Err(s)) => return Err(LinkError::from_status(url, &s)),
             }
-            Ok((tx, inbound, max_rows))
+            Ok((tx, inbound, offer))
         };
-        let (tx, inbound, max_rows) = match tokio::time::timeout(timeout, work).await {
+        let (tx, inbound, offer) = match tokio::time::timeout(timeout, work).await {
             Ok(r) => r?,
             Err(_) => return Err(LinkError::Timeout { endpoint: url.to_string(), after: timeout }),
         };
@@ -81,7 +83,7 @@ impl CloudSession {
         let bytes_down = Arc::new(AtomicU64::new(0));
         let reader =
             tokio::spawn(read_answers(url.to_string(), inbound, pending.clone(), broken.clone(), bytes_down.clone()));
-        Ok(Self { endpoint: url.to_string(), max_rows, tx, pending, broken, bytes_down, reader })
+        Ok(Self { endpoint: url.to_string(), max_rows: offer.max_rows, offer, tx, pending, broken, bytes_down, reader })
     }
 
     /// Why the session broke, if it did.

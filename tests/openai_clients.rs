@@ -1,0 +1,272 @@
+//! What real OpenAI clients send (issue 29): the request bodies of the
+//! OpenAI SDK, Open WebUI, Continue, LangChain, LlamaIndex and the LM
+//! evaluation harness (`tests/fixtures/openai/`, see its README) against a
+//! real edge and cloud, each answer checked the way the client parses it;
+//! stop sequences across token boundaries, streamed or not; sampling
+//! truncation (`top_k`, `top_p`, `min_p`) giving the same tokens through
+//! the split as through the whole model; `/health` and `/v1/models/{id}`.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use offramp_common::decoder::sample::{Sampling, Truncation};
+use offramp_common::decoder::DecoderBundle;
+use offramp_edge::generate::{DecoderEdge, GenOptions, Mode};
+use offramp_edge::http::{HttpDefaults, HttpState};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+struct Api {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    async fn start(edge: DecoderEdge) -> Self {
+        let listener = tokio::net::TcpListener::bind(ANY_LOOPBACK).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = HttpState::new(edge, HttpDefaults::default());
+        tokio::spawn(async move { offramp_edge::http::serve(listener, state, std::future::pending()).await.unwrap() });
+        Self { base, client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+}
+
+/// The events of a server-sent-event stream, parsed, and whether it ended
+/// with `[DONE]`.
+fn events(text: &str) -> (Vec<Value>, bool) {
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let done = data.last() == Some(&"[DONE]");
+    let parsed = data.iter().filter(|d| **d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+    (parsed, done)
+}
+
+/// A streamed answer as an OpenAI client assembles it: the text, the
+/// finish reason, and the usage chunk when one came.
+fn assemble(chunks: &[Value], chat: bool) -> (String, String, Option<Value>) {
+    let mut text = String::new();
+    let mut finish = String::new();
+    let mut usage = None;
+    for c in chunks {
+        assert_eq!(c["object"], if chat { "chat.completion.chunk" } else { "text_completion" }, "{c}");
+        let choices = c["choices"].as_array().unwrap_or_else(|| panic!("choices is a list: {c}"));
+        if choices.is_empty() {
+            usage = Some(c["usage"].clone());
+            continue;
+        }
+        let piece = if chat { &choices[0]["delta"]["content"] } else { &choices[0]["text"] };
+        text.push_str(piece.as_str().unwrap_or(""));
+        if let Some(f) = choices[0]["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    (text, finish, usage)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/fixtures/openai/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn usage_ok(u: &Value) {
+    let (p, c, t) = (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64(), u["total_tokens"].as_u64());
+    assert!(p.unwrap() > 0 && c.unwrap() > 0 && t == Some(p.unwrap() + c.unwrap()), "{u}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bodies_popular_clients_send_are_answered_as_they_parse_them() {
+    let dir = tmp("openai-clients");
+    let whole = tiny_decoder(&dir);
+    let (edge3, cloud3) = split_decoder(&whole, 3);
+    let cloud = offramp_cloud::CloudHandle::start(offramp_cloud::CloudConfig::from_dirs(vec![cloud3])).await.unwrap();
+    let api = Api::start(decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {})).await;
+    let context = DecoderBundle::open(&whole).unwrap().config().context as u64;
+    for name in [
+        "openai_sdk_chat.json",
+        "openai_sdk_stream_usage.json",
+        "openwebui_chat.json",
+        "continue_chat.json",
+        "langchain_stream_usage.json",
+        "langchain_max_completion_tokens.json",
+        "langchain_bind_tools.json",
+        "llamaindex_openailike.json",
+        "lm_eval_generate_until.json",
+        "content_parts.json",
+    ] {
+        let body = fixture(name);
+        let chat = body.get("messages").is_some();
+        let path = if chat { "/v1/chat/completions" } else { "/v1/completions" };
+        let (status, text) = api.call("POST", path, &body.to_string()).await;
+        assert_eq!(status, 200, "{name}: {text}");
+        let stops: Vec<String> = match &body["stop"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_string()).collect(),
+            _ => vec![],
+        };
+        let (answer, finish, usage) = if body["stream"] == true {
+            let (chunks, done) = events(&text);
+            assert!(done, "{name}: the stream ends with [DONE]");
+            let (answer, finish, usage) = assemble(&chunks, chat);
+            let wants_usage = body["stream_options"]["include_usage"] == true;
+            assert_eq!(usage.is_some(), wants_usage, "{name}: a usage chunk exactly when asked for");
+            if wants_usage {
+                // The usage chunk is the last one, with no choices.
+                assert_eq!(chunks.last().unwrap()["choices"], json!([]), "{name}");
+            }
+            (answer, finish, usage)
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["object"], if chat { "chat.completion" } else { "text_completion" });
+            let answer = if chat { &v["choices"][0]["message"]["content"] } else { &v["choices"][0]["text"] };
+            assert_eq!(v["choices"][0]["message"]["tool_calls"], Value::Null, "{name}: no tool calls");
+            if name == "langchain_bind_tools.json" {
+                assert_eq!(v["offramp"]["ignored"], json!(["tools"]), "{name}: tools answered in text, said so");
+            }
+            if name == "content_parts.json" {
+                assert_eq!(v["offramp"]["ignored"], json!(["user"]), "{name}");
+            }
+            (
+                answer.as_str().unwrap().to_string(),
+                v["choices"][0]["finish_reason"].as_str().unwrap().into(),
+                Some(v["usage"].clone()),
+            )
+        };
+        assert!(finish == "stop" || finish == "length", "{name}: finish_reason {finish}");
+        for s in &stops {
+            assert!(!answer.contains(s.as_str()), "{name}: the answer runs past stop {s:?}: {answer:?}");
+        }
+        if let Some(u) = &usage {
+            usage_ok(u);
+            // Continue's max_tokens 4096 is capped at what the context holds.
+            assert!(u["total_tokens"].as_u64().unwrap() <= context, "{name}: {u}");
+        }
+    }
+    // Structured output is refused by name, not answered with free text.
+    let (status, text) =
+        api.call("POST", "/v1/chat/completions", &fixture("langchain_structured_output.json").to_string()).await;
+    assert_eq!(status, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["param"], "response_format", "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_sequence_cuts_the_whole_models_text_streamed_or_not() {
+    let dir = tmp("openai-stop");
+    let whole = tiny_decoder(&dir);
+    let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
+    let model = whole_model(&whole);
+    let (edge3, cloud3) = split_decoder(&whole, 3);
+    let cloud = offramp_cloud::CloudHandle::start(offramp_cloud::CloudConfig::from_dirs(vec![cloud3])).await.unwrap();
+    let api = Api::start(decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {})).await;
+    let prompt = DECODER_PROMPTS[1];
+    let ids = tok.encode(prompt).unwrap();
+    let reference = tok.decode(&model.generate_greedy(&ids, 40, |t| tok.is_stop(t)).unwrap()).unwrap();
+    // A stop that spans tokens: three characters from the middle of the text.
+    let chars: Vec<char> = reference.chars().collect();
+    assert!(chars.len() > 12, "{reference:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let cut = &reference[..reference.find(&stop).unwrap()];
+    for stream in [false, true] {
+        let body = json!({ "prompt": prompt, "max_tokens": 40, "stop": [stop.clone()], "stream": stream });
+        let (status, text) = api.call("POST", "/v1/completions", &body.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+        let (answer, finish) = if stream {
+            let (chunks, _) = events(&text);
+            let (a, f, _) = assemble(&chunks, false);
+            (a, f)
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            (
+                v["choices"][0]["text"].as_str().unwrap().to_string(),
+                v["choices"][0]["finish_reason"].as_str().unwrap().into(),
+            )
+        };
+        assert_eq!(answer, cut, "stream {stream}: stop {stop:?} in {reference:?}");
+        assert_eq!(finish, "stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_sampling_gives_the_same_tokens_through_the_split_as_the_whole_model() {
+    let dir = tmp("openai-truncation");
+    // Layers that move the state: distributions with more than one likely token.
+    let whole =
+        tiny_decoder_with(&dir, offramp_common::decoder::tiny::TinySpec { layer_scale: 3.0, ..Default::default() });
+    let tok = DecoderBundle::open(&whole).unwrap().tokenizer().clone();
+    let cloud =
+        offramp_cloud::CloudHandle::start(offramp_cloud::CloudConfig::from_dirs(vec![whole.clone()])).await.unwrap();
+    let (edge3, _) = split_decoder(&whole, 3);
+    let (edge0, _) = split_decoder(&whole, 0);
+    let split = decoder_edge(&edge3, Mode::Split, 3, vec![cloud.url()], |_| {});
+    let all_cloud = decoder_edge(&edge0, Mode::AllCloud, 0, vec![cloud.url()], |_| {});
+    let all_edge = decoder_edge(&whole, Mode::AllEdge, 6, vec![], |_| {});
+    let ids = tok.encode(DECODER_PROMPTS[0]).unwrap();
+    for truncation in [
+        Truncation { top_k: 3, ..Default::default() },
+        Truncation { top_p: 0.6, ..Default::default() },
+        Truncation { min_p: 0.2, ..Default::default() },
+        Truncation { top_k: 5, top_p: 0.9, min_p: 0.05 },
+    ] {
+        let opts = GenOptions { sampling: Sampling::Temperature(2.0), truncation, seed: 5, ..greedy(24) };
+        let a = split.generate(&ids, &opts, |_| {}).await.unwrap();
+        let b = all_cloud.generate(&ids, &opts, |_| {}).await.unwrap();
+        let c = all_edge.generate(&ids, &opts, |_| {}).await.unwrap();
+        assert_eq!(a.tokens, b.tokens, "{truncation:?}");
+        assert_eq!(a.tokens, c.tokens, "{truncation:?}");
+        let untruncated = split
+            .generate(&ids, &GenOptions { truncation: Truncation::default(), ..opts.clone() }, |_| {})
+            .await
+            .unwrap();
+        assert_ne!(a.tokens, untruncated.tokens, "{truncation:?} changes what is sampled");
+    }
+    // Speculative sampling verifies against the truncated distribution: with
+    // top_k 1 it is a point mass on the whole model's argmax, so the output
+    // is exactly its greedy decode, drafts from any exit notwithstanding.
+    let speculative = decoder_edge(&edge3, Mode::Speculative, 3, vec![cloud.url()], |_| {});
+    let reference = whole_model(&whole).generate_greedy(&ids, 24, |_| false).unwrap();
+    let opts = GenOptions {
+        sampling: Sampling::Temperature(2.0),
+        truncation: Truncation { top_k: 1, ..Default::default() },
+        ..greedy(24)
+    };
+    let g = speculative.generate(&ids, &opts, |_| {}).await.unwrap();
+    assert_eq!(g.tokens, reference);
+    assert!(g.summary.drafts_verified.unwrap() > 0, "{:?}", g.summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_the_model_object() {
+    let dir = tmp("openai-health");
+    let whole = tiny_decoder(&dir);
+    let (edge3, cloud3) = split_decoder(&whole, 3);
+    let cloud = offramp_cloud::CloudHandle::start(offramp_cloud::CloudConfig::from_dirs(vec![cloud3])).await.unwrap();
+    let url = cloud.url();
+    let api = Api::start(decoder_edge(&edge3, Mode::Split, 3, vec![url], |_| {})).await;
+    assert_eq!(api.call("GET", "/health", "").await, (200, json!({ "status": "ok" }).to_string()));
+    let (status, text) = api.call("GET", "/v1/models/tiny-llama", "").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["id"], "tiny-llama");
+    let (status, text) = api.call("GET", "/v1/models/gpt-4", "").await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("model_not_found"), "{text}");
+    cloud.stop().await.unwrap();
+    let (status, text) = api.call("GET", "/health", "").await;
+    assert_eq!(status, 503, "no cloud for a split edge: {text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["status"], "unavailable");
+    let alone = Api::start(decoder_edge(&whole, Mode::AllEdge, 6, vec![], |_| {})).await;
+    assert_eq!(alone.call("GET", "/health", "").await.0, 200, "all-edge needs no cloud");
+}
