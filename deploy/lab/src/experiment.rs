@@ -354,7 +354,8 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
             serde_json::to_writer(&mut rec, a)?;
             rec.write_all(b"\n")?;
         }
-        let mut r = cell_result(&name, split, &pname, &link.name, tname, enc, &answers, &built, bundle.num_exits());
+        let id = CellId { name: &name, split, policy: &pname, link: &link.name, transport: tname, encoding: enc };
+        let mut r = cell_result(id, &answers, &built, bundle.num_exits());
         if k.is_none() {
             r.mode = "adaptive".into();
             r.switches = switches;
@@ -552,17 +553,18 @@ fn policies(cfg: &ExperimentConfig, bundle: &Bundle, policy_dir: &Path) -> Resul
 }
 
 #[allow(clippy::too_many_arguments)]
-fn cell_result(
-    name: &str,
-    k: usize,
-    policy: &str,
-    link: &str,
-    transport: &str,
-    enc: offramp_proto::Encoding,
-    answers: &[Answer],
-    built: &LinkConfig,
-    num_exits: usize,
-) -> CellResult {
+/// What names a cell: its settings.
+struct CellId<'a> {
+    name: &'a str,
+    split: usize,
+    policy: &'a str,
+    link: &'a str,
+    transport: &'a str,
+    encoding: offramp_proto::Encoding,
+}
+
+fn cell_result(id: CellId<'_>, answers: &[Answer], built: &LinkConfig, num_exits: usize) -> CellResult {
+    let CellId { name, split: k, policy, link, transport, encoding: enc } = id;
     let n = answers.len().max(1) as f64;
     let share = |t: Tier| answers.iter().filter(|a| a.tier == t).count() as f64 / n;
     let mut exits = vec![0.0; num_exits];
