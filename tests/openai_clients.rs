@@ -263,6 +263,19 @@ async fn health_and_the_model_object() {
     let (status, text) = api.call("GET", "/v1/models/gpt-4", "").await;
     assert_eq!(status, 404, "{text}");
     assert!(text.contains("model_not_found"), "{text}");
+    // llama-server's tokenizer endpoints, round trip.
+    let (status, text) = api.call("POST", "/tokenize", r#"{"content": "the answer is"}"#).await;
+    assert_eq!(status, 200, "{text}");
+    let tokens = serde_json::from_str::<Value>(&text).unwrap()["tokens"].clone();
+    assert!(tokens.as_array().is_some_and(|t| !t.is_empty()), "{text}");
+    let (status, text) = api.call("POST", "/detokenize", &json!({ "tokens": tokens }).to_string()).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&text).unwrap()["content"].clone()),
+        (200, json!("the answer is"))
+    );
+    let (status, text) = api.call("POST", "/detokenize", r#"{"tokens": [1, "x"]}"#).await;
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"]["param"], "tokens");
     cloud.stop().await.unwrap();
     let (status, text) = api.call("GET", "/health", "").await;
     assert_eq!(status, 503, "no cloud for a split edge: {text}");

@@ -78,11 +78,14 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|| async {
             ApiError::invalid(
-                "unknown route; this server serves /v1/models, /v1/chat/completions, /v1/completions and /health",
+                "unknown route; this server serves /v1/models, /v1/chat/completions, /v1/completions, /health, \
+                 /tokenize and /detokenize",
             )
             .with(StatusCode::NOT_FOUND, "not_found")
         })
@@ -156,6 +159,52 @@ async fn model(
             .into_response();
     }
     Json(model_object(&state)).into_response()
+}
+
+/// `POST /tokenize` as llama-server has it: `{"content": TEXT}` →
+/// `{"tokens": [ids]}` (no special tokens added).
+async fn tokenize(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        authorize(&state, &headers)?;
+        let obj = openai::object(&read(body)?)?;
+        let content: String = openai::field(&obj, "content", "a string")?
+            .ok_or_else(|| ApiError::param("content", "is required: the text to tokenize"))?;
+        let ids = state.edge.tokenizer().encode(&content).map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok(json!({ "tokens": ids }))
+    };
+    match run() {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /detokenize` as llama-server has it: `{"tokens": [ids]}` →
+/// `{"content": TEXT}`.
+async fn detokenize(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        authorize(&state, &headers)?;
+        let obj = openai::object(&read(body)?)?;
+        let ids: Vec<u32> = openai::field(&obj, "tokens", "a list of token ids")?
+            .ok_or_else(|| ApiError::param("tokens", "is required: the token ids to turn into text"))?;
+        let vocab = state.edge.bundle().config().vocab;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ApiError::param("tokens", &format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        let text = state.edge.tokenizer().decode(&ids).map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok(json!({ "content": text }))
+    };
+    match run() {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `GET /health`: 200 `{"status": "ok"}` when generations can run as the
