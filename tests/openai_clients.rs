@@ -283,3 +283,115 @@ async fn health_and_the_model_object() {
     let alone = Api::start(decoder_edge(&whole, Mode::AllEdge, 6, vec![], |_| {})).await;
     assert_eq!(alone.call("GET", "/health", "").await.0, 200, "all-edge needs no cloud");
 }
+
+/// `VmRSS` (KiB) and `Threads` of a process, from /proc.
+fn rss_and_threads(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+/// The edge holds its limits: 100 streaming clients that go away after the
+/// first event and 10 prompts far past the context leave its memory and
+/// threads where they were (measured on a real process; the figures are
+/// printed for the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_streams_and_oversized_prompts_leave_memory_and_threads_flat() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tmp("openai-limits");
+    let whole = tiny_decoder(&dir);
+    let mut child = std::process::Command::new(edge_binary())
+        .args(["serve", "--model", whole.to_str().unwrap(), "--mode", "all-edge", "--http-listen", ANY_LOOPBACK])
+        .args(["--http-concurrency", "2", "--max-tokens", "200"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    /// Kills the edge however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(child);
+    let addr: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/v1")
+        .parse()
+        .unwrap_or_else(|e| panic!("{line}: {e}"));
+    let pid = child.0.id();
+    let post = move |body: String, read_all: bool| -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        if read_all {
+            let mut out = String::new();
+            let _ = s.take(1 << 20).read_to_string(&mut out);
+            out
+        } else {
+            // The first event, then gone.
+            let n = s.read(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    };
+    let stream = json!({ "prompt": "the answer is", "max_tokens": 200, "stream": true }).to_string();
+    // 1.5 MB: under the body limit, far past what the context can hold.
+    let oversized = json!({ "prompt": "x".repeat(1536 << 10), "max_tokens": 4 }).to_string();
+    let burst = move |streams: usize, prompts: usize| {
+        let (stream, oversized) = (stream.clone(), oversized.clone());
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..streams {
+                let answer = post(stream.clone(), false);
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            }
+            for _ in 0..prompts {
+                let answer = post(oversized.clone(), true);
+                let head = &answer[..200.min(answer.len())];
+                assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("cannot fit"), "{head}");
+            }
+        })
+    };
+    // Warm up (allocator arenas, the tokenizer, one of each request), so
+    // that what follows measures growth across bursts, not first use.
+    burst(10, 2).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (rss0, threads0) = rss_and_threads(pid);
+    burst(100, 10).await.unwrap();
+    // Aborted generations stop at their next token; give them a moment.
+    let settled = async || {
+        eventually("threads back to the idle count", patience(std::time::Duration::from_secs(20)), async || {
+            let (rss, threads) = rss_and_threads(pid);
+            anyhow::ensure!(threads <= threads0, "{threads} threads, {threads0} at idle");
+            Ok((rss, threads))
+        })
+        .await
+    };
+    let (rss1, threads1) = settled().await;
+    // A second burst: what stays is the allocator's high-water mark, not a
+    // leak, if it does not grow again.
+    burst(100, 10).await.unwrap();
+    let (rss2, threads2) = settled().await;
+    println!(
+        "edge RSS {rss0} KiB idle, {rss1} KiB after 100 aborted streams + 10 oversized prompts, {rss2} KiB after \
+         another such burst; threads {threads0} -> {threads1} -> {threads2}"
+    );
+    assert!(rss2 <= rss1 + 5 * 1024, "RSS grew burst over burst: {rss1} -> {rss2} KiB");
+    assert!(rss1 <= rss0 + 20 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+}
