@@ -329,7 +329,7 @@ fn check_prompt_size(state: &HttpState, bytes: usize, param: &str) -> Result<(),
 }
 
 /// The generation options a request asks for, checked against the edge.
-fn options(state: &HttpState, common: &Common, prompt_len: usize) -> Result<GenOptions, ApiError> {
+fn options(state: &HttpState, kind: Kind, common: &Common, prompt_len: usize) -> Result<GenOptions, ApiError> {
     if let Some(model) = common.model.as_deref() {
         let id = state.edge.bundle().model_id();
         if !model.is_empty() && model != id {
@@ -347,7 +347,7 @@ fn options(state: &HttpState, common: &Common, prompt_len: usize) -> Result<GenO
     }
     if prompt_len >= context {
         return Err(ApiError::param(
-            "messages",
+            if kind == Kind::Chat { "messages" } else { "prompt" },
             &format!("the prompt ({prompt_len} tokens) leaves no room in the model's context of {context}"),
         )
         .with(StatusCode::BAD_REQUEST, "context_length_exceeded"));
@@ -395,7 +395,7 @@ fn options(state: &HttpState, common: &Common, prompt_len: usize) -> Result<GenO
 }
 
 async fn respond(state: Arc<HttpState>, kind: Kind, ids: Vec<u32>, common: Common, echo: Option<String>) -> Response {
-    let opts = match options(&state, &common, ids.len()) {
+    let opts = match options(&state, kind, &common, ids.len()) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };

@@ -228,9 +228,10 @@ fn ignored(obj: &Map<String, Value>) -> Vec<String> {
     };
     let mut out: Vec<String> =
         obj.iter().filter(|(k, v)| IGNORED.contains(&k.as_str()) && !neutral(k, v)).map(|(k, _)| k.clone()).collect();
-    let tools = obj.get("tools").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-    if tools {
-        out.push("tools".into());
+    for key in ["tools", "functions"] {
+        if obj.get(key).and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+            out.push(key.into());
+        }
     }
     out.extend(
         obj.keys()
@@ -271,19 +272,18 @@ fn refuse_unimplemented(obj: &Map<String, Value>) -> Result<(), ApiError> {
             ));
         }
     }
-    let tools = obj.get("tools").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
-        || obj.get("functions").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    // Tools are answered in text: letting the model choose (`auto`) or
+    // not calling (`none`) is honest; forcing a call is not possible.
     for key in ["tool_choice", "function_call"] {
         match obj.get(key) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(v) if tools || !v.is_null() => {
+            Some(v) => {
                 return Err(ApiError::param(
                     key,
                     &format!("{} is not supported: tool calls are never produced (use \"auto\" or \"none\")", shown(v)),
                 ))
             }
-            Some(_) => {}
         }
     }
     Ok(())
