@@ -98,7 +98,7 @@ impl Job {
 }
 
 /// Runs batches until every session's sender is gone.
-pub(super) fn engine(model: Arc<DecoderModel>, mut rx: mpsc::UnboundedReceiver<Job>, max_batch: usize) {
+pub(super) fn engine(model: Arc<DecoderModel>, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut carried: VecDeque<Job> = VecDeque::new();
     while let Some(mut batch) = next_batch(&mut carried, &mut rx, max_batch) {
         // Steps whose session already ended are dropped before compute.
@@ -112,11 +112,7 @@ pub(super) fn engine(model: Arc<DecoderModel>, mut rx: mpsc::UnboundedReceiver<J
 /// The next batch: older carried steps first, then new arrivals; a
 /// session's second step (or another split's) waits for the next pass, in
 /// order. `None` when no step is left and every sender is gone.
-fn next_batch(
-    carried: &mut VecDeque<Job>,
-    rx: &mut mpsc::UnboundedReceiver<Job>,
-    max_batch: usize,
-) -> Option<Vec<Job>> {
+fn next_batch(carried: &mut VecDeque<Job>, rx: &mut mpsc::Receiver<Job>, max_batch: usize) -> Option<Vec<Job>> {
     let first = match carried.pop_front() {
         Some(j) => j,
         None => rx.blocking_recv()?,

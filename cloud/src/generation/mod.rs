@@ -57,6 +57,11 @@ pub mod defaults {
     pub const MAX_DECODE_BATCH: usize = 16;
 }
 
+/// Decode steps the engine queue holds per session it admits (a pipelined
+/// speculative edge keeps up to `--pipeline` verifications in flight, plus
+/// replay chunks).
+const STEPS_QUEUED_PER_SESSION: usize = 16;
+
 impl Default for SessionLimits {
     fn default() -> Self {
         Self {
@@ -176,7 +181,7 @@ impl Drop for Admitted<'_> {
 #[derive(Default)]
 pub struct Generation {
     slots: BTreeMap<String, Arc<DecoderSlot>>,
-    engines: BTreeMap<String, mpsc::UnboundedSender<Job>>,
+    engines: BTreeMap<String, mpsc::Sender<Job>>,
     limits: SessionLimits,
     max_payload: usize,
     encodings: Vec<pb::Encoding>,
@@ -196,7 +201,10 @@ impl Generation {
         let mut engines = BTreeMap::new();
         for slot in slots {
             let slot = Arc::new(slot);
-            let (tx, rx) = mpsc::unbounded_channel();
+            // Bounded: a session whose steps find the queue full waits
+            // (its stream stops being read, and HTTP/2 flow control holds
+            // the edge back) instead of memory growing with the backlog.
+            let (tx, rx) = mpsc::channel(STEPS_QUEUED_PER_SESSION * limits.max_sessions.max(1));
             let model = slot.model.clone();
             std::thread::Builder::new()
                 .name(format!("decode-{}", slot.id))

@@ -26,7 +26,7 @@ type Responses = mpsc::Sender<Result<pb::GenerateResponse, Status>>;
 struct Open<'a> {
     slot: &'a DecoderSlot,
     cell: Arc<SessionCell>,
-    engine: mpsc::UnboundedSender<Job>,
+    engine: mpsc::Sender<Job>,
     rules: StepRules<'a>,
     _admitted: Admitted<'a>,
 }
@@ -118,7 +118,7 @@ impl Generation {
             match open.rules.check(&step) {
                 Ok(step) => {
                     let job = Job { session: open.cell.clone(), step, enqueued: Instant::now(), out: out.clone() };
-                    open.engine.send(job).map_err(|_| SessionError::EngineStopped)?;
+                    open.engine.send(job).await.map_err(|_| SessionError::EngineStopped)?;
                 }
                 Err(e) => {
                     // Refused before it touched the cache: the session goes on.
