@@ -584,6 +584,7 @@ impl DecoderEdge {
         if opts.draft == Some(0) {
             return Err(GenerateError::BadRequest("the draft length must be at least 1".into()));
         }
+        opts.truncation.check().map_err(|e| GenerateError::BadRequest(e.to_string()))?;
         if mode == Mode::Speculative {
             return speculative::generate(self, prompt, opts, on_token).await;
         }
