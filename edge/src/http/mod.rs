@@ -161,6 +161,14 @@ async fn model(
     Json(model_object(&state)).into_response()
 }
 
+/// A JSON answer, or OpenAI's error JSON.
+fn json_or_error(r: Result<Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `POST /tokenize` as llama-server has it: `{"content": TEXT}` →
 /// `{"tokens": [ids]}` (no special tokens added).
 async fn tokenize(
@@ -176,10 +184,7 @@ async fn tokenize(
         let ids = state.edge.tokenizer().encode(&content).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok(json!({ "tokens": ids }))
     };
-    match run() {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    json_or_error(run())
 }
 
 /// `POST /detokenize` as llama-server has it: `{"tokens": [ids]}` →
@@ -201,10 +206,7 @@ async fn detokenize(
         let text = state.edge.tokenizer().decode(&ids).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok(json!({ "content": text }))
     };
-    match run() {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    json_or_error(run())
 }
 
 /// `GET /health`: 200 `{"status": "ok"}` when generations can run as the
