@@ -392,6 +392,7 @@ async fn aborted_streams_and_oversized_prompts_leave_memory_and_threads_flat() {
         "edge RSS {rss0} KiB idle, {rss1} KiB after 100 aborted streams + 10 oversized prompts, {rss2} KiB after \
          another such burst; threads {threads0} -> {threads1} -> {threads2}"
     );
-    assert!(rss2 <= rss1 + 5 * 1024, "RSS grew burst over burst: {rss1} -> {rss2} KiB");
+    // The issue's tolerance (a leak per burst was 77-107 MiB before).
+    assert!(rss2 <= rss1 + 20 * 1024, "RSS grew burst over burst: {rss1} -> {rss2} KiB");
     assert!(rss1 <= rss0 + 20 * 1024, "RSS grew from {rss0} to {rss1} KiB");
 }

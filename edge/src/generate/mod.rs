@@ -26,6 +26,7 @@
 pub mod args;
 mod emit;
 pub mod link;
+mod local;
 mod speculative;
 mod stepwise;
 mod stop;
@@ -676,29 +677,23 @@ impl Summary {
     }
 }
 
-/// What the edge's layers produced for one step.
-struct EdgeStep {
-    /// Layer-K states of the step's positions, row-major.
-    state_k: Vec<f32>,
-    /// The last position's state at the exit layer (or at K when there is
-    /// no exit at or before K): what a local answer reads.
-    tap: Tensor,
-}
-
+/// Layers `0..K` over `ids` at `pos`: the layer-K states of the step's
+/// positions (row-major), and the last position's state at the head's tap
+/// (the exit layer, or K when there is no exit at or before K): what a
+/// local answer reads.
 fn edge_layers(
     model: &DecoderModel,
     cache: &mut KvCache,
     ids: &[u32],
     pos: usize,
     head: LocalHead,
-) -> Result<EdgeStep, GenerateError> {
+) -> Result<(Vec<f32>, Tensor), GenerateError> {
     let x = model.embed(ids)?;
     let mut steps = [SessionStep { cache, x, pos }];
     let tapped = model.run(0..head.split, &mut steps, &[head.tap()])?;
     let [s] = steps;
     let state_k = s.x.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(DecoderError::from)?;
-    let tap = last_row(&tapped[0][0])?;
-    Ok(EdgeStep { state_k, tap })
+    Ok((state_k, last_row(&tapped[0][0])?))
 }
 
 /// The cloud's answer to a step within `deadline`.

@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 use offramp_common::decoder::model::top1;
 use offramp_common::decoder::sample::{distribution, Sampling, Truncation};
 use offramp_common::decoder::speculative::{position_uniforms, SparseDist, DRAFT_TOP_K};
-use offramp_common::decoder::KvCache;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
 use super::emit::{Emitted, Emitter};
 use super::link::{Ask, CloudLink, SyncRange};
-use super::{edge_layers, DecoderEdge, GenOptions, GenerateError, Generated, Tier, TokenEvent};
+use super::local::LocalDecoder;
+use super::{DecoderEdge, GenOptions, GenerateError, Generated, Tier, TokenEvent};
 use crate::link::session::StepReply;
 use crate::link::LinkError;
 
@@ -144,7 +144,6 @@ fn ewma(old: Option<f64>, x: f64) -> f64 {
 
 /// What one edge step drafted.
 struct Drafted {
-    state_k: Vec<f32>,
     token: u32,
     /// The exit's probability of the token.
     probability: f32,
@@ -217,9 +216,7 @@ struct Speculation<'e, F: FnMut(&TokenEvent)> {
     temperature: Option<f32>,
     /// The exit that drafts (what edge and fallback tokens name).
     exit: Option<usize>,
-    cache: Option<KvCache>,
-    /// Layer-K states of every position so far.
-    states: Vec<f32>,
+    local: LocalDecoder,
     cloud: CloudLink,
     /// The next input: the prompt, then one token at a time.
     input: Vec<u32>,
@@ -271,8 +268,7 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
                 Sampling::Greedy => None,
             },
             exit: Some(edge.exit.unwrap_or(edge.split)),
-            cache: Some(KvCache::new(c, 0..edge.split)),
-            states: Vec::with_capacity(spec.max_positions * c.hidden),
+            local: LocalDecoder::new(edge, spec.max_positions),
             cloud: CloudLink::new(edge.endpoints.clone(), spec, c.hidden, edge.timing()),
             input: prompt.to_vec(),
             unsent_prompt: prompt.len() - 1,
@@ -388,36 +384,28 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
 
     /// Both sides drop the positions from `keep` on.
     fn roll_back(&mut self, keep: usize) {
-        self.cache.as_mut().expect("cache returned each step").truncate(keep);
-        self.states.truncate(keep * self.edge.bundle.config().hidden);
+        self.local.truncate(keep);
         self.cloud.truncate(keep);
     }
 
     /// One edge step: layers 0..K over the input, then the exit's draft;
     /// `alone`: the cloud is away and the draft is the answer.
     async fn draft(&mut self, alone: bool) -> Result<(), GenerateError> {
-        let pos = self.cache.as_ref().expect("cache returned each step").len();
-        let next = pos + self.input.len(); // the position of the token drafted now
+        let next = self.local.len() + self.input.len(); // the position of the token drafted now
         let u = position_uniforms(self.opts.seed, next);
         let took = Instant::now();
-        let (model, head, temperature) = (self.edge.model.clone(), self.edge.local_head(), self.temperature);
-        let trunc = self.opts.truncation;
-        let mut kv = self.cache.take().expect("cache returned each step");
+        let (temperature, trunc) = (self.temperature, self.opts.truncation);
         let ids = std::mem::take(&mut self.input);
-        let (back, step) = tokio::task::spawn_blocking(move || {
-            let r = edge_layers(&model, &mut kv, &ids, pos, head).and_then(|s| {
-                let logits = head.logits(&model, &s.tap)?;
-                Ok(draft(s.state_k, &logits, temperature, &trunc, u[0]))
-            });
-            (kv, r)
-        })
-        .await
-        .map_err(|e| GenerateError::Join(e.to_string()))?;
-        self.cache = Some(back);
-        let d = step?;
+        let d = self
+            .local
+            .step(ids, move |model, head, tap| {
+                let logits = head.logits(model, tap)?;
+                Ok(draft(&logits, temperature, &trunc, u[0]))
+            })
+            .await?
+            .then;
         self.ctl.observe_draft(took.elapsed());
         tracing::debug!(position = next, draft_ms = took.elapsed().as_secs_f64() * 1e3, "drafted");
-        self.states.extend_from_slice(&d.state_k);
         self.input = vec![d.token];
         if alone {
             // The cloud is away: the exit's token is the answer.
@@ -459,7 +447,7 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             speculative: !self.sent.is_empty(),
         };
         let fresh = block.rows() + self.unsent_prompt;
-        match self.cloud.sync(&self.states, SyncRange { pos: end, tail: block.rows(), fresh }, ask).await {
+        match self.cloud.sync(self.local.states(), SyncRange { pos: end, tail: block.rows(), fresh }, ask).await {
             Ok((bytes, Some(rx))) => {
                 self.unsent_prompt = 0;
                 self.em.summary.bytes_up_per_token += bytes as f64;
@@ -535,16 +523,16 @@ impl Block {
 /// With a truncation the draft comes from the exit's distribution truncated
 /// the same way (any draft distribution keeps the output exact; this one
 /// wastes no drafts on tokens the truncated full model cannot choose).
-fn draft(state_k: Vec<f32>, logits: &[f32], temperature: Option<f32>, trunc: &Truncation, uniform: f32) -> Drafted {
+fn draft(logits: &[f32], temperature: Option<f32>, trunc: &Truncation, uniform: f32) -> Drafted {
     match temperature {
         None => {
             let (token, probability) = top1(logits);
-            Drafted { state_k, token, probability, q: None }
+            Drafted { token, probability, q: None }
         }
         Some(t) => {
             let q = SparseDist::from_probs(&distribution(logits, t, trunc), DRAFT_TOP_K);
             let token = q.sample(uniform);
-            Drafted { state_k, token, probability: q.prob(token), q: Some(q) }
+            Drafted { token, probability: q.prob(token), q: Some(q) }
         }
     }
 }

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use offramp_common::decoder::model::top1;
 use offramp_common::decoder::sample::Sampling;
-use offramp_common::decoder::{KvCache, Tensor};
+use offramp_common::decoder::Tensor;
 use offramp_common::rng::SplitMix64;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
 use super::emit::{Emitted, Emitter};
 use super::link::{Ask, CloudLink, SyncRange};
-use super::{await_reply, edge_layers, DecoderEdge, EdgeStep, GenOptions, GenerateError, Generated, Mode};
+use super::local::{LocalDecoder, Stepped};
+use super::{await_reply, DecoderEdge, GenOptions, GenerateError, Generated, Mode};
 use super::{Tier, TokenEvent};
 use crate::link::session::StepReply;
 
@@ -52,12 +53,9 @@ struct Stepwise<'e, F: FnMut(&TokenEvent)> {
     opts: &'e GenOptions,
     mode: Mode,
     deadline: Duration,
-    cache: Option<KvCache>,
-    /// Layer-K states of every position so far (what a new session replays).
-    states: Vec<f32>,
+    local: LocalDecoder,
     cloud: CloudLink,
     input: Vec<u32>,
-    pos: usize,
     rng: SplitMix64,
     /// Edge tokens whose cloud answer is awaited at the end (`--agreement`).
     checks: Vec<(u32, oneshot::Receiver<StepReply>)>,
@@ -95,34 +93,18 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
             opts,
             mode,
             deadline: opts.deadline.unwrap_or(edge.config.deadline),
-            cache: Some(KvCache::new(c, 0..edge.split)),
-            states: Vec::with_capacity(max_positions * c.hidden),
+            local: LocalDecoder::new(edge, max_positions),
             cloud: CloudLink::new(edge.endpoints.clone(), spec, c.hidden, edge.timing()),
             input: prompt.to_vec(),
-            pos: 0,
             rng: SplitMix64::new(opts.seed),
             checks: Vec::new(),
         }
     }
 
-    /// Layers `0..K` over the step's input, off the async runtime (the exit's
-    /// state tapped on the way); the state goes to `states`.
-    async fn edge_step(&mut self) -> Result<EdgeStep, GenerateError> {
-        let model = self.edge.model.clone();
-        let mut cache = self.cache.take().expect("cache returned each step");
-        let (ids, head, pos) = (std::mem::take(&mut self.input), self.edge.local_head(), self.pos);
-        let t = ids.len();
-        let (back, step) = tokio::task::spawn_blocking(move || {
-            let r = edge_layers(&model, &mut cache, &ids, pos, head);
-            (cache, r)
-        })
-        .await
-        .map_err(|e| GenerateError::Join(e.to_string()))?;
-        self.cache = Some(back);
-        let step = step?;
-        self.states.extend_from_slice(&step.state_k);
-        self.pos += t;
-        Ok(step)
+    /// Layers `0..K` over the step's input (the exit's state tapped on the
+    /// way); the local decoder keeps the layer-K states.
+    async fn edge_step(&mut self) -> Result<Stepped<()>, GenerateError> {
+        self.local.step(std::mem::take(&mut self.input), |_, _, _| Ok(())).await
     }
 
     /// The edge head's choice at this step: token, its probability, top-1.
@@ -134,7 +116,7 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
     }
 
     /// The step's token, where the mode's policy says it comes from.
-    async fn choose(&mut self, step: &EdgeStep) -> Result<Emitted, GenerateError> {
+    async fn choose(&mut self, step: &Stepped<()>) -> Result<Emitted, GenerateError> {
         let uniform = self.rng.next_f32();
         let (k, n) = (self.edge.split, self.edge.bundle.num_layers());
         let local = match (k == n, self.mode) {
@@ -146,9 +128,8 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
             Sampling::Greedy => (pb::Want::Argmax, 0.0),
             Sampling::Temperature(t) => (pb::Want::Sample, t),
         };
-        let t = step.state_k.len() / self.edge.bundle.config().hidden;
-        let range = SyncRange { pos: self.pos, tail: t, fresh: t };
-        let pos = self.pos;
+        let (t, pos) = (step.rows, self.local.len());
+        let range = SyncRange { pos, tail: t, fresh: t };
         let edge_token =
             |(token, probability, _): (u32, f32, f32), tier, exit| Emitted::new(pos, token, probability, tier, exit);
         match source {
@@ -159,7 +140,11 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                 let ask = if self.opts.agreement { want } else { pb::Want::None };
                 if let Ok((sent, rx)) = self
                     .cloud
-                    .sync(&self.states, range, Ask::token(ask, temperature, uniform).within(self.opts.truncation))
+                    .sync(
+                        self.local.states(),
+                        range,
+                        Ask::token(ask, temperature, uniform).within(self.opts.truncation),
+                    )
                     .await
                 {
                     chosen.bytes_up = sent;
@@ -172,7 +157,11 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
             Source::Cloud => {
                 let (answer, bytes_up) = match self
                     .cloud
-                    .sync(&self.states, range, Ask::token(want, temperature, uniform).within(self.opts.truncation))
+                    .sync(
+                        self.local.states(),
+                        range,
+                        Ask::token(want, temperature, uniform).within(self.opts.truncation),
+                    )
                     .await
                 {
                     Ok((sent, Some(rx))) => {
