@@ -138,7 +138,7 @@ impl CloudLink {
 
     /// Most positions one step may carry on the live session.
     pub fn max_rows(&self) -> Option<usize> {
-        self.session().map(|s| s.max_rows)
+        self.session().map(|s| s.offer.max_rows)
     }
 
     pub fn bytes_down(&self) -> u64 {
@@ -264,7 +264,7 @@ impl CloudLink {
                     .into(),
             });
         }
-        let max_rows = session.max_rows;
+        let max_rows = session.offer.max_rows;
         let mut sent = 0u64;
         let mut reply = None;
         let mut start = *synced;

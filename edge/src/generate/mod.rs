@@ -44,9 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::breaker::BreakerConfig;
-use crate::link::handshake::{check_decoder, SessionSpec};
+use crate::link::handshake::{decoder_handshake, SessionSpec};
 use crate::link::session::StepReply;
-use crate::link::{Endpoints, HandshakeError, LinkError};
+use crate::link::{Endpoints, LinkError};
 use crate::transport::{ConnectConfig, Credentials, Transport, TransportError, TransportKind};
 use link::{CloudLink, LinkTiming};
 
@@ -452,22 +452,17 @@ impl DecoderEdge {
         let timeout = self.config.connect.connect_timeout.max(Duration::from_millis(500));
         let mut ok = 0;
         for ep in self.endpoints.iter() {
-            let verdict = match ep.transport.decoder_info(timeout).await {
-                Ok(info) => check_decoder(&ep.url, &info, &spec).map(|_| ()),
-                Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
-                    Err(HandshakeError::Credentials { url: ep.url.clone(), message: s.message().to_string() })
+            match decoder_handshake(ep, &spec, timeout).await {
+                Ok(_) => ok += 1,
+                Err(LinkError::Incompatible(e)) => {
+                    // Said once, by the caller that gets this error.
+                    ep.refuse(e.clone());
+                    return Err(LinkError::from(e).into());
                 }
-                Err(s) => {
-                    tracing::warn!(endpoint = %ep.url, status = %s, "cloud unreachable at start; the edge answers until it is back");
-                    continue;
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep.url, error = %e, "cloud unreachable at start; the edge answers until it is back");
                 }
-            };
-            if let Err(e) = verdict {
-                // Said once, by the caller that gets this error.
-                ep.refuse(e.clone());
-                return Err(LinkError::from(e).into());
             }
-            ok += 1;
         }
         Ok(ok)
     }
@@ -487,12 +482,9 @@ impl DecoderEdge {
                 last = r.clone().into();
                 continue;
             }
-            match ep.transport.decoder_info(timeout).await {
-                Ok(info) => match check_decoder(&ep.url, &info, &spec) {
-                    Ok(_) => return Ok(()),
-                    Err(e) => last = e.into(),
-                },
-                Err(s) => last = LinkError::from_status(&ep.url, &s),
+            match decoder_handshake(ep, &spec, timeout).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
             }
         }
         Err(last)

@@ -177,8 +177,7 @@ async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = || -> Result<Value, ApiError> {
-        authorize(&state, &headers)?;
-        let obj = openai::object(&read(body)?)?;
+        let obj = request(&state, &headers, body)?;
         let content: String = openai::field(&obj, "content", "a string")?
             .ok_or_else(|| ApiError::param("content", "is required: the text to tokenize"))?;
         let ids = state.edge.tokenizer().encode(&content).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -195,14 +194,10 @@ async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = || -> Result<Value, ApiError> {
-        authorize(&state, &headers)?;
-        let obj = openai::object(&read(body)?)?;
+        let obj = request(&state, &headers, body)?;
         let ids: Vec<u32> = openai::field(&obj, "tokens", "a list of token ids")?
             .ok_or_else(|| ApiError::param("tokens", "is required: the token ids to turn into text"))?;
-        let vocab = state.edge.bundle().config().vocab;
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ApiError::param("tokens", &format!("token id {bad} is outside the vocabulary of {vocab}")));
-        }
+        check_ids(&state, &ids, "tokens")?;
         let text = state.edge.tokenizer().decode(&ids).map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok(json!({ "content": text }))
     };
@@ -236,8 +231,7 @@ async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = |body: Result<Bytes, BytesRejection>| -> Result<(Vec<u32>, Common), ApiError> {
-        authorize(&state, &headers)?;
-        let obj = openai::object(&read(body)?)?;
+        let obj = request(&state, &headers, body)?;
         let messages = Message::list(&obj)?;
         let common = Common::parse(&obj)?;
         if messages.is_empty() {
@@ -277,8 +271,7 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = |body: Result<Bytes, BytesRejection>| -> Result<(Vec<u32>, Common, Option<String>), ApiError> {
-        authorize(&state, &headers)?;
-        let obj = openai::object(&read(body)?)?;
+        let obj = request(&state, &headers, body)?;
         let common = Common::parse(&obj)?;
         let echo: bool = openai::field(&obj, "echo", "a boolean")?.unwrap_or(false);
         let tok = state.edge.tokenizer();
@@ -288,13 +281,7 @@ async fn completions(
                 (tok.encode(&text).map_err(|e| ApiError::invalid(e.to_string()))?, text)
             }
             Prompt::Tokens(ids) => {
-                let vocab = state.edge.bundle().config().vocab;
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    return Err(ApiError::param(
-                        "prompt",
-                        &format!("token id {bad} is outside the vocabulary of {vocab}"),
-                    ));
-                }
+                check_ids(&state, &ids, "prompt")?;
                 let text = tok.decode(&ids).map_err(|e| ApiError::invalid(e.to_string()))?;
                 (ids, text)
             }
@@ -309,6 +296,26 @@ async fn completions(
 
 fn read(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")).with(e.status(), "bad_body"))
+}
+
+/// An authorized request's JSON object.
+fn request(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    authorize(state, headers)?;
+    openai::object(&read(body)?)
+}
+
+/// Token ids a client sent, checked against the vocabulary (`param` names
+/// the field they came in).
+fn check_ids(state: &HttpState, ids: &[u32], param: &str) -> Result<(), ApiError> {
+    let vocab = state.edge.bundle().config().vocab;
+    match ids.iter().find(|&&t| t as usize >= vocab) {
+        Some(bad) => Err(ApiError::param(param, &format!("token id {bad} is outside the vocabulary of {vocab}"))),
+        None => Ok(()),
+    }
 }
 
 /// Refuses a prompt that could never fit the context before tokenizing it:

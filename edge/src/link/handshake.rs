@@ -177,3 +177,25 @@ pub fn check_decoder(url: &str, info: &pb::DecoderInfo, spec: &SessionSpec) -> R
         truncated_sampling: info.features.iter().any(|f| f == pb::FEATURE_TRUNCATED_SAMPLING),
     })
 }
+
+/// A handshake call that failed: refused credentials never heal; anything
+/// else is the call's own error.
+pub fn handshake_failure(url: &str, status: &tonic::Status) -> super::LinkError {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            HandshakeError::Credentials { url: url.to_string(), message: status.message().to_string() }.into()
+        }
+        _ => super::LinkError::from_status(url, status),
+    }
+}
+
+/// The decoder handshake with one endpoint within `timeout`: what it offers,
+/// or why not ([`super::LinkError::Incompatible`] when it never will).
+pub async fn decoder_handshake(
+    ep: &super::Endpoint,
+    spec: &SessionSpec,
+    timeout: std::time::Duration,
+) -> Result<CloudOffer, super::LinkError> {
+    let info = ep.transport.decoder_info(timeout).await.map_err(|s| handshake_failure(&ep.url, &s))?;
+    Ok(check_decoder(&ep.url, &info, spec)?)
+}

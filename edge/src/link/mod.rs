@@ -46,9 +46,6 @@ pub enum LinkError {
     /// The endpoint could not be reached (connect, handshake, transport).
     #[error("{endpoint} unreachable: {message}")]
     Unreachable { endpoint: String, message: String },
-    /// The endpoint's breaker is open.
-    #[error("circuit open for {endpoint}")]
-    CircuitOpen { endpoint: String },
     /// The endpoint holds something this edge cannot use (never heals).
     #[error(transparent)]
     Incompatible(#[from] HandshakeError),
@@ -74,7 +71,6 @@ impl LinkError {
             LinkError::Timeout { .. } => Reason::Timeout,
             LinkError::Closed { .. } | LinkError::Unreachable { .. } => Reason::Unavailable,
             LinkError::Refused { code, .. } => Reason::for_code(*code),
-            LinkError::CircuitOpen { .. } => Reason::CircuitOpen,
             LinkError::Incompatible(_) => Reason::Rejected,
         }
     }

@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 
-use super::handshake::{check_decoder, SessionSpec};
+use super::handshake::{decoder_handshake, SessionSpec};
 use super::{Endpoint, LinkError};
 
 /// An answer to a step: the cloud's token, or why there is none.
@@ -25,9 +25,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<StepReply>>>>;
 /// A live session on one endpoint.
 pub struct CloudSession {
     pub endpoint: String,
-    /// Most positions one step may carry (the cloud's payload limit).
-    pub max_rows: usize,
-    /// What the cloud offers beyond protocol 1.
+    /// What the cloud offers: most positions per step, truncated sampling.
     pub offer: super::handshake::CloudOffer,
     tx: mpsc::UnboundedSender<pb::GenerateRequest>,
     pending: Pending,
@@ -49,8 +47,7 @@ impl CloudSession {
     pub async fn open(ep: &Endpoint, spec: &SessionSpec, timeout: Duration) -> Result<Self, LinkError> {
         let url = ep.url.as_str();
         let work = async {
-            let info = ep.transport.decoder_info(timeout).await.map_err(|s| handshake_error(url, &s))?;
-            let offer = check_decoder(url, &info, spec)?;
+            let offer = decoder_handshake(ep, spec, timeout).await?;
             let (tx, rx) = mpsc::unbounded_channel();
             tx.send(pb::GenerateRequest {
                 msg: Some(pb::generate_request::Msg::Open(pb::OpenSession {
@@ -83,7 +80,7 @@ impl CloudSession {
         let bytes_down = Arc::new(AtomicU64::new(0));
         let reader =
             tokio::spawn(read_answers(url.to_string(), inbound, pending.clone(), broken.clone(), bytes_down.clone()));
-        Ok(Self { endpoint: url.to_string(), max_rows: offer.max_rows, offer, tx, pending, broken, bytes_down, reader })
+        Ok(Self { endpoint: url.to_string(), offer, tx, pending, broken, bytes_down, reader })
     }
 
     /// Why the session broke, if it did.
@@ -116,16 +113,6 @@ impl CloudSession {
             reason: "the session's stream is closed".into(),
         })?;
         Ok((size, rx))
-    }
-}
-
-/// A handshake call that failed: bad credentials never heal.
-fn handshake_error(url: &str, status: &tonic::Status) -> LinkError {
-    match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied => {
-            super::HandshakeError::Credentials { url: url.to_string(), message: status.message().to_string() }.into()
-        }
-        _ => LinkError::from_status(url, status),
     }
 }
 
