@@ -154,174 +154,21 @@ impl Bundle {
         Self::from_parts_at(manifest, tensors, Path::new("<memory>"))
     }
 
-    // Long on purpose: the manifest's checks, in the order a bundle is
-    // validated (layers, shapes, exits, digests), each naming what is wrong;
-    // they share the partly built bundle.
+    /// Checks the manifest in the order a bundle is validated (header and
+    /// input, the backbone's shapes, the exits), then takes the held
+    /// layers' tensors, each failure naming what is wrong.
     fn from_parts_at(
         manifest: Manifest,
         mut tensors: HashMap<String, Tensor>,
         weights_path: &Path,
     ) -> Result<Self, ModelError> {
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(ModelError::FormatVersion { got: manifest.format_version, supported: FORMAT_VERSION });
-        }
-        let bad = |message: String| ModelError::Manifest { path: PathBuf::from(MANIFEST_FILE), message };
-        if manifest.input.dtype != "f32" && !manifest.input.is_tokens() {
-            return Err(ModelError::UnsupportedDtype {
-                what: "the input".into(),
-                dtype: manifest.input.dtype.clone(),
-                supported: "f32, token-ids",
-            });
-        }
-        if manifest.input.shape.is_empty() || manifest.input.shape.contains(&0) {
-            return Err(bad(format!(
-                "input shape {:?} must be non-empty with positive dimensions",
-                manifest.input.shape
-            )));
-        }
-        if manifest.labels.len() < 2 {
-            return Err(bad(format!("a classifier needs at least 2 labels, got {}", manifest.labels.len())));
-        }
-        let n = manifest.blocks.len();
-        if n == 0 {
-            return Err(bad("the model has no blocks".into()));
-        }
-        let held = match manifest.holds {
-            None => 0..n,
-            Some(BlockRange { start, end }) if start <= end && end <= n => start..end,
-            Some(BlockRange { start, end }) => {
-                return Err(bad(format!("holds {start}..{end} is not a range inside 0..{n}")));
-            }
-        };
-
-        if manifest.input.is_tokens() && manifest.input.shape.len() != 1 {
-            return Err(bad(format!("a token-ids input has shape [max_tokens], not {:?}", manifest.input.shape)));
-        }
-        // Shapes through the backbone, and where they are token sequences.
-        // Every state of one sample must be of a size this runtime can index.
-        let too_large = |shape: &[usize]| {
-            shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > MAX_SAMPLE_ELEMENTS)
-        };
-        let size_message = |shape: &[usize]| {
-            format!(
-                "a state of shape {} is over the {MAX_SAMPLE_ELEMENTS} elements a sample may have",
-                crate::codec::echo::Shape::of_usize(shape)
-            )
-        };
-        if too_large(&manifest.input.shape) {
-            return Err(bad(format!("the input: {}", size_message(&manifest.input.shape))));
-        }
-        let mut shapes = vec![manifest.input.shape.clone()];
-        let mut sequence = vec![manifest.input.is_tokens()];
-        for (i, block) in manifest.blocks.iter().enumerate() {
-            let shape_error = |message: String| ModelError::BlockShape { block: i, name: block.name.clone(), message };
-            let seq = sequence_after(&block.layer, sequence[i]).map_err(|e| shape_error(e.to_string()))?;
-            let next = block.layer.output_shape(&shapes[i]).map_err(|e| shape_error(e.to_string()))?;
-            if too_large(&next) {
-                return Err(shape_error(size_message(&next)));
-            }
-            shapes.push(next);
-            sequence.push(seq);
-        }
-
-        // Exits: in block order, attached to existing blocks, ending in logits.
-        let mut exit_after = vec![None; n];
-        let mut previous: Option<usize> = None;
-        for (e, exit) in manifest.exits.iter().enumerate() {
-            if exit.after_block >= n {
-                return Err(ModelError::ExitAfterMissingBlock {
-                    exit: e,
-                    name: exit.name.clone(),
-                    after_block: exit.after_block,
-                    num_blocks: n,
-                });
-            }
-            if previous.is_some_and(|p| p >= exit.after_block) {
-                return Err(ModelError::ExitOrder { exit: e, name: exit.name.clone(), after_block: exit.after_block });
-            }
-            previous = Some(exit.after_block);
-            exit_after[exit.after_block] = Some(e);
-            let mut shape = shapes[exit.after_block + 1].clone();
-            let mut seq = sequence[exit.after_block + 1];
-            for layer in &exit.layers {
-                let shape_error = |message: String| ModelError::ExitShape { exit: e, name: exit.name.clone(), message };
-                seq = sequence_after(layer, seq).map_err(|e| shape_error(e.to_string()))?;
-                shape = layer.output_shape(&shape).map_err(|e| shape_error(e.to_string()))?;
-                if too_large(&shape) {
-                    return Err(shape_error(size_message(&shape)));
-                }
-            }
-            if seq {
-                return Err(ModelError::ExitShape {
-                    exit: e,
-                    name: exit.name.clone(),
-                    message: "ends on a token sequence: pool it (a `pool` layer) before the classifier".into(),
-                });
-            }
-            if shape != [manifest.labels.len()] {
-                return Err(ModelError::ExitShape {
-                    exit: e,
-                    name: exit.name.clone(),
-                    message: format!("produces shape {shape:?}, not {} class logits", manifest.labels.len()),
-                });
-            }
-        }
-        if exit_after[n - 1].is_none() {
-            return Err(ModelError::NoFinalExit { last_block: n - 1 });
-        }
-
-        // Tensors: every parameter of a held layer present, f32, right shape;
-        // nothing else.
-        let mut taken = BTreeMap::new();
-        let mut take = |name: String, shape: Vec<usize>| -> Result<Tensor, ModelError> {
-            let t = tensors
-                .remove(&name)
-                .ok_or_else(|| ModelError::MissingTensor { tensor: name.clone(), path: weights_path.to_path_buf() })?;
-            if t.dtype() != DType::F32 {
-                return Err(ModelError::UnsupportedDtype {
-                    what: format!("tensor {name:?}"),
-                    dtype: format!("{:?}", t.dtype()).to_lowercase(),
-                    supported: "f32",
-                });
-            }
-            if t.dims() != shape.as_slice() {
-                return Err(ModelError::ShapeMismatch { tensor: name, expected: shape, got: t.dims().to_vec() });
-            }
-            taken.insert(name, t.clone());
-            Ok(t)
-        };
-        let mut blocks = Vec::with_capacity(n);
-        for (i, block) in manifest.blocks.iter().enumerate() {
-            if !held.contains(&i) {
-                blocks.push(None);
-                continue;
-            }
-            let mut params = HashMap::new();
-            for (suffix, shape) in block.layer.parameters() {
-                params.insert(suffix, take(block_tensor(i, suffix), shape)?);
-            }
-            blocks.push(Some(Layer::new(&block.layer, |s| params[s].clone())?));
-        }
-        let mut exits = Vec::with_capacity(manifest.exits.len());
-        for (e, exit) in manifest.exits.iter().enumerate() {
-            if !held.contains(&exit.after_block) {
-                exits.push(None);
-                continue;
-            }
-            let mut layers = Vec::with_capacity(exit.layers.len());
-            for (l, layer) in exit.layers.iter().enumerate() {
-                let mut params = HashMap::new();
-                for (suffix, shape) in layer.parameters() {
-                    params.insert(suffix, take(exit_tensor(e, l, suffix), shape)?);
-                }
-                layers.push(Layer::new(layer, |s| params[s].clone())?);
-            }
-            exits.push(Some(layers));
-        }
+        let held = check_header(&manifest)?;
+        let (shapes, sequence) = backbone_shapes(&manifest)?;
+        let exit_after = check_exits(&manifest, &shapes, &sequence)?;
+        let (taken, blocks, exits) = take_layers(&manifest, &held, &mut tensors, weights_path)?;
         if let Some(name) = tensors.keys().min() {
             return Err(ModelError::UnexpectedTensor { tensor: name.clone(), path: weights_path.to_path_buf() });
         }
-
         let mut bundle = Bundle {
             manifest,
             dir: None,
@@ -667,6 +514,189 @@ impl Bundle {
 /// Lower-case hex of a digest.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A manifest error about `manifest.json` itself.
+fn manifest_error(message: String) -> ModelError {
+    ModelError::Manifest { path: PathBuf::from(MANIFEST_FILE), message }
+}
+
+/// Whether a state of `shape` is over what one sample may have.
+fn too_large(shape: &[usize]) -> bool {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > MAX_SAMPLE_ELEMENTS)
+}
+
+fn size_message(shape: &[usize]) -> String {
+    format!(
+        "a state of shape {} is over the {MAX_SAMPLE_ELEMENTS} elements a sample may have",
+        crate::codec::echo::Shape::of_usize(shape)
+    )
+}
+
+/// The format version, the input, the labels, the blocks and what the
+/// bundle holds of them.
+fn check_header(manifest: &Manifest) -> Result<Range<usize>, ModelError> {
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(ModelError::FormatVersion { got: manifest.format_version, supported: FORMAT_VERSION });
+    }
+    let bad = manifest_error;
+    if manifest.input.dtype != "f32" && !manifest.input.is_tokens() {
+        return Err(ModelError::UnsupportedDtype {
+            what: "the input".into(),
+            dtype: manifest.input.dtype.clone(),
+            supported: "f32, token-ids",
+        });
+    }
+    if manifest.input.shape.is_empty() || manifest.input.shape.contains(&0) {
+        return Err(bad(format!("input shape {:?} must be non-empty with positive dimensions", manifest.input.shape)));
+    }
+    if manifest.labels.len() < 2 {
+        return Err(bad(format!("a classifier needs at least 2 labels, got {}", manifest.labels.len())));
+    }
+    let n = manifest.blocks.len();
+    if n == 0 {
+        return Err(bad("the model has no blocks".into()));
+    }
+    let held = match manifest.holds {
+        None => 0..n,
+        Some(BlockRange { start, end }) if start <= end && end <= n => start..end,
+        Some(BlockRange { start, end }) => {
+            return Err(bad(format!("holds {start}..{end} is not a range inside 0..{n}")));
+        }
+    };
+    if manifest.input.is_tokens() && manifest.input.shape.len() != 1 {
+        return Err(bad(format!("a token-ids input has shape [max_tokens], not {:?}", manifest.input.shape)));
+    }
+    // Every state of one sample must be of a size this runtime can index.
+    if too_large(&manifest.input.shape) {
+        return Err(bad(format!("the input: {}", size_message(&manifest.input.shape))));
+    }
+    Ok(held)
+}
+
+/// Shapes through the backbone (entering each block, and its output), and
+/// where they are token sequences.
+fn backbone_shapes(manifest: &Manifest) -> Result<(Vec<Vec<usize>>, Vec<bool>), ModelError> {
+    let mut shapes = vec![manifest.input.shape.clone()];
+    let mut sequence = vec![manifest.input.is_tokens()];
+    for (i, block) in manifest.blocks.iter().enumerate() {
+        let shape_error = |message: String| ModelError::BlockShape { block: i, name: block.name.clone(), message };
+        let seq = sequence_after(&block.layer, sequence[i]).map_err(|e| shape_error(e.to_string()))?;
+        let next = block.layer.output_shape(&shapes[i]).map_err(|e| shape_error(e.to_string()))?;
+        if too_large(&next) {
+            return Err(shape_error(size_message(&next)));
+        }
+        shapes.push(next);
+        sequence.push(seq);
+    }
+    Ok((shapes, sequence))
+}
+
+/// Exits: in block order, attached to existing blocks, ending in logits;
+/// the exit after each block.
+fn check_exits(
+    manifest: &Manifest,
+    shapes: &[Vec<usize>],
+    sequence: &[bool],
+) -> Result<Vec<Option<usize>>, ModelError> {
+    let n = manifest.blocks.len();
+    let mut exit_after = vec![None; n];
+    let mut previous: Option<usize> = None;
+    for (e, exit) in manifest.exits.iter().enumerate() {
+        if exit.after_block >= n {
+            return Err(ModelError::ExitAfterMissingBlock {
+                exit: e,
+                name: exit.name.clone(),
+                after_block: exit.after_block,
+                num_blocks: n,
+            });
+        }
+        if previous.is_some_and(|p| p >= exit.after_block) {
+            return Err(ModelError::ExitOrder { exit: e, name: exit.name.clone(), after_block: exit.after_block });
+        }
+        previous = Some(exit.after_block);
+        exit_after[exit.after_block] = Some(e);
+        let shape_error = |message: String| ModelError::ExitShape { exit: e, name: exit.name.clone(), message };
+        let mut shape = shapes[exit.after_block + 1].clone();
+        let mut seq = sequence[exit.after_block + 1];
+        for layer in &exit.layers {
+            seq = sequence_after(layer, seq).map_err(|e| shape_error(e.to_string()))?;
+            shape = layer.output_shape(&shape).map_err(|e| shape_error(e.to_string()))?;
+            if too_large(&shape) {
+                return Err(shape_error(size_message(&shape)));
+            }
+        }
+        if seq {
+            return Err(shape_error("ends on a token sequence: pool it (a `pool` layer) before the classifier".into()));
+        }
+        if shape != [manifest.labels.len()] {
+            return Err(shape_error(format!("produces shape {shape:?}, not {} class logits", manifest.labels.len())));
+        }
+    }
+    if exit_after[n - 1].is_none() {
+        return Err(ModelError::NoFinalExit { last_block: n - 1 });
+    }
+    Ok(exit_after)
+}
+
+/// The tensors taken, and the held blocks' and exits' layers.
+type HeldLayers = (BTreeMap<String, Tensor>, Vec<Option<Layer>>, Vec<Option<Vec<Layer>>>);
+
+/// The held blocks' and exits' layers from `tensors`: every parameter
+/// present, f32, of the right shape (what is taken leaves `tensors`).
+fn take_layers(
+    manifest: &Manifest,
+    held: &Range<usize>,
+    tensors: &mut HashMap<String, Tensor>,
+    weights_path: &Path,
+) -> Result<HeldLayers, ModelError> {
+    let mut taken = BTreeMap::new();
+    let mut take = |name: String, shape: Vec<usize>| -> Result<Tensor, ModelError> {
+        let t = tensors
+            .remove(&name)
+            .ok_or_else(|| ModelError::MissingTensor { tensor: name.clone(), path: weights_path.to_path_buf() })?;
+        if t.dtype() != DType::F32 {
+            return Err(ModelError::UnsupportedDtype {
+                what: format!("tensor {name:?}"),
+                dtype: format!("{:?}", t.dtype()).to_lowercase(),
+                supported: "f32",
+            });
+        }
+        if t.dims() != shape.as_slice() {
+            return Err(ModelError::ShapeMismatch { tensor: name, expected: shape, got: t.dims().to_vec() });
+        }
+        taken.insert(name, t.clone());
+        Ok(t)
+    };
+    let mut blocks = Vec::with_capacity(manifest.blocks.len());
+    for (i, block) in manifest.blocks.iter().enumerate() {
+        if !held.contains(&i) {
+            blocks.push(None);
+            continue;
+        }
+        let mut params = HashMap::new();
+        for (suffix, shape) in block.layer.parameters() {
+            params.insert(suffix, take(block_tensor(i, suffix), shape)?);
+        }
+        blocks.push(Some(Layer::new(&block.layer, |s| params[s].clone())?));
+    }
+    let mut exits = Vec::with_capacity(manifest.exits.len());
+    for (e, exit) in manifest.exits.iter().enumerate() {
+        if !held.contains(&exit.after_block) {
+            exits.push(None);
+            continue;
+        }
+        let mut layers = Vec::with_capacity(exit.layers.len());
+        for (l, layer) in exit.layers.iter().enumerate() {
+            let mut params = HashMap::new();
+            for (suffix, shape) in layer.parameters() {
+                params.insert(suffix, take(exit_tensor(e, l, suffix), shape)?);
+            }
+            layers.push(Layer::new(layer, |s| params[s].clone())?);
+        }
+        exits.push(Some(layers));
+    }
+    Ok((taken, blocks, exits))
 }
 
 /// Whether a layer's output is a token sequence, given whether its input is;
