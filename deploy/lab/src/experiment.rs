@@ -234,8 +234,8 @@ pub struct CellResult {
     pub switches: u64,
 }
 
-// Long on purpose: the experiment's cells in order (processes, links,
-// edge runs, result files), one script a reader follows top to bottom.
+/// Runs the experiment's cells in order and writes the results, records,
+/// plots and provenance.
 pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let cfg: ExperimentConfig = toml::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
@@ -249,40 +249,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     for &k in &splits {
         bundle.check_split(k)?;
     }
-    if cfg.links.is_empty() {
-        bail!("the experiment needs at least one [[link]]");
-    }
-    if cfg.concurrency == 0 {
-        bail!("concurrency must be at least 1");
-    }
-    let interval = match &cfg.interval {
-        Some(i) => Some(units::parse_duration(i).map_err(|e| anyhow::anyhow!("interval: {e}"))?),
-        None => None,
-    };
-    if interval.is_some_and(|i| i.is_zero()) || (interval.is_some() && cfg.concurrency > 1) {
-        bail!("interval must be positive, and paced arrivals run one at a time (concurrency = 1)");
-    }
-    let transports = cfg.transports.iter().map(|t| parse_transport(t)).collect::<Result<Vec<_>>>()?;
-    let encodings: Vec<_> =
-        cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
-    let deadline = units::parse_duration(&cfg.deadline).map_err(anyhow::Error::msg)?;
-    let compression = match &cfg.compression {
-        Some(c) => codec::parse_compression(c).map_err(anyhow::Error::msg)?,
-        None => offramp_proto::Compression::None,
-    };
-    let adaptive = match &cfg.adaptive {
-        Some(a) => {
-            if a.max_split == 0 || a.max_split > n_blocks {
-                bail!("adaptive max_split must be in 1..={n_blocks} (the deepest split the edge holds)");
-            }
-            let objective = match &a.latency_slo {
-                Some(s) => Objective::Slo(units::parse_duration(s).map_err(anyhow::Error::msg)?),
-                None => Objective::MinLatency,
-            };
-            Some((a.max_split, objective))
-        }
-        None => None,
-    };
+    let Settings { interval, transports, encodings, deadline, compression, adaptive } = settings(&cfg, n_blocks)?;
     // Fixed split points, then the adaptive cells.
     let mut modes: Vec<Option<usize>> = splits.iter().copied().map(Some).collect();
     if adaptive.is_some() {
@@ -348,12 +315,7 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
         if k.is_none() {
             write_timeline(&args.out, &name, &timeline)?;
         }
-        let mut rec =
-            std::io::BufWriter::new(std::fs::File::create(args.out.join("records").join(format!("{name}.jsonl")))?);
-        for a in &answers {
-            serde_json::to_writer(&mut rec, a)?;
-            rec.write_all(b"\n")?;
-        }
+        write_records(&args.out, &name, &answers)?;
         let id = CellId { name: &name, split, policy: &pname, link: &link.name, transport: tname, encoding: enc };
         let mut r = cell_result(id, &answers, &built, bundle.num_exits());
         if k.is_none() {
@@ -374,6 +336,67 @@ pub async fn run(args: &ExperimentArgs) -> Result<Vec<CellResult>> {
     std::fs::write(args.out.join("cells.json"), serde_json::to_string_pretty(&results)?)?;
     plots(&args.out, &results, &latencies)?;
     Ok(results)
+}
+
+/// The experiment's settings beyond its grid, parsed and checked.
+struct Settings {
+    /// Paced arrivals one at a time, this far apart.
+    interval: Option<Duration>,
+    transports: Vec<TransportKind>,
+    encodings: Vec<offramp_proto::Encoding>,
+    deadline: Duration,
+    compression: offramp_proto::Compression,
+    /// Adaptive cells: the deepest split and the planner's objective.
+    adaptive: Option<(usize, Objective)>,
+}
+
+fn settings(cfg: &ExperimentConfig, n_blocks: usize) -> Result<Settings> {
+    if cfg.links.is_empty() {
+        bail!("the experiment needs at least one [[link]]");
+    }
+    if cfg.concurrency == 0 {
+        bail!("concurrency must be at least 1");
+    }
+    let interval = match &cfg.interval {
+        Some(i) => Some(units::parse_duration(i).map_err(|e| anyhow::anyhow!("interval: {e}"))?),
+        None => None,
+    };
+    if interval.is_some_and(|i| i.is_zero()) || (interval.is_some() && cfg.concurrency > 1) {
+        bail!("interval must be positive, and paced arrivals run one at a time (concurrency = 1)");
+    }
+    let transports = cfg.transports.iter().map(|t| parse_transport(t)).collect::<Result<Vec<_>>>()?;
+    let encodings =
+        cfg.encodings.iter().map(|e| codec::parse_encoding(e).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+    let deadline = units::parse_duration(&cfg.deadline).map_err(anyhow::Error::msg)?;
+    let compression = match &cfg.compression {
+        Some(c) => codec::parse_compression(c).map_err(anyhow::Error::msg)?,
+        None => offramp_proto::Compression::None,
+    };
+    let adaptive = match &cfg.adaptive {
+        Some(a) => {
+            if a.max_split == 0 || a.max_split > n_blocks {
+                bail!("adaptive max_split must be in 1..={n_blocks} (the deepest split the edge holds)");
+            }
+            let objective = match &a.latency_slo {
+                Some(s) => Objective::Slo(units::parse_duration(s).map_err(anyhow::Error::msg)?),
+                None => Objective::MinLatency,
+            };
+            Some((a.max_split, objective))
+        }
+        None => None,
+    };
+    Ok(Settings { interval, transports, encodings, deadline, compression, adaptive })
+}
+
+/// One JSON record per answer of cell `name`, in `out/records/`.
+fn write_records(out: &Path, name: &str, answers: &[Answer]) -> Result<()> {
+    let mut rec = std::io::BufWriter::new(std::fs::File::create(out.join("records").join(format!("{name}.jsonl")))?);
+    for a in answers {
+        serde_json::to_writer(&mut rec, a)?;
+        rec.write_all(b"\n")?;
+    }
+    rec.flush()?;
+    Ok(())
 }
 
 /// One cell of the grid.
