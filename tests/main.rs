@@ -18,3 +18,4 @@ mod quic;
 mod robustness;
 mod speculative;
 mod split_path;
+mod structured_output;

@@ -185,6 +185,11 @@ pub enum SessionError {
     Truncation(#[from] offramp_common::decoder::sample::TruncationError),
     #[error("drafts and `speculative` belong to WANT_VERIFY steps")]
     DraftsWithoutVerify,
+    /// A mask, bias or log-probability request that is not one.
+    #[error("{0}")]
+    Logits(#[from] offramp_common::decoder::logits::LogitsError),
+    #[error("a WANT_VERIFY step's masks go on its drafts (Draft.mask), not on the step")]
+    MaskOnVerify,
     #[error("the step has no hidden-state tensor")]
     MissingTensor,
     #[error("hidden state is encoded as {got}; this cloud accepts {accepted:?}")]
@@ -258,6 +263,8 @@ impl SessionError {
             | E::Uniform(_)
             | E::Truncation(_)
             | E::DraftsWithoutVerify
+            | E::Logits(_)
+            | E::MaskOnVerify
             | E::MissingTensor
             | E::EncodingNotAccepted { .. }
             | E::Codec(_)

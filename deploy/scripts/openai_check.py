@@ -3,7 +3,9 @@
 mode, a text completion, a refused parameter; then what clients on top of the
 SDK rely on: a streamed answer with its usage chunk, stop sequences, a seed
 with top_p, tools left to the model, max_tokens past the context, and
-errors naming their parameter (structured output is refused by name).
+errors naming their parameter; then structured output (the SDK's `.parse()`
+with a Pydantic model, `json_object`), forced tool calls (required and
+named, streamed), `logprobs` / `top_logprobs` and `logit_bias`.
 
 Usage: python3 deploy/scripts/openai_check.py [BASE_URL]   (default http://127.0.0.1:8080/v1)
 """
@@ -88,7 +90,8 @@ print("tools (auto): text answer", repr(r.choices[0].message.content), "tool_cal
 r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4096)
 print("max_tokens 4096 (capped at the context):", r.choices[0].finish_reason, r.usage)
 for name, kwargs in [
-    ("response_format json_schema", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+    ("response_format type yaml", {"response_format": {"type": "yaml"}}),
+    ("top_logprobs 21", {"logprobs": True, "top_logprobs": 21}),
     ("max_tokens -1", {"max_tokens": -1}),
     ("temperature 'hot'", {"temperature": "hot"}),
 ]:
@@ -98,3 +101,97 @@ for name, kwargs in [
     except Exception as e:
         body = getattr(e, "body", None) or {}
         print(f"{name}: refused, param={body.get('param')!r}:", body.get("message"))
+
+# Structured output and tools (constrained decoding across the split).
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class Capital(BaseModel):
+    country: Literal["France", "Germany", "Italy"]
+    city: str
+    certain: bool
+
+
+parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+r = parse(
+    model=model,
+    messages=[{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+    response_format=Capital,
+    max_tokens=64,
+)
+print(".parse(Capital):", repr(r.choices[0].message.parsed), r.choices[0].finish_reason)
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Give me a JSON object about Paris."}],
+    response_format={"type": "json_object"},
+    max_tokens=48,
+)
+print("json_object:", repr(r.choices[0].message.content), r.choices[0].finish_reason)
+weather = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    tools=[weather],
+    tool_choice="required",
+    max_tokens=48,
+)
+call = r.choices[0].message.tool_calls[0]
+print("tool_choice required:", call.function.name, call.function.arguments, r.choices[0].finish_reason)
+messages = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+    {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+    {"role": "user", "content": "And in Berlin?"},
+]
+name, arguments, finish = None, "", None
+for chunk in client.chat.completions.create(
+    model=model,
+    messages=messages,
+    tools=[weather],
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    stream=True,
+    max_tokens=48,
+):
+    if chunk.choices and chunk.choices[0].delta.tool_calls:
+        d = chunk.choices[0].delta.tool_calls[0]
+        name = d.function.name or name
+        arguments += d.function.arguments or ""
+    if chunk.choices and chunk.choices[0].finish_reason:
+        finish = chunk.choices[0].finish_reason
+print("named tool, streamed, after a tool turn:", name, arguments, finish)
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Say hello."}],
+    max_tokens=6,
+    logprobs=True,
+    top_logprobs=3,
+)
+for t in r.choices[0].logprobs.content:
+    print(f"  logprob {t.token!r}: {t.logprob:.3f}; top", [(a.token, round(a.logprob, 3)) for a in t.top_logprobs])
+plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=6)
+banned = r.choices[0].logprobs.content[0]
+import httpx
+
+ids = httpx.post(str(client.base_url).replace("/v1/", "/tokenize"), json={"content": banned.token}).json()["tokens"]
+r = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Say hello."}],
+    max_tokens=6,
+    logit_bias={str(i): -100 for i in ids},
+)
+print(f"logit_bias bans {banned.token!r} {ids}:", repr(plain.choices[0].message.content), "->",
+      repr(r.choices[0].message.content))

@@ -29,5 +29,16 @@ pub const FEATURE_GENERATION: &str = "generation";
 /// them only to a cloud listing this).
 pub const FEATURE_TRUNCATED_SAMPLING: &str = "truncated-sampling";
 
+/// `DecoderInfo.features` entry: the cloud applies `DecodeStep.mask` and
+/// `Draft.mask` (constrained decoding: a grammar's allowed tokens).
+pub const FEATURE_TOKEN_MASKS: &str = "token-masks";
+
+/// `DecoderInfo.features` entry: the cloud applies `DecodeStep`'s
+/// `bias_tokens` / `bias_values` (OpenAI's `logit_bias`).
+pub const FEATURE_LOGIT_BIAS: &str = "logit-bias";
+
+/// `DecoderInfo.features` entry: the cloud answers `DecodeStep.logprobs`.
+pub const FEATURE_LOGPROBS: &str = "logprobs";
+
 /// Default gRPC port of the cloud service.
 pub const DEFAULT_CLOUD_PORT: u16 = 50051;

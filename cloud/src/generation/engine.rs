@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use offramp_common::decoder::logits;
 use offramp_common::decoder::model::{rows, top1};
 use offramp_common::decoder::sample::Sampling;
 use offramp_common::decoder::speculative::{self, Verdict};
@@ -95,6 +96,13 @@ impl Job {
             1
         }
     }
+}
+
+/// A step's verdict and, when asked for, the log-probabilities of the
+/// tokens it commits.
+struct Answered {
+    verdict: Verdict,
+    logprobs: Vec<pb::TokenLogprobs>,
 }
 
 /// Runs batches until every session's sender is gone.
@@ -218,8 +226,8 @@ fn head(
     batch: &[Job],
     outs: &[Tensor],
     caches: &mut [MutexGuard<'_, KvCache>],
-) -> Vec<Option<Result<Verdict, SessionError>>> {
-    let mut verdicts: Vec<Option<Result<Verdict, SessionError>>> = batch.iter().map(|_| None).collect();
+) -> Vec<Option<Result<Answered, SessionError>>> {
+    let mut verdicts: Vec<Option<Result<Answered, SessionError>>> = batch.iter().map(|_| None).collect();
     let wanted: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].step.want != pb::Want::None).collect();
     if wanted.is_empty() {
         return verdicts;
@@ -260,23 +268,39 @@ fn head_logits(
     rows(&model.logits(&last)?)
 }
 
-/// One step's token (or verdict on its drafts) from its logits rows.
-fn verdict(job: &Job, logits: &[Vec<f32>], cache: &mut KvCache) -> Result<Verdict, SessionError> {
+/// One step's token (or verdict on its drafts) from its logits rows,
+/// shaped (bias, then the position's mask) as the edge shaped its own.
+fn verdict(job: &Job, logits: &[Vec<f32>], cache: &mut KvCache) -> Result<Answered, SessionError> {
     if logits.iter().flatten().any(|v| !v.is_finite()) {
         return Err(SessionError::Overflow);
     }
     let step = &job.step;
+    let shaped: Vec<Vec<f32>>;
+    let rows = if step.bias.is_empty() && step.masks.iter().all(Option::is_none) {
+        logits
+    } else {
+        shaped = logits
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut row = row.clone();
+                logits::shape(&mut row, &step.bias, step.masks.get(i).and_then(Option::as_ref));
+                row
+            })
+            .collect();
+        shaped.as_slice()
+    };
     let verdict = match step.want {
         pb::Want::Verify => {
             let t = (step.temperature > 0.0).then_some(step.temperature);
-            speculative::verify(logits, &step.drafts, t, &step.truncation)
+            speculative::verify(rows, &step.drafts, t, &step.truncation)
         }
         want => {
             let (token, probability) = match want {
                 pb::Want::Sample => {
-                    Sampling::Temperature(step.temperature).choose_within(&logits[0], step.uniform, &step.truncation)
+                    Sampling::Temperature(step.temperature).choose_within(&rows[0], step.uniform, &step.truncation)
                 }
-                _ => top1(&logits[0]),
+                _ => top1(&rows[0]),
             };
             Verdict { accepted: 0, token, probability }
         }
@@ -289,12 +313,34 @@ fn verdict(job: &Job, logits: &[Vec<f32>], cache: &mut KvCache) -> Result<Verdic
             job.session.discarding.store(true, Ordering::Relaxed);
         }
     }
-    Ok(verdict)
+    let logprobs = match step.logprobs {
+        None => Vec::new(),
+        // Row i judged draft i; the token at the first rejection comes
+        // from that draft's row.
+        Some(top) => committed(step, &verdict)
+            .into_iter()
+            .enumerate()
+            .map(|(i, token)| logits::logprobs(&logits[i], token, top))
+            .collect(),
+    };
+    Ok(Answered { verdict, logprobs })
+}
+
+/// The tokens a step's verdict commits, in order.
+fn committed(step: &CheckedStep, v: &Verdict) -> Vec<u32> {
+    if step.want != pb::Want::Verify {
+        return vec![v.token];
+    }
+    let mut tokens: Vec<u32> = step.drafts.iter().take(v.accepted).map(|d| d.token).collect();
+    if v.accepted < step.t {
+        tokens.push(v.token);
+    }
+    tokens
 }
 
 /// Metrics for the batch, then each step's answer (a token, or the failure
 /// that ends its session; WANT_NONE steps get none).
-fn answer(batch: &[Job], verdicts: Vec<Option<Result<Verdict, SessionError>>>, cached: &[usize], started: Instant) {
+fn answer(batch: &[Job], verdicts: Vec<Option<Result<Answered, SessionError>>>, cached: &[usize], started: Instant) {
     let compute_us = started.elapsed().as_micros() as u64;
     let size = batch.len();
     metrics::histogram!("offramp_cloud_decode_batch_size").record(size as f64);
@@ -303,7 +349,7 @@ fn answer(batch: &[Job], verdicts: Vec<Option<Result<Verdict, SessionError>>>, c
         .iter()
         .zip(&verdicts)
         .filter_map(|(job, v)| match v {
-            Some(Ok(v)) => Some(job.emitted(v)),
+            Some(Ok(a)) => Some(job.emitted(&a.verdict)),
             _ => None,
         })
         .sum();
@@ -313,7 +359,7 @@ fn answer(batch: &[Job], verdicts: Vec<Option<Result<Verdict, SessionError>>>, c
         match verdict {
             None => {}
             Some(Err(e)) => job.send(Outcome::Failed(request_id, e)),
-            Some(Ok(v)) => job.send(Outcome::Token(
+            Some(Ok(Answered { verdict: v, logprobs })) => job.send(Outcome::Token(
                 request_id,
                 pb::StepResult {
                     position: job.position_after(&v) as u32,
@@ -325,6 +371,7 @@ fn answer(batch: &[Job], verdicts: Vec<Option<Result<Verdict, SessionError>>>, c
                     cached: cached as u32,
                     accepted: v.accepted as u32,
                     discarded: false,
+                    logprobs,
                 },
             )),
         }

@@ -248,7 +248,14 @@ impl Generation {
             encodings: self.encodings.iter().map(|&e| e as i32).collect(),
             max_payload_bytes: self.max_payload as u64,
             limits: Some(self.limits.to_pb()),
-            features: vec![pb::FEATURE_TRUNCATED_SAMPLING.to_string()],
+            features: [
+                pb::FEATURE_TRUNCATED_SAMPLING,
+                pb::FEATURE_TOKEN_MASKS,
+                pb::FEATURE_LOGIT_BIAS,
+                pb::FEATURE_LOGPROBS,
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 

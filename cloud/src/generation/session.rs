@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use offramp_common::codec;
+use offramp_common::decoder::logits::{check_top_logprobs, LogitBias, TokenMask};
 use offramp_common::decoder::sample::Truncation;
 use offramp_common::decoder::speculative::{DraftToCheck, SparseDist};
 use offramp_common::decoder::KvCache;
@@ -214,6 +215,14 @@ pub(super) struct CheckedStep {
     pub uniform: f32,
     /// Truncation of the sampling distribution (off by default).
     pub truncation: Truncation,
+    /// Added to the logits before anything else.
+    pub bias: LogitBias,
+    /// The tokens each chosen position allows (the token step's one, or
+    /// one per draft; `None`: any).
+    pub masks: Vec<Option<TokenMask>>,
+    /// Report log-probabilities of committed tokens with this many
+    /// alternatives.
+    pub logprobs: Option<usize>,
     /// WANT_VERIFY: one draft per position.
     pub drafts: Vec<DraftToCheck>,
     pub speculative: bool,
@@ -233,6 +242,17 @@ impl StepRules<'_> {
         let drafts = if want == pb::Want::Verify { check_drafts(step, t, self.vocab)? } else { Vec::new() };
         let truncation = Truncation { top_k: step.top_k, top_p: step.top_p, min_p: step.min_p };
         truncation.check()?;
+        let mask = |m: &Option<pb::TokenMask>| m.as_ref().map(|m| TokenMask::from_pb(m, self.vocab)).transpose();
+        let masks = if want == pb::Want::Verify {
+            if step.mask.is_some() {
+                return Err(SessionError::MaskOnVerify);
+            }
+            step.drafts.iter().map(|d| mask(&d.mask)).collect::<Result<_, _>>()?
+        } else {
+            vec![mask(&step.mask)?]
+        };
+        let bias = LogitBias::from_pb(step, self.vocab)?;
+        let logprobs = step.logprobs.then(|| check_top_logprobs(step.top_logprobs)).transpose()?;
         Ok(CheckedStep {
             request_id: step.request_id,
             x,
@@ -242,6 +262,9 @@ impl StepRules<'_> {
             temperature: step.temperature,
             uniform: step.uniform,
             truncation,
+            bias,
+            masks,
+            logprobs,
             drafts,
             speculative: step.speculative,
         })

@@ -124,6 +124,7 @@ fn drafts_are_checked_one_by_one() {
         q_probs,
         accept_uniform: u,
         residual_uniform: 0.5,
+        mask: None,
     };
     let draft_error = |d: pb::Draft| match refused(verify(vec![d], 0.8)) {
         E::BadDraft { index: 0, error } => error,
@@ -415,4 +416,44 @@ async fn a_session_over_the_limit_is_refused_and_an_idle_one_is_closed() {
     serving.await.unwrap();
     drop(held_tx);
     assert_eq!((g.live_sessions(), g.reserved_bytes()), (0, 0));
+}
+
+#[test]
+fn masks_biases_and_logprob_requests_are_read_and_bad_ones_refused_by_name() {
+    use offramp_common::decoder::logits::LogitsError as L;
+    use SessionError as E;
+    let mask = |allow, deltas: Vec<u32>| Some(pb::TokenMask { allow, deltas });
+    // A token step's mask, a verify step's per draft, a bias and logprobs.
+    let s = rules()
+        .check(&pb::DecodeStep {
+            mask: mask(true, vec![2, 3]),
+            bias_tokens: vec![1],
+            bias_values: vec![-100.0],
+            logprobs: true,
+            top_logprobs: 5,
+            ..step(pb::Want::Argmax, 1)
+        })
+        .unwrap();
+    let m = s.masks[0].as_ref().unwrap();
+    assert!(m.allows(2) && m.allows(5) && !m.allows(3), "ids 2 and 2 + 3");
+    assert_eq!((s.bias.is_empty(), s.logprobs), (false, Some(5)));
+    let masked = pb::Draft { mask: mask(false, vec![0]), ..draft(3) };
+    let s = rules().check(&verify(vec![masked], 0.0)).unwrap();
+    assert!(s.masks.len() == 1 && !s.masks[0].as_ref().unwrap().allows(0));
+    let refused = |s: pb::DecodeStep| rules().check(&s).unwrap_err();
+    let e = refused(pb::DecodeStep { mask: mask(true, vec![]), ..step(pb::Want::Argmax, 1) });
+    assert!(matches!(e, E::Logits(L::MaskEmpty)), "{e}");
+    let e = refused(pb::DecodeStep { mask: mask(true, vec![4, 9]), ..step(pb::Want::Argmax, 1) });
+    assert!(matches!(e, E::Logits(L::MaskToken { token: 13, vocab: VOCAB })), "{e}");
+    let e = refused(pb::DecodeStep { mask: mask(true, vec![1]), ..verify(vec![draft(1)], 0.0) });
+    assert!(matches!(e, E::MaskOnVerify), "{e}");
+    let e = refused(verify(vec![pb::Draft { mask: mask(true, vec![3, 0]), ..draft(3) }], 0.0));
+    assert!(matches!(e, E::Logits(L::MaskOrder { after: 3 })), "{e}");
+    let e = refused(pb::DecodeStep { bias_tokens: vec![1, 2], bias_values: vec![1.0], ..step(pb::Want::Argmax, 1) });
+    assert!(matches!(e, E::Logits(L::BiasLengths { tokens: 2, values: 1 })), "{e}");
+    let e = refused(pb::DecodeStep { bias_tokens: vec![1], bias_values: vec![f32::NAN], ..step(pb::Want::Argmax, 1) });
+    assert!(e.to_string().contains("logit bias: the value for token 1"), "{e}");
+    let e = refused(pb::DecodeStep { logprobs: true, top_logprobs: 21, ..step(pb::Want::Argmax, 1) });
+    assert!(matches!(e, E::Logits(L::TopLogprobs(21))), "{e}");
+    assert_eq!(e.code(), Code::InvalidArgument);
 }

@@ -10,6 +10,9 @@
 //! - [`cache`]: a session's KV cache for the layers one side holds.
 //! - [`tokenizer`]: the GGUF's byte-level BPE vocabulary as a `tokenizers`
 //!   tokenizer, and the chat template.
+//! - [`logits`]: what happens to a row of logits before a token is chosen
+//!   (bias, a grammar's mask) and what is reported of it (log-probabilities),
+//!   identical on both sides.
 //! - [`sample`]: greedy and seeded temperature sampling, identical on both
 //!   sides (the edge draws the random number, whoever holds the logits uses it).
 //! - [`speculative`]: checking the edge's drafts against the full model
@@ -22,6 +25,7 @@ pub mod bundle;
 pub mod cache;
 mod config;
 mod error;
+pub mod logits;
 pub mod model;
 mod q4;
 pub mod sample;

@@ -182,6 +182,17 @@ impl DecoderTokenizer {
         self.eos
     }
 
+    /// Tokens that end a turn (EOS, and `<|im_end|>` for ChatML).
+    pub fn stops(&self) -> &[u32] {
+        &self.stops
+    }
+
+    /// The tokenizer as a `tokenizer.json` document.
+    pub fn to_json(&self) -> Result<serde_json::Value, DecoderError> {
+        let text = self.tokenizer.to_string(false).map_err(|e| DecoderError::Tokenizer(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| DecoderError::Tokenizer(e.to_string()))
+    }
+
     /// Whether `token` ends the model's turn.
     pub fn is_stop(&self, token: u32) -> bool {
         self.stops.contains(&token)

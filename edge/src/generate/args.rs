@@ -53,6 +53,17 @@ pub struct GenerateArgs {
     /// Keep generating past end-of-turn tokens (for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// The output must be JSON valid against the JSON schema in this file
+    /// (constrained decoding, exact in every mode).
+    #[arg(long, value_name = "FILE", conflicts_with = "json_object")]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// The output must be a JSON object.
+    #[arg(long)]
+    pub json_object: bool,
+    /// Print each token's log-probability with this many alternatives
+    /// (with --json: in the token records).
+    #[arg(long, value_name = "N")]
+    pub logprobs: Option<usize>,
     /// One JSON record per token, then a summary record.
     #[arg(long)]
     pub json: bool,
@@ -81,6 +92,17 @@ impl GenerateArgs {
         if !truncation.is_off() && self.temperature == 0.0 {
             anyhow::bail!("--top-k, --top-p and --min-p shape sampling: give a --temperature above 0 too");
         }
+        let constraint = match (&self.json_schema, self.json_object) {
+            (Some(path), _) => {
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("--json-schema {}", path.display()))?;
+                let schema = serde_json::from_str(&text)
+                    .with_context(|| format!("--json-schema {}: not JSON", path.display()))?;
+                Some(super::grammar::Constraint::JsonSchema(schema))
+            }
+            (None, true) => Some(super::grammar::Constraint::JsonObject),
+            (None, false) => None,
+        };
         Ok(GenOptions {
             max_tokens: self.max_tokens,
             sampling: Sampling::from_temperature(self.temperature),
@@ -89,6 +111,8 @@ impl GenerateArgs {
             seed: self.seed,
             agreement: self.agreement,
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+            constraint,
             ..GenOptions::default()
         })
     }
@@ -132,6 +156,12 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
             let _ = out.write_all(b"\n");
         } else {
             let _ = out.write_all(e.text.as_bytes());
+            if let Some(l) = &e.logprobs {
+                // Beside the text, on stderr: the token's log-probability
+                // and the alternatives.
+                let top: Vec<String> = l.top.iter().map(|(t, lp)| format!("{t}:{lp:.3}")).collect();
+                eprintln!("\t[token {} logprob {:.3}; top {}]", e.token, l.logprob, top.join(" "));
+            }
         }
         let _ = out.flush();
     };

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use offramp_common::codec;
 use offramp_common::decoder::tokenizer::TextStream;
+use offramp_proto as pb;
 
 use super::link::CloudLink;
 use super::stop::StopMatcher;
@@ -24,6 +25,8 @@ pub(super) struct Emitted {
     pub bytes_down: u64,
     pub endpoint: Option<String>,
     pub cloud_batch: Option<u32>,
+    /// When asked for: the token's log-probabilities.
+    pub logprobs: Option<pb::TokenLogprobs>,
 }
 
 impl Emitted {
@@ -40,6 +43,7 @@ impl Emitted {
             bytes_down: 0,
             endpoint: None,
             cloud_batch: None,
+            logprobs: None,
         }
     }
 }
@@ -115,6 +119,7 @@ impl<'a, F: FnMut(&TokenEvent)> Emitter<'a, F> {
             bytes_down: e.bytes_down,
             endpoint: e.endpoint,
             cloud_batch: e.cloud_batch,
+            logprobs: e.logprobs.map(Into::into),
         };
         self.last_at = now;
         (self.on_token)(&event);

@@ -24,11 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offramp_common::codec;
+use offramp_common::decoder::logits::{LogitBias, TokenMask};
 use offramp_common::decoder::sample::Truncation;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
-use crate::link::handshake::SessionSpec;
+use crate::link::handshake::{CloudOffer, SessionSpec};
 use crate::link::session::{CloudSession, StepReply};
 use crate::link::{Endpoints, LinkError};
 
@@ -50,18 +51,67 @@ pub(crate) struct Ask {
     pub temperature: f32,
     pub uniform: f32,
     pub truncation: Truncation,
+    pub bias: LogitBias,
+    /// The tokens the cloud may choose (a token step; verify steps carry
+    /// one per draft).
+    pub mask: Option<TokenMask>,
+    /// Report log-probabilities with this many alternatives.
+    pub logprobs: Option<usize>,
     pub drafts: Vec<pb::Draft>,
     pub speculative: bool,
 }
 
 impl Ask {
-    pub fn token(want: pb::Want, temperature: f32, uniform: f32) -> Self {
-        Self { want, temperature, uniform, truncation: Truncation::default(), drafts: Vec::new(), speculative: false }
+    /// A step that only fills the cloud's cache.
+    pub fn none() -> Self {
+        Self {
+            want: pb::Want::None,
+            temperature: 0.0,
+            uniform: 0.0,
+            truncation: Truncation::default(),
+            bias: LogitBias::default(),
+            mask: None,
+            logprobs: None,
+            drafts: Vec::new(),
+            speculative: false,
+        }
     }
 
-    /// This ask with the sampling distribution truncated.
-    pub fn within(self, truncation: Truncation) -> Self {
-        Self { truncation, ..self }
+    /// The first thing this ask needs that `offer` lacks (an older cloud
+    /// would ignore it and choose from another distribution).
+    fn unmet(&self, offer: &CloudOffer) -> Option<&'static str> {
+        let masked = self.mask.is_some() || self.drafts.iter().any(|d| d.mask.is_some());
+        [
+            (!self.truncation.is_off() && !offer.truncated_sampling, "top_k / top_p / min_p"),
+            (masked && !offer.token_masks, "constrained decoding (response_format, tools)"),
+            (!self.bias.is_empty() && !offer.logit_bias, "logit_bias"),
+            (self.logprobs.is_some() && !offer.logprobs, "logprobs"),
+        ]
+        .into_iter()
+        .find_map(|(missing, what)| missing.then_some(what))
+    }
+
+    /// The wire step for positions from `position` with `hidden`.
+    fn into_step(self, request_id: u64, position: u32, hidden: pb::Tensor) -> pb::DecodeStep {
+        let mut step = pb::DecodeStep {
+            request_id,
+            position,
+            hidden: Some(hidden),
+            want: self.want as i32,
+            temperature: self.temperature,
+            uniform: self.uniform,
+            drafts: self.drafts,
+            speculative: self.speculative,
+            top_k: self.truncation.top_k,
+            top_p: self.truncation.top_p,
+            min_p: self.truncation.min_p,
+            mask: self.mask.as_ref().map(TokenMask::to_pb),
+            logprobs: self.logprobs.is_some(),
+            top_logprobs: self.logprobs.unwrap_or(0) as u32,
+            ..Default::default()
+        };
+        self.bias.write(&mut step);
+        step
     }
 }
 
@@ -254,14 +304,13 @@ impl CloudLink {
         let SyncRange { pos, tail, fresh } = range;
         let (hidden, encoding) = (self.hidden, self.spec.encoding);
         let LinkState::Live { session, synced } = &mut self.state else { unreachable!("ensured") };
-        if !ask.truncation.is_off() && !session.offer.truncated_sampling {
-            // An older cloud would ignore the truncation and sample from the
-            // whole distribution: refused here, not silently changed.
+        if let Some(what) = ask.unmet(&session.offer) {
+            // An older cloud would ignore it and choose from another
+            // distribution: refused here, not silently changed.
             return Err(LinkError::Refused {
                 endpoint: session.endpoint.clone(),
                 code: tonic::Code::FailedPrecondition,
-                message: "this cloud does not apply top_k / top_p / min_p (it predates them); sample without them"
-                    .into(),
+                message: format!("this cloud does not apply {what} (it predates them)"),
             });
         }
         let max_rows = session.offer.max_rows;
@@ -278,20 +327,8 @@ impl CloudLink {
             let last = end == pos;
             let tensor = codec::encode(&states[start * hidden..end * hidden], &[end - start, hidden], encoding);
             self.request_id += 1;
-            let a = if last { ask.take().expect("one last chunk") } else { Ask::token(pb::Want::None, 0.0, 0.0) };
-            let step = pb::DecodeStep {
-                request_id: self.request_id,
-                position: start as u32,
-                hidden: Some(tensor),
-                want: a.want as i32,
-                temperature: a.temperature,
-                uniform: a.uniform,
-                drafts: a.drafts,
-                speculative: a.speculative,
-                top_k: a.truncation.top_k,
-                top_p: a.truncation.top_p,
-                min_p: a.truncation.min_p,
-            };
+            let a = if last { ask.take().expect("one last chunk") } else { Ask::none() };
+            let step = a.into_step(self.request_id, start as u32, tensor);
             match session.send(step) {
                 Ok((size, rx)) => {
                     sent += size as u64;
@@ -356,7 +393,11 @@ mod tests {
         assert_eq!(again, e, "within the backoff the cause is repeated, nothing dialled");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(link.due());
-        let s = link.sync(&[0.0; 8], SyncRange { pos: 2, tail: 1, fresh: 1 }, Ask::token(pb::Want::Argmax, 0.0, 0.0));
+        let s = link.sync(
+            &[0.0; 8],
+            SyncRange { pos: 2, tail: 1, fresh: 1 },
+            Ask { want: pb::Want::Argmax, ..Ask::none() },
+        );
         assert!(s.await.is_err());
         assert_eq!((link.synced(), link.opened), (0, 0));
     }

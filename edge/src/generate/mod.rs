@@ -24,7 +24,9 @@
 //! where it was.
 
 pub mod args;
+mod choose;
 mod emit;
+pub mod grammar;
 pub mod link;
 mod local;
 mod speculative;
@@ -34,6 +36,7 @@ mod stop;
 use std::sync::Arc;
 use std::time::Duration;
 
+use offramp_common::decoder::logits::LogitBias;
 use offramp_common::decoder::model::{last_row, rows};
 use offramp_common::decoder::sample::{Sampling, Truncation};
 use offramp_common::decoder::{
@@ -107,13 +110,22 @@ pub enum GenerateError {
     Compute(#[from] DecoderError),
     #[error("the edge's compute task failed: {0}")]
     Join(String),
+    /// Constrained decoding: a schema the engine cannot take (the
+    /// caller's), or the engine failing.
+    #[error(transparent)]
+    Grammar(#[from] grammar::GrammarError),
 }
 
 impl GenerateError {
     /// Whether the request itself was wrong (HTTP 400), rather than the
     /// edge or its link failing.
     pub fn is_bad_request(&self) -> bool {
-        matches!(self, GenerateError::BadRequest(_) | GenerateError::ContextExceeded { .. })
+        matches!(
+            self,
+            GenerateError::BadRequest(_)
+                | GenerateError::ContextExceeded { .. }
+                | GenerateError::Grammar(grammar::GrammarError::Schema(_))
+        )
     }
 }
 
@@ -190,6 +202,12 @@ pub struct GenOptions {
     pub deadline: Option<Duration>,
     /// Text that ends the generation where it first appears (not shown).
     pub stop: Vec<String>,
+    /// Added to the logits before every choice, on both sides.
+    pub logit_bias: LogitBias,
+    /// Report each token's log-probability with this many alternatives.
+    pub logprobs: Option<usize>,
+    /// What the output must follow (a JSON schema, any JSON object).
+    pub constraint: Option<grammar::Constraint>,
 }
 
 impl Default for GenOptions {
@@ -205,6 +223,9 @@ impl Default for GenOptions {
             draft: None,
             deadline: None,
             stop: Vec::new(),
+            logit_bias: LogitBias::default(),
+            logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -232,6 +253,25 @@ pub struct TokenEvent {
     /// Cloud tokens: how many sessions' steps shared the forward pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_batch: Option<u32>,
+    /// The token's log-probability and the most likely alternatives, from
+    /// the model that chose it (the whole model for cloud and verified
+    /// tokens, the exit for edge and fallback ones), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Logprobs>,
+}
+
+/// A token's log-probability (natural log, temperature 1, before bias,
+/// mask and truncation) and the most likely tokens at its position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Logprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl From<pb::TokenLogprobs> for Logprobs {
+    fn from(l: pb::TokenLogprobs) -> Self {
+        Self { logprob: l.logprob, top: l.top_tokens.into_iter().zip(l.top_logprobs).collect() }
+    }
 }
 
 /// What a generation did.
@@ -353,6 +393,8 @@ pub struct DecoderEdge {
     exit: Option<usize>,
     threshold: Option<f32>,
     endpoints: Arc<Endpoints>,
+    /// The grammar engine's view of the vocabulary, built on first use.
+    grammars: std::sync::OnceLock<Result<Arc<grammar::Grammars>, String>>,
 }
 
 impl std::fmt::Debug for DecoderEdge {
@@ -436,7 +478,7 @@ impl DecoderEdge {
         // the endpoints' breakers (see [`link`]).
         let endpoints = Arc::new(Endpoints::new(endpoints, BreakerConfig::default()));
         let model = Arc::new(bundle.model()?);
-        Ok(Self { bundle, model, config, split, exit, threshold, endpoints })
+        Ok(Self { bundle, model, config, split, exit, threshold, endpoints, grammars: Default::default() })
     }
 
     /// Handshakes with every cloud endpoint now (when this edge uses a
@@ -578,6 +620,10 @@ impl DecoderEdge {
             return Err(GenerateError::BadRequest("the draft length must be at least 1".into()));
         }
         opts.truncation.check().map_err(|e| GenerateError::BadRequest(e.to_string()))?;
+        if let Some(n) = opts.logprobs {
+            offramp_common::decoder::logits::check_top_logprobs(n.min(u32::MAX as usize) as u32)
+                .map_err(|e| GenerateError::BadRequest(e.to_string()))?;
+        }
         if mode == Mode::Speculative {
             return speculative::generate(self, prompt, opts, on_token).await;
         }
@@ -594,6 +640,24 @@ impl DecoderEdge {
             encoding: self.config.encoding,
             edge_id: self.config.edge_id.clone(),
         }
+    }
+
+    /// Whether this edge can follow `c` (a schema the engine takes).
+    pub fn check_constraint(&self, c: &grammar::Constraint) -> Result<(), GenerateError> {
+        self.grammar(c).map(drop)
+    }
+
+    /// A fresh state of the grammar `c` over this model's vocabulary.
+    fn grammar(&self, c: &grammar::Constraint) -> Result<grammar::Grammar, GenerateError> {
+        let grammars = self
+            .grammars
+            .get_or_init(|| {
+                let vocab = self.bundle.config().vocab;
+                grammar::Grammars::new(self.bundle.tokenizer().clone(), vocab).map(Arc::new).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| GenerateError::Grammar(grammar::GrammarError::Tokenizer(e.clone())))?;
+        Ok(grammars.start(c)?)
     }
 
     fn local_head(&self) -> LocalHead {

@@ -33,12 +33,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use offramp_common::decoder::logits::{self, TokenMask};
 use offramp_common::decoder::model::top1;
-use offramp_common::decoder::sample::{distribution, Sampling, Truncation};
+use offramp_common::decoder::sample::{distribution, Sampling};
 use offramp_common::decoder::speculative::{position_uniforms, SparseDist, DRAFT_TOP_K};
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
+use super::choose::{Chooser, Shaping};
 use super::emit::{Emitted, Emitter};
 use super::link::{Ask, CloudLink, SyncRange};
 use super::local::LocalDecoder;
@@ -58,6 +60,9 @@ struct Block {
     drafts: Vec<pb::Draft>,
     /// The exit's probability of each draft.
     probs: Vec<f32>,
+    /// The exit's log-probabilities of each draft, when asked for (what a
+    /// fallback reports).
+    logprobs: Vec<Option<pb::TokenLogprobs>>,
     rx: Option<oneshot::Receiver<StepReply>>,
     /// The answer, once awaited.
     ready: Option<StepReply>,
@@ -148,6 +153,7 @@ struct Drafted {
     /// The exit's probability of the token.
     probability: f32,
     q: Option<SparseDist>,
+    logprobs: Option<pb::TokenLogprobs>,
 }
 
 /// What the speculative loop does next.
@@ -213,11 +219,13 @@ struct Speculation<'e, F: FnMut(&TokenEvent)> {
     em: Emitter<'e, F>,
     ctl: DraftControl,
     deadline: Duration,
-    temperature: Option<f32>,
     /// The exit that drafts (what edge and fallback tokens name).
     exit: Option<usize>,
     local: LocalDecoder,
     cloud: CloudLink,
+    /// The shaping of every choice, and the grammar's state over the
+    /// emitted tokens and the drafts in flight.
+    chooser: Chooser,
     /// The next input: the prompt, then one token at a time.
     input: Vec<u32>,
     /// Prompt positions no cloud has seen yet.
@@ -238,9 +246,9 @@ pub(super) async fn generate(
     opts: &GenOptions,
     on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generated, GenerateError> {
-    let mut s = Speculation::new(edge, prompt, opts, on_token);
+    let mut s = Speculation::new(edge, prompt, opts, on_token)?;
     while s.go {
-        s.take_answers();
+        s.take_answers()?;
         if !s.go {
             break;
         }
@@ -254,22 +262,19 @@ pub(super) async fn generate(
 }
 
 impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
-    fn new(edge: &'e DecoderEdge, prompt: &[u32], opts: &'e GenOptions, on_token: F) -> Self {
+    fn new(edge: &'e DecoderEdge, prompt: &[u32], opts: &'e GenOptions, on_token: F) -> Result<Self, GenerateError> {
         let c = edge.bundle.config();
         let spec = edge.session_spec(prompt.len() + opts.max_tokens);
-        Self {
+        Ok(Self {
             edge,
             opts,
             em: Emitter::new(edge, super::Mode::Speculative, prompt.len(), opts, on_token),
             ctl: DraftControl::new(opts.draft.unwrap_or(edge.config.draft), edge.config.adapt_draft),
             deadline: opts.deadline.unwrap_or(edge.config.deadline),
-            temperature: match opts.sampling {
-                Sampling::Temperature(t) => Some(t),
-                Sampling::Greedy => None,
-            },
             exit: Some(edge.exit.unwrap_or(edge.split)),
             local: LocalDecoder::new(edge, spec.max_positions),
             cloud: CloudLink::new(edge.endpoints.clone(), spec, c.hidden, edge.timing()),
+            chooser: Chooser::new(edge, opts)?,
             input: prompt.to_vec(),
             unsent_prompt: prompt.len() - 1,
             sent: VecDeque::new(),
@@ -280,7 +285,7 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             discarded: 0,
             down_seen: 0,
             go: true,
-        }
+        })
     }
 
     fn view(&self) -> View {
@@ -302,7 +307,7 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
     }
 
     /// Takes the answers that are in, oldest first.
-    fn take_answers(&mut self) {
+    fn take_answers(&mut self) -> Result<(), GenerateError> {
         while self.go {
             let Some(front) = self.sent.front_mut() else { break };
             let reply = match front.ready.take() {
@@ -315,20 +320,21 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             };
             let block = self.sent.pop_front().expect("front exists");
             match reply {
-                Ok(r) if !r.discarded => self.verified_block(block, r),
+                Ok(r) if !r.discarded => self.verified_block(block, r)?,
                 Ok(_) => {
                     let e = self.closed("the cloud discarded a verification the edge still waited for");
-                    self.fall_back(block, e);
+                    self.fall_back(block, e)?;
                 }
-                Err(e) => self.fall_back(block, e),
+                Err(e) => self.fall_back(block, e)?,
             }
         }
+        Ok(())
     }
 
     /// A block's verification: its accepted drafts and the whole model's
     /// token at the first rejection are emitted; both sides roll back past
     /// the accepted prefix.
-    fn verified_block(&mut self, block: Block, r: pb::StepResult) {
+    fn verified_block(&mut self, block: Block, r: pb::StepResult) -> Result<(), GenerateError> {
         let a = (r.accepted as usize).min(block.rows());
         let waited = block.sent_at.expect("sent").elapsed();
         tracing::debug!(
@@ -347,10 +353,12 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
         self.verifications += 1;
         self.em.summary.round_trips_per_token += 1.0;
         let mut up = block.bytes_up;
+        let mut logprobs = r.logprobs.into_iter();
         for (i, d) in block.drafts.iter().enumerate().take(a) {
             self.go = self.em.emit(Emitted {
                 bytes_up: up,
                 endpoint: self.cloud.endpoint(),
+                logprobs: logprobs.next(),
                 ..Emitted::new(block.start + i + 1, d.token, block.probs[i], Tier::Edge, self.exit)
             });
             up = 0;
@@ -359,10 +367,15 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             }
         }
         if self.go && a < block.rows() {
+            // The grammar forgets the rejected drafts and takes the whole
+            // model's token instead.
+            self.chooser.truncate(self.em.out.len())?;
+            self.chooser.consume(r.token)?;
             self.go = self.em.emit(Emitted {
                 bytes_up: up,
                 endpoint: self.cloud.endpoint(),
                 cloud_batch: Some(r.batch_size),
+                logprobs: logprobs.next(),
                 ..Emitted::new(block.start + a + 1, r.token, r.probability, Tier::Cloud, None)
             });
             // Roll back past the accepted prefix (the cloud did the same);
@@ -380,6 +393,7 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
         let down = self.cloud.bytes_down();
         self.em.summary.bytes_down_per_token += down.saturating_sub(self.down_seen) as f64;
         self.down_seen = down;
+        Ok(())
     }
 
     /// Both sides drop the positions from `keep` on.
@@ -394,25 +408,26 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
         let next = self.local.len() + self.input.len(); // the position of the token drafted now
         let u = position_uniforms(self.opts.seed, next);
         let took = Instant::now();
-        let (temperature, trunc) = (self.temperature, self.opts.truncation);
+        let mask = self.chooser.mask()?;
+        let (shaping, m) = (self.chooser.shaping.clone(), mask.clone());
         let ids = std::mem::take(&mut self.input);
         let d = self
             .local
-            .step(ids, move |model, head, tap| {
-                let logits = head.logits(model, tap)?;
-                Ok(draft(&logits, temperature, &trunc, u[0]))
-            })
+            .step(ids, move |model, head, tap| Ok(draft(head.logits(model, tap)?, &shaping, m.as_ref(), u[0])))
             .await?
             .then;
+        self.chooser.consume(d.token)?;
         self.ctl.observe_draft(took.elapsed());
         tracing::debug!(position = next, draft_ms = took.elapsed().as_secs_f64() * 1e3, "drafted");
         self.input = vec![d.token];
         if alone {
             // The cloud is away: the exit's token is the answer.
             let reason = self.cloud.cause().map(LinkError::to_string);
-            self.go = self
-                .em
-                .emit(Emitted { reason, ..Emitted::new(next, d.token, d.probability, Tier::Fallback, self.exit) });
+            self.go = self.em.emit(Emitted {
+                reason,
+                logprobs: d.logprobs,
+                ..Emitted::new(next, d.token, d.probability, Tier::Fallback, self.exit)
+            });
             return Ok(());
         }
         let budget = self.view().budget();
@@ -424,27 +439,26 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             q_probs,
             accept_uniform: u[1],
             residual_uniform: u[2],
+            mask: mask.as_ref().map(TokenMask::to_pb),
         });
         block.probs.push(d.probability);
+        block.logprobs.push(d.logprobs);
         let length = self.ctl.length(self.edge.config.pipeline > 1);
         // `budget` was counted before this draft: it was the last one.
         if block.rows() >= length.min(self.cloud.max_rows().unwrap_or(usize::MAX)) || budget == 1 {
-            self.send_block().await;
+            self.send_block().await?;
         }
         Ok(())
     }
 
     /// Sends the block being built for verification.
-    async fn send_block(&mut self) {
+    async fn send_block(&mut self) -> Result<(), GenerateError> {
         let mut block = self.current.take().expect("drafting a block");
         let end = block.start + block.rows();
         let ask = Ask {
-            want: pb::Want::Verify,
-            temperature: self.temperature.unwrap_or(0.0),
-            uniform: 0.0,
-            truncation: self.opts.truncation,
             drafts: block.drafts.clone(),
             speculative: !self.sent.is_empty(),
+            ..self.chooser.shaping.ask(pb::Want::Verify, 0.0, None)
         };
         let fresh = block.rows() + self.unsent_prompt;
         match self.cloud.sync(self.local.states(), SyncRange { pos: end, tail: block.rows(), fresh }, ask).await {
@@ -460,9 +474,10 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
             Err(e) => {
                 // The oldest unverified block is where the edge goes on from.
                 let oldest = self.sent.pop_front().unwrap_or(block);
-                self.fall_back(oldest, e);
+                self.fall_back(oldest, e)?;
             }
         }
+        Ok(())
     }
 
     /// Waits for the oldest verification, up to the deadline.
@@ -483,20 +498,24 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
     /// keeps the block's first position (its input was verified), answers
     /// that position with its own draft (tier `fallback`) and forgets
     /// everything drafted after it.
-    fn fall_back(&mut self, block: Block, cause: LinkError) {
+    fn fall_back(&mut self, mut block: Block, cause: LinkError) -> Result<(), GenerateError> {
         let reason = cause.to_string();
         self.cloud.lost(cause);
         let keep = block.start + 1;
         self.roll_back(keep);
         self.sent.clear();
         self.current = None;
+        // The block's first draft is the token after the emitted ones.
+        self.chooser.truncate(self.em.out.len() + 1)?;
         let first = &block.drafts[0];
         self.input = vec![first.token];
         self.go = self.em.emit(Emitted {
             reason: Some(reason),
             bytes_up: block.bytes_up,
+            logprobs: block.logprobs.swap_remove(0),
             ..Emitted::new(keep, first.token, block.probs[0], Tier::Fallback, self.exit)
         });
+        Ok(())
     }
 
     fn finish(mut self) -> Result<Generated, GenerateError> {
@@ -514,27 +533,41 @@ impl<'e, F: FnMut(&TokenEvent)> Speculation<'e, F> {
 impl Block {
     /// An empty block whose first state is at `start`.
     fn at(start: usize) -> Self {
-        Self { start, drafts: Vec::new(), probs: Vec::new(), rx: None, ready: None, sent_at: None, bytes_up: 0 }
+        Self {
+            start,
+            drafts: Vec::new(),
+            probs: Vec::new(),
+            logprobs: Vec::new(),
+            rx: None,
+            ready: None,
+            sent_at: None,
+            bytes_up: 0,
+        }
     }
 }
 
-/// The draft from the exit's logits: the argmax (greedy), or a draw from
-/// its top entries (sampled, with the position's draft uniform).
-/// With a truncation the draft comes from the exit's distribution truncated
-/// the same way (any draft distribution keeps the output exact; this one
-/// wastes no drafts on tokens the truncated full model cannot choose).
-fn draft(logits: &[f32], temperature: Option<f32>, trunc: &Truncation, uniform: f32) -> Drafted {
-    match temperature {
-        None => {
-            let (token, probability) = top1(logits);
-            Drafted { token, probability, q: None }
+/// The draft from the exit's raw logits, shaped as every choice is (bias,
+/// then the grammar's `mask`): the argmax (greedy), or a draw from its top
+/// entries (sampled, with the position's draft uniform). The draft
+/// distribution is the exit's shaped and truncated the way the whole
+/// model's will be (any draft distribution keeps the output exact; this one
+/// wastes no drafts on tokens the whole model cannot choose).
+fn draft(mut logits: Vec<f32>, shaping: &Shaping, mask: Option<&TokenMask>, uniform: f32) -> Drafted {
+    let raw = shaping.logprobs.is_some().then(|| logits.clone());
+    logits::shape(&mut logits, &shaping.bias, mask);
+    let (token, probability, q) = match shaping.sampling {
+        Sampling::Greedy => {
+            let (token, probability) = top1(&logits);
+            (token, probability, None)
         }
-        Some(t) => {
-            let q = SparseDist::from_probs(&distribution(logits, t, trunc), DRAFT_TOP_K);
+        Sampling::Temperature(t) => {
+            let q = SparseDist::from_probs(&distribution(&logits, t, &shaping.truncation), DRAFT_TOP_K);
             let token = q.sample(uniform);
-            Drafted { token, probability: q.prob(token), q: Some(q) }
+            (token, q.prob(token), Some(q))
         }
-    }
+    };
+    let logprobs = raw.and_then(|raw| shaping.report(&raw, token));
+    Drafted { token, probability, q, logprobs }
 }
 
 #[cfg(test)]

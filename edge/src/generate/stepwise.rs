@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
-use offramp_common::decoder::model::top1;
+use offramp_common::decoder::logits::TokenMask;
 use offramp_common::decoder::sample::Sampling;
 use offramp_common::decoder::Tensor;
 use offramp_common::rng::SplitMix64;
 use offramp_proto as pb;
 use tokio::sync::oneshot;
 
+use super::choose::{Chooser, LocalChoice};
 use super::emit::{Emitted, Emitter};
 use super::link::{Ask, CloudLink, SyncRange};
 use super::local::{LocalDecoder, Stepped};
@@ -55,6 +56,7 @@ struct Stepwise<'e, F: FnMut(&TokenEvent)> {
     deadline: Duration,
     local: LocalDecoder,
     cloud: CloudLink,
+    chooser: Chooser,
     input: Vec<u32>,
     rng: SplitMix64,
     /// Edge tokens whose cloud answer is awaited at the end (`--agreement`).
@@ -70,11 +72,12 @@ pub(super) async fn generate(
     mode: Mode,
     on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generated, GenerateError> {
-    let mut run = Stepwise::new(edge, prompt, opts, mode, on_token);
+    let mut run = Stepwise::new(edge, prompt, opts, mode, on_token)?;
     loop {
         let step = run.edge_step().await?;
         let down_before = run.cloud.bytes_down();
         let chosen = run.choose(&step).await?;
+        run.chooser.consume(chosen.token)?;
         if !run.emit(down_before, chosen) {
             break;
         }
@@ -83,11 +86,17 @@ pub(super) async fn generate(
 }
 
 impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
-    fn new(edge: &'e DecoderEdge, prompt: &[u32], opts: &'e GenOptions, mode: Mode, on_token: F) -> Self {
+    fn new(
+        edge: &'e DecoderEdge,
+        prompt: &[u32],
+        opts: &'e GenOptions,
+        mode: Mode,
+        on_token: F,
+    ) -> Result<Self, GenerateError> {
         let c = edge.bundle.config();
         let max_positions = prompt.len() + opts.max_tokens;
         let spec = edge.session_spec(max_positions);
-        Self {
+        Ok(Self {
             edge,
             em: Emitter::new(edge, mode, prompt.len(), opts, on_token),
             opts,
@@ -95,10 +104,11 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
             deadline: opts.deadline.unwrap_or(edge.config.deadline),
             local: LocalDecoder::new(edge, max_positions),
             cloud: CloudLink::new(edge.endpoints.clone(), spec, c.hidden, edge.timing()),
+            chooser: Chooser::new(edge, opts)?,
             input: prompt.to_vec(),
             rng: SplitMix64::new(opts.seed),
             checks: Vec::new(),
-        }
+        })
     }
 
     /// Layers `0..K` over the step's input (the exit's state tapped on the
@@ -107,46 +117,42 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
         self.local.step(std::mem::take(&mut self.input), |_, _, _| Ok(())).await
     }
 
-    /// The edge head's choice at this step: token, its probability, top-1.
-    fn local(&self, tap: &Tensor, uniform: f32) -> Result<(u32, f32, f32), GenerateError> {
-        let logits = self.edge.local_logits(tap)?;
-        let (_, p_top) = top1(&logits);
-        let (token, p) = self.opts.sampling.choose_within(&logits, uniform, &self.opts.truncation);
-        Ok((token, p, p_top))
+    /// The edge head's choice at this step, under the position's mask.
+    fn local(&self, tap: &Tensor, mask: Option<&TokenMask>, uniform: f32) -> Result<LocalChoice, GenerateError> {
+        Ok(self.chooser.shaping.choose(self.edge.local_logits(tap)?, mask, uniform))
     }
 
     /// The step's token, where the mode's policy says it comes from.
     async fn choose(&mut self, step: &Stepped<()>) -> Result<Emitted, GenerateError> {
         let uniform = self.rng.next_f32();
+        let mask = self.chooser.mask()?;
         let (k, n) = (self.edge.split, self.edge.bundle.num_layers());
         let local = match (k == n, self.mode) {
-            (true, _) | (false, Mode::EarlyExit) => Some(self.local(&step.tap, uniform)?),
+            (true, _) | (false, Mode::EarlyExit) => Some(self.local(&step.tap, mask.as_ref(), uniform)?),
             _ => None,
         };
-        let source = source(self.mode, k, n, local.map(|l| l.2), self.edge.threshold);
-        let (want, temperature) = match self.opts.sampling {
-            Sampling::Greedy => (pb::Want::Argmax, 0.0),
-            Sampling::Temperature(t) => (pb::Want::Sample, t),
+        let source = source(self.mode, k, n, local.as_ref().map(|l| l.p_top), self.edge.threshold);
+        let want = match self.opts.sampling {
+            Sampling::Greedy => pb::Want::Argmax,
+            Sampling::Temperature(_) => pb::Want::Sample,
         };
         let (t, pos) = (step.rows, self.local.len());
         let range = SyncRange { pos, tail: t, fresh: t };
-        let edge_token =
-            |(token, probability, _): (u32, f32, f32), tier, exit| Emitted::new(pos, token, probability, tier, exit);
+        let edge_token = |l: LocalChoice, tier, exit| Emitted {
+            logprobs: l.logprobs,
+            ..Emitted::new(pos, l.token, l.probability, tier, exit)
+        };
         match source {
             Source::Edge => Ok(edge_token(local.expect("computed at K = N"), Tier::Edge, Some(n))),
             Source::ConfidentExit => {
                 let mut chosen = edge_token(local.expect("computed for early exit"), Tier::Edge, self.edge.exit);
                 // Keep the cloud's cache whole without waiting for it.
-                let ask = if self.opts.agreement { want } else { pb::Want::None };
-                if let Ok((sent, rx)) = self
-                    .cloud
-                    .sync(
-                        self.local.states(),
-                        range,
-                        Ask::token(ask, temperature, uniform).within(self.opts.truncation),
-                    )
-                    .await
-                {
+                let ask = if self.opts.agreement {
+                    Ask { logprobs: None, ..self.chooser.shaping.ask(want, uniform, mask) }
+                } else {
+                    Ask::none()
+                };
+                if let Ok((sent, rx)) = self.cloud.sync(self.local.states(), range, ask).await {
                     chosen.bytes_up = sent;
                     if let Some(rx) = rx {
                         self.checks.push((chosen.token, rx));
@@ -155,15 +161,8 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                 Ok(chosen)
             }
             Source::Cloud => {
-                let (answer, bytes_up) = match self
-                    .cloud
-                    .sync(
-                        self.local.states(),
-                        range,
-                        Ask::token(want, temperature, uniform).within(self.opts.truncation),
-                    )
-                    .await
-                {
+                let ask = self.chooser.shaping.ask(want, uniform, mask.clone());
+                let (answer, bytes_up) = match self.cloud.sync(self.local.states(), range, ask).await {
                     Ok((sent, Some(rx))) => {
                         self.em.summary.round_trips_per_token += 1.0;
                         (await_reply(rx, self.deadline, self.cloud.endpoint()).await, sent)
@@ -176,6 +175,7 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                         bytes_up,
                         endpoint: self.cloud.endpoint(),
                         cloud_batch: Some(r.batch_size),
+                        logprobs: r.logprobs.into_iter().next(),
                         ..Emitted::new(pos, r.token, r.probability, Tier::Cloud, None)
                     }),
                     Err(e) => {
@@ -183,7 +183,7 @@ impl<'e, F: FnMut(&TokenEvent)> Stepwise<'e, F> {
                         self.cloud.lost(e);
                         let l = match local {
                             Some(l) => l,
-                            None => self.local(&step.tap, uniform)?,
+                            None => self.local(&step.tap, mask.as_ref(), uniform)?,
                         };
                         let exit = Some(self.edge.exit.unwrap_or(k));
                         Ok(Emitted { reason: Some(reason), bytes_up, ..edge_token(l, Tier::Fallback, exit) })

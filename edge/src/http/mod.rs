@@ -13,6 +13,7 @@
 
 pub mod args;
 pub mod openai;
+mod structured;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
+use offramp_common::decoder::logits::LogitBias;
 use offramp_common::decoder::sample::{Sampling, Truncation};
 use offramp_common::decoder::ChatMessage;
 use offramp_transport::token::Secret;
@@ -37,6 +39,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::generate::{DecoderEdge, Finish, GenOptions, GenerateError, Generated, Mode, Summary, TokenEvent};
 use openai::{ApiError, Common, Message, Prompt, Usage};
+use structured::Output;
 
 /// Server-side defaults of the HTTP API.
 #[derive(Debug, Clone)]
@@ -244,16 +247,23 @@ async fn chat(
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                // A tool's result (and the older function role) goes back
+                // to the model as a turn of its own.
+                "tool" | "function" => "tool",
                 other => {
                     return Err(ApiError::param(
                         &format!("messages[{i}].role"),
-                        &format!("{other:?} is not supported (system, developer, user, assistant)"),
+                        &format!("{other:?} is not supported (system, developer, user, assistant, tool)"),
                     ))
                 }
             };
             let content = m.text(i)?;
             bytes += content.len();
             chat.push(ChatMessage { role: role.into(), content });
+        }
+        if let Some(text) = common.output.instructions() {
+            bytes += text.len();
+            chat.insert(0, ChatMessage { role: "system".into(), content: text });
         }
         check_prompt_size(&state, bytes, "messages")?;
         let ids = state.edge.tokenizer().encode_chat(&chat).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -384,11 +394,22 @@ fn options(state: &HttpState, kind: Kind, common: &Common, prompt_len: usize) ->
     if ext.deadline_ms == Some(0) {
         return Err(ApiError::param("deadline_ms", "must be at least 1"));
     }
+    // OpenAI's top_p = 0 keeps only the most likely token (top_k = 1);
+    // on the wire 0 means "off".
+    let top_p = common.top_p.unwrap_or(1.0);
     let truncation = Truncation {
-        top_k: common.top_k.unwrap_or(0),
-        top_p: common.top_p.unwrap_or(0.0),
+        top_k: if top_p == 0.0 { 1 } else { common.top_k.unwrap_or(0) },
+        top_p: if top_p == 0.0 { 1.0 } else { top_p },
         min_p: common.min_p.unwrap_or(0.0),
     };
+    let constraint = common.output.constraint();
+    if let Some(c) = &constraint {
+        let param = if matches!(common.output, Output::ToolCall { .. }) { "tools" } else { "response_format" };
+        state.edge.check_constraint(c).map_err(|e| ApiError::param(param, &e.to_string()))?;
+    }
+    let vocab = state.edge.bundle().config().vocab;
+    let logit_bias =
+        LogitBias::new(common.logit_bias.clone(), vocab).map_err(|e| ApiError::param("logit_bias", &e.to_string()))?;
     Ok(GenOptions {
         max_tokens,
         sampling: Sampling::from_temperature(common.temperature.unwrap_or(state.defaults.temperature)),
@@ -400,6 +421,9 @@ fn options(state: &HttpState, kind: Kind, common: &Common, prompt_len: usize) ->
         mode,
         draft: ext.draft,
         deadline: ext.deadline_ms.map(Duration::from_millis),
+        logit_bias,
+        logprobs: common.logprobs,
+        constraint,
     })
 }
 
@@ -417,6 +441,9 @@ async fn respond(state: Arc<HttpState>, kind: Kind, ids: Vec<u32>, common: Commo
         prompt_tokens: ids.len(),
         include_usage: common.include_usage,
         ignored: common.ignored.clone(),
+        output: common.output.clone(),
+        logprobs: common.logprobs.is_some(),
+        tokenizer: state.edge.tokenizer().clone(),
     };
     if common.stream {
         return stream(state, meta, ids, opts, echo);
@@ -445,17 +472,30 @@ async fn respond(state: Arc<HttpState>, kind: Kind, ids: Vec<u32>, common: Commo
             .into_response()
         }
     };
-    let text = format!("{}{}", echo.unwrap_or_default(), g.text);
-    let finish = finish_reason(&g);
+    let echoed = echo.unwrap_or_default();
+    let text = format!("{echoed}{}", g.text);
+    let events: Vec<&TokenEvent> = g.events.iter().collect();
+    let (content, calls, finish) = meta.answer(&text, &g);
     let choice = match kind {
         Kind::Chat => json!({
             "index": 0,
-            "message": { "role": "assistant", "content": text },
+            "message": { "role": "assistant", "content": content, "tool_calls": calls },
             "finish_reason": finish,
-            "logprobs": null,
+            "logprobs": meta.logprobs.then(|| structured::chat_logprobs(&meta.tokenizer, &events)),
         }),
-        Kind::Completion => json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null }),
+        Kind::Completion => json!({
+            "index": 0,
+            "text": text,
+            "finish_reason": finish,
+            "logprobs": meta.logprobs.then(|| structured::completion_logprobs(&meta.tokenizer, &events, echoed.len())),
+        }),
     };
+    let mut choice = choice;
+    if calls.is_none() {
+        if let Some(m) = choice.get_mut("message").and_then(Value::as_object_mut) {
+            m.remove("tool_calls");
+        }
+    }
     Json(json!({
         "id": meta.id,
         "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
@@ -477,9 +517,33 @@ struct Meta {
     /// `stream_options.include_usage`.
     include_usage: bool,
     ignored: Vec<String>,
+    output: Output,
+    /// Log-probabilities go with each token.
+    logprobs: bool,
+    tokenizer: Arc<offramp_common::decoder::DecoderTokenizer>,
 }
 
 impl Meta {
+    /// A finished generation's message content, tool calls (a forced call
+    /// that parses) and finish reason.
+    fn answer(&self, text: &str, g: &Generated) -> (Option<String>, Option<Value>, &'static str) {
+        if let Output::ToolCall { .. } = self.output {
+            if let Some(call) = structured::tool_call(text, &format!("call_{}", self.id)) {
+                return (None, Some(json!([call])), "tool_calls");
+            }
+        }
+        (Some(text.to_string()), None, finish_reason(g))
+    }
+
+    /// The log-probabilities of `events` as a chunk carries them.
+    fn chunk_logprobs(&self, events: &[&TokenEvent], offset: usize) -> Value {
+        match (self.logprobs, self.kind) {
+            (false, _) => Value::Null,
+            (true, Kind::Chat) => structured::chat_logprobs(&self.tokenizer, events),
+            (true, Kind::Completion) => structured::completion_logprobs(&self.tokenizer, events, offset),
+        }
+    }
+
     fn chunk(&self, delta_or_text: Value, finish: Option<&str>) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({ "index": 0, "delta": delta_or_text, "finish_reason": finish, "logprobs": null }),
@@ -522,23 +586,45 @@ fn stream(state: Arc<HttpState>, meta: Meta, ids: Vec<u32>, opts: GenOptions, ec
                 Kind::Completion => json!(text),
             };
             let mut streamed = String::new();
+            // A forced tool call is sent whole once it parses.
+            let calling = matches!(meta.output, Output::ToolCall { .. });
+            // Tokens not yet sent (no whole character yet): their
+            // log-probabilities go with the next chunk.
+            let mut pending: Vec<TokenEvent> = Vec::new();
             let on_token = |e: &TokenEvent| {
-                if e.text.is_empty() || tokenizer.is_stop(e.token) {
+                if meta.logprobs {
+                    pending.push(e.clone());
+                }
+                if calling || e.text.is_empty() || tokenizer.is_stop(e.token) {
                     return;
                 }
+                let mut chunk = meta.chunk(piece(&e.text), None);
+                if meta.logprobs {
+                    let events: Vec<&TokenEvent> = pending.iter().collect();
+                    chunk["choices"][0]["logprobs"] = meta.chunk_logprobs(&events, streamed.len());
+                    pending.clear();
+                }
                 streamed.push_str(&e.text);
-                let _ = tx.send(meta.chunk(piece(&e.text), None));
+                let _ = tx.send(chunk);
             };
             match state.edge.generate(&ids, &opts, on_token).await {
                 Ok(g) => {
-                    // Text held back: bytes waiting for the rest of a
-                    // character that never came, or text that might have
-                    // begun a stop sequence that never came.
-                    if let Some(tail) = g.text.strip_prefix(streamed.as_str()).filter(|t| !t.is_empty()) {
-                        let _ = tx.send(meta.chunk(piece(tail), None));
+                    let (content, calls, finish) = meta.answer(&g.text, &g);
+                    if let Some(calls) = calls {
+                        let mut call = calls[0].clone();
+                        call["index"] = json!(0);
+                        let _ = tx.send(meta.chunk(json!({ "tool_calls": [call] }), None));
+                    } else if let Some(tail) = content.as_deref().and_then(|c| c.strip_prefix(streamed.as_str())) {
+                        // Text held back: bytes waiting for the rest of a
+                        // character that never came, text that might have
+                        // begun a stop sequence that never came, or a
+                        // forced call that did not finish.
+                        if !tail.is_empty() {
+                            let _ = tx.send(meta.chunk(piece(tail), None));
+                        }
                     }
                     let empty = if meta.kind == Kind::Chat { json!({}) } else { json!("") };
-                    let mut last = meta.chunk(empty, Some(finish_reason(&g)));
+                    let mut last = meta.chunk(empty, Some(finish));
                     let usage = serde_json::to_value(usage(meta.prompt_tokens, g.tokens.len())).unwrap_or_default();
                     last["usage"] = usage.clone();
                     last["offramp"] = extension(&g.summary, &meta.ignored);

@@ -7,8 +7,8 @@
 //! requests is accepted; each is either honoured, accepted and reported as
 //! ignored in the response's `offramp.ignored` (where ignoring it cannot
 //! change what a client parses: penalties, `user`, metadata), or refused by
-//! name (where ignoring it would: `logprobs`, `n > 1`, `logit_bias`,
-//! structured output, forced tool calls).
+//! name (where ignoring it would: `n > 1`, content parts other than text).
+//! Structured output and tool calls are read in [`super::structured`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -48,6 +48,13 @@ pub struct Common {
     /// `stream_options.include_usage`: a last chunk with the usage.
     pub include_usage: bool,
     pub stop: Vec<String>,
+    /// `logit_bias`: token id and bias (checked against the vocabulary
+    /// later).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Log-probabilities wanted, with this many alternatives per token.
+    pub logprobs: Option<usize>,
+    /// What the output must be: text, JSON, or a tool call.
+    pub output: super::structured::Output,
     /// Fields accepted but not acted on (reported in `offramp.ignored`).
     pub ignored: Vec<String>,
     pub offramp: Extensions,
@@ -179,6 +186,9 @@ impl Common {
             stream: field(obj, "stream", "a boolean")?.unwrap_or(false),
             include_usage,
             stop: stop_sequences(obj)?,
+            logit_bias: logit_bias(obj)?,
+            logprobs: logprobs(obj)?,
+            output: super::structured::Output::parse(obj)?,
             ignored: ignored(obj),
             offramp: Extensions {
                 mode: field(obj, "mode", "a string")?,
@@ -228,11 +238,7 @@ fn ignored(obj: &Map<String, Value>) -> Vec<String> {
     };
     let mut out: Vec<String> =
         obj.iter().filter(|(k, v)| IGNORED.contains(&k.as_str()) && !neutral(k, v)).map(|(k, _)| k.clone()).collect();
-    for key in ["tools", "functions"] {
-        if obj.get(key).and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
-            out.push(key.into());
-        }
-    }
+    out.extend(super::structured::ignored_tools(obj));
     out.extend(
         obj.keys()
             .filter(|k| !READ.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()))
@@ -249,44 +255,56 @@ fn refuse_unimplemented(obj: &Map<String, Value>) -> Result<(), ApiError> {
     if n.is_some_and(|n| n != 1) {
         return Err(ApiError::param("n", "only n = 1 is supported (one choice per request)"));
     }
-    match obj.get("logprobs") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => {}
-        Some(_) => return Err(ApiError::param("logprobs", "log-probabilities are not supported")),
-    }
-    if obj.get("top_logprobs").is_some_and(|v| !(v.is_null() || v.as_u64() == Some(0))) {
-        return Err(ApiError::param("top_logprobs", "log-probabilities are not supported"));
-    }
-    if obj.get("logit_bias").is_some_and(|v| !(v.is_null() || v.as_object().is_some_and(Map::is_empty))) {
-        return Err(ApiError::param("logit_bias", "logit biases are not supported"));
-    }
-    if let Some(rf) = obj.get("response_format").filter(|v| !v.is_null()) {
-        let kind = rf.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(ApiError::param(
-                "response_format",
-                &format!(
-                    "only {{\"type\": \"text\"}} is supported (got {}): structured output is not implemented",
-                    kind.map_or_else(|| shown(rf), |k| format!("{k:?}"))
-                ),
-            ));
-        }
-    }
-    // Tools are answered in text: letting the model choose (`auto`) or
-    // not calling (`none`) is honest; forcing a call is not possible.
-    for key in ["tool_choice", "function_call"] {
-        match obj.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(v) => {
-                return Err(ApiError::param(
-                    key,
-                    &format!("{} is not supported: tool calls are never produced (use \"auto\" or \"none\")", shown(v)),
-                ))
-            }
-        }
-    }
     Ok(())
+}
+
+/// `logit_bias`: an object from token ids (as strings) to biases in
+/// [-100, 100].
+fn logit_bias(obj: &Map<String, Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = field::<Map<String, Value>>(obj, "logit_bias", "an object from token ids to biases")? else {
+        return Ok(Vec::new());
+    };
+    map.iter()
+        .map(|(k, v)| {
+            let token = k.parse::<u32>().map_err(|_| {
+                ApiError::param(
+                    "logit_bias",
+                    &format!("keys must be token ids (got {})", shown(&Value::from(k.as_str()))),
+                )
+            })?;
+            let bias = v.as_f64().filter(|b| b.is_finite() && b.abs() <= 100.0).ok_or_else(|| {
+                ApiError::param(
+                    "logit_bias",
+                    &format!("token {token}: a bias is a number in [-100, 100] (got {})", shown(v)),
+                )
+            })?;
+            Ok((token, bias as f32))
+        })
+        .collect()
+}
+
+/// Log-probabilities: chat's `logprobs: true` with `top_logprobs` (0..=20),
+/// or the completions API's `logprobs: N` (alternatives per token, 0..=20).
+fn logprobs(obj: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    let top: Option<u64> = field(obj, "top_logprobs", "an integer between 0 and 20")?;
+    if top.is_some_and(|t| t > 20) {
+        return Err(ApiError::param("top_logprobs", "must be an integer between 0 and 20"));
+    }
+    let wanted = match obj.get("logprobs") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(top.unwrap_or(0) as usize),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(k) if k <= 20 => Some(k as usize),
+            _ => return Err(ApiError::param("logprobs", "must be a boolean, or an integer between 0 and 20")),
+        },
+        Some(v) => {
+            return Err(ApiError::param("logprobs", &format!("must be a boolean or an integer (got {})", shown(v))))
+        }
+    };
+    if wanted.is_none() && top.is_some_and(|t| t > 0) {
+        return Err(ApiError::param("top_logprobs", "needs logprobs: true"));
+    }
+    Ok(wanted)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +314,10 @@ pub struct Message {
     /// understood.
     #[serde(default)]
     pub content: Value,
+    /// An assistant turn's earlier tool calls (shown to the model as
+    /// their JSON).
+    #[serde(default)]
+    pub tool_calls: Value,
 }
 
 impl Message {
@@ -320,16 +342,22 @@ impl Message {
                     Some(v) => return Err(ApiError::param(&param, &format!("must be a string (got {})", shown(v)))),
                     None => return Err(ApiError::param(&param, "is required")),
                 };
-                Ok(Message { role, content: o.get("content").cloned().unwrap_or(Value::Null) })
+                Ok(Message {
+                    role,
+                    content: o.get("content").cloned().unwrap_or(Value::Null),
+                    tool_calls: o.get("tool_calls").cloned().unwrap_or(Value::Null),
+                })
             })
             .collect()
     }
 
-    /// The message's text.
+    /// The message's text (an assistant's earlier tool calls as their
+    /// JSON when it has no content).
     pub fn text(&self, index: usize) -> Result<String, ApiError> {
         let param = format!("messages[{index}].content");
         match &self.content {
             Value::String(s) => Ok(s.clone()),
+            Value::Null if !self.tool_calls.is_null() => Ok(self.tool_calls.to_string()),
             Value::Null => Ok(String::new()),
             Value::Array(parts) => parts
                 .iter()

@@ -137,6 +137,12 @@ pub struct CloudOffer {
     pub max_rows: usize,
     /// It applies `top_k` / `top_p` / `min_p` (older clouds ignore them).
     pub truncated_sampling: bool,
+    /// It applies token masks (constrained decoding).
+    pub token_masks: bool,
+    /// It applies a logit bias.
+    pub logit_bias: bool,
+    /// It reports log-probabilities.
+    pub logprobs: bool,
 }
 
 /// Checks a decoder handshake answer against `spec`, and what the cloud offers.
@@ -172,9 +178,13 @@ pub fn check_decoder(url: &str, info: &pb::DecoderInfo, spec: &SessionSpec) -> R
         )));
     }
     let width = model.hidden as usize * offramp_common::codec::element_size(spec.encoding);
+    let offers = |feature: &str| info.features.iter().any(|f| f == feature);
     Ok(CloudOffer {
         max_rows: ((info.max_payload_bytes as usize).saturating_sub(1024) / width.max(1)).max(1),
-        truncated_sampling: info.features.iter().any(|f| f == pb::FEATURE_TRUNCATED_SAMPLING),
+        truncated_sampling: offers(pb::FEATURE_TRUNCATED_SAMPLING),
+        token_masks: offers(pb::FEATURE_TOKEN_MASKS),
+        logit_bias: offers(pb::FEATURE_LOGIT_BIAS),
+        logprobs: offers(pb::FEATURE_LOGPROBS),
     })
 }
 
