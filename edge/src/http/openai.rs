@@ -12,6 +12,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use offramp_common::codec::echo::{self, quoted};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -267,7 +268,7 @@ fn refuse_unimplemented(obj: &Map<String, Value>) -> Result<(), ApiError> {
                 "response_format",
                 &format!(
                     "only {{\"type\": \"text\"}} is supported (got {}): structured output is not implemented",
-                    kind.map_or_else(|| shown(rf), |k| format!("{k:?}"))
+                    kind.map_or_else(|| shown(rf), quoted)
                 ),
             ));
         }
@@ -337,7 +338,10 @@ impl Message {
                     (Some("text"), Some(t)) => Ok(t.to_string()),
                     (kind, _) => Err(ApiError::param(
                         &param,
-                        &format!("content parts of type {} are not supported (text only)", kind.unwrap_or("?")),
+                        &format!(
+                            "content parts of type {} are not supported (text only)",
+                            kind.map_or_else(|| "?".into(), echo::text)
+                        ),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()
