@@ -23,6 +23,7 @@
 #![no_main]
 
 mod check;
+mod tiny;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -31,7 +32,6 @@ use libfuzzer_sys::fuzz_target;
 use offramp_cloud::auth::Caller;
 use offramp_cloud::generation::{DecoderSlot, Generation, SessionLimits};
 use offramp_common::codec;
-use offramp_common::decoder::tiny::{write_tiny_gguf, TinySpec};
 use offramp_common::decoder::DecoderBundle;
 use offramp_proto as pb;
 use pb::generate_request::Msg;
@@ -57,12 +57,7 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("offramp-fuzz-generate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let gguf = dir.join("tiny.gguf");
-        write_tiny_gguf(&gguf, TinySpec::default()).unwrap();
-        let whole = DecoderBundle::import(&gguf, &dir.join("whole"), None, &[2, 4], 512).unwrap();
+        let (whole, dir) = tiny::decoder("generate-session", 512);
         let cloud = dir.join("cloud");
         whole.split(SPLIT, &dir.join("edge"), Some(&cloud)).unwrap();
         let slot = DecoderSlot::load(DecoderBundle::open(&cloud).unwrap()).unwrap();
@@ -120,18 +115,6 @@ fn bounded_error(code: Code, message: &str) {
     assert!(message.len() <= check::MAX_MESSAGE, "message of {} bytes: {}", message.len(), &message[..200]);
 }
 
-fn step(id: u64, position: u32, rows: usize, hidden: usize) -> pb::GenerateRequest {
-    pb::GenerateRequest {
-        msg: Some(Msg::Step(pb::DecodeStep {
-            request_id: id,
-            position,
-            hidden: Some(codec::encode(&vec![0.1; rows * hidden], &[rows, hidden], pb::Encoding::F32)),
-            want: pb::Want::Argmax as i32,
-            ..Default::default()
-        })),
-    }
-}
-
 /// A well-formed session still runs: opened, then a token after each step.
 fn fresh_session_runs(w: &World) {
     let open = pb::GenerateRequest {
@@ -142,7 +125,14 @@ fn fresh_session_runs(w: &World) {
             ..Default::default()
         })),
     };
-    let got = serve(w, vec![Ok(open), Ok(step(1, 0, 2, w.hidden)), Ok(step(2, 2, 1, w.hidden))]);
+    let rows = |n: usize| Some(codec::encode(&vec![0.1; n * w.hidden], &[n, w.hidden], pb::Encoding::F32));
+    let argmax = pb::DecodeStep { want: pb::Want::Argmax as i32, ..Default::default() };
+    let steps = [
+        pb::DecodeStep { request_id: 1, position: 0, hidden: rows(2), ..argmax.clone() },
+        pb::DecodeStep { request_id: 2, position: 2, hidden: rows(1), ..argmax },
+    ];
+    let inbound = std::iter::once(open).chain(steps.map(|s| pb::GenerateRequest { msg: Some(Msg::Step(s)) }));
+    let got = serve(w, inbound.map(Ok).collect());
     let got: Vec<_> = got.into_iter().map(|m| m.expect("a fresh session ends cleanly")).collect();
     assert!(matches!(got.first().and_then(|m| m.result.as_ref()), Some(Answer::Opened(_))), "{got:?}");
     let steps: Vec<(u64, u32, u32)> = got[1..]

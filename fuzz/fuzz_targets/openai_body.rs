@@ -20,6 +20,7 @@
 #![no_main]
 
 mod check;
+mod tiny;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -27,8 +28,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use offramp_common::decoder::tiny::{write_tiny_gguf, TinySpec};
-use offramp_common::decoder::DecoderBundle;
 use offramp_edge::generate::{DecoderEdge, GenerateConfig, Mode};
 use offramp_edge::http::{router, HttpDefaults, HttpState};
 use serde_json::Value;
@@ -45,12 +44,7 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("offramp-fuzz-openai-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let gguf = dir.join("tiny.gguf");
-        write_tiny_gguf(&gguf, TinySpec::default()).unwrap();
-        let bundle = DecoderBundle::import(&gguf, &dir.join("whole"), None, &[2, 4], CONTEXT).unwrap();
+        let (bundle, _) = tiny::decoder("openai-body", CONTEXT);
         let layers = bundle.num_layers();
         let edge = DecoderEdge::new(bundle, GenerateConfig::new(Mode::AllEdge, layers, vec![])).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
