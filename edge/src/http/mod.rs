@@ -604,10 +604,11 @@ fn generate_error(e: GenerateError) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    //! Refusals echo what the client sent bounded: found by the
-    //! `openai_body` fuzz target (`fuzz/seeds/openai_body/finding-*`), a
-    //! 3,000-character role, model, mode, `response_format` type or content
-    //! part type came back whole in the error message.
+    //! Refusals echo what the client sent bounded. The `openai_body` fuzz
+    //! target's bound on error messages, checked on the hand-written inputs
+    //! `fuzz/seeds/openai_body/finding-*`, showed a 3,000-character role,
+    //! model, mode, `response_format` type or content part type (and model
+    //! id in `GET /v1/models/{id}`) coming back whole in the message.
 
     use std::net::SocketAddr;
 
