@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets in fuzz/ (frame, codec, policy, manifest,
-# request, text), each
+# request, text, openai_body, generate_session), each
 # for a number of seconds, starting from the seeds in fuzz/seeds/<target>/.
 # Usage: deploy/scripts/fuzz.sh [seconds] [target...]
 #   deploy/scripts/fuzz.sh                 # every target, 600 s each
@@ -32,7 +32,7 @@ for t in "${targets[@]}"; do
   log=$(mktemp)
   if cargo fuzz run -s "$san" --jobs "$jobs" "$t" "corpus/$t" -- \
       -max_total_time="$secs" -print_final_stats=1 ${FUZZ_ARGS:-} >"$log" 2>&1; then
-    grep -E "^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)" "$log" || tail -n 3 "$log"
+    grep -E "^(#[0-9]+[[:space:]]+DONE|Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)" "$log" || tail -n 3 "$log"
   else
     failed+=("$t"); tail -n 40 "$log"
   fi

@@ -12,7 +12,9 @@ use offramp_common::codec;
 use offramp_common::policy::{Policy, Rule};
 use offramp_proto::{self as pb, Compression, Encoding, ExitRuleSpec, InferRequest};
 use offramp_transport::frame::{self, Kind};
+use pb::generate_request::Msg;
 use prost::Message;
+use serde_json::json;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
@@ -117,6 +119,124 @@ fn main() {
     let ids: Vec<u8> = [2.0f32, 9.0, 14.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
     write("text", "ids", &cat(&[1], &ids));
 
+    // openai_body: the steering byte (bit 0: completions, else chat), then
+    // the body as the OpenAI clients send it.
+    let chat = |body: serde_json::Value| cat(&[0], body.to_string().as_bytes());
+    let completion = |body: serde_json::Value| cat(&[1], body.to_string().as_bytes());
+    let messages = json!([
+        { "role": "system", "content": "be brief" },
+        { "role": "user", "content": "what is the answer ?" },
+    ]);
+    write("openai_body", "chat", &chat(json!({ "model": "tiny-llama", "messages": messages, "max_tokens": 8 })));
+    write(
+        "openai_body",
+        "chat-stream-usage-stop",
+        &chat(json!({
+            "messages": messages, "stream": true, "stream_options": { "include_usage": true },
+            "stop": ["\n", "the"], "seed": 42, "temperature": 0.7, "top_p": 0.9, "max_completion_tokens": 6,
+        })),
+    );
+    write(
+        "openai_body",
+        "chat-parts-tools",
+        &chat(json!({
+            "messages": [{ "role": "developer", "content": [{ "type": "text", "text": "hi" }] },
+                         { "role": "user", "content": [{ "type": "text", "text": "the weather ?" }] }],
+            "tools": [{ "type": "function", "function": { "name": "weather", "parameters": { "type": "object" } } }],
+            "tool_choice": "auto", "response_format": { "type": "text" }, "n": 1, "logprobs": false,
+            "frequency_penalty": 0.5, "user": "u-1", "max_tokens": 4,
+        })),
+    );
+    write(
+        "openai_body",
+        "chat-offramp-fields",
+        &chat(
+            json!({ "messages": messages, "mode": "all-edge", "draft": 3, "deadline_ms": 50, "top_k": 5, "min_p": 0.1 }),
+        ),
+    );
+    write("openai_body", "completion", &completion(json!({ "prompt": "in 1999 there were", "max_tokens": 8 })));
+    write(
+        "openai_body",
+        "completion-ids-echo-stream",
+        &completion(json!({ "prompt": [[104, 101, 108, 108, 111]], "echo": true, "stream": true, "max_tokens": 4 })),
+    );
+    // A long conversation (past the tiny model's context of 64 tokens; it
+    // also lets libFuzzer's length guess reach bodies of a few KB).
+    let history: Vec<serde_json::Value> = (0..24)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            json!({ "role": role, "content": format!("turn {i}: in 1999 there were 42 cats on the roof, and then some more came") })
+        })
+        .collect();
+    write("openai_body", "chat-long-history", &chat(json!({ "messages": history, "max_tokens": 16 })));
+    write("openai_body", "not-json", &cat(&[0], b"{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}"));
+
+    // generate_session: the steering byte (bit 0: the cloud's fingerprint
+    // in every open, bit 1: the stream ends with a transport error), then
+    // length-delimited messages. The tiny decoder is 64 wide; its cloud
+    // side serves split 3.
+    let width = offramp_common::decoder::tiny::TinySpec::default().hidden;
+    let open = |max_positions: u32| pb::GenerateRequest {
+        msg: Some(Msg::Open(pb::OpenSession { split: 3, max_positions, edge_id: "fuzz".into(), ..Default::default() })),
+    };
+    let step = |id: u64, position: u32, rows: usize, want: pb::Want, encoding: Encoding| pb::DecodeStep {
+        request_id: id,
+        position,
+        hidden: Some(codec::encode(&vec![0.25; rows * width], &[rows, width], encoding)),
+        want: want as i32,
+        ..Default::default()
+    };
+    let msg = |s: pb::DecodeStep| pb::GenerateRequest { msg: Some(Msg::Step(s)) };
+    let stream = |steer: u8, msgs: &[pb::GenerateRequest]| {
+        let mut out = vec![steer];
+        for m in msgs {
+            m.encode_length_delimited(&mut out).unwrap();
+        }
+        out
+    };
+    let prompt = step(1, 0, 3, pb::Want::Argmax, Encoding::F32);
+    write(
+        "generate_session",
+        "argmax",
+        &stream(1, &[open(16), msg(prompt.clone()), msg(step(2, 3, 1, pb::Want::Argmax, Encoding::F16))]),
+    );
+    let sampled = pb::DecodeStep {
+        temperature: 0.8,
+        uniform: 0.3,
+        top_k: 5,
+        top_p: 0.9,
+        min_p: 0.05,
+        ..step(2, 3, 1, pb::Want::Sample, Encoding::F32)
+    };
+    write(
+        "generate_session",
+        "sample-truncated",
+        &stream(1, &[open(0), msg(step(1, 0, 3, pb::Want::None, Encoding::F32)), msg(sampled)]),
+    );
+    let verify = pb::DecodeStep {
+        drafts: vec![pb::Draft { token: 7, ..Default::default() }, pb::Draft { token: 9, ..Default::default() }],
+        ..step(2, 3, 2, pb::Want::Verify, Encoding::F32)
+    };
+    let draft = |token: u32| pb::Draft {
+        token,
+        q_tokens: vec![token, 4],
+        q_probs: vec![0.75, 0.25],
+        accept_uniform: 0.5,
+        residual_uniform: 0.5,
+    };
+    let speculative = pb::DecodeStep {
+        drafts: vec![draft(5), draft(6)],
+        temperature: 0.9,
+        speculative: true,
+        ..step(3, 5, 2, pb::Want::Verify, Encoding::F32)
+    };
+    write(
+        "generate_session",
+        "verify-speculative",
+        &stream(1, &[open(32), msg(prompt.clone()), msg(verify), msg(speculative)]),
+    );
+    write("generate_session", "no-open-broken", &stream(2, &[msg(prompt.clone()), open(8)]));
+    write("generate_session", "wrong-fingerprint", &stream(0, &[open(8), msg(prompt)]));
     // manifest: the shipped model's manifest.json.
     write("manifest", "b-lenet-mnist", include_bytes!("../../models/b-lenet-mnist/manifest.json"));
 }

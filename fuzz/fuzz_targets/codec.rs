@@ -58,7 +58,7 @@ fn round_trip(mut values: Vec<f32>, channels: u8, encoding: u8, lz4: bool) {
         }
     }
     let c = channels as usize % 8 + 1;
-    let shape = if values.len() % c == 0 && c > 1 { vec![c, values.len() / c] } else { vec![values.len()] };
+    let shape = if c > 1 && values.len().is_multiple_of(c) { vec![c, values.len() / c] } else { vec![values.len()] };
     let mut t = codec::encode(&values, &shape, encoding);
     let plain = t.data.clone();
     if lz4 {

@@ -55,6 +55,7 @@ fn world() -> &'static World {
             max_payload_bytes: 1 << 16,
             encodings: codec::ENCODINGS.to_vec(),
             draining: false.into(),
+            generation: Default::default(),
         };
         World { rt, state, models }
     })

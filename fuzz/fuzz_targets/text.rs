@@ -23,8 +23,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use offramp_common::Bundle;
 use offramp_edge::{Edge, EdgeConfig, Tier};
-use offramp_training::import_hf::testing::TinyBert;
 use offramp_training::import_hf;
+use offramp_training::import_hf::testing::TinyBert;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -39,7 +39,7 @@ fn world() -> &'static World {
         TinyBert::default().write(&dir.join("hf"), 11).unwrap();
         let args = import_hf::testing::import_args(&dir.join("hf"), &dir.join("bundle"));
         import_hf::run(&args).unwrap();
-        let bundle = Bundle::load(&dir.join("bundle")).unwrap();
+        let bundle = Bundle::load(dir.join("bundle")).unwrap();
         let n = bundle.num_blocks();
         let labels = bundle.labels().to_vec();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
+use offramp_common::codec::echo::quoted;
 use offramp_common::decoder::logits::LogitBias;
 use offramp_common::decoder::sample::{Sampling, Truncation};
 use offramp_common::decoder::ChatMessage;
@@ -157,7 +158,7 @@ async fn model(
     }
     let served = state.edge.bundle().model_id();
     if id != served {
-        return ApiError::param("model", &format!("this server serves {served:?}, not {id:?}"))
+        return ApiError::param("model", &format!("this server serves {served:?}, not {}", quoted(&id)))
             .with(StatusCode::NOT_FOUND, "model_not_found")
             .into_response();
     }
@@ -253,7 +254,7 @@ async fn chat(
                 other => {
                     return Err(ApiError::param(
                         &format!("messages[{i}].role"),
-                        &format!("{other:?} is not supported (system, developer, user, assistant, tool)"),
+                        &format!("{} is not supported (system, developer, user, assistant, tool)", quoted(other)),
                     ))
                 }
             };
@@ -352,7 +353,7 @@ fn options(state: &HttpState, kind: Kind, common: &Common, prompt_len: usize) ->
     if let Some(model) = common.model.as_deref() {
         let id = state.edge.bundle().model_id();
         if !model.is_empty() && model != id {
-            return Err(ApiError::param("model", &format!("this server serves {id:?}, not {model:?}"))
+            return Err(ApiError::param("model", &format!("this server serves {id:?}, not {}", quoted(model)))
                 .with(StatusCode::NOT_FOUND, "model_not_found"));
         }
     }
@@ -381,7 +382,7 @@ fn options(state: &HttpState, kind: Kind, common: &Common, prompt_len: usize) ->
             let mode = <Mode as clap::ValueEnum>::from_str(name, true).map_err(|_| {
                 ApiError::param(
                     "mode",
-                    &format!("{name:?} is not a mode (split, early-exit, speculative, all-cloud, all-edge)"),
+                    &format!("{} is not a mode (split, early-exit, speculative, all-cloud, all-edge)", quoted(name)),
                 )
             })?;
             state.edge.check_mode(mode).map_err(|e| ApiError::param("mode", &e.to_string()))?;
@@ -684,5 +685,82 @@ fn generate_error(e: GenerateError) -> ApiError {
         e if e.is_bad_request() => ApiError::invalid(e.to_string()),
         GenerateError::Link(l) => ApiError::server(StatusCode::SERVICE_UNAVAILABLE, "cloud_unavailable", l.to_string()),
         e => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Refusals echo what the client sent bounded. The `openai_body` fuzz
+    //! target's bound on error messages, checked on the hand-written inputs
+    //! `fuzz/seeds/openai_body/finding-*`, showed a 3,000-character role,
+    //! model, mode, `response_format` type or content part type (and model
+    //! id in `GET /v1/models/{id}`) coming back whole in the message.
+
+    use std::net::SocketAddr;
+
+    use offramp_common::decoder::tiny::{write_tiny_gguf, TinySpec};
+    use offramp_common::decoder::DecoderBundle;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::generate::{GenerateConfig, Mode};
+
+    /// One HTTP/1.1 request on its own connection: the status and the JSON body.
+    async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head[9..12].parse().unwrap(), serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
+    }
+
+    #[tokio::test]
+    async fn refusals_echo_the_clients_values_bounded() {
+        let dir = std::env::temp_dir().join(format!("offramp-edge-http-echo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_tiny_gguf(&dir.join("tiny.gguf"), TinySpec::default()).unwrap();
+        let bundle = DecoderBundle::import(&dir.join("tiny.gguf"), &dir.join("whole"), None, &[2, 4], 64).unwrap();
+        let n = bundle.num_layers();
+        let edge = DecoderEdge::new(bundle, GenerateConfig::new(Mode::AllEdge, n, vec![])).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server =
+            tokio::spawn(serve(listener, HttpState::new(edge, HttpDefaults::default()), std::future::pending()));
+
+        let long = "r".repeat(3000);
+        let user = json!([{ "role": "user", "content": "hi" }]);
+        let chat = |extra: Value| {
+            let mut body = json!({ "messages": user });
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            ("/v1/chat/completions", body.to_string())
+        };
+        let cases = [
+            (chat(json!({ "messages": [{ "role": long, "content": "hi" }] })), "messages[0].role"),
+            (chat(json!({ "model": long })), "model"),
+            (chat(json!({ "mode": long })), "mode"),
+            (chat(json!({ "response_format": { "type": long } })), "response_format.type"),
+            (chat(json!({ "messages": [{ "role": "user", "content": [{ "type": long }] }] })), "messages[0].content"),
+        ];
+        for ((path, body), param) in cases {
+            let (status, v) = call(addr, "POST", path, &body).await;
+            assert!((400..500).contains(&status), "{status}: {v}");
+            assert_eq!(v["error"]["param"], param, "{v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.len() < 300 && message.contains("(3000 bytes)"), "{param}: {message}");
+        }
+        let (status, v) = call(addr, "GET", &format!("/v1/models/{long}"), "").await;
+        assert_eq!(status, 404, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.len() < 300 && message.contains("(3000 bytes)"), "{message}");
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use offramp_common::codec::echo;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -365,7 +366,10 @@ impl Message {
                     (Some("text"), Some(t)) => Ok(t.to_string()),
                     (kind, _) => Err(ApiError::param(
                         &param,
-                        &format!("content parts of type {} are not supported (text only)", kind.unwrap_or("?")),
+                        &format!(
+                            "content parts of type {} are not supported (text only)",
+                            kind.map_or_else(|| "?".into(), echo::text)
+                        ),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()

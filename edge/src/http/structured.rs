@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use super::openai::{field, ApiError};
 use crate::generate::grammar::Constraint;
 use crate::generate::TokenEvent;
+use offramp_common::codec::echo::quoted;
 use offramp_common::decoder::DecoderTokenizer;
 
 /// One function the client offers.
@@ -99,7 +100,10 @@ fn response_format(obj: &Map<String, Value>) -> Result<Option<Constraint>, ApiEr
         }
         other => Err(ApiError::param(
             "response_format.type",
-            &format!("must be \"text\", \"json_object\" or \"json_schema\" (got {})", other.unwrap_or("nothing")),
+            &format!(
+                "must be \"text\", \"json_object\" or \"json_schema\" (got {})",
+                other.map_or("nothing".into(), quoted)
+            ),
         )),
     }
 }
@@ -157,7 +161,7 @@ fn forced_tools(obj: &Map<String, Value>, tools: &[Tool]) -> Result<Option<Vec<T
             None => Ok(Some(tools.to_vec())),
             Some(n) => match tools.iter().find(|t| t.name == n) {
                 Some(t) => Ok(Some(vec![t.clone()])),
-                None => Err(ApiError::param(key, &format!("names {n:?}, which is not among the tools"))),
+                None => Err(ApiError::param(key, &format!("names {}, which is not among the tools", quoted(&n)))),
             },
         };
     }
