@@ -223,6 +223,7 @@ fn main() {
         q_probs: vec![0.75, 0.25],
         accept_uniform: 0.5,
         residual_uniform: 0.5,
+        mask: Some(pb::TokenMask { allow: false, deltas: vec![1, 1] }),
     };
     let speculative = pb::DecodeStep {
         drafts: vec![draft(5), draft(6)],
@@ -235,6 +236,17 @@ fn main() {
         "verify-speculative",
         &stream(1, &[open(32), msg(prompt.clone()), msg(verify), msg(speculative)]),
     );
+    // Constrained decoding: a grammar's mask on a token step, a logit
+    // bias, log-probabilities.
+    let constrained = pb::DecodeStep {
+        mask: Some(pb::TokenMask { allow: true, deltas: vec![5, 2, 1] }),
+        bias_tokens: vec![5, 9],
+        bias_values: vec![-100.0, 2.5],
+        logprobs: true,
+        top_logprobs: 3,
+        ..step(2, 3, 1, pb::Want::Argmax, Encoding::F32)
+    };
+    write("generate_session", "masked-biased-logprobs", &stream(1, &[open(16), msg(prompt.clone()), msg(constrained)]));
     write("generate_session", "no-open-broken", &stream(2, &[msg(prompt.clone()), open(8)]));
     write("generate_session", "wrong-fingerprint", &stream(0, &[open(8), msg(prompt)]));
     // manifest: the shipped model's manifest.json.
