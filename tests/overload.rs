@@ -3,7 +3,7 @@
 //! `DeadlineExceeded`), never another status, and the cloud answers a good
 //! request right after.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use offramp_cloud::config::{BatchConfig, QuicConfig};
@@ -37,7 +37,7 @@ async fn excess_load_gets_only_resource_exhausted_or_deadline_exceeded_on_every_
     for (kind, url, creds) in transports {
         let t = Transport::new(kind, &url, &ConnectConfig::default(), &creds).unwrap();
         t.model_info(Duration::from_secs(5)).await.unwrap();
-        let mut counts: BTreeMap<Code, usize> = BTreeMap::new();
+        let mut counts: HashMap<Code, usize> = HashMap::new();
         for wave in 0..3u64 {
             let calls: Vec<_> = (0..200u64)
                 .map(|i| {

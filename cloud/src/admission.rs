@@ -36,9 +36,9 @@
 //!
 //! **The floor.** While fewer than `floor` requests (one batch per compute
 //! worker) are in flight, every request is admitted whatever the estimate
-//! says: the compute thread is never starved by a stale estimate, and before
-//! the first answer (no estimate yet) only the floor is admitted.
-//! `--max-queue` stays the hard bound behind all this.
+//! says: the compute thread is never starved by a stale estimate. Before
+//! the first answer there is no estimate, and only `--max-queue`, the hard
+//! bound behind all this, applies.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,8 +63,8 @@ pub struct Admission {
 /// A refused request: why, and how long to wait.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Refusal {
-    /// The expected wait (`None` before the first answer).
-    pub expected: Option<Duration>,
+    /// The expected wait.
+    pub expected: Duration,
     pub budget: Duration,
     pub in_flight: usize,
     pub retry_after: Duration,
@@ -108,19 +108,20 @@ impl Admission {
         if ahead < self.floor {
             return Ok(());
         }
+        // Nothing measured yet: nothing to predict from.
+        let Some(c) = self.per_request() else { return Ok(()) };
         let budget = self.budget(deadline);
-        let expected = self.per_request().map(|c| c * (ahead as u32).saturating_add(1));
-        match expected {
-            Some(e) if e <= budget => Ok(()),
-            _ => Err(Refusal {
-                expected,
-                budget,
-                in_flight: ahead,
-                // Until the excess has drained (at least a millisecond);
-                // before any estimate, one target's worth.
-                retry_after: expected.map_or(self.max_delay, |e| e - budget).max(Duration::from_millis(1)),
-            }),
+        let expected = c * (ahead.min(u32::MAX as usize - 1) as u32 + 1);
+        if expected <= budget {
+            return Ok(());
         }
+        Err(Refusal {
+            expected,
+            budget,
+            in_flight: ahead,
+            // Until the excess has drained (at least a millisecond).
+            retry_after: (expected - budget).max(Duration::from_millis(1)),
+        })
     }
 
     /// Admits a request with `deadline` left, or refuses it (`OverBudget`).
@@ -176,11 +177,16 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_is_admitted_before_anything_is_measured_and_nothing_more() {
+    fn before_the_first_answer_nothing_is_refused_and_after_it_the_floor_always_admitted() {
         let a = Admission::new(ms(20), 2);
+        let before: Vec<Ticket> = (0..100).map(|_| a.admit(None).unwrap()).collect();
+        assert_eq!(a.in_flight(), 100);
+        drop(before);
+        // A service time of a second: past the floor, nothing fits 20 ms.
+        a.record(1e9);
         let (t1, t2) = (a.admit(None).unwrap(), a.admit(None).unwrap());
         let e = a.admit(None).unwrap_err();
-        assert!(matches!(e, CloudError::OverBudget(Refusal { expected: None, in_flight: 2, .. })), "{e:?}");
+        assert!(matches!(e, CloudError::OverBudget(Refusal { in_flight: 2, .. })), "{e:?}");
         assert_eq!(a.in_flight(), 2, "a refusal leaves the count as it was");
         drop((t1, t2));
         assert_eq!(a.in_flight(), 0);
@@ -198,7 +204,7 @@ mod tests {
         // ... but not a deadline of 15 ms.
         let e = a.admit(Some(ms(15))).unwrap_err();
         let CloudError::OverBudget(r) = e else { panic!("{e:?}") };
-        assert_eq!((r.expected, r.budget, r.retry_after), (Some(ms(30)), ms(15), ms(15)));
+        assert_eq!((r.expected, r.budget, r.retry_after), (ms(30), ms(15), ms(15)));
         // Two ahead: 30 ms is over the target.
         let e = a.admit(Some(ms(1000))).unwrap_err();
         let CloudError::OverBudget(r) = e else { panic!("{e:?}") };

@@ -131,14 +131,11 @@ impl CloudError {
 
 /// The message of a request refused on arrival.
 fn overloaded(r: &crate::admission::Refusal) -> String {
-    let wait = match r.expected {
-        Some(e) => format!("would wait about {} ms", e.as_secs_f64() * 1e3),
-        None => "would wait an unknown time (no answer measured yet)".to_string(),
-    };
     format!(
-        "overloaded: behind the {} requests in flight this one {wait}, over its budget of {} ms (deadline or \
-         --max-queue-delay); retry in {} ms or try another endpoint",
+        "overloaded: behind the {} requests in flight this one would wait about {:.1} ms, over its budget of {:.1} \
+         ms (deadline or --max-queue-delay); retry in {} ms or try another endpoint",
         r.in_flight,
+        r.expected.as_secs_f64() * 1e3,
         r.budget.as_secs_f64() * 1e3,
         r.retry_after.as_millis()
     )

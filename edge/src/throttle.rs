@@ -18,7 +18,9 @@
 //! little, and the rest never leave the edge. A local refusal is
 //! `ResourceExhausted` (the edge's reason `overloaded`, as the cloud's own).
 //! Only `ResourceExhausted` counts against the cloud: a slow or unreachable
-//! one is the deadline's and the breaker's business.
+//! one is the deadline's and the breaker's business. A request sent is
+//! counted when its answer comes (one refused here at once): a burst still
+//! in flight is not mistaken for requests the cloud failed to accept.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -74,14 +76,14 @@ impl Throttle {
         }
     }
 
-    /// Counts a request and says whether to send it; `Err`: refused here
-    /// (`ResourceExhausted`).
+    /// Whether to send a request; `Err`: refused here (`ResourceExhausted`,
+    /// counted). A request sent is counted by [`Throttle::record`].
     pub fn admit(&self) -> Result<(), Status> {
         let Ok(mut s) = self.state.lock() else { return Ok(()) };
         s.decay(Instant::now());
         let p = ((s.requests - self.k * s.accepts) / (s.requests + 1.0)).max(0.0);
-        s.requests += 1.0;
         if p > 0.0 && (s.rng.next_f32() as f64) < p {
+            s.requests += 1.0;
             return Err(Status::resource_exhausted(format!(
                 "{REFUSED_HERE}: the cloud accepted {:.0} of the last {:.0} requests (client-side adaptive \
                  throttling, K = {})",
@@ -91,11 +93,12 @@ impl Throttle {
         Ok(())
     }
 
-    /// Counts the cloud's answer to a request that was sent.
+    /// Counts a request that was sent, with the cloud's answer.
     pub fn record(&self, answer: Result<(), Code>) {
-        if answer != Err(Code::ResourceExhausted) {
-            if let Ok(mut s) = self.state.lock() {
-                s.decay(Instant::now());
+        if let Ok(mut s) = self.state.lock() {
+            s.decay(Instant::now());
+            s.requests += 1.0;
+            if answer != Err(Code::ResourceExhausted) {
                 s.accepts += 1.0;
             }
         }
@@ -133,6 +136,14 @@ mod tests {
         }
         assert!(sent < 1_000, "sent {sent} of 20,000");
         assert!(sent > 0, "a trickle still goes out, to notice recovery");
+    }
+
+    #[test]
+    fn a_burst_in_flight_is_not_throttled() {
+        let t = Throttle::new(K, 5);
+        for _ in 0..1000 {
+            t.admit().unwrap();
+        }
     }
 
     #[test]

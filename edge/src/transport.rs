@@ -164,10 +164,24 @@ impl Transport {
     /// as `DeadlineExceeded`; a request the throttle refuses never leaves
     /// (`ResourceExhausted`).
     pub async fn infer(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
-        let Some(throttle) = &self.throttle else { return self.send(req, timeout).await };
-        throttle.admit()?;
+        self.admit()?;
+        self.infer_admitted(req, timeout).await
+    }
+
+    /// The throttle's verdict on one more request (counted as asked for);
+    /// `Err`: refused here. [`Self::infer`] asks it itself; a caller that
+    /// wants to skip building a request the throttle would refuse asks
+    /// first and then sends with [`Self::infer_admitted`].
+    pub fn admit(&self) -> Result<(), Status> {
+        self.throttle.as_ref().map_or(Ok(()), |t| t.admit())
+    }
+
+    /// [`Self::infer`] for a request [`Self::admit`] let through.
+    pub async fn infer_admitted(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
         let answer = self.send(req, timeout).await;
-        throttle.record(answer.as_ref().map(|_| ()).map_err(Status::code));
+        if let Some(throttle) = &self.throttle {
+            throttle.record(answer.as_ref().map(|_| ()).map_err(Status::code));
+        }
         answer
     }
 

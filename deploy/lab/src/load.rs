@@ -16,7 +16,7 @@ use offramp_common::model::SplitSide;
 use offramp_common::rng::SplitMix64;
 use offramp_common::stats::Summary;
 use offramp_common::{codec, units};
-use offramp_edge::throttle::{refused_here, K};
+use offramp_edge::throttle::K;
 use offramp_edge::transport::{ConnectConfig, Credentials, Transport, TransportKind};
 use offramp_proto as pb;
 use offramp_transport::tls::ClientTls;
@@ -226,22 +226,36 @@ async fn offer(rig: &Rig, args: &LoadArgs, rate: f64, duration: Duration, seed: 
     let end = start + duration;
     let mut next = start;
     let mut sent = 0u64;
+    let (mut throttled, mut throttled_example) = (0u64, None::<String>);
     let mut tasks = tokio::task::JoinSet::new();
     while next < end {
         tokio::time::sleep_until(next.into()).await;
         // Send every arrival that is due (timer granularity is ~1 ms).
         let now = Instant::now();
         while next <= now && next < end {
-            let edge = rig.edges[(sent as usize) % rig.edges.len()].clone();
+            let edge = &rig.edges[(sent as usize) % rig.edges.len()];
+            sent += 1;
+            // Exponential inter-arrival time for a Poisson process.
+            let u = (1.0 - rng.next_f32() as f64).max(1e-12);
+            next += Duration::from_secs_f64(-u.ln() / rate);
+            // What the edge's throttle refuses costs what it costs a real
+            // edge: nothing is built, spawned or sent.
+            if let Err(s) = edge.admit() {
+                throttled += 1;
+                throttled_example.get_or_insert_with(|| s.message().chars().take(200).collect());
+                continue;
+            }
+            let edge = edge.clone();
+            let id = sent - 1;
             let req = pb::InferRequest {
-                request_id: sent,
+                request_id: id,
                 model_id: rig.model_id.clone(),
                 model_fingerprint: rig.fingerprint.clone(),
                 split: rig.split as u32,
-                hidden: Some(rig.tensors[(sent as usize) % rig.tensors.len()].clone()),
+                hidden: Some(rig.tensors[(id as usize) % rig.tensors.len()].clone()),
                 history: None,
                 want_probabilities: false,
-                edge_id: format!("load-{}", (sent as usize) % args.edges),
+                edge_id: format!("load-{}", (id as usize) % args.edges),
                 policy: vec![],
                 timeout_us: 0,
                 cancel: false,
@@ -249,7 +263,7 @@ async fn offer(rig: &Rig, args: &LoadArgs, rate: f64, duration: Duration, seed: 
             let (tally, deadline) = (tally.clone(), args.deadline);
             tasks.spawn(async move {
                 let t = Instant::now();
-                let r = edge.infer(req, deadline).await;
+                let r = edge.infer_admitted(req, deadline).await;
                 let us = t.elapsed().as_secs_f64() * 1e6;
                 let mut g = tally.lock().expect("tally lock");
                 match r {
@@ -260,19 +274,12 @@ async fn offer(rig: &Rig, args: &LoadArgs, rate: f64, duration: Duration, seed: 
                         *g.status.entry("Ok".into()).or_default() += 1;
                     }
                     Err(s) => {
-                        let code = match refused_here(&s) {
-                            true => THROTTLED.to_string(),
-                            false => format!("{:?}", s.code()),
-                        };
+                        let code = format!("{:?}", s.code());
                         g.examples.entry(code.clone()).or_insert_with(|| s.message().chars().take(200).collect());
                         *g.status.entry(code).or_default() += 1;
                     }
                 }
             });
-            sent += 1;
-            // Exponential inter-arrival time for a Poisson process.
-            let u = (1.0 - rng.next_f32() as f64).max(1e-12);
-            next += Duration::from_secs_f64(-u.ln() / rate);
         }
         bar.set_position(start.elapsed().as_secs());
         while tasks.try_join_next().is_some() {}
@@ -286,7 +293,13 @@ async fn offer(rig: &Rig, args: &LoadArgs, rate: f64, duration: Duration, seed: 
     if let Some(s) = sampler {
         s.abort();
     }
-    let g = tally.lock().expect("tally lock");
+    let mut g = tally.lock().expect("tally lock");
+    if throttled > 0 {
+        *g.status.entry(THROTTLED.to_string()).or_default() += throttled;
+        if let Some(e) = throttled_example {
+            g.examples.insert(THROTTLED.to_string(), e);
+        }
+    }
     let rss = rss.lock().expect("rss lock").clone();
     let completed = g.latencies.len() as u64;
     let cloud_cpu_ns = match (cpu_before, cpu_after) {
