@@ -18,9 +18,11 @@ use tonic::Code;
 
 use crate::support::*;
 
+/// A unary client without the edge's throttle: these tests are about what
+/// the cloud answers.
 fn grpc(url: &str, token: Option<&str>) -> Transport {
     let creds = Credentials { tls: None, token: token.map(Secret::new) };
-    Transport::grpc(url, &ConnectConfig::default(), &creds).unwrap()
+    Transport::grpc(url, &ConnectConfig { throttle: None, ..Default::default() }, &creds).unwrap()
 }
 
 /// Two edges' tokens, as `--auth-token-file` holds them.

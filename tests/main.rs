@@ -14,6 +14,7 @@ mod generation;
 mod http_api;
 mod one_runtime;
 mod openai_clients;
+mod overload;
 mod quic;
 mod robustness;
 mod speculative;

@@ -27,6 +27,9 @@ pub struct Computed {
 struct Job {
     req: ValidRequest,
     enqueued: Instant,
+    /// Past it the caller has stopped waiting: answered `DeadlineExceeded`
+    /// without compute (with the timeout it was given, µs).
+    deadline: Option<(Instant, u64)>,
     reply: oneshot::Sender<Result<Computed, CloudError>>,
     /// The request's span, so what happens on the compute thread is logged
     /// with its request id.
@@ -69,13 +72,14 @@ impl Batcher {
     }
 
     /// Queues a validated request and waits for its answer. Fails at once with
-    /// `Overloaded` when the queue is full.
-    pub async fn submit(&self, req: ValidRequest) -> Result<Computed, CloudError> {
+    /// `Overloaded` when the queue is full. `deadline`: when the caller stops
+    /// waiting, and the timeout that makes it (µs), for its error.
+    pub async fn submit(&self, req: ValidRequest, deadline: Option<(Instant, u64)>) -> Result<Computed, CloudError> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| CloudError::Overloaded(self.in_flight()))?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { req, enqueued: Instant::now(), reply, span: tracing::Span::current(), _permit: permit })
-            .map_err(|_| CloudError::Unavailable("shutting down"))?;
+        let job =
+            Job { req, enqueued: Instant::now(), deadline, reply, span: tracing::Span::current(), _permit: permit };
+        self.tx.send(job).map_err(|_| CloudError::Unavailable("shutting down"))?;
         rx.await.map_err(|_| CloudError::Unavailable("shutting down"))?
     }
 }
@@ -113,9 +117,20 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, config: BatchConfig) {
                 }
             }
         }
-        // Callers that went away (deadline passed, client gone) are dropped
-        // before compute.
+        // Callers that went away (client gone, request withdrawn) are dropped
+        // before compute, and those whose deadline passed are told so
+        // without it: nobody waits for their answers.
         batch.retain(|j| !j.reply.is_closed());
+        let now = Instant::now();
+        let late = |j: &Job| j.deadline.is_some_and(|(at, _)| at <= now);
+        if batch.iter().any(late) {
+            let (gone, kept): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(late);
+            for j in gone {
+                let us = j.deadline.map_or(0, |(_, us)| us);
+                let _ = j.reply.send(Err(CloudError::DeadlineExceeded(us)));
+            }
+            batch = kept;
+        }
         if !batch.is_empty() {
             compute(batch);
         }

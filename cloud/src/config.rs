@@ -34,6 +34,7 @@ pub mod defaults {
     pub const MAX_BATCH: usize = 32;
     pub const BATCH_WAIT: Duration = Duration::ZERO;
     pub const MAX_QUEUE: usize = 1024;
+    pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(20);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
@@ -132,6 +133,14 @@ pub struct CloudArgs {
     /// [default: 1024].
     #[arg(long, env = "OFFRAMP_MAX_QUEUE")]
     pub max_queue: Option<usize>,
+    /// Admission target: a request is refused at once (ResourceExhausted,
+    /// with a retry hint) when the cloud's measured service rate says it
+    /// would wait longer than this, or than its own deadline, before its
+    /// answer; one batch per compute worker is always admitted
+    /// [default: 20ms].
+    #[arg(long, env = "OFFRAMP_MAX_QUEUE_DELAY", value_parser = units::parse_duration)]
+    #[serde(default, deserialize_with = "units::serde::duration")]
+    pub max_queue_delay: Option<Duration>,
     /// Serve Prometheus metrics on this address (off by default).
     #[arg(long, env = "OFFRAMP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -193,6 +202,7 @@ impl CloudArgs {
             max_batch: self.max_batch.or(file.max_batch),
             batch_wait: self.batch_wait.or(file.batch_wait),
             max_queue: self.max_queue.or(file.max_queue),
+            max_queue_delay: self.max_queue_delay.or(file.max_queue_delay),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             auth_token_file: self.auth_token_file.or(rel_opt(file.auth_token_file)),
             tls: ServerTlsArgs {
@@ -281,6 +291,8 @@ pub struct CloudConfig {
     pub policy: Option<PolicyFile>,
     pub max_payload: usize,
     pub batch: BatchConfig,
+    /// The admission target ([`crate::admission`]).
+    pub max_queue_delay: Duration,
     pub metrics_listen: Option<SocketAddr>,
     /// Accepted tokens; `None`: authentication off.
     pub tokens: Option<TokenTable>,
@@ -313,6 +325,7 @@ impl CloudConfig {
             policy: None,
             max_payload: units::parse_bytes(defaults::MAX_PAYLOAD).expect("default payload parses"),
             batch: BatchConfig::default(),
+            max_queue_delay: defaults::MAX_QUEUE_DELAY,
             metrics_listen: None,
             tokens: None,
             tls: None,
@@ -355,6 +368,7 @@ impl CloudConfig {
             args.max_queue.unwrap_or(defaults::MAX_QUEUE),
             args.workers.unwrap_or(defaults::WORKERS),
         )?;
+        config.max_queue_delay = args.max_queue_delay.unwrap_or(defaults::MAX_QUEUE_DELAY);
         config.metrics_listen = args.metrics_listen;
         config.tokens = args.auth_token_file.as_deref().map(TokenTable::load).transpose()?;
         config.tls = ServerTls::load(&args.tls)?;
@@ -391,6 +405,13 @@ impl CloudConfig {
             if got == 0 {
                 return Err(ConfigError::Zero { flag, got });
             }
+        }
+        if self.max_queue_delay.is_zero() {
+            return Err(ConfigError::Value {
+                flag: "--max-queue-delay",
+                value: "0s".into(),
+                detail: "must be positive (a cloud that admits no wait refuses everything beyond one batch)".into(),
+            });
         }
         if s.idle_ttl.is_zero() {
             return Err(ConfigError::Value {
@@ -463,6 +484,7 @@ mod tests {
             format!("[default: {}]", defaults::MAX_BATCH),
             format!("[default: {}s]", defaults::BATCH_WAIT.as_secs()),
             format!("[default: {}]", defaults::MAX_QUEUE),
+            format!("[default: {}ms]", defaults::MAX_QUEUE_DELAY.as_millis()),
             format!("[default: {}s]", defaults::DRAIN_TIMEOUT.as_secs()),
         ] {
             assert!(help.contains(&shown), "help lacks {shown}");

@@ -53,8 +53,14 @@ pub enum CloudError {
     Overflow { model: String, split: usize, overflow: Overflow },
     #[error("edge_id {claimed:?} does not match the edge this request's token belongs to ({authenticated:?})")]
     IdentityMismatch { claimed: String, authenticated: String },
+    /// `--max-queue` requests are queued already (the hard bound behind
+    /// [`CloudError::OverBudget`]).
     #[error("queue full ({0} requests waiting): try another endpoint or later")]
     Overloaded(usize),
+    /// Refused on arrival: the cloud cannot be expected to answer within
+    /// the request's budget ([`crate::admission`]).
+    #[error("{}", overloaded(.0))]
+    OverBudget(crate::admission::Refusal),
     #[error("the cloud is {0}")]
     Unavailable(&'static str),
     #[error("compute failed: {0}")]
@@ -105,7 +111,7 @@ impl CloudError {
             // elsewhere), not `Internal` (which the edge would retry).
             CloudError::Overflow { .. } => Code::InvalidArgument,
             CloudError::IdentityMismatch { .. } => Code::PermissionDenied,
-            CloudError::Overloaded(_) => Code::ResourceExhausted,
+            CloudError::Overloaded(_) | CloudError::OverBudget(_) => Code::ResourceExhausted,
             CloudError::Unavailable(_) => Code::Unavailable,
             CloudError::Internal(_) => Code::Internal,
             CloudError::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -113,9 +119,37 @@ impl CloudError {
     }
 }
 
+impl CloudError {
+    /// How long a refused caller should wait before trying this cloud again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CloudError::OverBudget(r) => Some(r.retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// The message of a request refused on arrival.
+fn overloaded(r: &crate::admission::Refusal) -> String {
+    format!(
+        "overloaded: behind the {} requests in flight this one would wait about {:.1} ms, over its budget of {:.1} \
+         ms (deadline or --max-queue-delay); retry in {} ms or try another endpoint",
+        r.in_flight,
+        r.expected.as_secs_f64() * 1e3,
+        r.budget.as_secs_f64() * 1e3,
+        r.retry_after.as_millis()
+    )
+}
+
+/// Its status; overload refusals carry their retry hint
+/// (`grpc-retry-pushback-ms`).
 impl From<CloudError> for Status {
     fn from(e: CloudError) -> Self {
-        Status::new(e.code(), e.to_string())
+        let status = Status::new(e.code(), e.to_string());
+        match e.retry_after() {
+            Some(after) => offramp_transport::status::with_pushback(status, after.as_millis().max(1) as u64),
+            None => status,
+        }
     }
 }
 

@@ -6,10 +6,12 @@
 //! tracing and calls [`serve`]; tests and the lab call the same [`serve`]
 //! in-process on `127.0.0.1:0` (through [`CloudHandle`]).
 
+pub mod admission;
 pub mod auth;
 pub mod batcher;
 pub mod cli;
 pub mod config;
+pub mod early;
 pub mod error;
 pub mod generation;
 pub mod models;
@@ -97,6 +99,9 @@ pub async fn serve(
     // server stops accepting and in-flight requests get `drain_timeout`.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let max_message = config.max_payload + 64 * 1024;
+    // One admission for every transport, there before the models load (the
+    // unary calls' early check sits in front of the services).
+    let admission = admission::Admission::new(config.max_queue_delay, config.batch.max_batch * config.batch.workers);
     let quic = match &config.quic {
         Some(q) => {
             let ctx = Arc::new(quic::StreamContext::new(loaded.clone(), auth.clone(), max_message));
@@ -105,12 +110,13 @@ pub async fn serve(
         None => None,
     };
     tokio::spawn(drain_on(shutdown, health.clone(), loaded.clone(), stop_tx));
-    let services = GrpcServices { service, auth, max_message };
+    let services = GrpcServices { service, auth, max_message, admission: admission.clone() };
     let server = tokio::spawn(grpc_server(builder, services, health_service, listener, stop_rx.clone()));
 
     let state = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || load_state(&config))
+        let admission = admission.clone();
+        tokio::task::spawn_blocking(move || load_state(&config, admission))
             .await
             .map_err(|_| ServeError::Panicked("model loader"))??
     };
@@ -167,6 +173,7 @@ struct GrpcServices {
     service: CloudService,
     auth: Auth,
     max_message: usize,
+    admission: Arc<admission::Admission>,
 }
 
 /// The gRPC server on `listener` until `stop` turns true: health,
@@ -211,7 +218,10 @@ fn grpc_server(
         // non-gRPC content type, UNIMPLEMENTED naming an unknown method,
         // DEADLINE_EXCEEDED for an expired grpc-timeout, InvalidArgument for
         // oversized or malformed unary bodies).
-        .layer(grpc_rules());
+        .layer(grpc_rules())
+        // Unary Infer calls admitted or refused on their headers, before
+        // their message is read.
+        .layer(early::EarlyAdmissionLayer::new(s.admission.clone()));
     builder.add_service(health).add_service(split_service).add_service(generation_service).serve_with_incoming_shutdown(
         offramp_common::net::no_delay(listener),
         async move {
@@ -238,7 +248,7 @@ fn start_quic(
 
 /// Loads the models and starts the compute threads (blocking: run off the
 /// async workers).
-fn load_state(config: &CloudConfig) -> Result<Arc<CloudState>, ServeError> {
+fn load_state(config: &CloudConfig, admission: Arc<admission::Admission>) -> Result<Arc<CloudState>, ServeError> {
     let mut registry = Registry::load(&config.models, config.policy.as_ref())?;
     let batcher = Batcher::start(config.batch).map_err(ServeError::Workers)?;
     let decoders = std::mem::take(&mut registry.decoders);
@@ -248,6 +258,7 @@ fn load_state(config: &CloudConfig) -> Result<Arc<CloudState>, ServeError> {
     Ok(Arc::new(CloudState {
         registry,
         batcher,
+        admission,
         max_payload_bytes: config.max_payload,
         encodings: config.encodings.clone(),
         draining: false.into(),

@@ -322,6 +322,10 @@ pub(crate) mod testing {
         CloudState {
             registry: registry(),
             batcher: Batcher::start(BatchConfig::default()).unwrap(),
+            admission: crate::admission::Admission::new(
+                crate::config::defaults::MAX_QUEUE_DELAY,
+                crate::config::defaults::MAX_BATCH,
+            ),
             max_payload_bytes: 1 << 20,
             encodings: codec::ENCODINGS.to_vec(),
             draining: false.into(),

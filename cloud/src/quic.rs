@@ -30,6 +30,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::auth::{Auth, Caller};
+use crate::error::CloudError;
 use crate::service::CloudState;
 
 /// How long a client may take to send its request on a stream.
@@ -192,7 +193,16 @@ async fn read_request(recv: &mut quinn::RecvStream, ctx: &StreamContext) -> Resu
                 let caller = Caller::new(ctx.auth.check_token(token.as_deref())?);
                 let bad = |e: wire::WireError| wire_status(&e);
                 return match frame.kind {
-                    Kind::InferRequest => Ok(Request::Infer(Box::new(frame.decode().map_err(bad)?), caller)),
+                    Kind::InferRequest => {
+                        // Refused before its message is decoded when the
+                        // cloud is past its admission target already.
+                        if let Some(state) = ctx.loaded.get() {
+                            if let Err(r) = state.admission.check(None) {
+                                return Err(crate::service::count_refusal(CloudError::OverBudget(r)).into());
+                            }
+                        }
+                        Ok(Request::Infer(Box::new(frame.decode().map_err(bad)?), caller))
+                    }
                     Kind::GenerateRequest => Ok(Request::Generate(Box::new(frame.decode().map_err(bad)?), caller)),
                     Kind::DecoderInfoRequest => {
                         frame.decode::<pb::ModelInfoRequest>().map_err(bad)?;

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::admission::{Admission, Ticket};
 use crate::auth::Caller;
 use crate::batcher::Batcher;
 use crate::error::CloudError;
@@ -27,6 +28,9 @@ use crate::models::Registry;
 pub struct CloudState {
     pub registry: Registry,
     pub batcher: Batcher,
+    /// Which requests are taken on ([`crate::admission`]); shared with the
+    /// early check in front of unary calls.
+    pub admission: Arc<Admission>,
     pub max_payload_bytes: usize,
     /// Hidden-state encodings this cloud accepts (listed in the handshake).
     pub encodings: Vec<pb::Encoding>,
@@ -52,8 +56,23 @@ impl CloudState {
         Ok(info)
     }
 
-    /// Validates, queues and computes one request from `caller`.
+    /// Admits, validates, queues and computes one request from `caller`,
+    /// within its own deadline (`timeout_us`) when it has one.
     pub async fn infer(&self, req: &pb::InferRequest, caller: &Caller) -> Result<pb::InferResponse, CloudError> {
+        let deadline = (req.timeout_us > 0).then(|| Duration::from_micros(req.timeout_us));
+        self.infer_admitted(req, caller, deadline, None).await
+    }
+
+    /// [`Self::infer`] for a request whose transport read its deadline
+    /// itself (`grpc-timeout`) and may have admitted it already, before its
+    /// message was decoded (`ticket`, [`crate::early`]).
+    pub async fn infer_admitted(
+        &self,
+        req: &pb::InferRequest,
+        caller: &Caller,
+        deadline: Option<Duration>,
+        ticket: Option<Ticket>,
+    ) -> Result<pb::InferResponse, CloudError> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(refused(CloudError::Unavailable("shutting down")));
         }
@@ -61,10 +80,27 @@ impl CloudState {
             return Err(refused(CloudError::CancelOutsideStream));
         }
         let started = std::time::Instant::now();
-        let result = match caller.check(req) {
-            Ok(()) => self.compute(req).await,
-            Err(e) => Err(e),
+        let ticket = match ticket {
+            Some(t) => t,
+            None => self.admission.admit(deadline).map_err(count_refusal)?,
         };
+        let until = deadline.map(|d| (started + d, d.as_micros() as u64));
+        let work = async {
+            caller.check(req)?;
+            self.compute(req, until).await
+        };
+        // A deadline the request carries itself (the stream, QUIC) is kept
+        // here; a unary call's `grpc-timeout` by the gRPC rules layer in
+        // front of every call (no second timer).
+        let result = match until.filter(|_| req.timeout_us > 0) {
+            Some((at, us)) => {
+                tokio::time::timeout_at(at.into(), work).await.unwrap_or(Err(CloudError::DeadlineExceeded(us)))
+            }
+            None => work.await,
+        };
+        if !matches!(result, Err(CloudError::DeadlineExceeded(_))) {
+            ticket.answered();
+        }
         let (outcome, exit) = match &result {
             Ok(r) => ("ok".to_string(), r.exit.to_string()),
             Err(e) => (format!("{:?}", e.code()), "none".to_string()),
@@ -81,7 +117,11 @@ impl CloudState {
         result.map_err(refused)
     }
 
-    async fn compute(&self, req: &pb::InferRequest) -> Result<pb::InferResponse, CloudError> {
+    async fn compute(
+        &self,
+        req: &pb::InferRequest,
+        deadline: Option<(std::time::Instant, u64)>,
+    ) -> Result<pb::InferResponse, CloudError> {
         if let Some(t) = &req.hidden {
             if let Ok(e) = pb::Encoding::try_from(t.encoding) {
                 if e != pb::Encoding::Unspecified && !self.encodings.contains(&e) {
@@ -93,7 +133,7 @@ impl CloudState {
             }
         }
         let valid = self.registry.validate(req, self.max_payload_bytes)?;
-        let done = self.batcher.submit(valid).await?;
+        let done = self.batcher.submit(valid, deadline).await?;
         // The batcher refuses non-finite answers (as an overflow); this is the
         // last line: a NaN or infinite confidence never leaves the cloud.
         if !done.result.is_finite() {
@@ -132,6 +172,14 @@ fn refused(e: CloudError) -> CloudError {
     e
 }
 
+/// A request refused on arrival (before it was admitted): counted as its
+/// outcome, logged at most at debug level (under overload there are many).
+pub(crate) fn count_refusal(e: CloudError) -> CloudError {
+    metrics::counter!("offramp_cloud_requests_total", "outcome" => format!("{:?}", e.code()), "exit" => "none")
+        .increment(1);
+    refused(e)
+}
+
 /// The loaded state; `Unavailable` while the models are still loading.
 pub(crate) fn loaded(cell: &std::sync::OnceLock<Arc<CloudState>>) -> Result<&Arc<CloudState>, CloudError> {
     cell.get().ok_or(CloudError::Unavailable("loading its models"))
@@ -144,11 +192,19 @@ impl SplitInference for CloudService {
         Ok(Response::new(self.state()?.model_info()?))
     }
 
-    async fn infer(&self, request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
+    async fn infer(&self, mut request: Request<pb::InferRequest>) -> Result<Response<pb::InferResponse>, Status> {
         let caller = Caller::of(&request);
+        // Admitted (or not) with its deadline before its message was
+        // decoded; without the early layer (a server built otherwise) it is
+        // admitted here.
+        let early = request.extensions_mut().remove::<crate::early::Admitted>();
+        let deadline = early.as_ref().and_then(|a| a.deadline);
+        let ticket = early.and_then(|a| a.take());
         let req = request.into_inner();
         let span = caller.span(&req, "grpc");
-        async { Ok(Response::new(self.state()?.infer(&req, &caller).await?)) }.instrument(span).await
+        async { Ok(Response::new(self.state()?.infer_admitted(&req, &caller, deadline, ticket).await?)) }
+            .instrument(span)
+            .await
     }
 
     type InferStreamStream = AnswerStream<Streaming<pb::InferRequest>>;
@@ -318,25 +374,12 @@ async fn answer_one(state: Arc<CloudState>, caller: Caller, req: pb::InferReques
     let span = caller.span(&req, "grpc-stream");
     async move {
         let id = req.request_id;
-        // The request's own deadline: past it the caller has stopped
-        // waiting, and dropping the future drops the request from the
+        // Within the request's own deadline (`timeout_us`): past it the
+        // caller has stopped waiting, and the request is dropped from the
         // batcher's queue before compute.
-        let answer = state.infer(&req, &caller);
-        let answer = match req.timeout_us {
-            0 => answer.await,
-            us => tokio::time::timeout(Duration::from_micros(us), answer)
-                .await
-                .unwrap_or(Err(CloudError::DeadlineExceeded(us))),
-        };
-        let result = match answer {
+        let result = match state.infer(&req, &caller).await {
             Ok(r) => pb::infer_stream_response::Result::Response(r),
-            Err(e) => {
-                let s: Status = e.into();
-                pb::infer_stream_response::Result::Error(pb::Error {
-                    code: s.code() as i32,
-                    message: s.message().to_string(),
-                })
-            }
+            Err(e) => pb::infer_stream_response::Result::Error(offramp_transport::status::to_error(&e.into())),
         };
         pb::InferStreamResponse { request_id: id, result: Some(result) }
     }
@@ -415,6 +458,21 @@ mod tests {
         let good = good.unwrap();
         assert_eq!(good.batch_size, 2, "computed in one batch");
         assert!(good.confidence.is_finite());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_deadline_passes_in_the_queue_is_not_computed() {
+        let mut state = state();
+        // A batch waits 100 ms for company: the first request's 20 ms pass
+        // in the queue.
+        state.batcher = Batcher::start(BatchConfig::try_new(8, Duration::from_millis(100), 64, 1).unwrap()).unwrap();
+        let caller = Caller::default();
+        let mut late = at3(0.5);
+        late.timeout_us = 20_000;
+        let (late, on_time) = tokio::join!(state.infer(&late, &caller), state.infer(&at3(0.5), &caller));
+        assert!(matches!(late, Err(CloudError::DeadlineExceeded(20_000))), "{late:?}");
+        assert_eq!(on_time.unwrap().batch_size, 1, "computed without the late one");
+        assert_eq!(state.admission.in_flight(), 0, "both places given back");
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use offramp_proto as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::transport::GrpcClient;
 
@@ -186,9 +186,8 @@ async fn read_answers(mut inbound: tonic::Streaming<pb::InferStreamResponse>, li
                 };
                 let result = match m.result {
                     Some(pb::infer_stream_response::Result::Response(r)) => Ok(r),
-                    Some(pb::infer_stream_response::Result::Error(e)) => {
-                        Err(Status::new(Code::from(e.code), e.message))
-                    }
+                    // With its retry hint, as a unary call's trailers carry it.
+                    Some(pb::infer_stream_response::Result::Error(e)) => Err(offramp_transport::status::from_error(e)),
                     None => Err(Status::internal("the cloud's stream answer carried no result")),
                 };
                 let _ = reply.send(result);

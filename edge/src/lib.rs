@@ -19,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod runtime;
 pub mod serve;
+pub mod throttle;
 pub mod transport;
 
 pub use config::{EdgeArgs, EdgeConfig, FallbackMode};

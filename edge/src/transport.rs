@@ -61,6 +61,9 @@ pub struct ConnectConfig {
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Client-side adaptive throttling of offloads ([`crate::throttle`]):
+    /// the `K` the cloud may see times what it accepts; `None`: off.
+    pub throttle: Option<f64>,
 }
 
 impl Default for ConnectConfig {
@@ -70,6 +73,7 @@ impl Default for ConnectConfig {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             keepalive_interval: defaults::KEEPALIVE_INTERVAL,
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
+            throttle: Some(crate::throttle::K),
         }
     }
 }
@@ -96,27 +100,40 @@ pub enum TransportKind {
     Quic,
 }
 
-/// A client for one endpoint.
+/// A client for one endpoint: its link, and the throttle in front of its
+/// offloads.
 #[derive(Debug, Clone)]
-pub enum Transport {
+pub struct Transport {
+    link: Link,
+    throttle: Option<Arc<crate::throttle::Throttle>>,
+}
+
+#[derive(Debug, Clone)]
+enum Link {
     Grpc(GrpcClients),
     /// The handshake over unary calls, offloads over the stream.
     GrpcStream(GrpcClients, Arc<crate::grpc_stream::StreamClient>),
     Quic(Arc<crate::quic::QuicClient>),
 }
 
+/// Seeds for the throttles' coin flips (any distinct values will do).
+static THROTTLE_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl Transport {
+    fn with(link: Link, c: &ConnectConfig) -> Self {
+        let seed = THROTTLE_SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self { link, throttle: c.throttle.map(|k| Arc::new(crate::throttle::Throttle::new(k, seed))) }
+    }
+
     /// A client of `kind` for `url`.
     pub fn new(kind: TransportKind, url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
         match kind {
             TransportKind::Grpc => Self::grpc(url, c, creds),
-            TransportKind::GrpcStream => match Self::grpc(url, c, creds)? {
-                Transport::Grpc(clients) => {
-                    let stream = crate::grpc_stream::StreamClient::new(clients.infer.clone());
-                    Ok(Transport::GrpcStream(clients, Arc::new(stream)))
-                }
-                other => Ok(other),
-            },
+            TransportKind::GrpcStream => {
+                let clients = grpc_clients(url, c, creds)?;
+                let stream = crate::grpc_stream::StreamClient::new(clients.infer.clone());
+                Ok(Self::with(Link::GrpcStream(clients, Arc::new(stream)), c))
+            }
             TransportKind::Quic => Self::quic(url, c, creds),
         }
     }
@@ -124,23 +141,18 @@ impl Transport {
     /// A lazily connecting gRPC client: nothing is dialled until the first
     /// call, and a broken connection is re-dialled on the next call.
     pub fn grpc(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
-        let (channel, interceptor) = grpc_channel(url, c, creds)?;
-        let generation = SplitGenerationClient::with_interceptor(channel.clone(), interceptor.clone())
-            .max_decoding_message_size(MAX_ANSWER_BYTES);
-        let infer =
-            SplitInferenceClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_ANSWER_BYTES);
-        Ok(Transport::Grpc(GrpcClients { infer, generation }))
+        Ok(Self::with(Link::Grpc(grpc_clients(url, c, creds)?), c))
     }
 
     /// A lazily connecting QUIC client (`quic://host:port`); TLS needs `--ca`.
     pub fn quic(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<Self, TransportError> {
-        Ok(Transport::Quic(Arc::new(crate::quic::QuicClient::new(url, c, creds)?)))
+        Ok(Self::with(Link::Quic(Arc::new(crate::quic::QuicClient::new(url, c, creds)?)), c))
     }
 
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::ModelInfo, Status> {
-        match self {
-            Transport::Quic(client) => client.model_info(timeout).await,
-            Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
+        match &self.link {
+            Link::Quic(client) => client.model_info(timeout).await,
+            Link::Grpc(c) | Link::GrpcStream(c, _) => {
                 let mut client = c.infer.clone();
                 within(timeout, client.get_model_info(timed(pb::ModelInfoRequest {}, timeout)), "handshake timed out")
                     .await
@@ -149,12 +161,43 @@ impl Transport {
     }
 
     /// One request with a deadline. A deadline that passes locally is reported
-    /// as `DeadlineExceeded`.
+    /// as `DeadlineExceeded`; a request the throttle refuses never leaves
+    /// (`ResourceExhausted`).
     pub async fn infer(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
-        match self {
-            Transport::Quic(client) => client.infer(&req, timeout).await,
-            Transport::GrpcStream(_, stream) => stream.infer(req, timeout).await,
-            Transport::Grpc(c) => {
+        self.admit()?;
+        self.infer_admitted(req, timeout).await
+    }
+
+    /// The throttle's verdict on one more request (counted as asked for);
+    /// `Err`: refused here. [`Self::infer`] asks it itself; a caller that
+    /// wants to skip building a request the throttle would refuse asks
+    /// first and then sends with [`Self::infer_admitted`].
+    pub fn admit(&self) -> Result<(), Status> {
+        self.throttle.as_ref().map_or(Ok(()), |t| t.admit())
+    }
+
+    /// [`Self::infer`] for a request [`Self::admit`] let through.
+    pub async fn infer_admitted(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
+        let answer = self.send(req, timeout).await;
+        if let Some(throttle) = &self.throttle {
+            throttle.record(answer.as_ref().map(|_| ()).map_err(Status::code));
+        }
+        answer
+    }
+
+    async fn send(&self, req: pb::InferRequest, timeout: Duration) -> Result<pb::InferResponse, Status> {
+        match &self.link {
+            Link::Quic(client) => {
+                // The deadline travels in the request, as on the stream
+                // (gRPC's unary calls carry it as `grpc-timeout`): the cloud
+                // refuses at once what it cannot answer in time, and drops
+                // it when the deadline passes.
+                let mut req = req;
+                req.timeout_us = timeout.as_micros().clamp(1, u64::MAX as u128) as u64;
+                client.infer(&req, timeout).await
+            }
+            Link::GrpcStream(_, stream) => stream.infer(req, timeout).await,
+            Link::Grpc(c) => {
                 let mut client = c.infer.clone();
                 within(timeout, client.infer(timed(req, timeout)), "offload deadline passed").await
             }
@@ -163,9 +206,9 @@ impl Transport {
 
     /// The decoders the endpoint holds (the decoder handshake).
     pub async fn decoder_info(&self, timeout: Duration) -> Result<pb::DecoderInfo, Status> {
-        match self {
-            Transport::Quic(client) => client.decoder_info(timeout).await,
-            Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
+        match &self.link {
+            Link::Quic(client) => client.decoder_info(timeout).await,
+            Link::Grpc(c) | Link::GrpcStream(c, _) => {
                 let mut client = c.generation.clone();
                 let call = client.get_decoder_info(timed(pb::ModelInfoRequest {}, timeout));
                 within(timeout, call, "decoder handshake timed out").await
@@ -179,15 +222,25 @@ impl Transport {
         &self,
         outbound: tokio::sync::mpsc::UnboundedReceiver<pb::GenerateRequest>,
     ) -> Result<SessionAnswers, Status> {
-        match self {
-            Transport::Quic(client) => client.generate(outbound).await,
-            Transport::Grpc(c) | Transport::GrpcStream(c, _) => {
+        match &self.link {
+            Link::Quic(client) => client.generate(outbound).await,
+            Link::Grpc(c) | Link::GrpcStream(c, _) => {
                 let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(outbound);
                 let answers = c.generation.clone().generate(outbound).await?.into_inner();
                 Ok(Box::pin(answers))
             }
         }
     }
+}
+
+/// Both gRPC clients of `url` on one lazily connecting channel.
+fn grpc_clients(url: &str, c: &ConnectConfig, creds: &Credentials) -> Result<GrpcClients, TransportError> {
+    let (channel, interceptor) = grpc_channel(url, c, creds)?;
+    let generation = SplitGenerationClient::with_interceptor(channel.clone(), interceptor.clone())
+        .max_decoding_message_size(MAX_ANSWER_BYTES);
+    let infer =
+        SplitInferenceClient::with_interceptor(channel, interceptor).max_decoding_message_size(MAX_ANSWER_BYTES);
+    Ok(GrpcClients { infer, generation })
 }
 
 /// A gRPC request carrying `timeout` as its `grpc-timeout`.
@@ -205,9 +258,45 @@ async fn within<M>(
     late: &'static str,
 ) -> Result<M, Status> {
     match tokio::time::timeout(timeout, call).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        // tonic's channel enforces the call's own `grpc-timeout` too, and
+        // reports it as `Cancelled` ("Timeout expired"): it is this
+        // deadline passing, `DeadlineExceeded` as gRPC names it.
+        Ok(Err(s)) if s.code() == tonic::Code::Cancelled && caused_by::<tonic::TimeoutExpired>(&s) => {
+            Err(Status::deadline_exceeded(late))
+        }
+        // A connection that failed under the call (reset, keep-alive
+        // unanswered) is `Unknown` ("transport error") from tonic;
+        // gRPC names a failed connection `Unavailable`.
+        Ok(Err(s)) if s.code() == tonic::Code::Unknown && caused_by::<tonic::transport::Error>(&s) => {
+            Err(Status::unavailable(format!("the connection failed: {}", error_chain(&s))))
+        }
+        Ok(Err(s)) => Err(s),
         Err(_) => Err(Status::deadline_exceeded(late)),
     }
+}
+
+/// Whether an error of type `E` is somewhere in `status`'s causes.
+fn caused_by<E: std::error::Error + 'static>(status: &Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// A status's message and its causes, `: `-separated.
+fn error_chain(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }
 
 /// A lazily connecting gRPC channel to `url` with the edge's TLS settings,

@@ -315,6 +315,10 @@ fn model_info(s: &DecoderSlot) -> pb::DecoderModelInfo {
 fn error_response(request_id: u64, e: &SessionError) -> pb::GenerateResponse {
     pb::GenerateResponse {
         request_id,
-        result: Some(pb::generate_response::Result::Error(pb::Error { code: e.code() as i32, message: e.to_string() })),
+        result: Some(pb::generate_response::Result::Error(pb::Error {
+            code: e.code() as i32,
+            message: e.to_string(),
+            retry_pushback_ms: 0,
+        })),
     }
 }

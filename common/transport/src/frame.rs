@@ -161,19 +161,19 @@ pub fn message(kind: Kind, msg: &impl Message) -> Bytes {
 
 /// An error frame (`code` is a gRPC code, as `tonic::Code as i32`).
 pub fn error(code: i32, message: impl Into<String>) -> Bytes {
-    self::message(Kind::Error, &pb::Error { code, message: message.into() })
+    self::message(Kind::Error, &pb::Error { code, message: message.into(), retry_pushback_ms: 0 })
 }
 
-/// An error frame carrying `status` (its code and message).
+/// An error frame carrying `status` (its code, message and retry hint).
 pub fn error_frame(status: &Status) -> Bytes {
-    error(status.code() as i32, status.message())
+    self::message(Kind::Error, &crate::status::to_error(status))
 }
 
 /// The status an error frame carries (`peer` names the sender in the
 /// message when the frame itself is bad).
 pub fn frame_status(frame: &Frame, peer: &str) -> Status {
     match frame.decode::<pb::Error>() {
-        Ok(e) => Status::new(Code::from_i32(e.code), e.message),
+        Ok(e) => crate::status::from_error(e),
         Err(e) => Status::internal(format!("bad error frame from {peer}: {e}")),
     }
 }
@@ -268,7 +268,10 @@ mod tests {
 
         let e = error(3, "bad");
         let f = block_on(read_frame(&mut &e[..], 1024)).unwrap().unwrap();
-        assert_eq!(f.decode::<pb::Error>().unwrap(), pb::Error { code: 3, message: "bad".into() });
+        assert_eq!(
+            f.decode::<pb::Error>().unwrap(),
+            pb::Error { code: 3, message: "bad".into(), retry_pushback_ms: 0 }
+        );
     }
 
     #[test]

@@ -154,7 +154,7 @@ fn unsupported_media_type(headers: &HeaderMap) -> Option<http::Response<Body>> {
 /// The `grpc-timeout` header (`1S`, `250m`, ...: at most 8 digits and a
 /// unit), as the gRPC over HTTP/2 spec writes it; `None` when absent or
 /// malformed (as tonic treats it).
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {

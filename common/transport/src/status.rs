@@ -11,7 +11,47 @@
 //! The edge adds `circuit-open` (every endpoint's breaker is open) and
 //! `no-cloud` (none configured), which no code produces.
 
-use tonic::Code;
+use offramp_proto as pb;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// The metadata key (a trailer of a unary call) by which a server tells a
+/// client how long to wait before retrying, in milliseconds, as gRPC's retry
+/// design (A6) defines it; over the offload stream and QUIC the same value
+/// travels in [`pb::Error::retry_pushback_ms`].
+pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+
+/// `status` with a retry hint of `ms` milliseconds.
+pub fn with_pushback(status: Status, ms: u64) -> Status {
+    let mut metadata = status.metadata().clone();
+    metadata.insert(RETRY_PUSHBACK_MS, MetadataValue::from(ms));
+    Status::with_metadata(status.code(), status.message().to_string(), metadata)
+}
+
+/// The retry hint a status carries, in milliseconds (`None`: no hint, or
+/// one that is not a non-negative integer, as gRPC says to treat it).
+pub fn pushback_ms(status: &Status) -> Option<u64> {
+    status.metadata().get(RETRY_PUSHBACK_MS)?.to_str().ok()?.parse().ok()
+}
+
+/// A status as the error message of the offload stream and of QUIC error
+/// frames: its code, message and retry hint.
+pub fn to_error(status: &Status) -> pb::Error {
+    pb::Error {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        retry_pushback_ms: pushback_ms(status).map_or(0, |ms| ms.min(u32::MAX as u64) as u32),
+    }
+}
+
+/// The status an error message stands for (the inverse of [`to_error`]).
+pub fn from_error(e: pb::Error) -> Status {
+    let status = Status::new(Code::from_i32(e.code), e.message);
+    match e.retry_pushback_ms {
+        0 => status,
+        ms => with_pushback(status, ms as u64),
+    }
+}
 
 /// Why the cloud did not answer an edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -74,5 +114,20 @@ mod tests {
             assert!(!Reason::for_code(code).is_retryable());
         }
         assert!(Reason::Overloaded.is_retryable());
+    }
+
+    #[test]
+    fn retry_hints_survive_the_error_message() {
+        let s = with_pushback(Status::resource_exhausted("busy"), 25);
+        assert_eq!(pushback_ms(&s), Some(25));
+        let e = to_error(&s);
+        assert_eq!((e.code, e.retry_pushback_ms), (Code::ResourceExhausted as i32, 25));
+        let back = from_error(e);
+        assert_eq!((back.code(), back.message(), pushback_ms(&back)), (Code::ResourceExhausted, "busy", Some(25)));
+        // No hint stays no hint; a malformed one is none.
+        assert_eq!(pushback_ms(&from_error(to_error(&Status::unavailable("x")))), None);
+        let mut bad = Status::resource_exhausted("x");
+        bad.metadata_mut().insert(RETRY_PUSHBACK_MS, MetadataValue::from_static("-3"));
+        assert_eq!(pushback_ms(&bad), None);
     }
 }

@@ -45,7 +45,9 @@ enum Command {
     /// rotated partway, through a static-policy edge and an edge holding an
     /// accuracy budget (--accuracy-budget); accuracy and exit rate per window.
     Drift(offramp_lab::drift::DriftArgs),
-    /// Load a cloud with simulated edges (open-loop Poisson arrivals).
+    /// Load a cloud with simulated edges (open-loop Poisson arrivals) over
+    /// any transport; `--sweep` offers multiples of its capacity and writes
+    /// the overload curve (CSV + plot).
     Load(load::LoadArgs),
     /// Write a small MNIST sample (at most 1,000 digits) for demos.
     ExportSample(sample::SampleArgs),
@@ -168,6 +170,10 @@ fn run(command: Command) -> Result<()> {
                 let results = runtime()?.block_on(experiment::run(&args))?;
                 print!("{}", experiment::render(&results, &args.out));
             }
+        }
+        Command::Load(args) if !args.sweep.is_empty() => {
+            let report = runtime()?.block_on(load::sweep(&args))?;
+            emit(&report, args.json, load::render_sweep)?;
         }
         Command::Load(args) => {
             let report = runtime()?.block_on(load::run(&args))?;
