@@ -13,6 +13,7 @@ mod fallback;
 mod generation;
 mod http_api;
 mod one_runtime;
+mod onnx;
 mod openai_clients;
 mod overload;
 mod quic;

@@ -6,8 +6,13 @@
 //!
 //! | kind | module | recognised by | blocks are |
 //! |---|---|---|---|
-//! | [`ModelKind::Classifier`] (CNNs, MLPs, BERT encoders) | [`crate::model`] | `manifest.json` | the manifest's blocks |
+//! | [`ModelKind::Classifier`] (CNNs, MLPs, BERT encoders, imported ONNX graphs) | [`crate::model`] | `manifest.json` | the manifest's blocks |
 //! | [`ModelKind::Decoder`] (llama-family GGUF) | [`crate::decoder`] | `decoder.json` | transformer layers |
+//!
+//! A new architecture of an existing kind is a block kind, not a model kind:
+//! imported ONNX graphs ([`crate::model::onnx`]) are classifiers whose blocks
+//! and exit heads are `onnx` layers (a variant of `LayerSpec` and of `Layer`),
+//! so they needed nothing here, in the edge or in the cloud.
 //!
 //! A new kind is a module of the model layer, a variant here (with its
 //! [`SplitModel`] impl and its marker file in [`AnyBundle::open`]), and one

@@ -147,7 +147,7 @@ pub fn init_weights(manifest: &Manifest, seed: u64) -> candle_core::Result<HashM
         LayerSpec::Conv2d { in_channels, kernel, .. } => in_channels * kernel * kernel,
         LayerSpec::Linear { in_features, .. } => in_features,
         LayerSpec::BertLayer { hidden, .. } | LayerSpec::BertEmbeddings { hidden, .. } => hidden,
-        LayerSpec::Flatten | LayerSpec::Pool { .. } | LayerSpec::Tanh => 1,
+        LayerSpec::Flatten | LayerSpec::Pool { .. } | LayerSpec::Tanh | LayerSpec::Onnx { .. } => 1,
     };
     for (b, block) in manifest.blocks.iter().enumerate() {
         for (suffix, shape) in block.layer.parameters() {

@@ -201,9 +201,12 @@ impl Bundle {
                     for d in t.dims() {
                         h.update((*d as u64).to_le_bytes());
                     }
-                    let values = t.flatten_all()?.to_vec1::<f32>()?;
-                    for v in values {
-                        h.update(v.to_le_bytes());
+                    if t.dtype() == DType::U8 {
+                        h.update(t.flatten_all()?.to_vec1::<u8>()?);
+                    } else {
+                        for v in t.flatten_all()?.to_vec1::<f32>()? {
+                            h.update(v.to_le_bytes());
+                        }
                     }
                 }
                 Ok::<[u8; 32], candle_core::Error>(h.finalize().into())
@@ -651,15 +654,17 @@ fn take_layers(
     weights_path: &Path,
 ) -> Result<HeldLayers, ModelError> {
     let mut taken = BTreeMap::new();
-    let mut take = |name: String, shape: Vec<usize>| -> Result<Tensor, ModelError> {
+    // An ONNX subgraph is bytes; every other parameter is f32.
+    let mut take = |name: String, shape: Vec<usize>, graph: bool| -> Result<Tensor, ModelError> {
         let t = tensors
             .remove(&name)
             .ok_or_else(|| ModelError::MissingTensor { tensor: name.clone(), path: weights_path.to_path_buf() })?;
-        if t.dtype() != DType::F32 {
+        let (dtype, supported) = if graph { (DType::U8, "u8 (an ONNX subgraph)") } else { (DType::F32, "f32") };
+        if t.dtype() != dtype {
             return Err(ModelError::UnsupportedDtype {
                 what: format!("tensor {name:?}"),
                 dtype: format!("{:?}", t.dtype()).to_lowercase(),
-                supported: "f32",
+                supported,
             });
         }
         if t.dims() != shape.as_slice() {
@@ -676,7 +681,7 @@ fn take_layers(
         }
         let mut params = HashMap::new();
         for (suffix, shape) in block.layer.parameters() {
-            params.insert(suffix, take(block_tensor(i, suffix), shape)?);
+            params.insert(suffix, take(block_tensor(i, suffix), shape, block.layer.holds_graph())?);
         }
         blocks.push(Some(Layer::new(&block.layer, |s| params[s].clone())?));
     }
@@ -690,7 +695,7 @@ fn take_layers(
         for (l, layer) in exit.layers.iter().enumerate() {
             let mut params = HashMap::new();
             for (suffix, shape) in layer.parameters() {
-                params.insert(suffix, take(exit_tensor(e, l, suffix), shape)?);
+                params.insert(suffix, take(exit_tensor(e, l, suffix), shape, layer.holds_graph())?);
             }
             layers.push(Layer::new(layer, |s| params[s].clone())?);
         }
@@ -710,10 +715,12 @@ fn sequence_after(layer: &LayerSpec, sequence: bool) -> Result<bool, LayerInputE
         LayerSpec::BertLayer { .. } => Ok(true),
         LayerSpec::Pool { .. } => Ok(false),
         LayerSpec::Tanh => Ok(sequence),
-        LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten if sequence => {
+        LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten | LayerSpec::Onnx { .. }
+            if sequence =>
+        {
             Err(LayerInputError::FixedShape { kind })
         }
-        LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten => Ok(false),
+        LayerSpec::Conv2d { .. } | LayerSpec::Linear { .. } | LayerSpec::Flatten | LayerSpec::Onnx { .. } => Ok(false),
     }
 }
 

@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 use super::encoder::{self, Embeddings, EncoderLayer, SeqMask};
 use super::kernels::{Conv2dKernel, Kernels, LinearKernel};
 use super::manifest::{LayerSpec, PoolMode};
+use super::onnx::OnnxBlock;
 
 /// A layer with its weights, ready to run. The same code serves inference and
 /// training (weights may be `Var`s, and the ops are differentiable).
@@ -48,6 +49,8 @@ pub enum Layer {
     BertLayer(Arc<EncoderLayer>),
     Pool(PoolMode),
     Tanh,
+    /// A subgraph of an imported ONNX model, run by tract (inference only).
+    Onnx(Arc<OnnxBlock>),
 }
 
 impl Layer {
@@ -74,6 +77,12 @@ impl Layer {
             LayerSpec::BertLayer { heads, eps, .. } => Layer::BertLayer(Arc::new(EncoderLayer::new(param, heads, eps))),
             LayerSpec::Pool { mode } => Layer::Pool(mode),
             LayerSpec::Tanh => Layer::Tanh,
+            LayerSpec::Onnx { ref from, ref input, ref output, .. } => {
+                let graph = param(super::onnx::GRAPH_PARAM).to_vec1::<u8>()?;
+                let block = OnnxBlock::new(&graph, input, output)
+                    .map_err(|e| candle_core::Error::Msg(format!("the ONNX subgraph from {from:?}: {e}")))?;
+                Layer::Onnx(Arc::new(block))
+            }
         };
         layer.set_kernels(Kernels::from_env())?;
         Ok(layer)
@@ -105,7 +114,7 @@ impl Layer {
                 layer.set_packed(fast)?;
                 *l = Arc::new(layer);
             }
-            Layer::Flatten | Layer::BertEmbeddings(_) | Layer::Pool(_) | Layer::Tanh => {}
+            Layer::Flatten | Layer::BertEmbeddings(_) | Layer::Pool(_) | Layer::Tanh | Layer::Onnx(_) => {}
         }
         Ok(())
     }
@@ -116,9 +125,12 @@ impl Layer {
             Layer::Conv2d { fast: Some(_), unfold: false, .. } | Layer::Linear { fast: Some(_), .. } => Kernels::Fast,
             Layer::Conv2d { .. } | Layer::Linear { .. } => Kernels::Candle,
             Layer::BertLayer(l) if !l.is_packed() => Kernels::Candle,
-            Layer::Flatten | Layer::BertEmbeddings(_) | Layer::BertLayer(_) | Layer::Pool(_) | Layer::Tanh => {
-                Kernels::Fast
-            }
+            Layer::Flatten
+            | Layer::BertEmbeddings(_)
+            | Layer::BertLayer(_)
+            | Layer::Pool(_)
+            | Layer::Tanh
+            | Layer::Onnx(_) => Kernels::Fast,
         }
     }
 
@@ -137,6 +149,7 @@ impl Layer {
             Layer::BertLayer(l) => return l.forward(x, mask),
             Layer::Pool(mode) => return encoder::pool(x, *mode, mask),
             Layer::Tanh => return x.tanh(),
+            Layer::Onnx(g) => return g.forward(x),
             _ => {}
         }
         match self {
@@ -173,7 +186,7 @@ impl Layer {
                 }
             }
             Layer::Flatten => x.flatten_from(1),
-            Layer::BertEmbeddings(_) | Layer::BertLayer(_) | Layer::Pool(_) | Layer::Tanh => {
+            Layer::BertEmbeddings(_) | Layer::BertLayer(_) | Layer::Pool(_) | Layer::Tanh | Layer::Onnx(_) => {
                 self.forward_masked(x, None)
             }
         }

@@ -159,6 +159,25 @@ pub enum LayerSpec {
     Pool { mode: PoolMode },
     /// Element-wise tanh (BERT's pooler is `linear` then `tanh`).
     Tanh,
+    /// A subgraph of an imported ONNX model (`offramp import onnx`): the
+    /// nodes that compute tensor `to` from tensor `from`, run by tract. The
+    /// serialized subgraph is the layer's `graph` parameter, a `u8` tensor
+    /// of `graph_bytes` bytes in the weights file.
+    Onnx {
+        /// The tensor it reads and the one it writes (names in the source graph).
+        from: String,
+        to: String,
+        /// Per-sample shapes in and out (batch excluded).
+        input: Vec<usize>,
+        output: Vec<usize>,
+        graph_bytes: usize,
+        /// ONNX nodes computing on the input (constants copied in excluded).
+        nodes: usize,
+        /// Multiply-adds of one sample (Conv, Gemm, MatMul nodes).
+        macs: u64,
+        /// f32 parameters its nodes read.
+        params: u64,
+    },
 }
 
 /// Why a layer cannot take an input shape: its kind and the reason (which
@@ -195,6 +214,7 @@ impl LayerSpec {
             LayerSpec::BertLayer { .. } => "bert-layer",
             LayerSpec::Pool { .. } => "pool",
             LayerSpec::Tanh => "tanh",
+            LayerSpec::Onnx { .. } => "onnx",
         }
     }
 
@@ -284,6 +304,15 @@ impl LayerSpec {
                 _ => Err(bad(format!("pool needs a [tokens, hidden] input, got {input:?}"))),
             },
             LayerSpec::Tanh => Ok(input.to_vec()),
+            LayerSpec::Onnx { ref from, input: ref expected, ref output, .. } => {
+                if input != expected.as_slice() {
+                    return Err(bad(format!(
+                        "the ONNX subgraph from {from:?} expects a {expected:?} input, the previous block gives \
+                         {input:?}"
+                    )));
+                }
+                Ok(output.clone())
+            }
         }
     }
 
@@ -297,6 +326,7 @@ impl LayerSpec {
                 vec![("weight", vec![out_features, in_features]), ("bias", vec![out_features])]
             }
             LayerSpec::Flatten | LayerSpec::Pool { .. } | LayerSpec::Tanh => vec![],
+            LayerSpec::Onnx { graph_bytes, .. } => vec![(crate::model::onnx::GRAPH_PARAM, vec![graph_bytes])],
             LayerSpec::BertEmbeddings { vocab_size, hidden, max_positions, type_vocab_size, .. } => vec![
                 ("word", vec![vocab_size, hidden]),
                 ("position", vec![max_positions, hidden]),
@@ -325,9 +355,16 @@ impl LayerSpec {
         }
     }
 
+    /// Whether the layer's parameters are bytes (an ONNX subgraph) rather
+    /// than f32 weights.
+    pub fn holds_graph(&self) -> bool {
+        matches!(self, LayerSpec::Onnx { .. })
+    }
+
     /// Multiply-adds of one forward pass on one input of shape `input`.
     pub fn macs(&self, input: &[usize]) -> u64 {
         match *self {
+            LayerSpec::Onnx { macs, .. } => macs,
             LayerSpec::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
                 let (h, w) = (input[1], input[2]);
                 let oh = (h + 2 * padding - kernel) / stride + 1;

@@ -9,6 +9,7 @@ mod executor;
 mod kernels;
 mod layer;
 pub mod manifest;
+pub mod onnx;
 mod tokenizer;
 
 pub(crate) use bundle::hex;

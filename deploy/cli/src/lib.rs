@@ -27,6 +27,9 @@ enum Command {
     /// Import a pretrained checkpoint as a bundle.
     #[command(subcommand)]
     Import(ImportWhat),
+    /// Look at a model before importing it.
+    #[command(subcommand)]
+    Inspect(InspectWhat),
     /// Decoders: train a low-rank adapter per exit by self-distillation
     /// against the whole model's next-token distribution, on text the model
     /// generates itself (label-free).
@@ -81,6 +84,19 @@ enum ImportWhat {
     /// tokenizer and chat template from its metadata, exits after the
     /// chosen layers.
     Gguf(offramp_training::import_gguf::ImportGgufArgs),
+    /// An ONNX graph (what `torch.onnx.export` writes), cut at the given
+    /// tensors into blocks, with the given graph outputs as exits; blocks
+    /// and exit heads run as ONNX subgraphs on tract.
+    Onnx(offramp_training::import_onnx::ImportOnnxArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum InspectWhat {
+    /// An ONNX graph's valid cut points (tensors every path from the input
+    /// to the final output passes through), in order, with shape, f32 bytes
+    /// per sample, and multiply-adds and parameters before each; and its
+    /// outputs, with the cut each exit hangs off.
+    Onnx(offramp_training::import_onnx::InspectOnnxArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +146,12 @@ fn run(command: Command) -> Result<()> {
         Command::Split(args) => print!("{}", split::run(&args)?.render()),
         Command::Import(ImportWhat::Hf(args)) => print!("{}", import_hf::run(&args)?.render()),
         Command::Import(ImportWhat::Gguf(args)) => print!("{}", offramp_training::import_gguf::run(&args)?.render()),
+        Command::Import(ImportWhat::Onnx(args)) => print!("{}", offramp_training::import_onnx::import(&args)?.render()),
+        Command::Inspect(InspectWhat::Onnx(args)) => emit(
+            &offramp_training::import_onnx::inspect(&args)?,
+            args.json,
+            offramp_training::import_onnx::render_profile,
+        )?,
         Command::Bench(BenchWhat::Blocks(a)) => {
             let report = bench::blocks(&a)?;
             emit(&report, a.json, |r| r.render())?;

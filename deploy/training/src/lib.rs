@@ -14,6 +14,8 @@
 //! - [`codec_eval`]: bytes, accuracy change and speed of each encoding at K.
 //! - [`import_hf`]: `offramp import hf`, a BERT-family checkpoint as a bundle.
 //! - [`import_gguf`]: `offramp import gguf`, a llama GGUF as a decoder bundle.
+//! - [`import_onnx`]: `offramp inspect onnx` and `offramp import onnx`, an
+//!   ONNX graph profiled at its cut points and cut into blocks and exits.
 //! - [`split`]: cut a bundle at K.
 //! - [`sample`]: a small MNIST sample for demos.
 //! - [`bench`]: `offramp bench blocks`, compute speed per block and kernel.
@@ -34,6 +36,7 @@ pub mod codec_eval;
 pub mod eval;
 pub mod import_gguf;
 pub mod import_hf;
+pub mod import_onnx;
 pub mod sample;
 pub mod simulate;
 pub mod split;
