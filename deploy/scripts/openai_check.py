@@ -133,10 +133,12 @@ weather = {
     "type": "function",
     "function": {
         "name": "get_weather",
-        "description": "Get the weather in a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Berlin", "Rome"]},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
             "required": ["city", "unit"],
             "additionalProperties": False,
         },
@@ -147,15 +149,17 @@ r = client.chat.completions.create(
     messages=[{"role": "user", "content": "What is the weather in Paris?"}],
     tools=[weather],
     tool_choice="required",
-    max_tokens=48,
+    max_tokens=96,
 )
+if not r.choices[0].message.tool_calls:
+    sys.exit(f"tool_choice required: no call ({r.choices[0].finish_reason}): {r.choices[0].message.content!r}")
 call = r.choices[0].message.tool_calls[0]
 print("tool_choice required:", call.function.name, call.function.arguments, r.choices[0].finish_reason)
 messages = [
     {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-    {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
-    {"role": "user", "content": "And in Berlin?"},
+    {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+    {"role": "tool", "tool_call_id": call.id, "content": "18 C"},
+    {"role": "user", "content": "Berlin?"},
 ]
 name, arguments, finish = None, "", None
 for chunk in client.chat.completions.create(
@@ -164,7 +168,7 @@ for chunk in client.chat.completions.create(
     tools=[weather],
     tool_choice={"type": "function", "function": {"name": "get_weather"}},
     stream=True,
-    max_tokens=48,
+    max_tokens=96,
 ):
     if chunk.choices and chunk.choices[0].delta.tool_calls:
         d = chunk.choices[0].delta.tool_calls[0]
