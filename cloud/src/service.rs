@@ -469,7 +469,8 @@ mod tests {
         let caller = Caller::default();
         let mut late = at3(0.5);
         late.timeout_us = 20_000;
-        let (late, on_time) = tokio::join!(state.infer(&late, &caller), state.infer(&at3(0.5), &caller));
+        let on_time = at3(0.5);
+        let (late, on_time) = tokio::join!(state.infer(&late, &caller), state.infer(&on_time, &caller));
         assert!(matches!(late, Err(CloudError::DeadlineExceeded(20_000))), "{late:?}");
         assert_eq!(on_time.unwrap().batch_size, 1, "computed without the late one");
         assert_eq!(state.admission.in_flight(), 0, "both places given back");

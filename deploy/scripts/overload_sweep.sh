@@ -31,11 +31,23 @@ start_cloud() {
   "$bin/offramp-cloud" --model models/b-lenet-mnist --listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 \
     --self-signed --cert-out "$tmp/cert.pem" ${cloud_flags[@]+"${cloud_flags[@]}"} >"$tmp/cloud.out" 2>/dev/null &
   pid=$!
-  for _ in $(seq 200); do grep -q "quic listening" "$tmp/cloud.out" && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -q "quic listening" "$tmp/cloud.out" && break; sleep 0.1; done
+  grep -q "quic listening" "$tmp/cloud.out" || { echo "the cloud did not start within 60 s" >&2; exit 1; }
   grpc=$(grep -o "grpc listening on 127.0.0.1:[0-9]*" "$tmp/cloud.out" | grep -o "127.0.0.1:[0-9]*")
   quic=$(grep -o "quic listening on 127.0.0.1:[0-9]*" "$tmp/cloud.out" | grep -o "127.0.0.1:[0-9]*")
 }
-stop_cloud() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+# The URL and TLS flags of the fresh cloud for $transport: sets $url and $tls.
+endpoint() {
+  case $transport in
+    quic) url="quic://localhost:${quic#127.0.0.1:}"; tls=(--ca "$tmp/cert.pem") ;;
+    *) url="http://$grpc"; tls=() ;;
+  esac
+}
+stop_cloud() {
+  kill "$pid" 2>/dev/null || echo "the cloud (pid $pid) had exited before the end of its sweep" >&2
+  wait "$pid" 2>/dev/null || true
+  pid=
+}
 
 rows="$out/overload.csv"
 : >"$rows"
@@ -55,10 +67,7 @@ fi
 for run in $(seq "$runs"); do
   for transport in grpc grpc-stream quic; do
     start_cloud
-    case $transport in
-      quic) url="quic://localhost:${quic#127.0.0.1:}"; tls=(--ca "$tmp/cert.pem") ;;
-      *) url="http://$grpc"; tls=() ;;
-    esac
+    endpoint
     dir="$out/raw/run$run-$transport"
     "$bin/offramp" load --cloud "$url" ${tls[@]+"${tls[@]}"} --transport "$transport" --edges "$edges" \
       --duration "$dur" --split 1 --capacity "$capacity" --sweep "$mult" --cloud-pid "$pid" --out "$dir" \
@@ -70,31 +79,3 @@ for run in $(seq "$runs"); do
   done
 done
 
-# Unary against stream (and QUIC) at the same rate, half the capacity: the
-# cloud's CPU per answered request (from /proc) and the load generator's
-# (its user + system time over what it sent), a fresh cloud each.
-paired="$out/cpu_per_request.csv"
-echo "run,transport,rate_per_s,ok,p50_ms,p99_ms,cloud_cpu_us_per_request,generator_cpu_us_per_request" >"$paired"
-half=$(awk -v c="$capacity" 'BEGIN { printf "%.0f", c / 2 }')
-for run in $(seq "$runs"); do
-  for transport in grpc grpc-stream quic; do
-    start_cloud
-    case $transport in
-      quic) url="quic://localhost:${quic#127.0.0.1:}"; tls=(--ca "$tmp/cert.pem") ;;
-      *) url="http://$grpc"; tls=() ;;
-    esac
-    /usr/bin/time -f "%U %S" -o "$tmp/time" "$bin/offramp" load --cloud "$url" ${tls[@]+"${tls[@]}"} \
-      --transport "$transport" --edges "$edges" --rate "$half" --duration "$dur" --split 1 --cloud-pid "$pid" \
-      --json >"$tmp/paired.json"
-    stop_cloud
-    j=$(tr -d '\n ' <"$tmp/paired.json")
-    field() { echo "$j" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
-    ok=$(echo "$j" | grep -o '"Ok":[0-9]*' | cut -d: -f2)
-    sent=$(field sent)
-    gen=$(awk -v t="$(cat "$tmp/time")" -v n="$sent" 'BEGIN { split(t, a, " "); printf "%.1f", (a[1] + a[2]) * 1e6 / n }')
-    p50=$(echo "$j" | grep -o '"p50":[0-9.]*' | head -1 | cut -d: -f2)
-    p99=$(echo "$j" | grep -o '"p99":[0-9.]*' | head -1 | cut -d: -f2)
-    echo "$run,$transport,$half,$ok,$(awk -v a="$p50" -v b="$p99" 'BEGIN { printf "%.3f,%.3f", a / 1e3, b / 1e3 }'),$(printf '%.1f' "$(field cloud_cpu_us_per_request)"),$gen" >>"$paired"
-  done
-done
-column -s, -t <"$paired"
