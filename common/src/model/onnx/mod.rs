@@ -254,11 +254,31 @@ pub fn import(bytes: &[u8], spec: &ImportSpec) -> Result<Bundle, OnnxError> {
         known_output(&g, e)?;
     }
     let valid = g.cut_points(final_output);
-    for c in &spec.cuts {
+    let blocks = backbone(&g, &spec.cuts, final_output, &valid)?;
+    let exits = exit_heads(&g, side, &blocks, &valid)?;
+    let classes = logits(&g, final_output)?;
+    for (_, e) in &exits {
+        let c = logits(&g, &e.to)?;
+        if c != classes {
+            return Err(OnnxError::ClassMismatch { exit: e.to.clone(), classes: c, expected: classes });
+        }
+    }
+    let labels = match &spec.labels {
+        Some(l) if l.len() != classes => return Err(OnnxError::LabelCount { labels: l.len(), classes }),
+        Some(l) => l.clone(),
+        None => (0..classes).map(|c| c.to_string()).collect(),
+    };
+    bundle(&g, spec, labels, &blocks, &exits)
+}
+
+/// The backbone's blocks: `input→T1, …, Tk→final` for the valid cuts
+/// `cuts` (in graph order), each with the nodes it adds.
+fn backbone(g: &Graph, cuts: &[String], final_output: &str, valid: &[String]) -> Result<Vec<Part>, OnnxError> {
+    for c in cuts {
         if !valid.contains(c) {
             let why = if g.node_index(c).is_none() && *c != g.input {
                 "no node of the graph writes it"
-            } else if *c == g.input || *c == *final_output {
+            } else if *c == g.input || c == final_output {
                 "the input and the final output are the ends of the backbone, not cuts"
             } else if g.batched_shape(c).is_none() {
                 "it is not an f32 tensor with the batch on its first axis"
@@ -267,13 +287,11 @@ pub fn import(bytes: &[u8], spec: &ImportSpec) -> Result<Bundle, OnnxError> {
             } else {
                 "paths from the input to the final output go around it (it is inside a residual block or a branch)"
             };
-            return Err(OnnxError::InvalidCut { tensor: c.clone(), why, valid });
+            return Err(OnnxError::InvalidCut { tensor: c.clone(), why, valid: valid.to_vec() });
         }
     }
-    let mut cuts: Vec<&String> = valid.iter().filter(|c| spec.cuts.contains(c)).collect();
-    cuts.dedup();
     let mut bounds: Vec<&str> = vec![g.input.as_str()];
-    bounds.extend(cuts.iter().map(|c| c.as_str()));
+    bounds.extend(valid.iter().filter(|c| cuts.contains(c)).map(String::as_str));
     bounds.push(final_output);
     let mut blocks = Vec::with_capacity(bounds.len() - 1);
     let mut before = BTreeSet::new();
@@ -284,8 +302,14 @@ pub fn import(bytes: &[u8], spec: &ImportSpec) -> Result<Bundle, OnnxError> {
         blocks.push(Part { name: format!("b{b} {name}"), from: pair[0].into(), to: pair[1].into(), nodes });
         before = upto;
     }
-    let backbone = before;
-    // Side exits: the nodes each needs beyond the backbone, off one cut.
+    Ok(blocks)
+}
+
+/// The side exits' heads (the nodes each needs beyond the backbone), each
+/// off one cut, with the block it hangs after, in block order; and the check
+/// that every node computing on the input is in one block or one head.
+fn exit_heads(g: &Graph, side: &[String], blocks: &[Part], valid: &[String]) -> Result<Vec<(usize, Part)>, OnnxError> {
+    let backbone: BTreeSet<usize> = blocks.iter().flat_map(|b| b.nodes.iter().copied()).collect();
     let mut exits: Vec<(usize, Part)> = Vec::with_capacity(side.len());
     let mut owner: HashMap<usize, &str> = HashMap::new();
     for e in side {
@@ -309,37 +333,38 @@ pub fn import(bytes: &[u8], spec: &ImportSpec) -> Result<Bundle, OnnxError> {
         if *from == g.input {
             return Err(OnnxError::ExitOffInput { exit: e.clone() });
         }
-        let Some(j) = bounds[1..bounds.len() - 1].iter().position(|c| c == from) else {
+        // The block that writes the cut (the last block writes the final output).
+        let Some(after) = blocks[..blocks.len() - 1].iter().position(|b| b.to == *from) else {
             let why = if valid.contains(from) {
                 "a valid cut missing from --cuts: add it".to_string()
             } else {
-                format!("not a valid cut point (valid: {})", list(&valid))
+                format!("not a valid cut point (valid: {})", list(valid))
             };
             return Err(OnnxError::ExitOffNonCut { exit: e.clone(), tensor: from.clone(), why });
         };
-        if let Some((_, other)) = exits.iter().find(|(after, _)| *after == j) {
+        if let Some((_, other)) = exits.iter().find(|(a, _)| *a == after) {
             return Err(OnnxError::TwoExitsOneCut { first: other.name.clone(), second: e.clone(), cut: from.clone() });
         }
-        exits.push((j, Part { name: e.clone(), from: from.clone(), to: e.clone(), nodes: head }));
+        exits.push((after, Part { name: e.clone(), from: from.clone(), to: e.clone(), nodes: head }));
     }
-    if let Some(n) =
-        (0..g.nodes.len()).find(|n| !g.nodes[*n].constant && !backbone.contains(n) && !owner.contains_key(n))
-    {
+    let stray = (0..g.nodes.len()).find(|n| !g.nodes[*n].constant && !backbone.contains(n) && !owner.contains_key(n));
+    if let Some(n) = stray {
         return Err(OnnxError::NodeInNoPart { node: g.nodes[n].name.clone(), op: g.nodes[n].op.clone() });
     }
     exits.sort_by_key(|(after, _)| *after);
-    let classes = logits(&g, final_output)?;
-    for (_, e) in &exits {
-        let c = logits(&g, &e.to)?;
-        if c != classes {
-            return Err(OnnxError::ClassMismatch { exit: e.to.clone(), classes: c, expected: classes });
-        }
-    }
-    let labels = match &spec.labels {
-        Some(l) if l.len() != classes => return Err(OnnxError::LabelCount { labels: l.len(), classes }),
-        Some(l) => l.clone(),
-        None => (0..classes).map(|c| c.to_string()).collect(),
-    };
+    Ok(exits)
+}
+
+/// The manifest and the subgraphs (`u8` tensors) of the cut graph, as a
+/// validated bundle; the final exit is the last block's own output (an
+/// empty head).
+fn bundle(
+    g: &Graph,
+    spec: &ImportSpec,
+    labels: Vec<String>,
+    blocks: &[Part],
+    exits: &[(usize, Part)],
+) -> Result<Bundle, OnnxError> {
     let mut tensors = HashMap::new();
     let mut layer = |part: &Part, tensor: String| -> Result<LayerSpec, OnnxError> {
         let graph = g.extract(&part.name, &part.from, &part.to, &part.nodes);
@@ -366,8 +391,8 @@ pub fn import(bytes: &[u8], spec: &ImportSpec) -> Result<Bundle, OnnxError> {
         let head = layer(part, exit_tensor(e, 0, GRAPH_PARAM))?;
         exit_specs.push(ExitSpec { name: part.name.clone(), after_block: *after, layers: vec![head] });
     }
-    // The final exit is the last block's own output: an empty head.
-    exit_specs.push(ExitSpec { name: final_output.clone(), after_block: blocks.len() - 1, layers: vec![] });
+    let last = blocks.last().expect("a backbone has a block");
+    exit_specs.push(ExitSpec { name: last.to.clone(), after_block: blocks.len() - 1, layers: vec![] });
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model_id: spec.model_id.clone(),
