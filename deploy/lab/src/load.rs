@@ -188,33 +188,55 @@ pub async fn run(args: &LoadArgs) -> Result<LoadReport> {
     Ok(offer(&rig, args, args.rate, args.duration, args.seed).await)
 }
 
-// Long on purpose: one load run (edges, sampler, report) whose parts share
+/// What one load run's answers add up to.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<f64>,
+    status: BTreeMap<String, u64>,
+    examples: BTreeMap<String, String>,
+    batch_sum: u64,
+    /// Σ compute_us / batch_size.
+    compute_share_us: f64,
+}
+
+impl Tally {
+    /// One answer, or a refusal's status code and message, that took `us`.
+    fn record(&mut self, r: Result<pb::InferResponse, (String, String)>, us: f64) {
+        match r {
+            Ok(resp) => {
+                self.latencies.push(us);
+                self.batch_sum += resp.batch_size as u64;
+                self.compute_share_us += resp.compute_us as f64 / resp.batch_size.max(1) as f64;
+                *self.status.entry("Ok".into()).or_default() += 1;
+            }
+            Err((code, message)) => {
+                self.examples.entry(code.clone()).or_insert_with(|| message.chars().take(200).collect());
+                *self.status.entry(code).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// Samples the cloud's RSS once a second into `rss` until it exits.
+fn sample_rss(pid: u32, rss: Arc<Mutex<Vec<u64>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match rss_kib(pid) {
+                Some(v) => rss.lock().expect("rss lock").push(v),
+                None => break,
+            }
+        }
+    })
+}
+
+// Long on purpose: one load run (edges, sending, report) whose parts share
 // the clock and the counters.
 async fn offer(rig: &Rig, args: &LoadArgs, rate: f64, duration: Duration, seed: u64) -> LoadReport {
-    #[derive(Default)]
-    struct Tally {
-        latencies: Vec<f64>,
-        status: BTreeMap<String, u64>,
-        examples: BTreeMap<String, String>,
-        batch_sum: u64,
-        /// Σ compute_us / batch_size.
-        compute_share_us: f64,
-    }
     let tally = Arc::new(Mutex::new(Tally::default()));
     let rss = Arc::new(Mutex::new(Vec::new()));
-    let sampler = args.cloud_pid.map(|pid| {
-        let rss = rss.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                match rss_kib(pid) {
-                    Some(v) => rss.lock().expect("rss lock").push(v),
-                    None => break,
-                }
-            }
-        })
-    });
+    let sampler = args.cloud_pid.map(|pid| sample_rss(pid, rss.clone()));
 
     let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
     if args.json || !args.sweep.is_empty() {
@@ -265,20 +287,8 @@ async fn offer(rig: &Rig, args: &LoadArgs, rate: f64, duration: Duration, seed: 
                 let t = Instant::now();
                 let r = edge.infer_admitted(req, deadline).await;
                 let us = t.elapsed().as_secs_f64() * 1e6;
-                let mut g = tally.lock().expect("tally lock");
-                match r {
-                    Ok(resp) => {
-                        g.latencies.push(us);
-                        g.batch_sum += resp.batch_size as u64;
-                        g.compute_share_us += resp.compute_us as f64 / resp.batch_size.max(1) as f64;
-                        *g.status.entry("Ok".into()).or_default() += 1;
-                    }
-                    Err(s) => {
-                        let code = format!("{:?}", s.code());
-                        g.examples.entry(code.clone()).or_insert_with(|| s.message().chars().take(200).collect());
-                        *g.status.entry(code).or_default() += 1;
-                    }
-                }
+                let r = r.map_err(|s| (format!("{:?}", s.code()), s.message().to_string()));
+                tally.lock().expect("tally lock").record(r, us);
             });
         }
         bar.set_position(start.elapsed().as_secs());
